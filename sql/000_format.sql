@@ -1,0 +1,15 @@
+-- Wire formats shared by every JSON a function returns (SPEC.md conventions 3-5):
+-- decimals as canonical strings at 8 places, timestamps as ISO-8601 UTC with milliseconds.
+
+create or replace function dec_out(x numeric) returns text
+  language sql immutable parallel safe
+  as $$ select trim_scale(round(x, 8))::text $$;
+
+create or replace function ts_out(t timestamptz) returns text
+  language sql immutable parallel safe
+  as $$ select to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+
+-- Every division is rounded to 10 places, half away from zero (ACCOUNTING.md §1).
+create or replace function div10(a numeric, b numeric) returns numeric
+  language sql immutable parallel safe
+  as $$ select round(a / b, 10) $$;

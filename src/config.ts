@@ -1,0 +1,276 @@
+// Environment → typed, frozen configuration (SPEC.md §8). A bad value stops the process at
+// start with one line naming the variable, its (masked) value and what is allowed.
+import { z } from 'zod';
+
+export const ROLES = ['api', 'consumer', 'relay', 'worker'] as const;
+export type Role = (typeof ROLES)[number];
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+const DECIMAL = /^\d{1,12}(\.\d{1,12})?$/;
+
+const int = (min: number, max: number, def: number) =>
+  z
+    .string()
+    .trim()
+    .default(String(def))
+    .refine((s) => /^\d+$/.test(s) && Number(s) >= min && Number(s) <= max, {
+      message: `must be a whole number between ${min} and ${max}`,
+    })
+    .transform(Number);
+
+const decimal = (def: string, max?: string) =>
+  z
+    .string()
+    .trim()
+    .default(def)
+    .refine((s) => DECIMAL.test(s) && (max === undefined || Number(s) <= Number(max)), {
+      message: max === undefined ? 'must be a non-negative decimal' : `must be a decimal between 0 and ${max}`,
+    });
+
+const bool = (def: boolean) =>
+  z
+    .string()
+    .trim()
+    .toLowerCase()
+    .default(String(def))
+    .refine((s) => ['true', 'false', '1', '0', 'yes', 'no'].includes(s), { message: 'must be true or false' })
+    .transform((s) => ['true', '1', 'yes'].includes(s));
+
+const url = (protocols: string[]) =>
+  z
+    .string()
+    .trim()
+    .optional()
+    .transform((s) => (s === '' ? undefined : s))
+    .refine(
+      (s) => {
+        if (s === undefined) return true;
+        try {
+          return protocols.includes(new URL(s).protocol);
+        } catch {
+          return false;
+        }
+      },
+      { message: `must be a URL with scheme ${protocols.map((p) => p.replace(':', '')).join(' or ')}` },
+    );
+
+const optionalText = z
+  .string()
+  .optional()
+  .transform((s) => (s === '' ? undefined : s));
+
+const schema = z.object({
+  POSITION_MANAGER_PORT: int(1, 65535, 4800),
+  POSITION_MANAGER_API_KEY: optionalText,
+  POSITION_MANAGER_LOG_LEVEL: z
+    .string()
+    .trim()
+    .toLowerCase()
+    .default('info')
+    .transform((s) => (s === 'warning' ? 'warn' : s))
+    .refine((s) => (LOG_LEVELS as readonly string[]).includes(s), {
+      message: `must be one of ${LOG_LEVELS.join(', ')}`,
+    }),
+  POSITION_MANAGER_SERVICE_NAME: z.string().trim().min(1).default('position-manager'),
+  DATABASE_URL: url(['postgres:', 'postgresql:']),
+  POSTGRES_HOST: optionalText,
+  POSTGRES_PORT: int(1, 65535, 5432),
+  POSTGRES_DB: z.string().default('ytrader'),
+  POSTGRES_USER: z.string().default('ytrader'),
+  POSTGRES_PASSWORD: optionalText,
+  POSITION_MANAGER_DATA_DIR: z.string().trim().min(1).default('./data'),
+  AMQP_URL: url(['amqp:', 'amqps:']),
+  RABBITMQ_HOST: optionalText,
+  RABBITMQ_PORT: int(1, 65535, 5672),
+  RABBITMQ_USER: z.string().default('guest'),
+  RABBITMQ_PASSWORD: z.string().default('guest'),
+  POSITION_MANAGER_ROLES: z
+    .string()
+    .trim()
+    .default(ROLES.join(','))
+    .transform((s) => [...new Set(s.split(',').map((r) => r.trim().toLowerCase()).filter(Boolean))])
+    .refine((rs) => rs.length > 0 && rs.every((r) => (ROLES as readonly string[]).includes(r)), {
+      message: `must be a comma-separated subset of ${ROLES.join(', ')}`,
+    })
+    .transform((rs) => rs as Role[]),
+  POSITION_MANAGER_ORDER_EVENTS_QUEUE: z
+    .string()
+    .default('order-manager.order_executed,order-manager.order_events')
+    .transform((s) => s.split(',').map((q) => q.trim()).filter(Boolean))
+    .refine((qs) => qs.length > 0, { message: 'must name at least one queue' }),
+  POSITION_MANAGER_POSITION_EVENTS_QUEUE: z.string().trim().min(1).default('ws-gateway.position'),
+  POSITION_MANAGER_EVENTS_EXCHANGE: z.string().trim().min(1).default('position-manager.events'),
+  POSITION_MANAGER_SNAPSHOT_INTERVAL: int(1, 31_536_000, 3600),
+  POSITION_MANAGER_VALIDATION_INTERVAL: int(1, 31_536_000, 1800),
+  POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: int(0, 3600, 30),
+  POSITION_MANAGER_METRICS_CACHE_TTL: int(0, 86_400, 10),
+  POSITION_MANAGER_USE_WS_AVG_PRICE: bool(true),
+  POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: decimal('0.001', '1'),
+  POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: decimal('0.0001', '1'),
+  POSITION_MANAGER_MAX_EXPOSURE_USDT: z
+    .string()
+    .trim()
+    .optional()
+    .transform((s) => (s === '' ? undefined : s))
+    .refine((s) => s === undefined || DECIMAL.test(s), { message: 'must be a non-negative decimal or empty' }),
+  POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: int(100, 60_000, 1000),
+  POSITION_MANAGER_METRICS_HISTORY_INTERVAL: int(1, 86_400, 60),
+  POSITION_MANAGER_MATVIEW_REFRESH_INTERVAL: int(1, 86_400, 300),
+  POSITION_MANAGER_SNAPSHOT_RETENTION_DAYS: int(0, 36_500, 90),
+  POSITION_MANAGER_INBOX_RETENTION_DAYS: int(1, 36_500, 7),
+  POSITION_MANAGER_OUTBOX_RETENTION_HOURS: int(1, 876_000, 24),
+  POSITION_MANAGER_JOB_HISTORY_RETENTION_DAYS: int(1, 36_500, 30),
+  POSITION_MANAGER_CONSUMER_PREFETCH: int(1, 10_000, 200),
+  POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS: int(1, 1000, 5),
+  POSITION_MANAGER_DB_POOL_SIZE: int(1, 1000, 10),
+  POSITION_MANAGER_WORKER_CONCURRENCY: int(1, 100, 4),
+  POSITION_MANAGER_PRICE_STALE_SECONDS: int(0, 86_400, 60),
+  POSITION_MANAGER_GRAFANA_READER_PASSWORD: optionalText,
+  POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS: int(100, 600_000, 10_000),
+  ORDER_MANAGER_URL: url(['http:', 'https:']).default('http://order-manager:4600'),
+  WS_GATEWAY_URL: url(['http:', 'https:']).default('http://ws-gateway:4400'),
+});
+
+type Env = z.infer<typeof schema>;
+
+export interface Config {
+  port: number;
+  apiKey: string | undefined;
+  logLevel: string;
+  serviceName: string;
+  /** Undefined means: run the embedded PostgreSQL in dataDir. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  /** Undefined means messaging is disabled. */
+  amqpUrl: string | undefined;
+  roles: Role[];
+  orderEventsQueues: string[];
+  positionEventsQueue: string;
+  eventsExchange: string;
+  snapshotIntervalSeconds: number;
+  validationIntervalSeconds: number;
+  sizeDiscrepancyGraceSeconds: number;
+  metricsCacheTtlSeconds: number;
+  useWsAvgPrice: boolean;
+  /** Decimal strings: thresholds and limits never pass through a JS number. */
+  avgPriceDiffThreshold: string;
+  sizeValidationThreshold: string;
+  maxExposureUsdt: string | undefined;
+  portfolioEventIntervalMs: number;
+  metricsHistoryIntervalSeconds: number;
+  matviewRefreshIntervalSeconds: number;
+  snapshotRetentionDays: number;
+  inboxRetentionDays: number;
+  outboxRetentionHours: number;
+  jobHistoryRetentionDays: number;
+  consumerPrefetch: number;
+  maxDeliveryAttempts: number;
+  dbPoolSize: number;
+  workerConcurrency: number;
+  priceStaleSeconds: number;
+  grafanaReaderPassword: string | undefined;
+  shutdownTimeoutMs: number;
+  orderManagerUrl: string;
+  wsGatewayUrl: string;
+}
+
+export class ConfigError extends Error {}
+
+const SECRET = /PASSWORD|API_KEY/;
+
+function masked(name: string, value: unknown): string {
+  if (value === undefined) return '(unset)';
+  const text = String(value);
+  if (SECRET.test(name)) return '"***"';
+  return JSON.stringify(redactUrl(text));
+}
+
+/** Hides the password of a URL, for logs and messages. */
+export function redactUrl(text: string): string {
+  try {
+    const u = new URL(text);
+    if (u.password) u.password = '***';
+    return u.password || u.username ? u.toString() : text;
+  } catch {
+    return text;
+  }
+}
+
+function databaseUrl(env: Env): string | undefined {
+  if (env.DATABASE_URL) return env.DATABASE_URL;
+  if (!env.POSTGRES_HOST) return undefined;
+  const u = new URL('postgresql://localhost');
+  u.hostname = env.POSTGRES_HOST;
+  u.port = String(env.POSTGRES_PORT);
+  u.username = env.POSTGRES_USER;
+  if (env.POSTGRES_PASSWORD) u.password = env.POSTGRES_PASSWORD;
+  u.pathname = `/${env.POSTGRES_DB}`;
+  return u.toString();
+}
+
+function amqpUrl(env: Env): string | undefined {
+  if (env.AMQP_URL) return env.AMQP_URL;
+  if (!env.RABBITMQ_HOST) return undefined;
+  const u = new URL('amqp://localhost');
+  u.hostname = env.RABBITMQ_HOST;
+  u.port = String(env.RABBITMQ_PORT);
+  u.username = env.RABBITMQ_USER;
+  u.password = env.RABBITMQ_PASSWORD;
+  return u.toString();
+}
+
+/** Parses the environment; throws ConfigError with one line per bad variable. */
+export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Config> {
+  const parsed = schema.safeParse(source);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((issue) => {
+      const name = String(issue.path[0]);
+      return `${name} ${issue.message}, got ${masked(name, source[name])}`;
+    });
+    throw new ConfigError(lines.join('\n'));
+  }
+  const env = parsed.data;
+  const dbUrl = databaseUrl(env);
+  if (env.POSITION_MANAGER_ROLES.includes('api') && dbUrl !== undefined && !env.POSITION_MANAGER_API_KEY) {
+    throw new ConfigError(
+      'POSITION_MANAGER_API_KEY is required with the api role when a database is configured, got (unset)',
+    );
+  }
+  return Object.freeze({
+    port: env.POSITION_MANAGER_PORT,
+    apiKey: env.POSITION_MANAGER_API_KEY,
+    logLevel: env.POSITION_MANAGER_LOG_LEVEL,
+    serviceName: env.POSITION_MANAGER_SERVICE_NAME,
+    databaseUrl: dbUrl,
+    dataDir: env.POSITION_MANAGER_DATA_DIR,
+    amqpUrl: amqpUrl(env),
+    roles: env.POSITION_MANAGER_ROLES,
+    orderEventsQueues: env.POSITION_MANAGER_ORDER_EVENTS_QUEUE,
+    positionEventsQueue: env.POSITION_MANAGER_POSITION_EVENTS_QUEUE,
+    eventsExchange: env.POSITION_MANAGER_EVENTS_EXCHANGE,
+    snapshotIntervalSeconds: env.POSITION_MANAGER_SNAPSHOT_INTERVAL,
+    validationIntervalSeconds: env.POSITION_MANAGER_VALIDATION_INTERVAL,
+    sizeDiscrepancyGraceSeconds: env.POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS,
+    metricsCacheTtlSeconds: env.POSITION_MANAGER_METRICS_CACHE_TTL,
+    useWsAvgPrice: env.POSITION_MANAGER_USE_WS_AVG_PRICE,
+    avgPriceDiffThreshold: env.POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD,
+    sizeValidationThreshold: env.POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD,
+    maxExposureUsdt: env.POSITION_MANAGER_MAX_EXPOSURE_USDT,
+    portfolioEventIntervalMs: env.POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS,
+    metricsHistoryIntervalSeconds: env.POSITION_MANAGER_METRICS_HISTORY_INTERVAL,
+    matviewRefreshIntervalSeconds: env.POSITION_MANAGER_MATVIEW_REFRESH_INTERVAL,
+    snapshotRetentionDays: env.POSITION_MANAGER_SNAPSHOT_RETENTION_DAYS,
+    inboxRetentionDays: env.POSITION_MANAGER_INBOX_RETENTION_DAYS,
+    outboxRetentionHours: env.POSITION_MANAGER_OUTBOX_RETENTION_HOURS,
+    jobHistoryRetentionDays: env.POSITION_MANAGER_JOB_HISTORY_RETENTION_DAYS,
+    consumerPrefetch: env.POSITION_MANAGER_CONSUMER_PREFETCH,
+    maxDeliveryAttempts: env.POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS,
+    dbPoolSize: env.POSITION_MANAGER_DB_POOL_SIZE,
+    workerConcurrency: env.POSITION_MANAGER_WORKER_CONCURRENCY,
+    priceStaleSeconds: env.POSITION_MANAGER_PRICE_STALE_SECONDS,
+    grafanaReaderPassword: env.POSITION_MANAGER_GRAFANA_READER_PASSWORD,
+    shutdownTimeoutMs: env.POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS,
+    orderManagerUrl: env.ORDER_MANAGER_URL,
+    wsGatewayUrl: env.WS_GATEWAY_URL,
+  });
+}

@@ -1,0 +1,100 @@
+// Starts the roles named in POSITION_MANAGER_ROLES (api, consumer, relay, worker) in one
+// process, and stops them cleanly on SIGTERM/SIGINT within the shutdown timeout.
+import type { Server } from 'node:http';
+import { ConfigError, loadConfig, redactUrl } from './config.js';
+import { createLogger } from './log.js';
+import { createPool } from './db/pool.js';
+import { migrate } from './db/migrate.js';
+import { writeSettings } from './db/settings.js';
+import { persistentSecret, startEmbedded, type EmbeddedDatabase } from './db/embedded.js';
+import { createApp } from './api/app.js';
+import { startMessaging } from './messaging/index.js';
+import { startWorker } from './jobs/index.js';
+import type { Component, Runtime } from './runtime.js';
+
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`position-manager: invalid configuration\n${err.message}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
+  const log = createLogger({ level: config.logLevel, service: config.serviceName, role: config.roles.join(',') });
+
+  let embedded: EmbeddedDatabase | undefined;
+  let databaseUrl = config.databaseUrl;
+  let apiKey = config.apiKey;
+  if (databaseUrl === undefined) {
+    embedded = await startEmbedded(config.dataDir, log);
+    databaseUrl = embedded.url;
+    if (apiKey === undefined && config.roles.includes('api')) {
+      const key = persistentSecret(config.dataDir, 'api-key');
+      apiKey = key.value;
+      log.info({ api_key_file: key.path }, 'generated API key stored in the data folder');
+    }
+  }
+  if (apiKey !== undefined && apiKey.length < 16) log.warn('POSITION_MANAGER_API_KEY is shorter than 16 characters');
+
+  await migrate(databaseUrl, (m) => log.info(m));
+  const pool = createPool(databaseUrl, config.dbPoolSize, config.serviceName);
+  await writeSettings(pool, config);
+  log.info({ database: redactUrl(databaseUrl), roles: config.roles, messaging: config.amqpUrl ? 'enabled' : 'disabled' }, 'starting');
+
+  const rt: Runtime = {
+    config,
+    log,
+    pool,
+    databaseUrl,
+    apiKey,
+    broker: { enabled: config.amqpUrl !== undefined, connected: false },
+  };
+  if (!rt.broker.enabled) log.warn('no AMQP configuration: consumers and relay are off, events wait in the outbox');
+
+  const components: Component[] = [];
+  const has = (role: string) => config.roles.includes(role as never);
+  if (rt.broker.enabled && (has('consumer') || has('relay')))
+    components.push(...(await startMessaging(rt, { consumer: has('consumer'), relay: has('relay') })));
+  if (has('worker')) components.push(...(await startWorker(rt)));
+
+  const app = createApp(rt, { api: config.roles.includes('api') });
+  const server: Server = await new Promise((ok) => {
+    const s = app.listen(config.port, () => ok(s));
+  });
+  log.info({ port: config.port }, 'listening');
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    const timer = setTimeout(() => {
+      log.error('shutdown timed out');
+      process.exit(1);
+    }, config.shutdownTimeoutMs);
+    timer.unref();
+    server.close();
+    server.closeAllConnections?.();
+    for (const c of [...components].reverse()) {
+      try {
+        await c.stop();
+      } catch (err) {
+        log.error({ err, component: c.name }, 'error while stopping');
+      }
+    }
+    await pool.end().catch(() => undefined);
+    if (embedded) await embedded.stop().catch(() => undefined);
+    log.info('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((err) => {
+  process.stderr.write(`position-manager: failed to start: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

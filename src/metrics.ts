@@ -1,0 +1,42 @@
+// Prometheus metrics (SPEC.md §10), one registry per process, served at GET /metrics.
+import client from 'prom-client';
+
+export const registry = new client.Registry();
+client.collectDefaultMetrics({ register: registry, prefix: 'position_manager_process_' });
+
+const PREFIX = 'position_manager_';
+const m = <T>(metric: T): T => metric;
+
+export const metrics = {
+  positionsOpen: m(new client.Gauge({ name: `${PREFIX}positions_open`, help: 'Open positions', labelNames: ['mode'], registers: [registry] })),
+  positionUpdates: m(new client.Counter({ name: `${PREFIX}position_updates_total`, help: 'Position changes applied', labelNames: ['source'], registers: [registry] })),
+  httpDuration: m(
+    new client.Histogram({
+      name: `${PREFIX}http_request_duration_seconds`,
+      help: 'HTTP request duration',
+      labelNames: ['method', 'route', 'status'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+  ),
+  cacheEntries: m(new client.Gauge({ name: `${PREFIX}metrics_cache_entries`, help: 'Portfolio metrics cache entries', registers: [registry] })),
+  cacheRequests: m(new client.Counter({ name: `${PREFIX}metrics_cache_requests_total`, help: 'Portfolio metrics cache lookups', labelNames: ['result'], registers: [registry] })),
+  validationDiscrepancies: m(new client.Counter({ name: `${PREFIX}validation_discrepancies_total`, help: 'Discrepancies found by validation', labelNames: ['field'], registers: [registry] })),
+  validationRuns: m(new client.Counter({ name: `${PREFIX}validation_runs_total`, help: 'Validation runs', labelNames: ['trigger', 'outcome'], registers: [registry] })),
+  messages: m(new client.Counter({ name: `${PREFIX}messages_total`, help: 'Consumed messages by outcome', labelNames: ['queue', 'outcome'], registers: [registry] })),
+  messageApplyDuration: m(
+    new client.Histogram({
+      name: `${PREFIX}message_apply_duration_seconds`,
+      help: 'Time to apply a consumed message (or batch) in SQL',
+      labelNames: ['queue'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers: [registry],
+    }),
+  ),
+  outboxPending: m(new client.Gauge({ name: `${PREFIX}outbox_pending`, help: 'Unsent outbox rows', registers: [registry] })),
+  outboxOldestAge: m(new client.Gauge({ name: `${PREFIX}outbox_oldest_age_seconds`, help: 'Age of the oldest unsent outbox row', registers: [registry] })),
+  eventsPublished: m(new client.Counter({ name: `${PREFIX}events_published_total`, help: 'Events confirmed by the broker', labelNames: ['event_type'], registers: [registry] })),
+  jobRuns: m(new client.Counter({ name: `${PREFIX}job_runs_total`, help: 'Job runs', labelNames: ['task', 'outcome'], registers: [registry] })),
+  databaseUp: m(new client.Gauge({ name: `${PREFIX}database_up`, help: '1 when the database answers', registers: [registry] })),
+  brokerUp: m(new client.Gauge({ name: `${PREFIX}broker_up`, help: '1 when connected to the broker', registers: [registry] })),
+};

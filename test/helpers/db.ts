@@ -1,0 +1,111 @@
+// Every test file gets its own database, copied in milliseconds from a migrated template
+// (graphile-worker's approach). The template is rebuilt whenever migrations/ or sql/ change.
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import pg from 'pg';
+import { migrate } from '../../src/db/migrate.js';
+import { MIGRATIONS_DIR, SQL_DIR } from '../../src/paths.js';
+import '../../src/db/pool.js'; // numeric and bigint as strings, as in the service
+
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+export interface TestDb {
+  url: string;
+  name: string;
+  pool: pg.Pool;
+  query<R extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;
+}
+
+export function urlFor(database: string): string {
+  const u = new URL(TEST_DATABASE_URL);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+function schemaHash(): string {
+  const h = createHash('sha256');
+  for (const dir of [MIGRATIONS_DIR, SQL_DIR])
+    for (const f of readdirSync(dir).sort()) h.update(f).update(readFileSync(join(dir, f)));
+  return h.digest('hex').slice(0, 16);
+}
+
+async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+let templatePromise: Promise<string> | undefined;
+
+/** The name of a migrated template database for the current schema, built once per schema. */
+export function templateDatabase(): Promise<string> {
+  templatePromise ??= admin(async (c) => {
+    const hash = schemaHash();
+    const name = `pm_tpl_${hash}`;
+    await c.query('select pg_advisory_lock(4800002)');
+    try {
+      const exists = await c.query('select 1 from pg_database where datname = $1 and datistemplate', [name]);
+      if (exists.rowCount) return name;
+      const building = `${name}_build`;
+      await c.query(`drop database if exists ${building} with (force)`);
+      await c.query(`create database ${building}`);
+      await migrate(urlFor(building));
+      await c.query(`alter database ${building} rename to ${name}`);
+      await c.query(`alter database ${name} is_template true`);
+      // Templates of older schemas are of no further use.
+      const old = await c.query<{ datname: string }>(
+        "select datname from pg_database where datname like 'pm\\_tpl\\_%' and datname <> $1 and datname not like '%\\_build'",
+        [name],
+      );
+      for (const { datname } of old.rows) {
+        await c.query(`alter database ${datname} is_template false`);
+        await c.query(`drop database if exists ${datname} with (force)`);
+      }
+      return name;
+    } finally {
+      await c.query('select pg_advisory_unlock(4800002)');
+    }
+  });
+  return templatePromise;
+}
+
+/** Creates an empty database (no schema) that is dropped when the test ends. */
+export async function emptyDatabase(t: Teardown, prefix = 'pm_test'): Promise<{ name: string; url: string }> {
+  const name = `${prefix}_${randomBytes(6).toString('hex')}`;
+  await admin((c) => c.query(`create database ${name}`));
+  t.teardown(() => admin((c) => c.query(`drop database if exists ${name} with (force)`)));
+  return { name, url: urlFor(name) };
+}
+
+/** A fresh, fully migrated database of its own for one test file, dropped at teardown. */
+export async function freshDatabase(t: Teardown): Promise<TestDb> {
+  const template = await templateDatabase();
+  const name = `pm_test_${randomBytes(6).toString('hex')}`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await admin((c) => c.query(`create database ${name} template ${template}`));
+      break;
+    } catch (err) {
+      // Another file copying the same template at this instant: try again shortly.
+      if (attempt >= 20 || !/being accessed by other users/.test((err as Error).message)) throw err;
+      await new Promise((r) => setTimeout(r, 100 + Math.random() * 200));
+    }
+  }
+  const url = urlFor(name);
+  const pool = new pg.Pool({ connectionString: url, max: 10 });
+  pool.on('error', () => undefined);
+  t.teardown(async () => {
+    await pool.end();
+    await admin((c) => c.query(`drop database if exists ${name} with (force)`));
+  });
+  return { url, name, pool, query: (sql, params) => pool.query(sql, params as unknown[]) };
+}
