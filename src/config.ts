@@ -274,3 +274,4 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
     wsGatewayUrl: env.WS_GATEWAY_URL,
   });
 }
+export const CONFIG_VARIABLES: readonly string[] = Object.freeze(Object.keys(schema.shape));

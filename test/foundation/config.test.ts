@@ -1,0 +1,81 @@
+import t from 'tap';
+import { ConfigError, loadConfig, redactUrl } from '../../src/config.js';
+
+const base = { DATABASE_URL: 'postgres://u:secret@db:5432/x', POSITION_MANAGER_API_KEY: 'k'.repeat(32) };
+
+function rejection(env: Record<string, string>): string {
+  try {
+    loadConfig({ ...base, ...env });
+  } catch (err) {
+    if (err instanceof ConfigError) return err.message;
+    throw err;
+  }
+  throw new Error('configuration was accepted');
+}
+
+t.test('defaults follow SPEC.md §8', async (t) => {
+  const c = loadConfig(base);
+  t.equal(c.port, 4800);
+  t.same(c.roles, ['api', 'consumer', 'relay', 'worker']);
+  t.same(c.orderEventsQueues, ['order-manager.order_executed', 'order-manager.order_events']);
+  t.equal(c.positionEventsQueue, 'ws-gateway.position');
+  t.equal(c.eventsExchange, 'position-manager.events');
+  t.equal(c.avgPriceDiffThreshold, '0.001');
+  t.equal(c.sizeValidationThreshold, '0.0001');
+  t.equal(c.sizeDiscrepancyGraceSeconds, 30);
+  t.equal(c.metricsCacheTtlSeconds, 10);
+  t.equal(c.useWsAvgPrice, true);
+  t.equal(c.maxExposureUsdt, undefined);
+  t.equal(c.amqpUrl, undefined, 'no AMQP configuration means messaging disabled');
+  t.ok(Object.isFrozen(c));
+});
+
+t.test('bad values are rejected with the variable, the value and what is allowed', async (t) => {
+  t.match(rejection({ POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: 'abc' }), /POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD must be a decimal between 0 and 1, got "abc"/);
+  t.match(rejection({ POSITION_MANAGER_PORT: '70000' }), /POSITION_MANAGER_PORT must be a whole number between 1 and 65535, got "70000"/);
+  t.match(rejection({ POSITION_MANAGER_PORT: 'http' }), /POSITION_MANAGER_PORT .*got "http"/);
+  t.match(rejection({ POSITION_MANAGER_ROLES: 'api,cron' }), /POSITION_MANAGER_ROLES must be a comma-separated subset of api, consumer, relay, worker, got "api,cron"/);
+  t.match(rejection({ POSITION_MANAGER_LOG_LEVEL: 'loud' }), /POSITION_MANAGER_LOG_LEVEL must be one of/);
+  t.match(rejection({ POSITION_MANAGER_USE_WS_AVG_PRICE: 'maybe' }), /POSITION_MANAGER_USE_WS_AVG_PRICE must be true or false/);
+  t.match(rejection({ POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: '50' }), /between 100 and 60000/);
+  t.match(rejection({ AMQP_URL: 'http://rabbit' }), /AMQP_URL must be a URL with scheme amqp or amqps/);
+  t.match(rejection({ DATABASE_URL: 'not a url' }), /DATABASE_URL must be a URL/);
+  t.match(rejection({ POSITION_MANAGER_MAX_EXPOSURE_USDT: '-5' }), /POSITION_MANAGER_MAX_EXPOSURE_USDT must be a non-negative decimal/);
+});
+
+t.test('several bad values are all reported', async (t) => {
+  const msg = rejection({ POSITION_MANAGER_PORT: '0', POSITION_MANAGER_CONSUMER_PREFETCH: 'many' });
+  t.match(msg, /POSITION_MANAGER_PORT/);
+  t.match(msg, /POSITION_MANAGER_CONSUMER_PREFETCH/);
+});
+
+t.test('secrets are masked in rejection messages', async (t) => {
+  const msg = rejection({ POSITION_MANAGER_GRAFANA_READER_PASSWORD: 'x', POSITION_MANAGER_PORT: 'bad', DATABASE_URL: 'ftp://u:hunter2@h/db' });
+  t.notMatch(msg, /hunter2/);
+  t.equal(redactUrl('postgres://u:hunter2@h:5432/db'), 'postgres://u:***@h:5432/db');
+});
+
+t.test('a missing API key with a configured database is an error', async (t) => {
+  t.throws(() => loadConfig({ DATABASE_URL: base.DATABASE_URL }), /POSITION_MANAGER_API_KEY is required/);
+  t.doesNotThrow(() => loadConfig({}), 'embedded mode generates a key');
+  t.doesNotThrow(() => loadConfig({ DATABASE_URL: base.DATABASE_URL, POSITION_MANAGER_ROLES: 'worker' }));
+});
+
+t.test('the seed variables build the URLs', async (t) => {
+  const c = loadConfig({ POSTGRES_HOST: 'pg', POSTGRES_PASSWORD: 'pw', RABBITMQ_HOST: 'mq', POSITION_MANAGER_API_KEY: base.POSITION_MANAGER_API_KEY });
+  t.equal(c.databaseUrl, 'postgresql://ytrader:pw@pg:5432/ytrader');
+  t.equal(c.amqpUrl, 'amqp://guest:guest@mq:5672');
+  t.equal(loadConfig({ ...base, POSITION_MANAGER_LOG_LEVEL: 'WARNING' }).logLevel, 'warn');
+});
+
+t.test('env.example lists exactly the variables of the config schema', async (t) => {
+  const { readFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { ROOT } = await import('../../src/paths.js');
+  const { CONFIG_VARIABLES } = await import('../../src/config.js');
+  const documented = readFileSync(join(ROOT, 'env.example'), 'utf8')
+    .split('\n')
+    .map((l) => /^([A-Z][A-Z0-9_]+)=/.exec(l)?.[1])
+    .filter((v): v is string => v !== undefined);
+  t.same([...documented].sort(), [...CONFIG_VARIABLES].sort());
+});

@@ -1,0 +1,73 @@
+import t from 'tap';
+import pg from 'pg';
+import { migrate } from '../../src/db/migrate.js';
+import { emptyDatabase } from '../helpers/db.js';
+
+async function schemaFingerprint(url: string): Promise<string> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    const r = await c.query<{ f: string }>(`
+      select string_agg(table_name || '.' || column_name || ':' || data_type, ',' order by table_name, column_name) as f
+        from information_schema.columns where table_schema in ('public', 'graphile_worker')`);
+    return r.rows[0]!.f;
+  } finally {
+    await c.end();
+  }
+}
+
+t.test('an empty database is migrated, and migrating again changes nothing', async (t) => {
+  const db = await emptyDatabase(t);
+  const first = await migrate(db.url);
+  t.ok(first.migrationsApplied.length >= 5, 'every migration applied');
+  t.equal(first.definitionsApplied, true, 'sql/ definitions applied');
+  const before = await schemaFingerprint(db.url);
+  const second = await migrate(db.url);
+  t.same(second.migrationsApplied, [], 'no migration runs twice');
+  t.equal(second.definitionsApplied, false, 'unchanged definitions are not reapplied');
+  t.equal(await schemaFingerprint(db.url), before);
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  t.teardown(() => c.end());
+  const jobs = await c.query("select to_regproc('graphile_worker.add_job') is not null as ok");
+  t.equal(jobs.rows[0].ok, true, "graphile-worker's schema is installed by the same step");
+});
+
+t.test('two processes migrating one database at once do not race', async (t) => {
+  const db = await emptyDatabase(t);
+  const results = await Promise.all([migrate(db.url), migrate(db.url), migrate(db.url)]);
+  const applied = results.map((r) => r.migrationsApplied.length);
+  t.equal(applied.filter((n) => n > 0).length, 1, 'exactly one of them applied the migrations');
+  t.equal(results.filter((r) => r.definitionsApplied).length, 1, 'exactly one applied the definitions');
+});
+
+t.test('pre-existing positions of another writer are extended in place', async (t) => {
+  const db = await emptyDatabase(t);
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  t.teardown(() => c.end());
+  await c.query(`create table positions (
+      id uuid primary key default gen_random_uuid(), asset varchar(20) not null, size numeric not null,
+      average_entry_price numeric, current_price numeric, unrealized_pnl numeric, realized_pnl numeric,
+      mode varchar(20) default 'one-way', long_size numeric, short_size numeric,
+      created_at timestamp default now(), last_updated timestamp default now(), closed_at timestamp)`);
+  await c.query(`insert into positions (asset, size, average_entry_price, unrealized_pnl, last_updated, created_at)
+                 values ('BTCUSDT', 1.5, 50000, null, '2025-01-15 10:00:00', '2025-01-15 09:00:00'),
+                        ('ETHUSDT', 0, 3000, 5, '2025-01-15 11:00:00', '2025-01-15 09:00:00')`);
+  await migrate(db.url);
+  const rows = (await c.query(`select asset, size, unrealized_pnl, realized_pnl, version, closed_at, opened_at, last_updated
+                                 from positions order by asset`)).rows;
+  t.equal(rows[0].asset, 'BTCUSDT');
+  t.equal(rows[0].size, '1.5');
+  t.equal(rows[0].unrealized_pnl, '0', 'null PnL is read as 0');
+  t.equal(rows[0].closed_at, null);
+  t.equal((rows[0].last_updated as Date).toISOString(), '2025-01-15T10:00:00.000Z', 'old timestamps read as UTC');
+  t.equal((rows[1].closed_at as Date).toISOString(), '2025-01-15T11:00:00.000Z', 'flat rows get closed_at = last_updated');
+  t.equal(rows[1].unrealized_pnl, '0');
+  const resets = (await c.query(`select asset, kind, leg, reset_size, reset_avg_price from position_fills order by asset`)).rows;
+  t.same(
+    resets.map((r) => [r.asset, r.kind, r.leg, r.reset_size]),
+    [['BTCUSDT', 'reset', 'net', '1.5'], ['ETHUSDT', 'reset', 'net', '0']],
+    'a reset ledger row for every pre-existing position',
+  );
+});

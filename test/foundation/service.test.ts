@@ -1,0 +1,46 @@
+import t from 'tap';
+import { mkdtempSync, statSync, existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freshDatabase } from '../helpers/db.js';
+import { startService } from '../helpers/service.js';
+
+t.test('a bad configuration stops the process with exit code 1 and names the variable', async (t) => {
+  const svc = await startService(t, {
+    databaseUrl: 'postgres://postgres@127.0.0.1:5432/postgres',
+    env: { POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: 'lots' },
+    waitHealthy: false,
+  });
+  const code = await new Promise<number | null>((ok) => svc.child.once('exit', ok));
+  t.equal(code, 1);
+  t.match(svc.stderr.join(''), /POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD must be a decimal between 0 and 1, got "lots"/);
+});
+
+t.test('the service starts on a database, answers /health, and stops on SIGTERM with exit 0', async (t) => {
+  const db = await freshDatabase(t);
+  const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api' } });
+  const health = await svc.request('GET', '/health', { key: null });
+  t.equal(health.status, 200);
+  t.equal(health.body.status, 'healthy');
+  t.equal(health.body.database_connected, true);
+  t.equal(health.body.messaging, 'disabled');
+  t.equal(await svc.stop('SIGTERM'), 0);
+  t.ok(svc.logs.some((l) => l.msg === 'stopped'), 'logs its clean stop');
+});
+
+t.test('with no database configured it runs an embedded PostgreSQL in the data folder', async (t) => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'pm-embedded-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const svc = await startService(t, {
+    env: { POSITION_MANAGER_DATA_DIR: dataDir, POSITION_MANAGER_API_KEY: '' },
+    timeoutMs: 120_000,
+  });
+  const health = await svc.request('GET', '/health', { key: null });
+  t.equal(health.status, 200);
+  t.equal(health.body.database_connected, true);
+  t.ok(existsSync(join(dataDir, 'postgres', 'PG_VERSION')), 'the data lives in POSITION_MANAGER_DATA_DIR');
+  const keyFile = join(dataDir, 'api-key');
+  t.equal(statSync(keyFile).mode & 0o777, 0o600, 'the generated API key is private');
+  t.ok(svc.logs.some((l) => l.api_key_file === keyFile), 'its path (not the key) is logged');
+  t.equal(await svc.stop('SIGTERM'), 0);
+});
