@@ -1,0 +1,105 @@
+-- Reading message fields. Every rejection is SQLSTATE 22023 with the message
+-- '<field>: <problem>' and COLUMN = field, so consumers can dead-letter with a reason and the
+-- API can name the field (docs/CONTRACTS.md).
+
+create or replace function bad_input(field text, problem text) returns void
+  language plpgsql immutable
+  as $$
+begin
+  raise exception '%: %', field, problem using errcode = '22023', column = field;
+end $$;
+
+-- A JSON value as text, with null, JSON null and '' all meaning "absent".
+create or replace function input_text(j jsonb, field text) returns text
+  language sql immutable parallel safe
+  as $$
+    select case when j is null or jsonb_typeof(j -> field) is null or jsonb_typeof(j -> field) = 'null' then null
+                when jsonb_typeof(j -> field) = 'string' then nullif(j ->> field, '')
+                else j ->> field end
+  $$;
+
+-- A decimal given as a JSON number (exact: jsonb numbers are numeric) or a string in plain or
+-- exponent notation (Python's Decimal prints "0E-8"). Absent → null.
+create or replace function input_decimal(j jsonb, field text, max_scale integer default null) returns numeric
+  language plpgsql immutable
+  as $$
+declare
+  raw text := input_text(j, field);
+  v numeric;
+begin
+  if raw is null then return null; end if;
+  if jsonb_typeof(j -> field) not in ('number', 'string') then
+    perform bad_input(field, 'must be a decimal');
+  end if;
+  if length(raw) > 40 or raw !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$' then
+    perform bad_input(field, format('must be a decimal, got %s', left(raw, 40)));
+  end if;
+  v := raw::numeric;
+  if max_scale is not null and scale(v) > max_scale and v <> round(v, max_scale) then
+    perform bad_input(field, format('at most %s fractional digits', max_scale));
+  end if;
+  return v;
+end $$;
+
+-- ISO-8601 with or without offset (no offset = UTC), or epoch milliseconds.
+create or replace function input_timestamp(j jsonb, field text) returns timestamptz
+  language plpgsql stable
+  as $$
+declare
+  raw text := input_text(j, field);
+begin
+  if raw is null then return null; end if;
+  if raw ~ '^\d{10,16}(\.\d+)?$' then
+    return to_timestamp(raw::numeric / 1000);
+  end if;
+  if raw !~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$' then
+    perform bad_input(field, format('must be an ISO-8601 timestamp or epoch milliseconds, got %s', left(raw, 40)));
+  end if;
+  if raw ~ '(Z|z|[+-]\d{2}(:?\d{2})?)$' and raw ~ 'T|\s\d' then
+    return raw::timestamptz;
+  end if;
+  return raw::timestamp at time zone 'UTC';
+exception when datetime_field_overflow or invalid_datetime_format then
+  perform bad_input(field, format('is not a valid time, got %s', left(raw, 40)));
+  return null;
+end $$;
+
+create or replace function input_asset(raw text, field text default 'asset') returns text
+  language plpgsql immutable
+  as $$
+begin
+  if raw is null then perform bad_input(field, 'is required'); end if;
+  if upper(raw) !~ '^[A-Z0-9]{2,20}$' then
+    perform bad_input(field, format('must be 2-20 letters or digits, got %s', left(raw, 40)));
+  end if;
+  return upper(raw);
+end $$;
+
+create or replace function input_mode(raw text, field text default 'mode') returns text
+  language plpgsql immutable
+  as $$
+begin
+  if raw is null then return 'one-way'; end if;
+  if lower(raw) not in ('one-way', 'hedge') then
+    perform bad_input(field, format('must be one-way or hedge, got %s', left(raw, 40)));
+  end if;
+  return lower(raw);
+end $$;
+
+create or replace function input_side(raw text, field text default 'side') returns integer
+  language plpgsql immutable
+  as $$
+begin
+  if raw is null then perform bad_input(field, 'is required'); end if;
+  case lower(raw)
+    when 'buy' then return 1;
+    when 'sell' then return -1;
+    else perform bad_input(field, format('must be Buy or Sell, got %s', left(raw, 40)));
+  end case;
+  return null;
+end $$;
+
+-- R-3 fallback key: SHA-256 of the body (jsonb's own normalised text, keys sorted).
+create or replace function body_key(body jsonb) returns text
+  language sql immutable parallel safe
+  as $$ select 'sha256:' || encode(sha256(convert_to((body - '_meta')::text, 'UTF8')), 'hex') $$;

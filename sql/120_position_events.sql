@@ -1,0 +1,129 @@
+-- Writing a change: the audit row (R-28), the outbox events (R-29) and the notifications
+-- (cache invalidation, relay wake-up), all in the caller's transaction.
+
+create or replace function enqueue_event(routing_key text, event_type text, payload jsonb, trace_id text)
+  returns uuid
+  language plpgsql
+  as $$
+declare
+  id uuid := gen_random_uuid();
+begin
+  insert into outbox (event_id, routing_key, event_type, payload, trace_id)
+  values (id, routing_key, event_type,
+          jsonb_build_object('event_id', id, 'event_type', event_type, 'trace_id', trace_id,
+                             'timestamp', ts_out(now())) || payload,
+          trace_id);
+  perform pg_notify('position_manager_outbox', '');
+  return id;
+end $$;
+
+-- The stored columns that changed (version and last_updated always do).
+create or replace function position_changed_fields(before positions, after positions) returns text[]
+  language sql immutable
+  as $$
+    select coalesce(array_agg(a.key order by a.key), '{}')
+      from jsonb_each(to_jsonb(after)) a
+     where a.key not in ('version', 'last_updated', 'gross_size', 'exchange_state')
+       and (before is null or (to_jsonb(before) -> a.key) is distinct from a.value)
+  $$;
+
+create or replace function record_position_change(
+  before positions, after positions, source text, kind text,
+  message_key text, trace_id text, details jsonb default null)
+  returns void
+  language plpgsql
+  as $$
+declare
+  changed text[] := position_changed_fields(before, after);
+  pos jsonb := position_json(after, null, now());
+begin
+  insert into position_events (position_id, asset, mode, source, kind, before, after, changed_fields, message_key, trace_id, details)
+  values (after.id, after.asset, after.mode, source, kind, to_jsonb(before), to_jsonb(after), changed, message_key, trace_id, details);
+  perform enqueue_event('position-manager.position_updated', 'position_updated',
+    jsonb_build_object(
+      'position_id', after.id, 'asset', after.asset, 'mode', after.mode,
+      'size', pos -> 'size', 'long_size', pos -> 'long_size', 'short_size', pos -> 'short_size',
+      'average_entry_price', pos -> 'average_entry_price', 'average_price', pos -> 'average_entry_price',
+      'current_price', pos -> 'current_price', 'unrealized_pnl', pos -> 'unrealized_pnl',
+      'realized_pnl', pos -> 'realized_pnl', 'total_fees', pos -> 'total_fees',
+      'unrealized_pnl_pct', pos -> 'unrealized_pnl_pct', 'time_held_minutes', pos -> 'time_held_minutes',
+      'position_size_norm', pos -> 'position_size_norm', 'version', pos -> 'version', 'closed_at', pos -> 'closed_at',
+      'update_source', case source when 'manual' then 'validation' else source end,
+      'changed_fields', to_jsonb(changed), 'position', pos),
+    trace_id);
+  perform pg_notify('position_manager_changes',
+                    json_build_object('asset', after.asset, 'mode', after.mode, 'version', after.version)::text);
+end $$;
+
+-- An audit row without images (stale reports, discrepancies).
+create or replace function record_position_note(p positions, source text, kind text, message_key text, trace_id text, details jsonb)
+  returns void
+  language sql
+  as $$
+    insert into position_events (position_id, asset, mode, source, kind, message_key, trace_id, details)
+    values (p.id, p.asset, p.mode, source, kind, message_key, trace_id, details)
+  $$;
+
+create or replace function enqueue_position_closed(
+  p positions, leg text, closed_size numeric, avg numeric, exit_price numeric,
+  realized_delta numeric, opened_at timestamptz, reason text, trace_id text)
+  returns void
+  language sql
+  as $$
+    select enqueue_event('position-manager.position_closed', 'position_closed', jsonb_build_object(
+      'position_id', p.id, 'asset', p.asset, 'mode', p.mode, 'leg', leg,
+      'closed_size', dec_out(closed_size), 'average_entry_price', dec_out(avg), 'exit_price', dec_out(exit_price),
+      'realized_pnl_delta', dec_out(realized_delta), 'realized_pnl', dec_out(p.realized_pnl),
+      'total_fees', dec_out(p.total_fees), 'opened_at', ts_out(opened_at),
+      'closed_at', ts_out(coalesce(p.closed_at, now())), 'reason', reason), trace_id);
+  $$;
+
+-- Saves a position row built in a variable (insert when new), bumping version and last_updated.
+create or replace function save_position(n positions, is_new boolean) returns positions
+  language plpgsql
+  as $$
+declare
+  r positions;
+begin
+  if is_new then
+    insert into positions (id, asset, mode, size, long_size, short_size, long_avg_price, short_avg_price,
+      long_unrealized_pnl, short_unrealized_pnl, long_realized_pnl, short_realized_pnl,
+      average_entry_price, average_entry_price_source, current_price, current_price_at,
+      unrealized_pnl, realized_pnl, total_fees, opened_at, closed_at, created_at, last_updated, version, exchange_state)
+    values (n.id, n.asset, n.mode, n.size, n.long_size, n.short_size, n.long_avg_price, n.short_avg_price,
+      n.long_unrealized_pnl, n.short_unrealized_pnl, n.long_realized_pnl, n.short_realized_pnl,
+      n.average_entry_price, n.average_entry_price_source, n.current_price, n.current_price_at,
+      n.unrealized_pnl, n.realized_pnl, n.total_fees, n.opened_at, n.closed_at, now(), now(), 1, n.exchange_state)
+    returning * into r;
+  else
+    update positions set
+      size = n.size, long_size = n.long_size, short_size = n.short_size,
+      long_avg_price = n.long_avg_price, short_avg_price = n.short_avg_price,
+      long_unrealized_pnl = n.long_unrealized_pnl, short_unrealized_pnl = n.short_unrealized_pnl,
+      long_realized_pnl = n.long_realized_pnl, short_realized_pnl = n.short_realized_pnl,
+      average_entry_price = n.average_entry_price, average_entry_price_source = n.average_entry_price_source,
+      current_price = n.current_price, current_price_at = n.current_price_at,
+      unrealized_pnl = n.unrealized_pnl, realized_pnl = n.realized_pnl, total_fees = n.total_fees,
+      opened_at = n.opened_at, closed_at = n.closed_at, exchange_state = n.exchange_state,
+      last_updated = now(), version = positions.version + 1
+    where id = n.id
+    returning * into r;
+  end if;
+  return r;
+end $$;
+
+-- Locks the (asset, mode) row, or the key of a row not created yet, so that two first
+-- fills cannot create two rows. Returns null when there is no row.
+create or replace function lock_position(a text, m text) returns positions
+  language plpgsql
+  as $$
+declare
+  p positions;
+begin
+  select * into p from positions where asset = a and mode = m for update;
+  if not found then
+    perform pg_advisory_xact_lock(hashtextextended('position:' || a || ':' || m, 0));
+    select * into p from positions where asset = a and mode = m for update;
+  end if;
+  return p;
+end $$;

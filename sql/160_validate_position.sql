@@ -1,0 +1,141 @@
+-- Ledger replay and validation (SPEC.md R-17, ACCOUNTING.md §4).
+
+-- Replays one leg: from its latest `reset` row (or flat), every later fill in ledger id order,
+-- with the same leg_fill arithmetic the fills used. Also returns the time of the last entry.
+create or replace function replay_leg(pid uuid, leg_name text, out size numeric, out avg numeric, out last_entry_at timestamptz)
+  language plpgsql stable
+  as $$
+declare
+  base record;
+  f record;
+  r record;
+  leg_dir integer := case leg_name when 'long' then 1 when 'short' then -1 else 0 end;
+begin
+  select id, reset_size, reset_avg_price, executed_at into base
+    from position_fills where position_id = pid and leg = leg_name and kind = 'reset' order by id desc limit 1;
+  size := coalesce(base.reset_size * case when leg_dir = -1 then -1 else 1 end, 0);
+  avg := base.reset_avg_price;
+  -- A reset that only adopted the exchange's average says nothing new about the size.
+  select max(executed_at) into last_entry_at
+    from position_fills
+   where position_id = pid and leg = leg_name and kind = 'reset' and reason is distinct from 'avg_price_from_report';
+  for f in
+    select side, quantity, price, fee, executed_at from position_fills
+     where position_id = pid and leg = leg_name and kind = 'fill' and id > coalesce(base.id, 0) order by id
+  loop
+    r := leg_fill(size, avg, case f.side when 'Buy' then 1 else -1 end, f.quantity, f.price, f.fee, leg_dir);
+    size := r.new_size; avg := r.new_avg;
+    last_entry_at := greatest(last_entry_at, f.executed_at);
+  end loop;
+  if leg_dir = -1 then size := -size; end if;
+end $$;
+
+create or replace function validate_position(asset text, mode text default 'one-way', fix boolean default true)
+  returns jsonb
+  language plpgsql
+  as $$
+declare
+  a text := input_asset(asset);
+  m text := input_mode(mode);
+  settings position_manager_settings;
+  p positions; n positions;
+  leg_name text;
+  rp record;
+  st jsonb; tr timestamptz; rep_size numeric;
+  stored_size numeric; stored_avg numeric;
+  authority text; exp_size numeric; exp_avg numeric;
+  discrepancies jsonb := '[]';
+  field_size text; field_avg text;
+  closed_leg boolean;
+  trace text := 'validation:' || gen_random_uuid()::text;
+  fixed boolean := false;
+begin
+  select * into settings from position_manager_settings;
+  if not pg_try_advisory_xact_lock(hashtextextended('validate:' || a || ':' || m, 0)) then
+    raise exception 'validation_in_progress' using errcode = '55P03';
+  end if;
+  select * into p from positions where positions.asset = a and positions.mode = m for update;
+  if not found then
+    raise exception 'position_not_found' using errcode = 'P0002';
+  end if;
+  n := p;
+  foreach leg_name in array case when m = 'hedge' then array['long', 'short'] else array['net'] end loop
+    rp := replay_leg(p.id, leg_name);
+    st := p.exchange_state -> leg_name;
+    tr := coalesce((st ->> 'exchange_ts')::timestamptz, (st ->> 'received_at')::timestamptz);
+    rep_size := (st ->> 'size')::numeric;
+    if leg_name = 'net' then
+      stored_size := p.size; stored_avg := p.average_entry_price; field_size := 'size'; field_avg := 'average_entry_price';
+    elsif leg_name = 'long' then
+      stored_size := p.long_size; stored_avg := p.long_avg_price; field_size := 'long_size'; field_avg := 'long_avg_price';
+    else
+      stored_size := p.short_size; stored_avg := p.short_avg_price; field_size := 'short_size'; field_avg := 'short_avg_price';
+    end if;
+    if st is not null and tr > coalesce(rp.last_entry_at, '-infinity')
+       and rel_diff(rep_size, rp.size) > settings.size_validation_threshold then
+      authority := 'exchange';
+      exp_size := rep_size;
+      exp_avg := coalesce((st ->> 'average_entry_price')::numeric, rp.avg, stored_avg);
+    else
+      authority := 'ledger';
+      exp_size := rp.size;
+      exp_avg := rp.avg;
+    end if;
+    if rel_diff(stored_size, exp_size) > settings.size_validation_threshold then
+      discrepancies := discrepancies || jsonb_build_object('field', field_size, 'stored', dec_out(stored_size),
+                                                           'expected', dec_out(exp_size), 'authority', authority);
+    end if;
+    if exp_size <> 0 and exp_avg is not null
+       and (stored_avg is null or rel_diff(stored_avg, exp_avg) > settings.size_validation_threshold) then
+      discrepancies := discrepancies || jsonb_build_object('field', field_avg, 'stored', dec_out(stored_avg),
+                                                           'expected', dec_out(exp_avg), 'authority', authority);
+    end if;
+    if fix and (rel_diff(stored_size, exp_size) > settings.size_validation_threshold
+                or (exp_size <> 0 and exp_avg is not null and (stored_avg is null or rel_diff(stored_avg, exp_avg) > settings.size_validation_threshold))) then
+      fixed := true;
+      if authority = 'exchange' then
+        insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at, trace_id, reason)
+        values (p.id, a, m, 'reset', leg_name, exp_size, exp_avg, tr, trace, 'validation');
+        n.average_entry_price_source := 'exchange';
+      end if;
+      closed_leg := stored_size <> 0 and exp_size = 0;
+      if leg_name = 'net' then
+        n.size := exp_size; n.average_entry_price := coalesce(exp_avg, n.average_entry_price);
+      elsif leg_name = 'long' then
+        n.long_size := exp_size; n.long_avg_price := coalesce(exp_avg, n.long_avg_price);
+      else
+        n.short_size := exp_size; n.short_avg_price := coalesce(exp_avg, n.short_avg_price);
+      end if;
+      if closed_leg then
+        perform enqueue_position_closed(n, leg_name, abs(stored_size), stored_avg, null, 0, p.opened_at, 'validation', trace);
+      end if;
+    end if;
+  end loop;
+
+  if fixed then
+    if n.current_price is null then n.current_price := coalesce(n.average_entry_price, n.long_avg_price, n.short_avg_price); end if;
+    n := position_mark(n);
+    if m <> 'hedge' then n.unrealized_pnl := case when n.size = 0 then 0 else (n.current_price - n.average_entry_price) * n.size end; end if;
+    if p.gross_size = 0 and (abs(n.size) > 0 or coalesce(n.long_size, 0) + coalesce(n.short_size, 0) > 0) then
+      n.opened_at := now(); n.closed_at := null;
+    elsif p.gross_size > 0 and n.size = 0 and coalesce(n.long_size, 0) + coalesce(n.short_size, 0) = 0 then
+      n.closed_at := now();
+    end if;
+    n := save_position(n, false);
+    perform record_position_change(p, n, 'validation', 'validation_fix', null, trace,
+                                   jsonb_build_object('discrepancies', discrepancies));
+  end if;
+  if jsonb_array_length(discrepancies) > 0 then
+    raise warning 'validation of % %: %', a, m, discrepancies;
+  end if;
+  return jsonb_build_object(
+    'is_valid', jsonb_array_length(discrepancies) = 0,
+    'error_message', case when jsonb_array_length(discrepancies) > 0 then
+      (select string_agg(format('%s %s differs from %s %s %s', d ->> 'field', d ->> 'stored',
+                                case d ->> 'authority' when 'exchange' then 'exchange' else 'ledger' end,
+                                replace(d ->> 'field', '_', ' '), d ->> 'expected'), '; ')
+         from jsonb_array_elements(discrepancies) d) end,
+    'discrepancies', discrepancies,
+    'updated_position', case when fixed then position_json(n) end,
+    'checked_at', ts_out(now()));
+end $$;

@@ -1,0 +1,300 @@
+// The ledger's SQL functions against the real PostgreSQL: ACCOUNTING.md's worked examples and
+// the processing rules of SPEC.md §4, with the exact numbers the documents give.
+import t from 'tap';
+import { freshDatabase, type TestDb } from '../helpers/db.js';
+
+let seq = 0;
+const fill = (f: Record<string, unknown>) => ({ execution_id: `x-${++seq}`, ...f });
+
+async function apply(db: TestDb, f: Record<string, unknown>) {
+  return (await db.query('select (apply_order_fill($1::jsonb)).*', [JSON.stringify(f)])).rows[0];
+}
+async function report(db: TestDb, r: Record<string, unknown>) {
+  return (await db.query('select (apply_position_report($1::jsonb)).*', [JSON.stringify(r)])).rows[0];
+}
+async function row(db: TestDb, asset: string, mode = 'one-way') {
+  return (await db.query('select * from positions where asset = $1 and mode = $2', [asset, mode])).rows[0];
+}
+async function json(db: TestDb, asset: string, mode = 'one-way') {
+  return (await db.query('select position_json(p) as j from positions p where asset = $1 and mode = $2', [asset, mode])).rows[0].j;
+}
+/** Canonical decimal text (trailing zeros removed), so values compare exactly, never as floats. */
+const dec = (s: string | null) => (s === null ? null : s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s);
+
+t.test('ACCOUNTING.md §2 worked examples', async (t) => {
+  const db = await freshDatabase(t);
+
+  await t.test('1. increase (TC-004): weighted average rounded to 10 places', async (t) => {
+    await apply(db, fill({ asset: 'AAAUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '48000' }));
+    const p = await apply(db, fill({ asset: 'AAAUSDT', side: 'BUY', execution_quantity: '0.5', execution_price: '50000.00', execution_fees: '25.00' }));
+    t.equal(p.size, '1.5');
+    t.equal(p.average_entry_price, '48666.6666666667');
+    t.equal(p.realized_pnl, '0');
+    t.equal(p.total_fees, '25.00');
+    t.equal((await json(db, 'AAAUSDT')).average_entry_price, '48666.66666667', 'emitted at 8 places');
+  });
+
+  await t.test('2. reduce (TC-005)', async (t) => {
+    await apply(db, fill({ asset: 'BBBUSDT', side: 'Buy', execution_quantity: '2.0', execution_price: '50000' }));
+    await report(db, { event_type: 'position', data: { symbol: 'BBBUSDT', side: 'Buy', size: '2.0', markPrice: '51000' } });
+    const p = await apply(db, fill({ asset: 'BBBUSDT', side: 'SELL', execution_quantity: '0.5', execution_price: '51000.00', execution_fees: '25.50' }));
+    t.equal(p.size, '1.5');
+    t.equal(p.average_entry_price, '50000');
+    t.equal(Number(p.realized_pnl), 474.5);
+    t.equal(Number(p.unrealized_pnl), 1500);
+  });
+
+  await t.test('3. close (TC-006): flat, closed, average kept, position_closed published', async (t) => {
+    await apply(db, fill({ asset: 'CCCUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' }));
+    const p = await apply(db, { asset: 'CCCUSDT', side: 'SELL', execution_price: '51000.00', execution_quantity: '1.0', execution_fees: '51.00', trace_id: 'test-trace-006' });
+    t.equal(Number(p.size), 0);
+    t.not(p.closed_at, null);
+    t.equal(p.average_entry_price, '50000');
+    t.equal(Number(p.unrealized_pnl), 0);
+    t.equal(Number(p.realized_pnl), 949);
+    const closed = (await db.query("select payload from outbox where event_type = 'position_closed' and payload->>'asset' = 'CCCUSDT'")).rows;
+    t.equal(closed.length, 1);
+    t.match(closed[0].payload, { reason: 'fill', realized_pnl_delta: '949', exit_price: '51000', closed_size: '1', leg: 'net' });
+  });
+
+  await t.test('4. short, add then cover', async (t) => {
+    await apply(db, fill({ asset: 'DDDUSDT', side: 'Sell', execution_quantity: '1.0', execution_price: '50000' }));
+    let p = await apply(db, fill({ asset: 'DDDUSDT', side: 'Sell', execution_quantity: '1.0', execution_price: '48000' }));
+    t.equal(p.size, '-2.0');
+    t.equal(dec(p.average_entry_price), '49000');
+    p = await apply(db, fill({ asset: 'DDDUSDT', side: 'Buy', execution_quantity: '0.5', execution_price: '47000', execution_fees: '1.00' }));
+    t.equal(p.size, '-1.5');
+    t.equal(Number(p.realized_pnl), 999);
+  });
+
+  await t.test('5. flip: fee split by quantity, new lifecycle at the fill price', async (t) => {
+    await apply(db, fill({ asset: 'EEEUSDT', side: 'Buy', execution_quantity: '2.0', execution_price: '50000', executed_at: '2025-01-15T10:00:00Z' }));
+    const p = await apply(db, fill({ asset: 'EEEUSDT', side: 'Sell', execution_quantity: '3.0', execution_price: '51000', execution_fees: '10.00', executed_at: '2025-01-15T11:00:00Z' }));
+    t.equal(p.realized_pnl, '1993.3333333333');
+    t.equal(p.size, '-1.0');
+    t.equal(p.average_entry_price, '51000');
+    t.equal((p.opened_at as Date).toISOString(), '2025-01-15T11:00:00.000Z');
+    t.equal(p.total_fees, '10.00');
+  });
+
+  await t.test('6. decimals: a float implementation gets this wrong', async (t) => {
+    await apply(db, fill({ asset: 'FFFUSDT', side: 'Buy', execution_quantity: '0.1', execution_price: '30000.1' }));
+    let p = await apply(db, fill({ asset: 'FFFUSDT', side: 'Buy', execution_quantity: '0.2', execution_price: '30000.2' }));
+    t.equal(p.average_entry_price, '30000.1666666667');
+    p = await apply(db, fill({ asset: 'FFFUSDT', side: 'Buy', execution_quantity: 0.3, execution_price: 30000.3 }));
+    t.equal(p.average_entry_price, '30000.2333333334');
+    t.equal((await json(db, 'FFFUSDT')).average_entry_price, '30000.23333333');
+  });
+
+  await t.test('7. hedge legs are accounted separately', async (t) => {
+    await apply(db, fill({ asset: 'GGGUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' }));
+    let p = await apply(db, fill({ asset: 'GGGUSDT', mode: 'hedge', side: 'Sell', execution_quantity: '2.0', execution_price: '51000' }));
+    t.same([p.long_size, p.short_size, p.size, p.long_avg_price, p.short_avg_price], ['1.0', '2.0', '-1.0', '50000', '51000']);
+    p = await apply(db, fill({ asset: 'GGGUSDT', mode: 'hedge', side: 'Buy', reduce_only: true, execution_quantity: '1.0', execution_price: '50500' }));
+    t.equal(p.short_size, '1.0');
+    t.equal(p.long_size, '1.0');
+    t.equal(Number(p.realized_pnl), 500);
+    t.equal(Number(p.short_realized_pnl), 500);
+    const j = await json(db, 'GGGUSDT', 'hedge');
+    t.equal(j.side, 'hedged');
+    t.equal(j.legs.short.realized_pnl, '500');
+  });
+
+  await t.test('a hedge reduction larger than the leg is capped and scheduled for validation', async (t) => {
+    const p = await apply(db, fill({ asset: 'GGGUSDT', mode: 'hedge', side: 'Sell', position_idx: 1, execution_quantity: '3.0', execution_price: '50000', execution_fees: '2' }));
+    t.equal(p.long_size, '0.0');
+    t.equal(p.short_size, '1.0');
+    const note = (await db.query("select details from position_events where kind = 'size_discrepancy' and asset = 'GGGUSDT'")).rows;
+    t.equal(note.length, 1);
+    t.equal(Number(note[0].details.excess), 2);
+    const jobs = (await db.query("select key from graphile_worker.jobs where task_identifier = 'validate_position'")).rows;
+    t.same(jobs.map((j) => j.key), ['validate:GGGUSDT:hedge']);
+  });
+});
+
+t.test('reports (SPEC.md R-10..R-15)', async (t) => {
+  const db = await freshDatabase(t);
+
+  await t.test('TC-001 a report creates an unknown position with a reset ledger row', async (t) => {
+    const p = await report(db, { event_type: 'position', channel: 'position', data: { symbol: 'BTCUSDT', side: 'Buy', size: '1.5', avgPrice: '50000.00', unrealisedPnl: '150.00', positionValue: '75000.00', mode: 'one-way', timestamp: '2025-01-15T10:00:00Z' }, trace_id: 'test-trace-001' });
+    t.equal(p.size, '1.5');
+    t.equal(Number(p.average_entry_price), 50000);
+    t.equal(Number(p.unrealized_pnl), 150);
+    t.equal(Number(p.realized_pnl), 0);
+    t.equal((p.opened_at as Date).toISOString(), '2025-01-15T10:00:00.000Z');
+    const j = await json(db, 'BTCUSDT');
+    t.equal(j.unrealized_pnl_pct, '0.2');
+    t.equal(j.position_size_norm, '1');
+    t.equal(j.exposure_usdt, '75000');
+    const resets = (await db.query("select reset_size from position_fills where kind = 'reset' and asset = 'BTCUSDT'")).rows;
+    t.same(resets, [{ reset_size: '1.5' }]);
+    t.equal((await db.query("select count(*)::int as n from outbox where event_type = 'position_updated'")).rows[0].n, 1);
+  });
+
+  await t.test('TC-003 a size discrepancy is audited and schedules one validation; the size stays', async (t) => {
+    const p = await report(db, { event_type: 'position', data: { symbol: 'BTCUSDT', size: '1.8', avgPrice: '50000.00', unrealisedPnl: '180.00' }, trace_id: 'test-trace-003' });
+    t.equal(p.size, '1.5');
+    t.equal(Number(p.unrealized_pnl), 180);
+    await report(db, { event_type: 'position', data: { symbol: 'BTCUSDT', size: '1.9', unrealisedPnl: '181' } });
+    const notes = (await db.query("select details from position_events where kind = 'size_discrepancy'")).rows;
+    t.equal(notes.length, 2);
+    const jobs = (await db.query("select count(*)::int as n from graphile_worker.jobs where key = 'validate:BTCUSDT:one-way'")).rows[0].n;
+    t.equal(jobs, 1, 'job key: one validation however many discrepancies');
+  });
+
+  await t.test('TC-008 the average is replaced only strictly above the threshold', async (t) => {
+    await apply(db, fill({ asset: 'AVGUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' }));
+    let p = await report(db, { event_type: 'position', data: { symbol: 'AVGUSDT', avgPrice: '50050.00', size: '1.0' }, trace_id: 'test-trace-008' });
+    t.equal(p.average_entry_price, '50000', 'exactly 0.1 % keeps the stored average');
+    p = await report(db, { event_type: 'position', data: { symbol: 'AVGUSDT', avgPrice: '50060', size: '1.0' } });
+    t.equal(p.average_entry_price, '50060');
+    t.equal(p.average_entry_price_source, 'exchange');
+    const v = (await db.query("select validate_position('AVGUSDT', 'one-way', false) as v")).rows[0].v;
+    t.equal(v.is_valid, true, 'the replacement is in the ledger, so replay reproduces it');
+    await db.query('update position_manager_settings set use_ws_avg_price = false');
+    p = await report(db, { event_type: 'position', data: { symbol: 'AVGUSDT', avgPrice: '60000', size: '1.0' } });
+    t.equal(p.average_entry_price, '50060', 'USE_WS_AVG_PRICE=false never replaces');
+    await db.query('update position_manager_settings set use_ws_avg_price = true');
+  });
+
+  await t.test('R-11 stale reports change nothing; R-13 zero is a value', async (t) => {
+    await report(db, { event_type: 'position', data: { symbol: 'STLUSDT', side: 'Sell', size: '2', avgPrice: '100', unrealisedPnl: '5', seq: 10 } });
+    let p = await report(db, { event_type: 'position', data: { symbol: 'STLUSDT', side: 'Sell', size: '2', unrealisedPnl: '7', seq: 9 } });
+    t.equal(Number(p.unrealized_pnl), 5);
+    t.equal(p.size, '-2');
+    t.equal((await db.query("select count(*)::int as n from position_events where kind = 'report_stale'")).rows[0].n, 1);
+    p = await report(db, { event_type: 'position', data: { symbol: 'STLUSDT', side: 'Sell', size: '2', unrealisedPnl: '0', realisedPnl: '0', seq: 11 } });
+    t.equal(Number(p.unrealized_pnl), 0);
+  });
+
+  await t.test("today's Gateway payload: snake_case, integer mode, raw record, shared event_id", async (t) => {
+    const res = (await db.query('select ingest_position_report($1::jsonb) as r', [JSON.stringify({
+      event_id: 'gw-1', event_type: 'position', topic: 'position', timestamp: '2025-01-15T10:00:00', trace_id: 'gw',
+      payload: [
+        { symbol: 'ethusdt', size: '2', side: 'Buy', avg_price: '3000', unrealised_pnl: '10', realised_pnl: '1', mode: 1,
+          raw: { markPrice: '3005', seq: 5, updatedTime: '1736935200000', positionIdx: 1 } },
+        { symbol: 'ETHUSDT', size: '1', side: 'Sell', avg_price: '3100', unrealised_pnl: '95', mode: 2,
+          raw: { markPrice: '3005', seq: 6, updatedTime: '1736935200000', positionIdx: 2 } },
+      ],
+    })])).rows[0].r;
+    t.same(res.map((r: any) => r.outcome), ['applied', 'applied'], 'both positions of one event_id are applied');
+    let p = await row(db, 'ETHUSDT', 'hedge');
+    t.same([p.long_size, p.short_size, p.size, p.current_price], ['2', '0', '2', '3005'], 'a report never writes a size of an existing row');
+    const v = (await db.query("select validate_position('ETHUSDT', 'hedge') as v")).rows[0].v;
+    t.same(v.discrepancies.map((d: any) => [d.field, d.authority]), [['short_size', 'exchange'], ['short_avg_price', 'exchange']]);
+    p = await row(db, 'ETHUSDT', 'hedge');
+    t.same([p.long_size, p.short_size, p.size, p.short_avg_price], ['2', '1', '1', '3100'], 'validation adopts the newer exchange leg');
+  });
+
+  await t.test('TC-029 invalid input names the field and leaves nothing behind', async (t) => {
+    const before = (await db.query('select count(*)::int as n from positions')).rows[0].n;
+    await t.rejects(report(db, { event_type: 'position', data: { symbol: 'INVALID', size: 'not-a-number', avgPrice: null } }), { message: /^size: /, code: '22023' });
+    await t.rejects(apply(db, { asset: 'BTCUSDT', side: 'Hold', execution_quantity: '1', execution_price: '1' }), { message: /^side: / });
+    await t.rejects(apply(db, { asset: 'BTCUSDT', side: 'Buy', execution_quantity: '0', execution_price: '1' }), { message: /^execution_quantity: / });
+    await t.rejects(apply(db, { asset: 'BTCUSDT', side: 'Buy', execution_quantity: '1.123456789', execution_price: '1' }), { message: /^execution_quantity: at most 8/ });
+    await t.rejects(apply(db, { asset: 'BTC-USDT', side: 'Buy', execution_quantity: '1', execution_price: '1' }), { message: /^asset: / });
+    await t.rejects(apply(db, { asset: 'NEWUSDT', mode: 'cross', side: 'Buy', execution_quantity: '1', execution_price: '1' }), { message: /^mode: / });
+    await t.rejects(apply(db, { asset: 'NEWUSDT', side: 'Buy', execution_quantity: '1', execution_price: '1', execution_fees: '-1' }), { message: /^execution_fees: / });
+    t.equal((await db.query('select count(*)::int as n from positions')).rows[0].n, before);
+  });
+});
+
+t.test('identity: duplicates, cumulative order statements, Python decimals', async (t) => {
+  const db = await freshDatabase(t);
+  const f = { asset: 'DUPUSDT', side: 'Buy', execution_quantity: '1', execution_price: '100', execution_id: 'dup-1' };
+  await apply(db, f);
+  await apply(db, f);
+  await apply(db, { ...f, _meta: { source: 'q', message_key: 'other-key' } });
+  t.equal((await row(db, 'DUPUSDT')).size, '1', 'an execution_id is applied once, whatever the message key');
+
+  const r = { event_type: 'position', data: { symbol: 'DUPUSDT', side: 'Buy', size: '1', unrealisedPnl: '3' }, trace_id: 'dup-001' };
+  await report(db, r);
+  await report(db, r);
+  const audits = (await db.query("select count(*)::int as n from position_events where kind = 'report' and asset = 'DUPUSDT'")).rows[0].n;
+  t.equal(audits, 1, 'TC-030: the same report twice is applied once');
+  await report(db, { ...r, data: { ...r.data, unrealisedPnl: '4' } });
+  t.equal(Number((await row(db, 'DUPUSDT')).unrealized_pnl), 4, 'another report with the same trace_id applies');
+
+  // R-6 (2): three cumulative statements of one order → three increments summing to the total
+  for (const [q, p] of [['0.3', '100'], ['0.5', '101'], ['1.0', '102']])
+    await apply(db, { asset: 'CUMUSDT', side: 'Buy', order_id: 'o-1', filled_quantity: q, execution_price: p, event_id: `e-${q}` });
+  await apply(db, { asset: 'CUMUSDT', side: 'Buy', order_id: 'o-1', filled_quantity: '1.0', execution_price: '102', event_id: 'e-again' });
+  const cum = await row(db, 'CUMUSDT');
+  t.equal(Number(cum.size), 1, 'the order total, not the sum of the statements');
+  t.equal(Number(cum.average_entry_price), 102, 'the average is the order average');
+  const legs = (await db.query("select quantity from position_fills where order_id = 'o-1' order by id")).rows.map((x) => Number(x.quantity));
+  t.same(legs, [0.3, 0.2, 0.5]);
+
+  // the existing enriched Order Manager event, re-published with a new event_id
+  const om = (id: string, type: string, filled: string | null) => ({
+    event_id: id, event_type: type, timestamp: '2025-01-15T10:00:00', trace_id: 'om',
+    order: { order_id: 'om-1', asset: 'OMXUSDT', side: 'SELL', quantity: '2', filled_quantity: filled, average_price: filled ? '10' : null, fees: null, status: type },
+  });
+  await apply(db, om('a', 'created', '0'));
+  await apply(db, om('b', 'partially_filled', '1'));
+  await apply(db, om('c', 'filled', '2'));
+  await apply(db, om('d', 'filled', '2'));
+  t.equal((await row(db, 'OMXUSDT')).size, '-2');
+
+  const z = await apply(db, { asset: 'PYDUSDT', side: 'Buy', execution_quantity: '1.0E-7', execution_price: '5', execution_fees: '0E-8', execution_id: 'py' });
+  t.equal(Number(z.size), 1e-7);
+  t.equal(Number(z.total_fees), 0);
+});
+
+t.test('validation (R-17): TC-026, TC-007 and fixes from the ledger', async (t) => {
+  const db = await freshDatabase(t);
+  await apply(db, fill({ asset: 'BTCUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000', executed_at: '2025-01-15T10:00:00Z' }));
+  const p = await report(db, { event_type: 'position', data: { symbol: 'BTCUSDT', side: 'Buy', size: '1.2', avgPrice: '51000', updatedTime: 1736935500000 } });
+  t.equal(p.average_entry_price, '51000', 'the newer report replaces the average at once');
+  const dry = (await db.query("select validate_position('BTCUSDT', 'one-way', false) as v")).rows[0].v;
+  t.equal(dry.is_valid, false);
+  t.same(dry.discrepancies, [{ field: 'size', stored: '1', expected: '1.2', authority: 'exchange' }]);
+  t.equal((await row(db, 'BTCUSDT')).size, '1.0', 'without fix nothing changes');
+  const fixed = (await db.query("select validate_position('BTCUSDT') as v")).rows[0].v;
+  t.equal(fixed.updated_position.size, '1.2');
+  t.equal(fixed.updated_position.average_entry_price, '51000');
+  t.equal((await db.query("select validate_position('BTCUSDT') as v")).rows[0].v.is_valid, true, 'valid after the fix');
+
+  // TC-007: a fill newer than the report wins
+  await apply(db, fill({ asset: 'ETHUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000', executed_at: '2025-01-15T10:00:00Z' }));
+  await report(db, { event_type: 'position', data: { symbol: 'ETHUSDT', side: 'Buy', size: '1.2', avgPrice: '50000', updatedTime: 1736935260000 } });
+  await apply(db, fill({ asset: 'ETHUSDT', side: 'Buy', execution_quantity: '0.3', execution_price: '50000', executed_at: '2025-01-15T10:02:00Z' }));
+  const v = (await db.query("select validate_position('ETHUSDT') as v")).rows[0].v;
+  t.equal(v.is_valid, true);
+  t.equal((await row(db, 'ETHUSDT')).size, '1.3');
+
+  // a stored size that disagrees with the ledger is fixed from the ledger
+  await db.query("update positions set size = 5, unrealized_pnl = 0 where asset = 'ETHUSDT'");
+  const fix = (await db.query("select validate_position('ETHUSDT') as v")).rows[0].v;
+  t.same(fix.discrepancies[0], { field: 'size', stored: '5', expected: '1.3', authority: 'ledger' });
+  t.equal((await row(db, 'ETHUSDT')).size, '1.3');
+  t.equal((await db.query("select count(*)::int as n from position_events where kind = 'validation_fix'")).rows[0].n, 2);
+
+  await t.rejects(db.query("select validate_position('NONEUSDT')"), { message: 'position_not_found', code: 'P0002' });
+
+  const asOf = (await db.query("select position_as_of('BTCUSDT', 'one-way', now()) as j, position_as_of('BTCUSDT', 'one-way', '2000-01-01') as before")).rows[0];
+  t.equal(asOf.j.size, '1.2');
+  t.equal(asOf.j.position_size_norm, null);
+  t.equal(asOf.before, null, 'null before the position existed');
+});
+
+t.test('concurrency: 8 connections, 2,000 fills to one new asset, one row with the exact sum', async (t) => {
+  const db = await freshDatabase(t);
+  const workers = Array.from({ length: 8 }, (_, w) =>
+    (async () => {
+      const c = await db.pool.connect();
+      try {
+        for (let i = 0; i < 250; i++)
+          await c.query('select apply_order_fill($1::jsonb)', [JSON.stringify({ asset: 'RACEUSDT', side: 'Buy', execution_quantity: '0.001', execution_price: String(100 + (i % 7)), execution_id: `r-${w}-${i}` })]);
+      } finally {
+        c.release();
+      }
+    })(),
+  );
+  await Promise.all(workers);
+  const rows = (await db.query("select size, total_fees from positions where asset = 'RACEUSDT'")).rows;
+  t.equal(rows.length, 1);
+  t.equal(rows[0].size, '2.000');
+  t.equal((await db.query("select count(*)::int as n from position_fills where asset = 'RACEUSDT'")).rows[0].n, 2000);
+  t.equal((await db.query("select validate_position('RACEUSDT', 'one-way', false) as v")).rows[0].v.is_valid, true);
+});
