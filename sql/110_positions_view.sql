@@ -1,7 +1,9 @@
 -- Positions with their features for Grafana and psql (SPEC.md §9). Stored precision is kept;
 -- the features are rounded to 10 places like every division.
 create view positions_view as
-  with total as (select portfolio_total_exposure() as exposure),
+  -- The total is read here, not through portfolio_total_exposure(), so that grafana_reader
+  -- needs no access to the base table (a function would read it with the caller's rights).
+  with total as (select coalesce(sum(position_exposure(t)), 0) as exposure from positions t where t.gross_size > 0),
        settings as (select price_stale_seconds from position_manager_settings)
   select p.id, p.asset, p.mode, p.size, p.long_size, p.short_size, p.long_avg_price, p.short_avg_price,
          p.long_unrealized_pnl, p.short_unrealized_pnl, p.long_realized_pnl, p.short_realized_pnl,

@@ -1,0 +1,107 @@
+-- Portfolio figures (SPEC.md R-20, ACCOUNTING.md §5) in one pass over positions, grouped by
+-- asset; the totals are sums of the per-asset rows, so they always equal the sums of by_asset.
+-- Views read the table directly (not through functions) so grafana_reader needs only the views.
+
+create view portfolio_asset_totals_view as
+  select r.asset,
+         sum(r.long_exposure + r.short_exposure) as exposure_usdt,
+         sum(r.long_exposure) as long_exposure_usdt,
+         sum(r.short_exposure) as short_exposure_usdt,
+         sum(r.long_exposure - r.short_exposure) as net_exposure_usdt,
+         coalesce(sum(r.unrealized_pnl) filter (where r.is_open), 0) as unrealized_pnl_usdt,
+         sum(r.realized_pnl) as realized_pnl_usdt,
+         sum(r.total_fees) as total_fees_usdt,
+         sum(r.size) as size,
+         (count(*) filter (where r.is_open))::integer as open_positions_count,
+         (count(*) filter (where r.size > 0))::integer as long_positions_count,
+         (count(*) filter (where r.size < 0))::integer as short_positions_count,
+         max(r.current_price) filter (where r.is_open) as current_price
+    from (select p.asset, p.size, p.gross_size > 0 as is_open,
+                 coalesce(p.unrealized_pnl, 0) as unrealized_pnl,
+                 coalesce(p.realized_pnl, 0) as realized_pnl,
+                 coalesce(p.total_fees, 0) as total_fees,
+                 p.current_price,
+                 case when p.gross_size = 0 then 0
+                      when p.mode = 'hedge' then p.long_size * coalesce(p.current_price, p.long_avg_price, 0)
+                      when p.size > 0 then p.size * coalesce(p.current_price, p.average_entry_price, 0)
+                      else 0 end as long_exposure,
+                 case when p.gross_size = 0 then 0
+                      when p.mode = 'hedge' then p.short_size * coalesce(p.current_price, p.short_avg_price, 0)
+                      when p.size < 0 then -p.size * coalesce(p.current_price, p.average_entry_price, 0)
+                      else 0 end as short_exposure
+            from positions p) r
+   group by r.asset;
+
+create view portfolio_by_asset_view as
+  select a.asset, a.exposure_usdt, a.net_exposure_usdt, a.unrealized_pnl_usdt, a.realized_pnl_usdt,
+         a.unrealized_pnl_usdt + a.realized_pnl_usdt as total_pnl_usdt, a.size, a.open_positions_count,
+         a.current_price,
+         case when sum(a.exposure_usdt) over () = 0 then null
+              else round(a.exposure_usdt / sum(a.exposure_usdt) over (), 10) end as share_of_exposure
+    from portfolio_asset_totals_view a;
+
+create view portfolio_metrics_view as
+  select coalesce(sum(a.exposure_usdt), 0) as total_exposure_usdt,
+         coalesce(sum(a.long_exposure_usdt), 0) as long_exposure_usdt,
+         coalesce(sum(a.short_exposure_usdt), 0) as short_exposure_usdt,
+         coalesce(sum(a.net_exposure_usdt), 0) as net_exposure_usdt,
+         coalesce(sum(a.net_exposure_usdt), 0) as portfolio_value_usdt,
+         coalesce(sum(a.unrealized_pnl_usdt), 0) as total_unrealized_pnl_usdt,
+         coalesce(sum(a.realized_pnl_usdt), 0) as total_realized_pnl_usdt,
+         coalesce(sum(a.unrealized_pnl_usdt + a.realized_pnl_usdt), 0) as total_pnl_usdt,
+         coalesce(sum(a.total_fees_usdt), 0) as total_fees_usdt,
+         coalesce(sum(a.open_positions_count), 0)::integer as open_positions_count,
+         coalesce(sum(a.long_positions_count), 0)::integer as long_positions_count,
+         coalesce(sum(a.short_positions_count), 0)::integer as short_positions_count,
+         (select max_exposure_usdt from position_manager_settings) as max_exposure_usdt,
+         coalesce(sum(a.exposure_usdt), 0) > coalesce((select max_exposure_usdt from position_manager_settings), 'Infinity')
+           as exposure_limit_exceeded,
+         now() as calculated_at
+    from portfolio_asset_totals_view a;
+
+create or replace function portfolio_limits_json(total_exposure numeric) returns jsonb
+  language sql stable
+  as $$
+    select jsonb_build_object('max_exposure_usdt', dec_out(s.max_exposure_usdt),
+                              'exposure_limit_exceeded', coalesce(total_exposure > s.max_exposure_usdt, false))
+      from position_manager_settings s
+  $$;
+
+-- R-20: every metric as canonical decimal strings; with an asset, over that asset's rows only
+-- (the limit is always the whole portfolio's).
+create or replace function portfolio_metrics(asset text default null) returns jsonb
+  language plpgsql stable
+  as $$
+declare
+  a text := case when asset is null then null else input_asset(asset) end;
+  m jsonb;
+begin
+  select jsonb_build_object(
+           'total_exposure_usdt', dec_out(coalesce(sum(t.exposure_usdt), 0)),
+           'long_exposure_usdt', dec_out(coalesce(sum(t.long_exposure_usdt), 0)),
+           'short_exposure_usdt', dec_out(coalesce(sum(t.short_exposure_usdt), 0)),
+           'net_exposure_usdt', dec_out(coalesce(sum(t.net_exposure_usdt), 0)),
+           'portfolio_value_usdt', dec_out(coalesce(sum(t.net_exposure_usdt), 0)),
+           'total_unrealized_pnl_usdt', dec_out(coalesce(sum(t.unrealized_pnl_usdt), 0)),
+           'total_realized_pnl_usdt', dec_out(coalesce(sum(t.realized_pnl_usdt), 0)),
+           'total_pnl_usdt', dec_out(coalesce(sum(t.unrealized_pnl_usdt + t.realized_pnl_usdt), 0)),
+           'total_fees_usdt', dec_out(coalesce(sum(t.total_fees_usdt), 0)),
+           'open_positions_count', coalesce(sum(t.open_positions_count), 0)::integer,
+           'long_positions_count', coalesce(sum(t.long_positions_count), 0)::integer,
+           'short_positions_count', coalesce(sum(t.short_positions_count), 0)::integer,
+           'by_asset', coalesce(jsonb_object_agg(t.asset, jsonb_build_object(
+               'exposure_usdt', dec_out(t.exposure_usdt),
+               'net_exposure_usdt', dec_out(t.net_exposure_usdt),
+               'unrealized_pnl_usdt', dec_out(t.unrealized_pnl_usdt),
+               'realized_pnl_usdt', dec_out(t.realized_pnl_usdt),
+               'total_pnl_usdt', dec_out(t.unrealized_pnl_usdt + t.realized_pnl_usdt),
+               'size', dec_out(t.size),
+               'open_positions_count', t.open_positions_count)) filter (where t.asset is not null), '{}'),
+           'limits', portfolio_limits_json(case when a is null then coalesce(sum(t.exposure_usdt), 0)
+                                                else portfolio_total_exposure() end),
+           'calculated_at', ts_out(now()))
+    into m
+    from portfolio_asset_totals_view t
+   where a is null or t.asset = a;
+  return m;
+end $$;

@@ -1,0 +1,101 @@
+-- Portfolio events (R-22) and the exposure limit (R-23). Apply transactions only NOTIFY; the
+-- worker turns notifications into one keyed publish_portfolio_update job per window, so no
+-- lock is shared by the apply transactions. The state rows are locked by these jobs only.
+
+-- The next publication: at once after a quiet window, else at the end of the current one.
+-- preserve_run_at makes a burst schedule one run; a job already running gets a successor.
+create or replace function schedule_portfolio_update() returns void
+  language sql
+  as $$
+    select graphile_worker.add_job('publish_portfolio_update', '{}'::json,
+      run_at => greatest(now(), coalesce(st.last_published_at, '-infinity')
+                                + make_interval(secs => s.portfolio_event_interval_ms / 1000.0)),
+      job_key => 'publish_portfolio_update', job_key_mode => 'preserve_run_at')
+      from portfolio_publish_state st, position_manager_settings s
+  $$;
+
+-- R-23: one portfolio_limit_exceeded per crossing, none while it stays above.
+create or replace function evaluate_portfolio_limits(total_exposure numeric, trace_id text default null)
+  returns jsonb
+  language plpgsql
+  as $$
+declare
+  lim numeric := (select max_exposure_usdt from position_manager_settings);
+  st portfolio_limit_state;
+  transition text := null;
+begin
+  insert into portfolio_limit_state (limit_name, limit_value) values ('max_exposure_usdt', lim)
+  on conflict (limit_name) do nothing;
+  select * into st from portfolio_limit_state where limit_name = 'max_exposure_usdt' for update;
+  if lim is not null and total_exposure > lim and not st.exceeded then
+    transition := 'exceeded';
+    perform enqueue_event('position-manager.portfolio_limit_exceeded', 'portfolio_limit_exceeded',
+      jsonb_build_object('limit_name', 'max_exposure_usdt', 'limit_value', dec_out(lim),
+                         'current_value', dec_out(total_exposure), 'exceeded_at', ts_out(now())),
+      coalesce(trace_id, gen_random_uuid()::text));
+    raise warning 'portfolio exposure % exceeds max_exposure_usdt %', total_exposure, lim;
+  elsif st.exceeded and (lim is null or total_exposure <= lim) then
+    transition := 'cleared';
+  end if;
+  update portfolio_limit_state set
+    limit_value = lim,
+    exceeded = case transition when 'exceeded' then true when 'cleared' then false else exceeded end,
+    since = case when transition is not null then now() else since end,
+    last_value = total_exposure, checked_at = now()
+   where limit_name = 'max_exposure_usdt';
+  return jsonb_build_object('limit_name', 'max_exposure_usdt', 'limit_value', dec_out(lim),
+                            'current_value', dec_out(total_exposure),
+                            'exceeded', case transition when 'exceeded' then true when 'cleared' then false else st.exceeded end,
+                            'transition', transition);
+end $$;
+
+-- R-22: publish portfolio_updated (always after changes; only when the figures differ from the
+-- last published ones when called by the history sampler) and evaluate the limits.
+create or replace function publish_portfolio_update(only_if_changed boolean default false, trace_id text default null)
+  returns jsonb
+  language plpgsql
+  as $$
+declare
+  m jsonb;
+  payload jsonb;
+  st portfolio_publish_state;
+  published boolean := false;
+  trace text := coalesce(trace_id, gen_random_uuid()::text);
+begin
+  select * into st from portfolio_publish_state for update;
+  m := portfolio_metrics();
+  payload := jsonb_build_object(
+    'total_exposure_usdt', m -> 'total_exposure_usdt', 'total_unrealized_pnl_usdt', m -> 'total_unrealized_pnl_usdt',
+    'total_realized_pnl_usdt', m -> 'total_realized_pnl_usdt', 'total_pnl_usdt', m -> 'total_pnl_usdt',
+    'total_fees_usdt', m -> 'total_fees_usdt',
+    'portfolio_value_usdt', m -> 'portfolio_value_usdt', 'net_exposure_usdt', m -> 'net_exposure_usdt',
+    'long_exposure_usdt', m -> 'long_exposure_usdt', 'short_exposure_usdt', m -> 'short_exposure_usdt',
+    'open_positions_count', m -> 'open_positions_count', 'long_positions_count', m -> 'long_positions_count',
+    'short_positions_count', m -> 'short_positions_count');
+  if not only_if_changed or st.last_payload is distinct from payload then
+    perform enqueue_event('position-manager.portfolio_updated', 'portfolio_updated',
+                          payload || jsonb_build_object('calculated_at', m -> 'calculated_at'), trace);
+    update portfolio_publish_state set last_published_at = now(), last_payload = payload;
+    published := true;
+  end if;
+  return jsonb_build_object('published', published,
+                            'limit', evaluate_portfolio_limits((m ->> 'total_exposure_usdt')::numeric, trace));
+end $$;
+
+-- R-22 history: one sample, and a portfolio_updated if a trailing one was lost.
+create or replace function sample_portfolio_metrics(trace_id text default null) returns jsonb
+  language plpgsql
+  as $$
+declare
+  id bigint;
+begin
+  insert into portfolio_metrics_history (calculated_at, total_exposure_usdt, long_exposure_usdt, short_exposure_usdt,
+      net_exposure_usdt, portfolio_value_usdt, total_unrealized_pnl_usdt, total_realized_pnl_usdt, total_pnl_usdt,
+      total_fees_usdt, open_positions_count, long_positions_count, short_positions_count)
+  select calculated_at, total_exposure_usdt, long_exposure_usdt, short_exposure_usdt, net_exposure_usdt,
+         portfolio_value_usdt, total_unrealized_pnl_usdt, total_realized_pnl_usdt, total_pnl_usdt, total_fees_usdt,
+         open_positions_count, long_positions_count, short_positions_count
+    from portfolio_metrics_view
+  returning portfolio_metrics_history.id into id;
+  return jsonb_build_object('sample_id', id) || publish_portfolio_update(true, trace_id);
+end $$;

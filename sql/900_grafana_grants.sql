@@ -1,0 +1,7 @@
+-- grafana_reader reads the views and materialized views, nothing else (SPEC.md §9). Views run
+-- with their owner's rights on the tables they name, so no table grant is needed.
+revoke all on all tables in schema public from grafana_reader;
+grant select on positions_view, portfolio_metrics_view, portfolio_by_asset_view, portfolio_asset_totals_view,
+                position_snapshots_view, portfolio_metrics_history_view, portfolio_pnl_hourly, position_pnl_hourly,
+                position_events_view, job_history_view, job_queue_view
+   to grafana_reader;
