@@ -1,8 +1,60 @@
-// Messaging roles (consumer, relay). Placeholder until the messaging layer lands.
+// The messaging roles: consumers (fills, reports) and the outbox relay, over one
+// self-reconnecting broker connection. Topology is (re)declared on every connection.
+import type amqp from 'amqplib';
 import type { Component, Runtime } from '../runtime.js';
+import { connectBroker } from './broker.js';
+import { QueueConsumer } from './consumer.js';
+import { OutboxRelay } from './relay.js';
+import { declareConsumedQueues, declareOwnTopology } from './topology.js';
 
 export async function startMessaging(rt: Runtime, roles: { consumer: boolean; relay: boolean }): Promise<Component[]> {
-  void rt;
-  void roles;
-  return [];
+  const { config, log } = rt;
+  const broker = connectBroker(config.amqpUrl!, rt.broker, log);
+  const components: Component[] = [];
+
+  await broker.onConnected(async (conn) => {
+    await declareOwnTopology(conn, config);
+    if (roles.consumer) await declareConsumedQueues(conn, config);
+  });
+
+  if (roles.consumer) {
+    let deadLetters: amqp.ConfirmChannel | undefined;
+    const consumers = [
+      ...config.orderEventsQueues.map((queue) => ({ queue, kind: 'fill' as const })),
+      { queue: config.positionEventsQueue, kind: 'report' as const },
+    ].map(
+      ({ queue, kind }) =>
+        new QueueConsumer({
+          queue,
+          kind,
+          pool: rt.pool,
+          log,
+          maxBatch: Math.min(config.consumerPrefetch, 500),
+          maxDeliveryAttempts: config.maxDeliveryAttempts,
+          deadLetterChannel: () => deadLetters,
+        }),
+    );
+    await broker.onConnected(async (conn) => {
+      const ch = await conn.createConfirmChannel();
+      ch.on('error', (err: Error) => log.warn({ err: err.message }, 'dead-letter channel error'));
+      deadLetters = ch;
+      for (const c of consumers) await c.attach(conn, config.consumerPrefetch);
+    });
+    log.info({ queues: [...config.orderEventsQueues, config.positionEventsQueue] }, 'consumers started');
+    components.push({
+      name: 'consumers',
+      async stop() {
+        await Promise.all(consumers.map((c) => c.stop()));
+      },
+    });
+  }
+
+  if (roles.relay) {
+    const relay = new OutboxRelay({ databaseUrl: rt.databaseUrl, pool: rt.pool, broker, exchange: config.eventsExchange, log });
+    await relay.start();
+    components.push({ name: 'relay', stop: () => relay.stop() });
+  }
+
+  // Registered first, stopped last: consumers and relay finish before the connection closes.
+  return [{ name: 'broker', stop: () => broker.close() }, ...components];
 }

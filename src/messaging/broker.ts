@@ -1,0 +1,99 @@
+// One AMQP connection per process that reconnects by itself (1 s doubling to 30 s) after a
+// broker restart or a dropped connection. Components register a setup function that runs on
+// every (re)connection, so channels, consumers and topology are recreated each time.
+import amqp from 'amqplib';
+import { redactUrl } from '../config.js';
+import type { Logger } from '../log.js';
+import { metrics } from '../metrics.js';
+import type { BrokerState } from '../runtime.js';
+
+export type Setup = (connection: amqp.ChannelModel) => Promise<void>;
+
+export interface Broker {
+  readonly connection: amqp.ChannelModel | undefined;
+  /** Runs now if connected, and again after every reconnection. */
+  onConnected(setup: Setup): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function connectBroker(url: string, state: BrokerState, log: Logger): Broker {
+  const setups: Setup[] = [];
+  let connection: amqp.ChannelModel | undefined;
+  let closed = false;
+  let timer: NodeJS.Timeout | undefined;
+  let attempt = 0;
+
+  const setConnected = (value: boolean) => {
+    state.connected = value;
+    metrics.brokerUp.set(value ? 1 : 0);
+  };
+
+  const scheduleReconnect = () => {
+    if (closed || timer) return;
+    const delay = Math.min(1000 * 2 ** attempt, 30_000);
+    attempt++;
+    timer = setTimeout(() => {
+      timer = undefined;
+      void connect();
+    }, delay);
+  };
+
+  const connect = async () => {
+    if (closed) return;
+    let conn: amqp.ChannelModel;
+    try {
+      conn = await amqp.connect(url, { heartbeat: 10, clientProperties: { connection_name: 'position-manager' } });
+    } catch (err) {
+      log.warn({ err: (err as Error).message, broker: redactUrl(url) }, 'broker unreachable; retrying');
+      scheduleReconnect();
+      return;
+    }
+    conn.on('error', (err: Error) => log.warn({ err: err.message }, 'broker connection error'));
+    conn.on('close', () => {
+      if (connection === conn) connection = undefined;
+      setConnected(false);
+      if (!closed) {
+        log.warn('broker connection closed; reconnecting');
+        scheduleReconnect();
+      }
+    });
+    try {
+      for (const setup of setups) await setup(conn);
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'broker setup failed; reconnecting');
+      await conn.close().catch(() => undefined);
+      scheduleReconnect();
+      return;
+    }
+    if (closed) {
+      await conn.close().catch(() => undefined);
+      return;
+    }
+    connection = conn;
+    attempt = 0;
+    setConnected(true);
+    log.info({ broker: redactUrl(url) }, 'connected to the broker');
+  };
+
+  setConnected(false);
+  const started = connect();
+
+  return {
+    get connection() {
+      return connection;
+    },
+    async onConnected(setup) {
+      setups.push(setup);
+      await started;
+      if (connection) await setup(connection);
+    },
+    async close() {
+      closed = true;
+      if (timer) clearTimeout(timer);
+      const c = connection;
+      connection = undefined;
+      setConnected(false);
+      await c?.close().catch(() => undefined);
+    },
+  };
+}

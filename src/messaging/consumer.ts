@@ -1,0 +1,211 @@
+// Consumers of fills and reports (SPEC.md R-1..R-4). Messages are collected into batches and
+// applied by one call of ingest_messages() (one transaction, one subtransaction per message),
+// acknowledged only after commit. Data errors are dead-lettered one by one; transient database
+// errors are retried with back-off while unacked messages hold the prefetch window shut, so
+// consumption pauses; other failures are retried a bounded number of times.
+import { randomUUID } from 'node:crypto';
+import type amqp from 'amqplib';
+import type pg from 'pg';
+import type { Logger } from '../log.js';
+import { metrics } from '../metrics.js';
+import { isConnectionError } from '../db/pool.js';
+import { publishDeadLetter } from './dead-letter.js';
+import { checkBody, type Kind } from './schemas.js';
+
+interface Delivery {
+  msg: amqp.ConsumeMessage;
+  channel: amqp.Channel;
+  raw: string;
+  meta: { source: string; message_key?: string; received_at: string; trace_id: string };
+  attempts: number;
+  firstFailedAt?: Date;
+}
+
+interface Outcome {
+  outcome: string;
+  message?: string;
+  field?: string;
+  sqlstate?: string;
+  reports?: Outcome[];
+  asset?: string;
+  mode?: string;
+  version?: number;
+  position_id?: string;
+  message_key?: string;
+}
+
+// Serialization failures, deadlocks, lock timeouts, too many connections, shutdowns.
+const TRANSIENT_SQLSTATES = /^(40001|40P01|55P03|53\d{3}|57P0[123]|08\d{3}|57014)$/;
+const isTransient = (err: unknown) =>
+  isConnectionError(err) || TRANSIENT_SQLSTATES.test((err as { code?: string }).code ?? '');
+const isDataError = (err: unknown) => /^(22|23)/.test((err as { code?: string }).code ?? '');
+
+export interface QueueConsumerOptions {
+  queue: string;
+  kind: Kind;
+  pool: pg.Pool;
+  log: Logger;
+  maxBatch: number;
+  maxDeliveryAttempts: number;
+  deadLetterChannel: () => amqp.ConfirmChannel | undefined;
+}
+
+export class QueueConsumer {
+  private pending: Delivery[] = [];
+  private flushing: Promise<void> | undefined;
+  private stopped = false;
+  private wake: (() => void) | undefined;
+
+  constructor(private readonly o: QueueConsumerOptions) {}
+
+  /** Starts consuming on a fresh channel of this connection (called on every reconnection). */
+  async attach(connection: amqp.ChannelModel, prefetch: number): Promise<void> {
+    const channel = await connection.createChannel();
+    channel.on('error', (err: Error) => this.o.log.warn({ err: err.message, queue: this.o.queue }, 'consumer channel error'));
+    await channel.prefetch(prefetch);
+    await channel.consume(this.o.queue, (msg) => msg && this.receive(channel, msg), { noAck: false });
+  }
+
+  private receive(channel: amqp.Channel, msg: amqp.ConsumeMessage): void {
+    const headerTrace = msg.properties.headers?.trace_id;
+    const checked = checkBody(this.o.kind, msg.content);
+    const traceId = checked.traceId ?? (typeof headerTrace === 'string' ? headerTrace : randomUUID());
+    const d: Delivery = {
+      msg,
+      channel,
+      raw: msg.content.toString('utf8'),
+      meta: {
+        source: this.o.queue,
+        ...(msg.properties.messageId ? { message_key: String(msg.properties.messageId) } : {}),
+        received_at: new Date().toISOString(),
+        trace_id: traceId,
+      },
+      attempts: 0,
+    };
+    if (!checked.ok) {
+      void this.deadLetter(d, checked.reason);
+      return;
+    }
+    this.pending.push(d);
+    this.flushing ??= this.flush().finally(() => (this.flushing = undefined));
+  }
+
+  private async flush(): Promise<void> {
+    // Let the deliveries that arrived together join one batch.
+    await new Promise((r) => setImmediate(r));
+    while (this.pending.length && !this.stopped) {
+      const batch = this.pending.splice(0, this.o.maxBatch);
+      await this.apply(batch);
+    }
+  }
+
+  private async apply(batch: Delivery[]): Promise<void> {
+    let backoff = 1000;
+    for (;;) {
+      const started = process.hrtime.bigint();
+      try {
+        const text = `[${batch.map((d) => `{"kind":"${this.o.kind}","meta":${JSON.stringify(d.meta)},"body":${d.raw}}`).join(',')}]`;
+        const res = await this.o.pool.query<{ r: Outcome[] }>('select ingest_messages($1::jsonb) as r', [text]);
+        metrics.messageApplyDuration.observe({ queue: this.o.queue }, Number(process.hrtime.bigint() - started) / 1e9);
+        await Promise.all(res.rows[0]!.r.map((outcome, i) => this.settle(batch[i]!, outcome)));
+        return;
+      } catch (err) {
+        if (this.stopped) return;
+        if (isTransient(err)) {
+          metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' }, batch.length);
+          this.o.log.warn({ err: (err as Error).message, queue: this.o.queue, messages: batch.length, retry_in_ms: backoff },
+            'database unavailable; messages stay unacknowledged and are retried');
+          await this.sleep(backoff);
+          backoff = Math.min(backoff * 2, 30_000);
+          continue;
+        }
+        if (batch.length > 1) {
+          // Find the message that breaks the batch (e.g. a body PostgreSQL's jsonb rejects).
+          for (const d of batch) await this.apply([d]);
+          return;
+        }
+        const d = batch[0]!;
+        d.firstFailedAt ??= new Date();
+        if (isDataError(err) || ++d.attempts >= this.o.maxDeliveryAttempts) {
+          await this.deadLetter(d, `${(err as Error).message}${isDataError(err) ? '' : ` (after ${d.attempts} attempts)`}`);
+          return;
+        }
+        metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' });
+        this.o.log.error({ err: (err as Error).message, queue: this.o.queue, trace_id: d.meta.trace_id, attempt: d.attempts },
+          'message failed; retrying');
+        await this.sleep(backoff);
+        backoff = Math.min(backoff * 2, 30_000);
+      }
+    }
+  }
+
+  private async settle(d: Delivery, o: Outcome): Promise<void> {
+    if (o.outcome === 'error') {
+      await this.deadLetter(d, o.message ?? 'invalid input');
+      return;
+    }
+    const entries = o.reports ?? [o];
+    const outcome = entries.some((e) => e.outcome === 'applied')
+      ? 'applied'
+      : entries.every((e) => e.outcome === 'duplicate')
+        ? 'duplicate'
+        : entries.some((e) => e.outcome === 'stale')
+          ? 'stale'
+          : 'no_op';
+    for (const e of entries) {
+      if (e.outcome === 'applied') metrics.positionUpdates.inc({ source: this.o.kind === 'fill' ? 'order_execution' : 'websocket' });
+      this.o.log.info(
+        { trace_id: d.meta.trace_id, queue: this.o.queue, outcome: e.outcome, asset: e.asset, mode: e.mode,
+          message_key: e.message_key, position_id: e.position_id, version: e.version },
+        e.outcome === 'applied' ? 'position changed' : e.outcome === 'duplicate' ? 'duplicate message ignored' : `message ${e.outcome}`,
+      );
+    }
+    metrics.messages.inc({ queue: this.o.queue, outcome });
+    this.ack(d);
+  }
+
+  private async deadLetter(d: Delivery, reason: string): Promise<void> {
+    const channel = this.o.deadLetterChannel();
+    try {
+      if (!channel) throw new Error('no dead-letter channel');
+      await publishDeadLetter(channel, d.msg, this.o.queue, reason, d.firstFailedAt ?? new Date());
+      metrics.messages.inc({ queue: this.o.queue, outcome: 'dead_lettered' });
+      this.o.log.warn({ trace_id: d.meta.trace_id, queue: this.o.queue, reason, message_id: d.msg.properties.messageId },
+        'message dead-lettered');
+      this.ack(d);
+    } catch (err) {
+      this.o.log.error({ err: (err as Error).message, trace_id: d.meta.trace_id, queue: this.o.queue },
+        'dead-lettering failed; message requeued');
+      try {
+        d.channel.nack(d.msg, false, true);
+      } catch {
+        // channel gone: the broker requeues it anyway
+      }
+    }
+  }
+
+  private ack(d: Delivery): void {
+    try {
+      d.channel.ack(d.msg);
+    } catch {
+      // The channel closed after commit: the broker redelivers and the inbox makes it a no-op.
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /** Stops taking messages, lets the batch in its transaction finish; the rest is requeued by the broker. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wake?.();
+    await this.flushing;
+  }
+}

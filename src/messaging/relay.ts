@@ -1,0 +1,189 @@
+// The outbox relay (SPEC.md §6.2, R-29). One active relay at a time (a session advisory lock;
+// the others stand by), so events leave in outbox id order. Woken by NOTIFY, with polling as
+// the guarantee. Each event is published persistent and mandatory on a confirm channel and
+// marked sent only after the broker confirmed it; a nacked or returned event stays pending.
+import type amqp from 'amqplib';
+import pg from 'pg';
+import type { Logger } from '../log.js';
+import { metrics } from '../metrics.js';
+import { listen, type Listener } from '../db/listen.js';
+import type { Broker } from './broker.js';
+
+const RELAY_LOCK = 4800010;
+const BATCH = 500;
+const POLL_MS = 1000;
+
+interface Row {
+  id: string;
+  event_id: string;
+  routing_key: string;
+  event_type: string;
+  payload: string;
+  trace_id: string | null;
+}
+
+export interface RelayOptions {
+  databaseUrl: string;
+  pool: pg.Pool;
+  broker: Broker;
+  exchange: string;
+  log: Logger;
+}
+
+export class OutboxRelay {
+  private channel: amqp.ConfirmChannel | undefined;
+  private returned = new Set<string>();
+  private lockClient: pg.Client | undefined;
+  private listener: Listener | undefined;
+  private stopped = false;
+  private wakeUp: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(private readonly o: RelayOptions) {}
+
+  async start(): Promise<void> {
+    this.listener = listen(this.o.databaseUrl, ['position_manager_outbox'], this.o.log);
+    this.listener.on(() => this.wake());
+    await this.o.broker.onConnected(async (conn) => {
+      const ch = await conn.createConfirmChannel();
+      ch.on('error', (err: Error) => this.o.log.warn({ err: err.message }, 'relay channel error'));
+      ch.on('close', () => {
+        if (this.channel === ch) this.channel = undefined;
+      });
+      // basic.return arrives before the confirm of the same message.
+      ch.on('return', (msg: amqp.Message) => {
+        if (msg.properties.messageId) this.returned.add(String(msg.properties.messageId));
+      });
+      this.channel = ch;
+      this.wake();
+    });
+    this.loop = this.run();
+  }
+
+  private wake(): void {
+    this.wakeUp?.();
+  }
+
+  private idle(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wakeUp = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /** True while this process holds the relay lock (reacquired after a lost session). */
+  private async holdLock(): Promise<boolean> {
+    if (this.lockClient) return true;
+    const c = new pg.Client({ connectionString: this.o.databaseUrl, application_name: 'position-manager-relay', connectionTimeoutMillis: 3000 });
+    c.on('error', () => undefined);
+    try {
+      await c.connect();
+      const r = await c.query<{ ok: boolean }>('select pg_try_advisory_lock($1) as ok', [RELAY_LOCK]);
+      if (!r.rows[0]!.ok) {
+        await c.end();
+        return false;
+      }
+    } catch {
+      await c.end().catch(() => undefined);
+      return false;
+    }
+    c.on('end', () => {
+      if (this.lockClient === c) this.lockClient = undefined;
+    });
+    this.lockClient = c;
+    this.o.log.info('outbox relay active');
+    return true;
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      let more = false;
+      try {
+        await this.refreshGauges();
+        if (this.channel && (await this.holdLock())) more = await this.drainOnce();
+      } catch (err) {
+        this.o.log.warn({ err: (err as Error).message }, 'outbox relay pass failed');
+      }
+      if (!more && !this.stopped) await this.idle(POLL_MS);
+    }
+  }
+
+  private async refreshGauges(): Promise<void> {
+    const r = await this.o.pool.query<{ n: string; age: string | null }>(
+      'select count(*) as n, extract(epoch from now() - min(created_at))::text as age from outbox where sent_at is null',
+    );
+    metrics.outboxPending.set(Number(r.rows[0]!.n));
+    metrics.outboxOldestAge.set(r.rows[0]!.age === null ? 0 : Number(r.rows[0]!.age));
+  }
+
+  /** Publishes one batch; true when a full batch went out and more may be waiting. */
+  private async drainOnce(): Promise<boolean> {
+    const ch = this.channel!;
+    const rows = (
+      await this.o.pool.query<Row>(
+        `select id, event_id, routing_key, event_type, payload::text as payload, trace_id
+           from outbox where sent_at is null order by id limit $1`,
+        [BATCH],
+      )
+    ).rows;
+    if (!rows.length) return false;
+    const results = await Promise.all(
+      rows.map(
+        (row) =>
+          new Promise<string | null>((resolve) => {
+            try {
+              ch.publish(
+                this.o.exchange,
+                row.routing_key,
+                Buffer.from(row.payload),
+                {
+                  persistent: true,
+                  mandatory: true,
+                  contentType: 'application/json',
+                  messageId: row.event_id,
+                  type: row.event_type,
+                  headers: { trace_id: row.trace_id ?? '' },
+                },
+                (err) => {
+                  if (err) resolve(`nacked: ${String(err.message ?? err)}`);
+                  else if (this.returned.delete(row.event_id)) resolve('returned: unroutable');
+                  else resolve(null);
+                },
+              );
+            } catch (err) {
+              resolve(`publish failed: ${(err as Error).message}`);
+            }
+          }),
+      ),
+    );
+    const sent = rows.filter((_, i) => results[i] === null);
+    const failed = rows.map((row, i) => ({ row, error: results[i] })).filter((x) => x.error !== null);
+    if (sent.length)
+      await this.o.pool.query('update outbox set sent_at = now(), attempts = attempts + 1 where id = any($1::bigint[])', [
+        sent.map((r) => r.id),
+      ]);
+    for (const r of sent) metrics.eventsPublished.inc({ event_type: r.event_type });
+    if (failed.length) {
+      await this.o.pool.query(
+        `update outbox o set attempts = o.attempts + 1, last_error = f.error
+           from unnest($1::bigint[], $2::text[]) f(id, error) where o.id = f.id`,
+        [failed.map((f) => f.row.id), failed.map((f) => f.error)],
+      );
+      this.o.log.warn({ failed: failed.length, first_error: failed[0]!.error }, 'events not confirmed; they stay in the outbox');
+      return false;
+    }
+    return rows.length === BATCH;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wake();
+    await this.loop;
+    await this.listener?.close();
+    await this.lockClient?.end().catch(() => undefined);
+    await this.channel?.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,97 @@
+// Incoming message bodies (SPEC.md §6.1): parsed so that numbers stay exact (lossless-json
+// keeps each number's text; nothing becomes a JS number), then checked structurally with zod.
+// The SQL functions check every value again and own the accounting rules; this layer rejects
+// what is not even the right shape, naming the field, before it reaches a transaction.
+import { isLosslessNumber, parse } from 'lossless-json';
+import { z } from 'zod';
+
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+const decimal = z
+  .union([z.string().max(40, 'at most 40 characters'), z.custom((v) => isLosslessNumber(v), 'must be a decimal')])
+  .nullish();
+const text = (max: number) => z.string().max(max, `at most ${max} characters`).nullish();
+const symbol = z.string().min(1, 'must not be empty').max(40, 'at most 40 characters');
+
+const flatFill = z.object({
+  event_type: text(64),
+  event_id: text(200),
+  order_id: text(100),
+  execution_id: text(100),
+  exec_id: text(100),
+  asset: symbol.nullish(),
+  symbol: symbol.nullish(),
+  side: z.string().max(10, 'must be Buy or Sell').nullish(),
+  execution_quantity: decimal,
+  filled_quantity: decimal,
+  execution_price: decimal,
+  price: decimal,
+  execution_fees: decimal,
+  fee: decimal,
+  trace_id: text(128),
+});
+
+const enrichedFill = z.object({
+  event_type: text(64),
+  event_id: text(200),
+  trace_id: text(128),
+  order: z.object({
+    order_id: text(100),
+    asset: symbol.nullish(),
+    side: z.string().max(10, 'must be Buy or Sell').nullish(),
+    filled_quantity: decimal,
+    average_price: decimal,
+    fees: decimal,
+  }),
+});
+
+const reportItem = z.object({ symbol, size: decimal.refine((v) => v !== null && v !== undefined, 'is required') });
+
+const report = z.union([
+  z.object({
+    event_type: text(64),
+    event_id: text(200),
+    trace_id: text(128),
+    payload: z.union([reportItem, z.array(reportItem).min(1).max(100, 'at most 100 reports')]),
+  }),
+  z.object({
+    event_type: text(64),
+    event_id: text(200),
+    trace_id: text(128),
+    data: z.union([reportItem, z.array(reportItem).min(1).max(100, 'at most 100 reports')]),
+  }),
+]);
+
+export type Kind = 'fill' | 'report';
+
+export type Checked =
+  | { ok: true; traceId: string | undefined; eventId: string | undefined }
+  | { ok: false; reason: string; traceId: string | undefined };
+
+function describe(error: z.ZodError): string {
+  const issue = error.issues[0];
+  if (!issue) return 'body: invalid';
+  // A union reports the branch that got furthest; its path names the field.
+  const inner = issue.code === 'invalid_union' ? (issue.errors.flat()[0] ?? issue) : issue;
+  const path = inner.path.length ? inner.path.join('.') : 'body';
+  return `${path}: ${inner.message}`;
+}
+
+/** Parses and checks a body; the raw text (not the parsed tree) is what goes to SQL. */
+export function checkBody(kind: Kind, raw: Buffer): Checked {
+  if (raw.length > MAX_BODY_BYTES) return { ok: false, reason: `body: larger than ${MAX_BODY_BYTES} bytes`, traceId: undefined };
+  let tree: unknown;
+  try {
+    tree = parse(raw.toString('utf8'));
+  } catch (err) {
+    return { ok: false, reason: `body: not valid JSON (${(err as Error).message})`, traceId: undefined };
+  }
+  if (tree === null || typeof tree !== 'object' || Array.isArray(tree))
+    return { ok: false, reason: 'body: must be a JSON object', traceId: undefined };
+  const obj = tree as Record<string, unknown>;
+  const traceId = typeof obj.trace_id === 'string' && obj.trace_id.length <= 128 ? obj.trace_id : undefined;
+  const schema = kind === 'report' ? report : typeof obj.order === 'object' && obj.order !== null ? enrichedFill : flatFill;
+  const result = schema.safeParse(tree);
+  if (!result.success) return { ok: false, reason: describe(result.error), traceId };
+  return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined };
+}

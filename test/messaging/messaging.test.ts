@@ -1,0 +1,179 @@
+// The consumers and the outbox relay against the real RabbitMQ (a vhost of this file's own)
+// and PostgreSQL: every payload variant of SPEC.md §6.1, dead letters, duplicates, fan-out,
+// and reconnection after the broker drops the service's connections.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import t from 'tap';
+import { freshBroker, type Collected } from '../helpers/amqp.js';
+import { freshDatabase } from '../helpers/db.js';
+import { startService } from '../helpers/service.js';
+import { waitFor } from '../helpers/wait.js';
+
+const FILLS = 'order-manager.order_executed';
+const ORDER_EVENTS = 'order-manager.order_events';
+const REPORTS = 'ws-gateway.position';
+const UPDATED = 'position-manager.position_updated';
+const DLQ = 'position-manager.dead_letter';
+
+const db = await freshDatabase(t);
+const broker = await freshBroker(t);
+const svc = await startService(t, {
+  databaseUrl: db.url,
+  amqpUrl: broker.url,
+  env: { POSITION_MANAGER_ROLES: 'consumer,relay', POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1' },
+});
+await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started') && svc.logs.some((l) => l.msg === 'outbox relay active'),
+  { timeoutMs: 30_000, what: 'consumers and relay' });
+
+const updated = await broker.collect(UPDATED);
+const deadLetters = await broker.collect(DLQ);
+const position = async (asset: string, mode = 'one-way') =>
+  (await db.query('select * from positions where asset = $1 and mode = $2', [asset, mode])).rows[0];
+const eventsFor = (c: Collected, asset: string) => c.bodies().filter((b) => b.asset === asset);
+const waitPosition = (asset: string, pred: (p: any) => boolean, what: string, mode = 'one-way') =>
+  waitFor(async () => {
+    const p = await position(asset, mode);
+    return p && pred(p) ? p : undefined;
+  }, { what, timeoutMs: 15_000 });
+
+t.test('a fill becomes a committed change and a position_updated event; fan-out copies', async (t) => {
+  const ch = await broker.connection.createChannel();
+  t.teardown(() => ch.close().catch(() => undefined));
+  const copies: any[][] = [[], []];
+  for (const i of [0, 1]) {
+    const q = await ch.assertQueue('', { exclusive: true });
+    await ch.bindQueue(q.queue, 'position-manager.events', UPDATED);
+    await ch.consume(q.queue, (m) => m && copies[i]!.push(JSON.parse(m.content.toString())), { noAck: true });
+  }
+  await broker.publish(FILLS, '{"event_type":"order_executed","order_id":"order-123","asset":"btcusdt","side":"BUY","execution_price":48000.00,"execution_quantity":"1.0","execution_fees":"0E-8","executed_at":"2025-01-15T10:00:00","trace_id":"test-trace-004"}');
+  await broker.publish(FILLS, { event_type: 'order_executed', order_id: 'order-124', asset: 'BTCUSDT', side: 'BUY', execution_price: '50000.00', execution_quantity: '0.5', execution_fees: '25.00', executed_at: '2025-01-15T10:10:00Z', trace_id: 'test-trace-004b' });
+  const p = await waitPosition('BTCUSDT', (p) => p.version === '2', 'two fills applied');
+  t.equal(p.size, '1.5');
+  t.equal(p.average_entry_price, '48666.6666666667', 'TC-004 from a JSON number, exactly');
+  t.equal(p.total_fees, '25.00000000', '"0E-8" + 25.00, exactly');
+  const events = await waitFor(() => eventsFor(updated, 'BTCUSDT').length >= 2 && eventsFor(updated, 'BTCUSDT'), { what: 'events' });
+  const last = events[1];
+  t.match(last, { event_type: 'position_updated', asset: 'BTCUSDT', mode: 'one-way', size: '1.5', average_entry_price: '48666.66666667',
+                  average_price: '48666.66666667', update_source: 'order_execution', version: 2, trace_id: 'test-trace-004b',
+                  position: { size: '1.5', position_size_norm: '1', time_held_minutes: Number } });
+  t.ok(Array.isArray(last.changed_fields) && last.changed_fields.includes('size'), 'changed_fields');
+  const msg = updated.messages.find((m) => JSON.parse(m.content.toString()).event_id === last.event_id)!;
+  t.equal(msg.properties.messageId, last.event_id, 'message_id = event_id');
+  t.equal(msg.properties.deliveryMode, 2, 'persistent');
+  t.equal(msg.properties.type, 'position_updated');
+  t.equal(msg.properties.headers?.trace_id, 'test-trace-004b');
+  await waitFor(() => copies.every((c) => c.filter((b) => b.asset === 'BTCUSDT').length >= 2), { what: 'both subscribers get every event' });
+});
+
+t.test('R-6: one order reported three times with growing cumulative quantity', async (t) => {
+  for (const [q, price] of [['0.1', '100'], ['0.3', '110'], ['0.6', '120']])
+    await broker.publish(FILLS, { order_id: 'cum-1', asset: 'CUMUSDT', side: 'Buy', filled_quantity: q, execution_price: price });
+  await broker.publish(FILLS, { order_id: 'cum-1', asset: 'CUMUSDT', side: 'Buy', filled_quantity: '0.6', execution_price: '120', trace_id: 'again' });
+  const p = await waitPosition('CUMUSDT', (p) => p.size === '0.6', 'cumulative total');
+  t.equal(p.average_entry_price, '120.0000000000', 'the order average is the cumulative price');
+  const fills = (await db.query("select quantity from position_fills where order_id = 'cum-1' order by id")).rows.map((r) => r.quantity);
+  t.same(fills, ['0.1', '0.2', '0.3'], 'three increments summing to the total');
+  const inbox = (await db.query("select outcome from inbox where source = $1 and position_id = $2 order by applied_at", [FILLS, p.id])).rows;
+  t.ok(inbox.some((r) => r.outcome === 'no_op'), 'the repeated statement is a no-op');
+});
+
+t.test("today's Order Manager events on order_events: created no-op, partial, filled, re-published", async (t) => {
+  const ev = (type: string, filled: string, avg: string | null, fees: string | null) => ({
+    event_id: crypto.randomUUID(), event_type: type, timestamp: '2025-01-15T10:00:00', trace_id: 'om-1',
+    order: { order_id: 'om-order-1', asset: 'OMXUSDT', side: 'SELL', quantity: '2', filled_quantity: filled, average_price: avg, fees, status: type, executed_at: null },
+    execution_details: {},
+  });
+  await broker.publish(ORDER_EVENTS, ev('created', '0', null, null));
+  await broker.publish(ORDER_EVENTS, ev('partially_filled', '1', '10', '0.01'));
+  await broker.publish(ORDER_EVENTS, ev('filled', '2', '11', '0.02'));
+  await broker.publish(ORDER_EVENTS, ev('filled', '2', '11', '0.02'));
+  await broker.publish(FILLS, { order_id: 'om-marker', asset: 'OMXUSDT', side: 'Sell', execution_quantity: '1', execution_price: '12' });
+  const p = await waitPosition('OMXUSDT', (p) => p.size === '-3', 'order events and the marker applied');
+  t.equal(p.total_fees, '0.02');
+  t.equal(p.average_entry_price, '11.3333333333', '2 @ 11 then 1 @ 12');
+  t.equal(Number((await db.query("select count(*) from position_fills where order_id = 'om-order-1'")).rows[0].count), 2);
+});
+
+t.test("reports: TC-001 via data; today's Gateway payload with raw and a shared event_id", async (t) => {
+  await broker.publish(REPORTS, { event_type: 'position', channel: 'position', data: { symbol: 'TCAUSDT', side: 'Buy', size: '1.5', avgPrice: '50000.00', unrealisedPnl: '150.00', positionValue: '75000.00', mode: 'one-way', timestamp: '2025-01-15T10:00:00Z' }, trace_id: 'test-trace-001' });
+  const p = await waitPosition('TCAUSDT', () => true, 'TC-001');
+  t.match(p, { size: '1.5', average_entry_price: '50000.00', unrealized_pnl: '150.00', average_entry_price_source: 'exchange' });
+  t.equal((p.opened_at as Date).toISOString(), '2025-01-15T10:00:00.000Z');
+  const shared = crypto.randomUUID();
+  const gw = (symbol: string, side: string, idx: number, seq: number) => ({
+    event_id: shared, event_type: 'position', topic: 'position', timestamp: '2025-01-15T10:00:00', received_at: '2025-01-15T10:00:00', trace_id: 'gw-1',
+    payload: { symbol, size: '2', side, avg_price: '100', unrealised_pnl: '4', realised_pnl: '1', mode: idx, timestamp: '2025-01-15T10:00:00', source_channel: 'position', trace_id: 'gw-1',
+      raw: { symbol, entryPrice: '100', markPrice: '102', seq, updatedTime: String(Date.now() - 1000), createdTime: String(Date.now() - 60_000), positionIdx: idx, cumRealisedPnl: '1' } },
+  });
+  await broker.publish(REPORTS, gw('GWAUSDT', 'Buy', 1, 10));
+  await broker.publish(REPORTS, gw('GWAUSDT', 'Sell', 2, 11));
+  const keys = await waitFor(async () => {
+    const r = (await db.query("select message_key from inbox where message_key like $1 order by 1", [`${shared}:%`])).rows;
+    return r.length === 2 && r.map((x) => x.message_key);
+  }, { what: 'both reports of one event_id applied' });
+  t.same(keys, [`${shared}:GWAUSDT:long`, `${shared}:GWAUSDT:short`], 'R-3 report keys per symbol and leg');
+  const h = await position('GWAUSDT', 'hedge');
+  t.match(h, { long_size: '2', long_avg_price: '100', current_price: '102' }, 'integer mode 1 = long leg; prices from raw');
+  const note = await db.query("select details from position_events where position_id = $1 and kind = 'size_discrepancy'", [h.id]);
+  t.equal(note.rowCount, 1, 'the short leg the row does not hold yet is a discrepancy for validation (R-15)');
+});
+
+t.test('dead letters: each bad input lands there with its reason; nothing of it is applied', async (t) => {
+  const before = deadLetters.messages.length;
+  const bad: [string, string | object, RegExp][] = [
+    [REPORTS, { event_type: 'position', data: { symbol: 'INVALID', size: 'not-a-number', avgPrice: null } }, /size/],
+    [FILLS, '{"asset": "BADUSDT", "side": ', /body: not valid JSON/],
+    [FILLS, { asset: 'BADUSDT', side: 'Buy', execution_quantity: '-1', execution_price: '10' }, /execution_quantity/],
+    [FILLS, { asset: 'bad asset!', side: 'Buy', execution_quantity: '1', execution_price: '10' }, /asset/],
+    [FILLS, { asset: 'BADUSDT', side: 'Hold', execution_quantity: '1', execution_price: '10' }, /side/],
+    [FILLS, { asset: 'BADUSDT', side: 'Buy', execution_quantity: '1.123456789', execution_price: '10' }, /execution_quantity/],
+    [FILLS, { asset: 'BADUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10', junk: 'x'.repeat(1024 * 1024) }, /larger than/],
+    [REPORTS, { event_type: 'position', payload: [] }, /payload/],
+  ];
+  for (const [queue, body] of bad) await broker.publish(queue, body, { messageId: crypto.randomUUID() });
+  await broker.publish(FILLS, { asset: 'GOODUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10' });
+  await waitPosition('GOODUSDT', () => true, 'the consumer keeps going');
+  await waitFor(() => deadLetters.messages.length >= before + bad.length, { what: 'dead letters', timeoutMs: 15_000 });
+  const got = deadLetters.messages.slice(before);
+  for (const [queue, , reason] of bad) {
+    const hit = got.find((m) => m.properties.headers?.['x-original-queue'] === queue && reason.test(String(m.properties.headers?.['x-dead-letter-reason'])));
+    t.ok(hit, `dead-lettered with a reason matching ${reason}`);
+    if (hit) {
+      t.ok(hit.properties.headers?.['x-first-failed-at'], 'x-first-failed-at');
+      t.equal(hit.properties.headers?.['x-original-message-id'], hit.properties.messageId);
+    }
+  }
+  t.equal((await db.query("select count(*) from positions where asset in ('BADUSDT', 'INVALID')")).rows[0].count, '0');
+  t.ok(svc.logs.some((l) => l.msg === 'message dead-lettered' && l.level === 'warn' && /size/.test(l.reason)), 'logged at warn with the reason');
+});
+
+t.test('duplicates: same message_id, same body without ids — applied once, one event', async (t) => {
+  const body = { asset: 'DUPUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10' };
+  await broker.publish(FILLS, body, { messageId: 'dup-m-1' });
+  await broker.publish(FILLS, { ...body, execution_quantity: '2' }, { messageId: 'dup-m-1' });
+  await broker.publish(REPORTS, { event_type: 'position', data: { symbol: 'DUPUSDT', size: '1', unrealisedPnl: '5' }, trace_id: 'dup-001' });
+  await broker.publish(REPORTS, { event_type: 'position', data: { symbol: 'DUPUSDT', size: '1', unrealisedPnl: '5' }, trace_id: 'dup-001' });
+  await broker.publish(FILLS, { asset: 'DUPUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10', execution_id: 'dup-marker' });
+  const p = await waitPosition('DUPUSDT', (p) => p.version === '3', 'fill, report, marker');
+  t.equal(p.size, '2', 'the second message with the same message_id changed nothing');
+  await waitFor(() => eventsFor(updated, 'DUPUSDT').length >= 3, { what: 'events' });
+  t.equal(eventsFor(updated, 'DUPUSDT').length, 3, 'one position_updated per applied change');
+  t.ok(svc.logs.some((l) => l.msg === 'duplicate message ignored' && l.asset === 'DUPUSDT'), 'the duplicate is logged');
+});
+
+t.test('broker drops the connections: consumers and relay come back; events written meanwhile go out', async (t) => {
+  await promisify(execFile)('rabbitmqctl', ['-q', 'close_all_connections', '-p', broker.vhost, 'test: broker-side close']);
+  await db.query(`select apply_order_fill('{"asset":"RECUSDT","side":"Buy","execution_quantity":"1","execution_price":"10"}')`);
+  await waitFor(() => svc.logs.filter((l) => l.msg === 'connected to the broker').length >= 2, { what: 'reconnection', timeoutMs: 30_000 });
+  // The test's own connection was closed too: collect again on a new one.
+  const b2 = await (await import('amqplib')).default.connect(broker.url);
+  t.teardown(() => b2.close().catch(() => undefined));
+  const ch = await b2.createChannel();
+  const seen: any[] = [];
+  await ch.consume(UPDATED, (m) => m && (seen.push(JSON.parse(m.content.toString())), ch.ack(m)));
+  await waitFor(() => seen.some((b) => b.asset === 'RECUSDT'), { what: 'the event written while disconnected', timeoutMs: 20_000 });
+  await ch.sendToQueue(FILLS, Buffer.from(JSON.stringify({ asset: 'RECUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10' })));
+  await waitPosition('RECUSDT', (p) => p.size === '2', 'consumer consumes again');
+  await waitFor(() => seen.filter((b) => b.asset === 'RECUSDT').length >= 2, { what: 'relay publishes again' });
+  t.equal((await db.query('select count(*) from outbox where sent_at is null')).rows[0].count, '0', 'the outbox drained');
+});
