@@ -60,7 +60,9 @@ async function main(): Promise<void> {
     components.push(...(await startMessaging(rt, { consumer: has('consumer'), relay: has('relay') })));
   if (has('worker')) components.push(...(await startWorker(rt)));
 
-  const app = createApp(rt, { api: config.roles.includes('api') });
+  const http = createApp(rt, { api: config.roles.includes('api') });
+  components.push(...http.components);
+  const app = http.app;
   const server: Server = await new Promise((ok) => {
     const s = app.listen(config.port, () => ok(s));
   });

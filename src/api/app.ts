@@ -1,30 +1,102 @@
-// The HTTP server every process runs: /health and /metrics always, /api/v1 with the api role.
-import express from 'express';
-import type { Runtime } from '../runtime.js';
+// The HTTP server every process runs: /health and /metrics always; /api/v1, /openapi.yaml and
+// /docs with the api role. Order matters: trace id, then auth (before any validation), then
+// the OpenAPI validator, the routes, and one error mapper.
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import express, { type RequestHandler } from 'express';
+import * as OpenApiValidator from 'express-openapi-validator';
+import { listen, type Listener } from '../db/listen.js';
+import { metrics, registry } from '../metrics.js';
+import { OPENAPI_PATH } from '../paths.js';
+import type { Component, Runtime } from '../runtime.js';
+import { requireApiKey } from './auth.js';
+import { MetricsCache } from './cache.js';
+import { healthHandler, probeDependencies } from './health.js';
+import { errorMapper, sendProblem } from './problem.js';
+import { apiRoutes } from './routes.js';
 
-export function createApp(rt: Runtime, options: { api: boolean }): express.Express {
+const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+function traceAndTiming(rt: Runtime): RequestHandler {
+  return (req, res, next) => {
+    const given = req.get('x-trace-id');
+    const traceId = given && TRACE_ID.test(given) ? given : randomUUID();
+    res.locals.traceId = traceId;
+    res.locals.log = rt.log.child({ trace_id: traceId });
+    res.setHeader('X-Trace-Id', traceId);
+    const started = process.hrtime.bigint();
+    res.on('finish', () => {
+      const route = req.route ? `${req.baseUrl}${req.route.path as string}` : res.statusCode === 404 ? 'unmatched' : req.path;
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      metrics.httpDuration.observe({ method: req.method, route, status: String(res.statusCode) }, seconds);
+      (res.locals.log as Runtime['log']).debug({ method: req.method, route, status: res.statusCode, ms: seconds * 1000 }, 'request');
+    });
+    next();
+  };
+}
+
+const DOCS_HTML = `<!doctype html><html><head><meta charset="utf-8"><title>Position Manager API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head><body>
+<redoc spec-url="/openapi.yaml"></redoc>
+<noscript>The contract is at <a href="/openapi.yaml">/openapi.yaml</a>.</noscript>
+<script src="https://cdn.redoc.ly/redoc/v2.1.5/bundles/redoc.standalone.js"></script></body></html>`;
+
+export interface HttpApp {
+  app: express.Express;
+  components: Component[];
+}
+
+export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
   const app = express();
   app.disable('x-powered-by');
-  app.get('/health', async (_req, res) => {
-    let databaseConnected = false;
+  app.set('query parser', 'simple');
+  app.use(traceAndTiming(rt));
+  const dependencies = probeDependencies(rt);
+  const components: Component[] = [{ name: 'dependency probe', stop: async () => dependencies.stop() }];
+
+  app.get('/health', healthHandler(rt, dependencies.state));
+  app.get('/metrics', async (_req, res) => {
     try {
-      await rt.pool.query('select 1');
-      databaseConnected = true;
+      const r = await rt.pool.query<{ mode: string; n: string }>(
+        "select m.mode, count(p.id) as n from (values ('one-way'), ('hedge')) m(mode) left join positions p on p.mode = m.mode and p.gross_size > 0 group by m.mode",
+      );
+      for (const row of r.rows) metrics.positionsOpen.set({ mode: row.mode }, Number(row.n));
+      metrics.databaseUp.set(1);
     } catch {
-      databaseConnected = false;
+      metrics.databaseUp.set(0);
     }
-    const brokerOk = !rt.broker.enabled || rt.broker.connected;
-    const status = !databaseConnected ? 'unhealthy' : brokerOk ? 'healthy' : 'degraded';
-    res.status(databaseConnected ? 200 : 503).json({
-      status,
-      service: rt.config.serviceName,
-      database_connected: databaseConnected,
-      queue_connected: rt.broker.enabled && rt.broker.connected,
-      messaging: rt.broker.enabled ? 'enabled' : 'disabled',
-      roles: rt.config.roles,
-      timestamp: new Date().toISOString(),
-    });
+    res.type(registry.contentType).send(await registry.metrics());
   });
-  void options;
-  return app;
+
+  if (options.api) {
+    const spec = readFileSync(OPENAPI_PATH, 'utf8');
+    app.get('/openapi.yaml', (_req, res) => void res.type('application/yaml').send(spec));
+    app.get('/docs', (_req, res) => void res.type('html').send(DOCS_HTML));
+    let listener: Listener | undefined;
+    if (rt.config.metricsCacheTtlSeconds > 0) {
+      listener = listen(rt.databaseUrl, ['position_manager_changes'], rt.log);
+      components.push({ name: 'cache listener', stop: () => listener!.close() });
+    }
+    const cache = new MetricsCache(rt.config.metricsCacheTtlSeconds * 1000, listener);
+    app.use('/api/v1', (_req, res, next) => {
+      res.setHeader('Cache-Control', 'no-store');
+      next();
+    });
+    app.use('/api/v1', requireApiKey(rt.apiKey ?? '', rt.log));
+    app.use(
+      OpenApiValidator.middleware({
+        apiSpec: OPENAPI_PATH,
+        validateRequests: { allowUnknownQueryParameters: false, coerceTypes: true },
+        // Tests run the service with NODE_ENV=test: every response is checked against the contract.
+        validateResponses: process.env.NODE_ENV === 'test',
+        validateSecurity: false,
+        ignoreUndocumented: false,
+        ignorePaths: /^\/(health|metrics|docs)$/,
+      }),
+    );
+    app.use('/api/v1', apiRoutes(rt.pool, cache));
+  }
+  app.use((req, res) => sendProblem(res, 404, 'not_found', `no such path: ${req.path}`));
+  app.use(errorMapper(rt.log));
+  return { app, components };
 }

@@ -48,6 +48,7 @@ export async function startService(
     POSITION_MANAGER_PORT: String(port),
     POSITION_MANAGER_API_KEY: TEST_API_KEY,
     POSITION_MANAGER_LOG_LEVEL: 'debug',
+    NODE_ENV: 'test',
     ...(options.databaseUrl ? { DATABASE_URL: options.databaseUrl } : {}),
     ...(options.amqpUrl ? { AMQP_URL: options.amqpUrl } : {}),
     ...options.env,

@@ -1,0 +1,85 @@
+// One error mapper for the API (SPEC.md §5): every failure becomes an RFC 9457 problem body
+// with a stable `code`; bad input is 400 naming the field, never 500; a database that cannot
+// be reached is 503 with Retry-After. No stack traces or SQL text ever reach a client.
+import type { ErrorRequestHandler, Response } from 'express';
+import { isConnectionError } from '../db/pool.js';
+import type { Logger } from '../log.js';
+
+export interface FieldError {
+  location: 'query' | 'path' | 'header';
+  field: string;
+  message: string;
+}
+
+const TITLES: Record<number, string> = {
+  400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict',
+  500: 'Internal Server Error', 503: 'Service Unavailable',
+};
+
+export function sendProblem(res: Response, status: number, code: string, detail: string, errors?: FieldError[]): void {
+  if (status === 503) res.setHeader('Retry-After', '5');
+  res
+    .status(status)
+    .type('application/problem+json')
+    .send(JSON.stringify({
+      type: 'about:blank',
+      title: TITLES[status] ?? 'Error',
+      status,
+      code,
+      detail,
+      ...(errors ? { errors } : {}),
+      trace_id: res.locals.traceId,
+    }));
+}
+
+/** Errors thrown by the routes' own parameter checks. */
+export class BadRequest extends Error {
+  constructor(readonly errors: FieldError[]) {
+    super(errors.map((e) => `${e.field} ${e.message}`).join('; '));
+  }
+}
+
+interface ValidatorError {
+  status?: number;
+  errors?: { path?: string; message?: string }[];
+}
+
+function validatorFieldErrors(err: ValidatorError): FieldError[] {
+  return (err.errors ?? []).map((e) => {
+    const [, where = 'query', field = 'request'] = (e.path ?? '').split('/');
+    const location = where === 'params' ? 'path' : where === 'headers' ? 'header' : 'query';
+    return { location, field, message: e.message ?? 'is invalid' } as FieldError;
+  });
+}
+
+const PATH_FIELDS = new Set(['asset']);
+
+export function errorMapper(log: Logger): ErrorRequestHandler {
+  return (err, req, res, _next) => {
+    const e = err as ValidatorError & { code?: string; column?: string; message?: string; type?: string };
+    const reqLog = (res.locals.log as Logger | undefined) ?? log;
+    if (err instanceof BadRequest) return sendProblem(res, 400, 'invalid_parameter', err.message, err.errors);
+    if (e.type === 'entity.parse.failed' || e.type === 'entity.too.large') return sendProblem(res, 400, 'invalid_parameter', 'the request body is ignored and must be small');
+    if (e.status === 400 && e.errors) {
+      const errors = validatorFieldErrors(e);
+      return sendProblem(res, 400, 'invalid_parameter', errors.map((x) => `${x.field}: ${x.message}`).join('; '), errors);
+    }
+    if (e.status === 404 && e.errors) return sendProblem(res, 404, 'not_found', `no such path: ${req.path}`);
+    if (e.status === 405 && e.errors) return sendProblem(res, 405, 'method_not_allowed', `${req.method} is not allowed on ${req.path}`);
+    if (e.code === 'P0002') return sendProblem(res, 404, 'position_not_found', 'no position for this asset and mode');
+    if (e.code === '55P03') return sendProblem(res, 409, 'validation_in_progress', 'a validation of this position is already running');
+    if (typeof e.code === 'string' && /^22/.test(e.code)) {
+      const field = e.column || 'request';
+      const message = (e.message ?? '').replace(new RegExp(`^${field}: `), '');
+      return sendProblem(res, 400, 'invalid_parameter', e.message ?? 'invalid parameter', [
+        { location: PATH_FIELDS.has(field) && req.params?.asset !== undefined ? 'path' : 'query', field, message },
+      ]);
+    }
+    if (isConnectionError(err) || e.code === '57014') {
+      reqLog.error({ err: e.message }, 'database unavailable');
+      return sendProblem(res, 503, 'database_unavailable', 'the database cannot be reached; retry later');
+    }
+    reqLog.error({ err }, 'unhandled error');
+    return sendProblem(res, 500, 'internal_error', 'an unexpected error occurred');
+  };
+}

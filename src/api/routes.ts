@@ -1,0 +1,90 @@
+// The /api/v1 routes (SPEC.md §5.1): parse, one SQL call, map. The SQL functions own every
+// figure; parameters arrive already checked against openapi.yaml.
+import { Router, type Request, type RequestHandler } from 'express';
+import type pg from 'pg';
+import type { Logger } from '../log.js';
+import { metrics } from '../metrics.js';
+import type { MetricsCache } from './cache.js';
+import { BadRequest, type FieldError } from './problem.js';
+
+const str = (v: unknown): string | null => (v === undefined || v === null ? null : String(v));
+const bool = (v: unknown, fallback: boolean): boolean => (v === undefined ? fallback : v === true || v === 'true');
+const mode = (req: Request): string => (str(req.query.mode) ?? 'one-way').toLowerCase();
+
+// ajv coerces "1e3" or "0x10" to integers; SPEC.md wants decimal digits only.
+function digitsOnly(...names: string[]): RequestHandler {
+  return (req, _res, next) => {
+    const url = new URL(req.originalUrl, 'http://x');
+    const errors: FieldError[] = [];
+    for (const n of names) {
+      const v = url.searchParams.get(n);
+      if (v !== null && !/^\d{1,9}$/.test(v)) errors.push({ location: 'query', field: n, message: 'must be decimal digits' });
+    }
+    next(errors.length ? new BadRequest(errors) : undefined);
+  };
+}
+
+async function one(pool: pg.Pool, sql: string, params: unknown[]): Promise<unknown> {
+  return (await pool.query<{ r: unknown }>(sql, params)).rows[0]!.r;
+}
+
+export function apiRoutes(pool: pg.Pool, cache: MetricsCache): Router {
+  const r = Router();
+  const page = digitsOnly('limit', 'offset');
+
+  r.get('/positions', page, async (req, res) => {
+    const q = req.query;
+    res.json(await one(pool, 'select list_positions($1, $2, $3, $4, $5, $6, $7) as r', [
+      str(q.asset), str(q.mode), str(q.size_min), str(q.size_max), bool(q.include_closed, false),
+      Number(q.limit ?? 1000), Number(q.offset ?? 0),
+    ]));
+  });
+
+  r.get('/positions/:asset', async (req, res) => {
+    res.json(await one(pool, 'select get_position($1, $2) as r', [req.params.asset, mode(req)]));
+  });
+
+  r.post('/positions/:asset/validate', async (req, res) => {
+    const log = res.locals.log as Logger;
+    const result = (await one(pool, 'select validate_position($1, $2, $3) as r', [
+      req.params.asset, mode(req), bool(req.query.fix_discrepancies, true),
+    ])) as { is_valid: boolean; error_message: string | null; discrepancies: { field: string }[] };
+    metrics.validationRuns.inc({ trigger: 'api', outcome: result.is_valid ? 'valid' : 'discrepancy' });
+    for (const d of result.discrepancies) metrics.validationDiscrepancies.inc({ field: d.field });
+    if (!result.is_valid)
+      log.warn({ asset: String(req.params.asset).toUpperCase(), mode: mode(req), discrepancies: result.discrepancies },
+        `validation: ${result.error_message}`);
+    res.json(result);
+  });
+
+  r.post('/positions/:asset/snapshot', async (req, res) => {
+    const snapshot = (await one(pool, "select create_position_snapshot($1, $2, 'manual', $3) as r", [
+      req.params.asset, mode(req), res.locals.traceId,
+    ])) as { asset: string; mode: string };
+    res.status(201)
+      .location(`/api/v1/positions/${snapshot.asset}/snapshots?mode=${snapshot.mode}`)
+      .json(snapshot);
+  });
+
+  r.get('/positions/:asset/snapshots', page, async (req, res) => {
+    res.json(await one(pool, 'select list_position_snapshots($1, $2, $3, $4) as r', [
+      req.params.asset, mode(req), Number(req.query.limit ?? 100), Number(req.query.offset ?? 0),
+    ]));
+  });
+
+  const cached = (fn: string, req: Request, ...extra: unknown[]) => {
+    const asset = str(req.query.asset)?.toUpperCase() ?? null;
+    return cache.get(`${fn}:${asset ?? '*'}:${extra.join(':')}`, () =>
+      one(pool, `select ${fn}(${['$1', ...extra.map((_, i) => `$${i + 2}`)].join(', ')}) as r`, [asset, ...extra]));
+  };
+  r.get('/portfolio', async (req, res) => {
+    res.json(await cached('portfolio_json', req, bool(req.query.include_positions, false)));
+  });
+  r.get('/portfolio/exposure', async (req, res) => {
+    res.json(await cached('portfolio_exposure_json', req));
+  });
+  r.get('/portfolio/pnl', async (req, res) => {
+    res.json(await cached('portfolio_pnl_json', req));
+  });
+  return r;
+}
