@@ -273,5 +273,5 @@ create or replace function schedule_validation(a text, m text) returns void
   as $$
     select graphile_worker.add_job('validate_position', json_build_object('asset', a, 'mode', m),
       run_at => now() + make_interval(secs => (select size_discrepancy_grace_seconds from position_manager_settings)),
-      job_key => 'validate:' || a || ':' || m, job_key_mode => 'preserve_run_at');
+      job_key => 'validate:' || a || ':' || m, job_key_mode => 'preserve_run_at', max_attempts => 5);
   $$;

@@ -10,7 +10,7 @@ create or replace function schedule_portfolio_update() returns void
     select graphile_worker.add_job('publish_portfolio_update', '{}'::json,
       run_at => greatest(now(), coalesce(st.last_published_at, '-infinity')
                                 + make_interval(secs => s.portfolio_event_interval_ms / 1000.0)),
-      job_key => 'publish_portfolio_update', job_key_mode => 'preserve_run_at')
+      job_key => 'publish_portfolio_update', job_key_mode => 'preserve_run_at', max_attempts => 5)
       from portfolio_publish_state st, position_manager_settings s
   $$;
 

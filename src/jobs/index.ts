@@ -1,7 +1,70 @@
-// The worker role (graphile-worker). Placeholder until the jobs layer lands.
+// The worker role: graphile-worker in-process on the service's database (schema migrated at
+// start), the periodic chains kept alive, and position changes turned into throttled
+// publish_portfolio_update jobs outside the apply transactions.
+import { Logger as WorkerLogger, run, type LogFunctionFactory } from 'graphile-worker';
+import { listen } from '../db/listen.js';
 import type { Component, Runtime } from '../runtime.js';
+import { periodicTasks, taskList } from './tasks.js';
+
+const KEEPER_MS = 60_000;
+const PORTFOLIO_TICK_MS = 100;
 
 export async function startWorker(rt: Runtime): Promise<Component[]> {
-  void rt;
-  return [];
+  const { config, log, pool } = rt;
+  const logFactory: LogFunctionFactory = (scope) => (level, message, meta) => {
+    const fields = { worker_scope: scope.label ?? scope.taskIdentifier, job_id: scope.jobId, ...(meta ?? {}) };
+    if (level === 'error') log.error(fields, message);
+    else if (level === 'warning') log.warn(fields, message);
+    else log.debug(fields, message);
+  };
+  const runner = await run({
+    connectionString: rt.databaseUrl,
+    concurrency: config.workerConcurrency,
+    maxPoolSize: config.workerConcurrency + 2,
+    noHandleSignals: true,
+    pollInterval: 1000,
+    taskList: taskList(pool, config, log),
+    logger: new WorkerLogger(logFactory),
+  });
+
+  const keep = async () => {
+    for (const p of periodicTasks(config)) {
+      try {
+        if ((await pool.query<{ r: boolean }>('select ensure_periodic_job($1) as r', [p.task])).rows[0]!.r)
+          log.info({ task: p.task, interval_seconds: p.intervalSeconds }, 'periodic job scheduled');
+      } catch (err) {
+        log.warn({ err: (err as Error).message, task: p.task }, 'cannot schedule the periodic job yet');
+      }
+    }
+  };
+  await keep();
+  const keeper = setInterval(() => void keep(), KEEPER_MS);
+
+  // Changes arrive as NOTIFY; at most one schedule call per tick, after the change committed,
+  // so the job that runs next sees it (the trailing event of a burst).
+  let dirty = false;
+  const changes = listen(rt.databaseUrl, ['position_manager_changes'], log);
+  changes.on(() => (dirty = true));
+  changes.onStateChange((up) => up && (dirty = true));
+  const ticker = setInterval(() => {
+    if (!dirty) return;
+    dirty = false;
+    pool.query('select schedule_portfolio_update()').catch((err: Error) => {
+      dirty = true;
+      log.warn({ err: err.message }, 'cannot schedule the portfolio update yet');
+    });
+  }, PORTFOLIO_TICK_MS);
+
+  log.info({ concurrency: config.workerConcurrency }, 'worker started');
+  return [
+    {
+      name: 'worker',
+      async stop() {
+        clearInterval(keeper);
+        clearInterval(ticker);
+        await changes.close();
+        await runner.stop();
+      },
+    },
+  ];
 }

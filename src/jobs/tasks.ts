@@ -1,0 +1,106 @@
+// The task list: each task is a thin call of one SQL function, wrapped so that every run
+// (and every retry) leaves a job_runs row, a metric and a log line (SPEC.md §7).
+import { randomUUID } from 'node:crypto';
+import type { JobHelpers, Task, TaskList } from 'graphile-worker';
+import type pg from 'pg';
+import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
+import { metrics } from '../metrics.js';
+
+type Work = (payload: Record<string, unknown>, traceId: string) => Promise<unknown>;
+
+async function sql(pool: pg.Pool, text: string, params: unknown[]): Promise<unknown> {
+  return (await pool.query<{ r: unknown }>(text, params)).rows[0]?.r ?? null;
+}
+
+function recorded(name: string, pool: pg.Pool, log: Logger, work: Work, next?: () => Promise<void>): Task {
+  return async (payload: unknown, helpers: JobHelpers) => {
+    const traceId = randomUUID();
+    const job = helpers.job;
+    const p = (payload ?? {}) as Record<string, unknown>;
+    const runId = (await sql(pool, 'select job_run_start($1, $2, $3, $4, $5, $6) as r', [
+      name, job.id, job.key ?? null, JSON.stringify(p), job.attempts, traceId,
+    ])) as string;
+    const jlog = log.child({ trace_id: traceId, task: name, job_id: job.id, attempt: job.attempts });
+    try {
+      const result = await work(p, traceId);
+      await pool.query("select job_run_finish($1, 'success', null, $2)", [runId, JSON.stringify(result)]);
+      metrics.jobRuns.inc({ task: name, outcome: 'success' });
+      jlog.info({ result }, 'job done');
+      await next?.();
+    } catch (err) {
+      const message = (err as Error).message;
+      await pool.query("select job_run_finish($1, 'failure', $2, null)", [runId, message]).catch(() => undefined);
+      metrics.jobRuns.inc({ task: name, outcome: 'failure' });
+      jlog.error({ err: message }, 'job failed; graphile-worker retries it');
+      throw err;
+    }
+  };
+}
+
+export interface Periodic {
+  task: string;
+  intervalSeconds: number;
+}
+
+export function periodicTasks(config: Config): Periodic[] {
+  return [
+    { task: 'snapshot_all_positions', intervalSeconds: config.snapshotIntervalSeconds },
+    { task: 'validate_all_positions', intervalSeconds: config.validationIntervalSeconds },
+    { task: 'sample_portfolio_metrics', intervalSeconds: config.metricsHistoryIntervalSeconds },
+    { task: 'refresh_materialized_views', intervalSeconds: config.matviewRefreshIntervalSeconds },
+    { task: 'prune_snapshots', intervalSeconds: 86_400 },
+    { task: 'prune_inbox_outbox', intervalSeconds: 3_600 },
+    { task: 'prune_job_history', intervalSeconds: 86_400 },
+  ];
+}
+
+export function taskList(pool: pg.Pool, config: Config, log: Logger): TaskList {
+  const work: Record<string, Work> = {
+    snapshot_all_positions: async (_p, trace) => ({ snapshots: await sql(pool, 'select snapshot_all_positions($1) as r', [trace]) }),
+    validate_all_positions: async () => {
+      const r = (await sql(pool, `select validate_all_positions((select max(started_at) from job_runs
+                                    where task = 'validate_all_positions' and outcome = 'success')) as r`, [])) as {
+        invalid: number;
+        discrepancies: { asset: string; mode: string; discrepancies: { field: string }[] }[];
+      };
+      for (const d of r.discrepancies) {
+        log.warn({ asset: d.asset, mode: d.mode, discrepancies: d.discrepancies }, 'periodic validation fixed a discrepancy');
+        for (const x of d.discrepancies) metrics.validationDiscrepancies.inc({ field: x.field });
+      }
+      metrics.validationRuns.inc({ trigger: 'periodic', outcome: r.invalid ? 'discrepancy' : 'valid' });
+      return r;
+    },
+    validate_position: async (p) => {
+      try {
+        const r = (await sql(pool, 'select validate_position($1, $2, true) as r', [p.asset, p.mode ?? 'one-way'])) as {
+          is_valid: boolean;
+          discrepancies: { field: string }[];
+        };
+        metrics.validationRuns.inc({ trigger: 'discrepancy', outcome: r.is_valid ? 'valid' : 'discrepancy' });
+        if (!r.is_valid) {
+          log.warn({ asset: p.asset, mode: p.mode, discrepancies: r.discrepancies }, 'validation after a size discrepancy');
+          for (const x of r.discrepancies) metrics.validationDiscrepancies.inc({ field: x.field });
+        } else log.info({ asset: p.asset, mode: p.mode }, 'validation after a size discrepancy: the position is valid');
+        return r;
+      } catch (err) {
+        if ((err as { code?: string }).code === 'P0002') return { is_valid: null, error_message: 'position_not_found' };
+        throw err;
+      }
+    },
+    publish_portfolio_update: (_p, trace) => sql(pool, 'select publish_portfolio_update(false, $1) as r', [trace]),
+    sample_portfolio_metrics: (_p, trace) => sql(pool, 'select sample_portfolio_metrics($1) as r', [trace]),
+    refresh_materialized_views: () => sql(pool, 'select refresh_materialized_views() as r', []),
+    prune_snapshots: async () => ({ deleted: await sql(pool, 'select prune_snapshots($1) as r', [config.snapshotRetentionDays]) }),
+    prune_inbox_outbox: () => sql(pool, 'select prune_inbox_outbox($1, $2) as r', [config.inboxRetentionDays, config.outboxRetentionHours]),
+    prune_job_history: async () => ({ deleted: await sql(pool, 'select prune_job_history($1) as r', [config.jobHistoryRetentionDays]) }),
+  };
+  const periodic = new Map(periodicTasks(config).map((p) => [p.task, p.intervalSeconds]));
+  const list: TaskList = {};
+  for (const [name, fn] of Object.entries(work)) {
+    const interval = periodic.get(name);
+    list[name] = recorded(name, pool, log, fn,
+      interval === undefined ? undefined : async () => void (await pool.query('select schedule_next_run($1, $2)', [name, interval])));
+  }
+  return list;
+}
