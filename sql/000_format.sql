@@ -10,6 +10,9 @@ create or replace function ts_out(t timestamptz) returns text
   as $$ select to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
 
 -- Every division is rounded to 10 places, half away from zero (ACCOUNTING.md §1).
+-- The dividend gets 30 more places first: PostgreSQL picks the scale of a quotient itself
+-- (sometimes only 12 places), and rounding that rounded quotient again to 10 can be off by one
+-- in the last place (double rounding).
 create or replace function div10(a numeric, b numeric) returns numeric
   language sql immutable parallel safe
-  as $$ select round(a / b, 10) $$;
+  as $$ select round((a * 1.000000000000000000000000000000) / b, 10) $$;

@@ -32,7 +32,7 @@ begin
     if q = held then closed := true; closed_qty := q; end if;
   else
     -- one-way flip: close |s| with its share of the fee, open the rest at the fill price
-    realized := (price - avg0) * held * sign(s) - round(fee * held / q, 10);
+    realized := (price - avg0) * held * sign(s) - div10(fee * held, q);
     closed_qty := held; closed := true; opened := true;
     new_size := d * (q - held); new_avg := price;
   end if;

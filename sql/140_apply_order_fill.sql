@@ -253,7 +253,10 @@ begin
     perform schedule_validation(a, m);
   end if;
   return jsonb_build_object('outcome', 'applied', 'message_key', mkey, 'asset', a, 'mode', m,
-                            'position_id', n.id, 'version', n.version);
+                            'position_id', n.id, 'version', n.version)
+         || case when r.excess > 0 then jsonb_build_object('size_discrepancy', jsonb_build_object(
+              'leg', leg, 'requested', dec_out(q), 'applied', dec_out(r.closed_qty), 'excess', dec_out(r.excess)))
+            else '{}' end;
 end $$;
 
 create or replace function apply_order_fill(fill jsonb) returns positions

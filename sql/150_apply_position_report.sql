@@ -20,7 +20,7 @@ create or replace function report_decimal(item jsonb, names text[], max_scale in
 
 create or replace function rel_diff(a numeric, b numeric) returns numeric
   language sql immutable parallel safe
-  as $$ select case when a = b then 0 else abs(a - b) / greatest(abs(a), abs(b)) end $$;
+  as $$ select case when a = b then 0 else div10(abs(a - b), greatest(abs(a), abs(b))) end $$;
 
 create or replace function apply_one_report(
   item jsonb, src text, base_key text, event_id text, env_ts timestamptz, received timestamptz,
@@ -173,7 +173,7 @@ begin
   -- R-14: the exchange's average replaces ours only beyond the threshold (strictly).
   if avg_new is not null and stored <> 0 and (
        (old_avg is null)
-       or (settings.use_ws_avg_price and abs(avg_new - old_avg) / old_avg > settings.avg_price_diff_threshold)) then
+       or (settings.use_ws_avg_price and div10(abs(avg_new - old_avg), old_avg) > settings.avg_price_diff_threshold)) then
     avg_replaced := true;
     if leg = 'net' then n.average_entry_price := avg_new;
     elsif leg = 'long' then n.long_avg_price := avg_new;
@@ -183,9 +183,9 @@ begin
                                 message_key, trace_id, reason)
     values (n.id, a, m, 'reset', leg, stored, avg_new, coalesce(exch_ts, received), mkey, trace, 'avg_price_from_report');
     raise log 'average entry price of % % (%) replaced by the exchange''s: % -> %', a, m, leg, old_avg, avg_new;
-    details := details || jsonb_build_object('avg_price_replaced', jsonb_build_object('old', old_avg, 'new', avg_new));
+    details := details || jsonb_build_object('avg_price_replaced', jsonb_build_object('old', dec_out(old_avg), 'new', dec_out(avg_new)));
   elsif avg_new is not null then
-    details := details || jsonb_build_object('avg_price_kept', jsonb_build_object('stored', old_avg, 'reported', avg_new));
+    details := details || jsonb_build_object('avg_price_kept', jsonb_build_object('stored', dec_out(old_avg), 'reported', dec_out(avg_new)));
   end if;
   if m = 'hedge' then n := position_hedge_totals(n); end if;
   n.exchange_state := coalesce(n.exchange_state, '{}') || jsonb_build_object(leg, st);
@@ -197,6 +197,8 @@ begin
       jsonb_build_object('leg', leg, 'stored', stored, 'reported', reported, 'relative_difference', round(diff, 10)));
     raise warning 'size discrepancy on % % (%): stored %, exchange reports %', a, m, leg, stored, reported;
     perform schedule_validation(a, m);
+    details := details || jsonb_build_object('size_discrepancy', jsonb_build_object(
+      'leg', leg, 'stored', dec_out(stored), 'reported', dec_out(reported), 'relative_difference', dec_out(diff)));
   end if;
 
   changed := position_changed_fields(p, n);
@@ -204,13 +206,15 @@ begin
     update positions set exchange_state = n.exchange_state where id = n.id;
     update inbox set position_id = p.id where source = src and message_key = mkey;
     return jsonb_build_object('outcome', 'applied', 'message_key', mkey, 'asset', a, 'mode', m,
-                              'position_id', p.id, 'version', p.version, 'changed', false);
+                              'position_id', p.id, 'version', p.version, 'changed', false)
+           || (details - 'report');
   end if;
   n := save_position(n, false);
   update inbox set position_id = n.id where source = src and message_key = mkey;
   perform record_position_change(p, n, 'websocket', 'report', mkey, trace, details || jsonb_build_object('leg', leg));
   return jsonb_build_object('outcome', 'applied', 'message_key', mkey, 'asset', a, 'mode', m,
-                            'position_id', n.id, 'version', n.version, 'changed', true);
+                            'position_id', n.id, 'version', n.version, 'changed', true)
+         || (details - 'report');
 end $$;
 
 -- An envelope {event_type, event_id, timestamp, trace_id, payload|data} whose payload is one

@@ -49,6 +49,7 @@ declare
   closed_leg boolean;
   trace text := 'validation:' || gen_random_uuid()::text;
   fixed boolean := false;
+  exchange_adopted boolean := false;
 begin
   select * into settings from position_manager_settings;
   if not pg_try_advisory_xact_lock(hashtextextended('validate:' || a || ':' || m, 0)) then
@@ -97,6 +98,7 @@ begin
         insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at, trace_id, reason)
         values (p.id, a, m, 'reset', leg_name, exp_size, exp_avg, tr, trace, 'validation');
         n.average_entry_price_source := 'exchange';
+        exchange_adopted := true;
       end if;
       closed_leg := stored_size <> 0 and exp_size = 0;
       if leg_name = 'net' then
@@ -114,8 +116,19 @@ begin
 
   if fixed then
     if n.current_price is null then n.current_price := coalesce(n.average_entry_price, n.long_avg_price, n.short_avg_price); end if;
-    n := position_mark(n);
-    if m <> 'hedge' then n.unrealized_pnl := case when n.size = 0 then 0 else (n.current_price - n.average_entry_price) * n.size end; end if;
+    if exchange_adopted then
+      -- The exchange's state is adopted together with its own unrealized PnL (R-13, R-16:
+      -- reports own PnL); recomputing from a possibly stale mark would contradict it (TC-002).
+      if m = 'hedge' then
+        if n.long_size = 0 then n.long_unrealized_pnl := 0; end if;
+        if n.short_size = 0 then n.short_unrealized_pnl := 0; end if;
+        n := position_hedge_totals(n);
+      elsif n.size = 0 then
+        n.unrealized_pnl := 0;
+      end if;
+    else
+      n := position_mark(n);
+    end if;
     if p.gross_size = 0 and (abs(n.size) > 0 or coalesce(n.long_size, 0) + coalesce(n.short_size, 0) > 0) then
       n.opened_at := now(); n.closed_at := null;
     elsif p.gross_size > 0 and n.size = 0 and coalesce(n.long_size, 0) + coalesce(n.short_size, 0) = 0 then

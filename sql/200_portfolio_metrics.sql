@@ -37,7 +37,7 @@ create view portfolio_by_asset_view as
          a.unrealized_pnl_usdt + a.realized_pnl_usdt as total_pnl_usdt, a.size, a.open_positions_count,
          a.current_price,
          case when sum(a.exposure_usdt) over () = 0 then null
-              else round(a.exposure_usdt / sum(a.exposure_usdt) over (), 10) end as share_of_exposure
+              else div10(a.exposure_usdt, sum(a.exposure_usdt) over ()) end as share_of_exposure
     from portfolio_asset_totals_view a;
 
 create view portfolio_metrics_view as

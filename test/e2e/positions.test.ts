@@ -1,0 +1,188 @@
+// Acceptance cases of SPEC.md §12 about single positions, black-box against the running service
+// (one stack, one asset per case): messages in, HTTP, events and logs out.
+import t from 'tap';
+import { startStack } from '../helpers/stack.js';
+import { TEST_API_KEY } from '../helpers/service.js';
+import { waitFor } from '../helpers/wait.js';
+
+const s = await startStack(t, { POSITION_MANAGER_SNAPSHOT_INTERVAL: '3' });
+const updatedFor = (asset: string) => s.events.updated.bodies().filter((b) => b.asset === asset);
+
+t.test('TC-002 report for an existing position: average and PnL at once, size through validation', async (t) => {
+  await s.fill({ execution_id: 'tc2-1', asset: 'TC002USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '48000', executed_at: '2025-01-15T10:00:00Z' });
+  await s.until('TC002USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
+  await s.report({ event_type: 'position', channel: 'position', data: { symbol: 'TC002USDT', side: 'Buy', size: '2.0', avgPrice: '49000.00', unrealisedPnl: '200.00', positionValue: '98000.00', mode: 'one-way', timestamp: '2025-01-15T10:05:00Z' }, trace_id: 'test-trace-002' });
+  const ev = await waitFor(() => updatedFor('TC002USDT').find((b) => b.update_source === 'websocket'), { what: 'the report change event' });
+  t.match(ev, { size: '1', average_entry_price: '49000', unrealized_pnl: '200', unrealized_pnl_pct: '0.40816327', trace_id: 'test-trace-002' }, 'immediately');
+  await s.log((l) => l.msg.startsWith('size discrepancy') && l.asset === 'TC002USDT' && l.level === 'warn', 'the discrepancy warning');
+  const p = await s.until('TC002USDT', (p) => p.size === '2', 'validation adopts the newer report');
+  t.match(p, { average_entry_price: '49000', unrealized_pnl_pct: '0.20408163' });
+  t.ok(Number.isInteger(p.time_held_minutes) && p.time_held_minutes >= 0, 'time_held_minutes is a non-negative integer');
+  const fixEv = await waitFor(() => updatedFor('TC002USDT').find((b) => b.update_source === 'validation'), { what: 'validation event' });
+  t.equal(fixEv.size, '2');
+});
+
+t.test('TC-003 report with a size discrepancy: unrealized now, size after the grace period', async (t) => {
+  await s.fill({ execution_id: 'tc3-1', asset: 'TC003USDT', side: 'Buy', execution_quantity: '1.5', execution_price: '50000' });
+  await s.until('TC003USDT', (p) => p.size === '1.5', 'given');
+  await s.report({ event_type: 'position', data: { symbol: 'TC003USDT', size: '1.8', avgPrice: '50000.00', unrealisedPnl: '180.00' }, trace_id: 'test-trace-003' });
+  const ev = await waitFor(() => updatedFor('TC003USDT').find((b) => b.update_source === 'websocket'), { what: 'report event' });
+  t.match(ev, { size: '1.5', unrealized_pnl: '180', average_entry_price: '50000' });
+  const warn = await s.log((l) => l.msg.startsWith('size discrepancy') && l.asset === 'TC003USDT', 'warning');
+  t.match(warn, { level: 'warn', stored: '1.5', reported: '1.8', relative_difference: '0.16666667', trace_id: 'test-trace-003' });
+  await s.until('TC003USDT', (p) => p.size === '1.8', 'size 1.8 after the grace period');
+});
+
+t.test('TC-004 buy fill adds to a long: 48666.66666667', async (t) => {
+  await s.fill({ execution_id: 'tc4-0', asset: 'TC004USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '48000' });
+  const before = await s.until('TC004USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
+  await s.fill({ event_type: 'order_executed', order_id: 'order-123', asset: 'TC004USDT', side: 'BUY', execution_price: '50000.00', execution_quantity: '0.5', execution_fees: '25.00', executed_at: '2025-01-15T10:10:00Z', trace_id: 'test-trace-004' });
+  const p = await s.until('TC004USDT', (p) => p.size === '1.5', 'applied');
+  t.equal(p.average_entry_price, '48666.66666667');
+  t.equal(Number(p.average_entry_price).toFixed(2), '48666.67');
+  t.equal(p.realized_pnl, before.realized_pnl, 'realized unchanged');
+  t.equal(p.total_fees, '25');
+  await waitFor(() => updatedFor('TC004USDT').some((b) => b.trace_id === 'test-trace-004' && b.size === '1.5'), { what: 'event' });
+});
+
+t.test('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealized', async (t) => {
+  await s.fill({ execution_id: 'tc5-0', asset: 'TC005USDT', side: 'Buy', execution_quantity: '2.0', execution_price: '50000' });
+  // Fills and reports arrive on different queues: wait for each before the next.
+  await s.until('TC005USDT', (p) => p.size === '2', 'given 2.0 @ 50000');
+  await s.report({ event_type: 'position', data: { symbol: 'TC005USDT', side: 'Buy', size: '2.0', markPrice: '51000', unrealisedPnl: '2000' } });
+  await s.until('TC005USDT', (p) => p.current_price === '51000', 'given, mark 51000');
+  await s.fill({ event_type: 'order_executed', order_id: 'order-124', asset: 'TC005USDT', side: 'SELL', execution_price: '51000.00', execution_quantity: '0.5', execution_fees: '25.50', executed_at: '2025-01-15T10:15:00Z', trace_id: 'test-trace-005' });
+  const p = await s.until('TC005USDT', (p) => p.size === '1.5', 'applied');
+  t.match(p, { average_entry_price: '50000', realized_pnl: '474.5', unrealized_pnl: '1500' });
+  await waitFor(() => updatedFor('TC005USDT').some((b) => b.trace_id === 'test-trace-005'), { what: 'event' });
+});
+
+t.test('TC-006 full close: size 0, 949 realized, position_closed, out of the list and exposure', async (t) => {
+  await s.fill({ execution_id: 'tc6-0', asset: 'TC006USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' });
+  await s.until('TC006USDT', (p) => p.size === '1', 'given');
+  await s.fill({ event_type: 'order_executed', asset: 'TC006USDT', side: 'SELL', execution_price: '51000.00', execution_quantity: '1.0', execution_fees: '51.00', trace_id: 'test-trace-006' });
+  const p = await s.until('TC006USDT', (p) => p.size === '0', 'closed');
+  t.match(p, { average_entry_price: '50000', unrealized_pnl: '0', realized_pnl: '949', total_fees: '51', is_open: false, closed_at: String });
+  const closed = await waitFor(() => s.events.closed.bodies().find((b) => b.asset === 'TC006USDT'), { what: 'position_closed' });
+  t.match(closed, { reason: 'fill', realized_pnl_delta: '949', exit_price: '51000', closed_size: '1', average_entry_price: '50000', trace_id: 'test-trace-006' });
+  await waitFor(() => updatedFor('TC006USDT').some((b) => b.size === '0'), { what: 'position_updated' });
+  t.notOk((await s.get('/api/v1/positions')).body.positions.some((x: any) => x.asset === 'TC006USDT'), 'not listed by default');
+  const e = await s.get('/api/v1/portfolio/exposure?asset=TC006USDT');
+  t.equal(e.body.total_exposure_usdt, '0', 'excluded from exposure');
+});
+
+t.test('TC-007 size conflict: the fill newer than the report wins', async (t) => {
+  await s.fill({ execution_id: 'tc7-0', asset: 'TC007USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000', executed_at: new Date(Date.now() - 10_000).toISOString() });
+  await s.until('TC007USDT', (p) => p.size === '1', 'given');
+  await s.report({ event_type: 'position', data: { symbol: 'TC007USDT', side: 'Buy', size: '1.2', avgPrice: '50000', updatedTime: String(Date.now() - 5_000) }, trace_id: 'tc7-report' });
+  await s.fill({ execution_id: 'tc7-1', asset: 'TC007USDT', side: 'Buy', execution_quantity: '0.3', execution_price: '50000', executed_at: new Date().toISOString() });
+  await s.log((l) => l.msg.startsWith('size discrepancy') && l.asset === 'TC007USDT', 'the discrepancy is logged');
+  const outcome = await s.log((l) => /validation after a size discrepancy/.test(l.msg) && l.asset === 'TC007USDT', 'the validation outcome is logged');
+  t.match(outcome.msg, /valid/);
+  const p = await s.until('TC007USDT', (p) => p.size === '1.3', 'size 1.3');
+  t.equal(p.average_entry_price, '50000');
+  const v = await s.post('/api/v1/positions/TC007USDT/validate?fix_discrepancies=false');
+  t.equal(v.body.is_valid, true, 'the ledger stands');
+});
+
+t.test('TC-008 average-price threshold: exactly 0.1% keeps, above replaces; both logged', async (t) => {
+  await s.fill({ execution_id: 'tc8-0', asset: 'TC008USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' });
+  await s.until('TC008USDT', (p) => p.size === '1', 'given');
+  await s.report({ event_type: 'position', data: { symbol: 'TC008USDT', avgPrice: '50050.00', size: '1.0' }, trace_id: 'test-trace-008' });
+  const kept = await s.log((l) => l.asset === 'TC008USDT' && /kept/.test(l.msg), 'the decision is logged');
+  t.match(kept, { stored_avg_price: '50000', reported_avg_price: '50050', trace_id: 'test-trace-008' });
+  t.equal((await s.get('/api/v1/positions/TC008USDT')).body.average_entry_price, '50000');
+  t.notOk(s.svc.logs.some((l) => l.asset === 'TC008USDT' && l.msg.startsWith('size discrepancy')), 'size matches: no discrepancy');
+  await s.report({ event_type: 'position', data: { symbol: 'TC008USDT', avgPrice: '50051.00', size: '1.0' }, trace_id: 'test-trace-008b' });
+  await s.until('TC008USDT', (p) => p.average_entry_price === '50051', '50051 replaces it');
+  const replaced = await s.log((l) => l.asset === 'TC008USDT' && /replaced/.test(l.msg), 'replacement logged');
+  t.match(replaced, { level: 'warn', old_avg_price: '50000', new_avg_price: '50051', trace_id: 'test-trace-008b' });
+});
+
+t.test('TC-014 validation through the API', async (t) => {
+  await s.fill({ execution_id: 'tc14-0', asset: 'TC014USDT', side: 'Buy', execution_quantity: '1', execution_price: '100' });
+  await s.until('TC014USDT', (p) => p.size === '1', 'given');
+  const r = await s.post('/api/v1/positions/TC014USDT/validate');
+  t.equal(r.status, 200);
+  t.match(r.body, { is_valid: true, error_message: null, discrepancies: [], updated_position: null, checked_at: String });
+});
+
+t.test('TC-015, TC-021, TC-024 snapshots through the API, their history and event', async (t) => {
+  await s.fill({ execution_id: 'tc15-0', asset: 'TC015USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' });
+  await s.until('TC015USDT', (p) => p.size === '1', 'given 1.0');
+  await s.report({ event_type: 'position', data: { symbol: 'TC015USDT', side: 'Buy', size: '1.0', unrealisedPnl: '150.00' } });
+  await s.until('TC015USDT', (p) => p.unrealized_pnl === '150', 'given 1.0, unrealized 150');
+  const r = await s.post('/api/v1/positions/TC015USDT/snapshot');
+  t.equal(r.status, 201);
+  t.match(r.body, { size: '1', unrealized_pnl: '150', trigger: 'manual', snapshot_data: { asset: 'TC015USDT', size: '1', unrealized_pnl: '150' } });
+  const r2 = await s.post('/api/v1/positions/TC015USDT/snapshot');
+  const list = await s.get('/api/v1/positions/TC015USDT/snapshots');
+  t.equal(list.status, 200);
+  t.equal(list.body.snapshots[0].id, r2.body.id, 'newest first');
+  t.ok(list.body.snapshots.some((x: any) => x.id === r.body.id), 'all of them');
+  for (const x of list.body.snapshots) t.ok(x.snapshot_data && x.snapshot_data.asset === 'TC015USDT', 'each with the full state');
+  const ev = await waitFor(() => s.events.snapshots.bodies().find((b) => b.snapshot_id === r.body.id), { what: 'position_snapshot_created' });
+  const fields = Object.keys((await s.get('/api/v1/positions/TC015USDT')).body);
+  for (const f of fields) t.ok(f in ev.snapshot.snapshot_data, `TC-024 snapshot.snapshot_data.${f}`);
+  t.ok(ev.snapshot.created_at, 'TC-024 snapshot.created_at');
+});
+
+t.test('TC-016 API key: none, wrong, right', async (t) => {
+  t.equal((await s.svc.request('GET', '/api/v1/positions', { key: null })).status, 401);
+  t.equal((await s.svc.request('GET', '/api/v1/positions', { key: 'wrong-key-123' })).status, 401);
+  t.equal((await s.svc.request('GET', '/api/v1/positions', { key: TEST_API_KEY })).status, 200);
+  await s.log((l) => l.msg === 'authentication failed' && l.key_present === true, 'the wrong key failure is logged');
+  t.notOk(JSON.stringify(s.svc.logs).includes('wrong-key-123'), 'without the key');
+});
+
+t.test('TC-020 scheduled snapshots', async (t) => {
+  await s.fill({ execution_id: 'tc20-0', asset: 'TC020USDT', side: 'Buy', execution_quantity: '1', execution_price: '100' });
+  const p = await s.until('TC020USDT', (p) => p.size === '1', 'given');
+  const snap = await waitFor(async () => {
+    const r = await s.get('/api/v1/positions/TC020USDT/snapshots');
+    return r.body.snapshots.find((x: any) => x.trigger === 'scheduled');
+  }, { what: 'a scheduled snapshot', timeoutMs: 15_000 });
+  t.equal(snap.position_id, p.id);
+  for (const f of Object.keys(p)) t.ok(f in snap.snapshot_data, `snapshot_data.${f}`);
+  await waitFor(() => s.events.snapshots.bodies().find((b) => b.snapshot_id === snap.id), { what: 'its event' });
+  const runs = await s.db.query("select outcome, result from job_history_view where task = 'snapshot_all_positions' and outcome = 'success'");
+  t.ok(runs.rowCount! >= 1, 'job_history_view records the run');
+});
+
+t.test('TC-022 position_updated carries the features flat and under position', async (t) => {
+  await s.fill({ execution_id: 'tc22-0', asset: 'TC022USDT', side: 'Buy', execution_quantity: '1', execution_price: '100' });
+  await s.until('TC022USDT', (p) => p.size === '1', 'given 1');
+  await s.report({ event_type: 'position', data: { symbol: 'TC022USDT', side: 'Buy', size: '1', markPrice: '101', unrealisedPnl: '1' }, trace_id: 'tc22' });
+  const ev = await waitFor(() => updatedFor('TC022USDT').find((b) => b.trace_id === 'tc22'), { what: 'event' });
+  for (const f of ['event_id', 'event_type', 'trace_id', 'timestamp', 'position_id', 'asset', 'mode', 'size', 'long_size', 'short_size', 'average_entry_price', 'current_price', 'unrealized_pnl', 'realized_pnl', 'total_fees', 'unrealized_pnl_pct', 'time_held_minutes', 'position_size_norm', 'version', 'closed_at', 'update_source', 'changed_fields', 'average_price', 'position'])
+    t.ok(f in ev, `event.${f}`);
+  t.equal(ev.update_source, 'websocket');
+  for (const f of ['unrealized_pnl_pct', 'time_held_minutes', 'position_size_norm']) t.same(ev.position[f], ev[f], `position.${f} equals the flat field`);
+  t.equal(ev.unrealized_pnl_pct, '1');
+});
+
+t.test('TC-029 invalid event: dead-lettered naming size, nothing applied or published', async (t) => {
+  await s.report('{"event_type":"position","data":{"symbol":"INVALID","size":"not-a-number","avgPrice":null}}');
+  const dl = await waitFor(() => s.events.dead.messages.find((m) => m.properties.headers?.['x-original-queue'] === 'ws-gateway.position'), { what: 'dead letter' });
+  t.match(String(dl.properties.headers?.['x-dead-letter-reason']), /size/);
+  await s.log((l) => l.msg === 'message dead-lettered' && /size/.test(l.reason), 'the error is logged');
+  t.equal((await s.get('/api/v1/positions/INVALID')).status, 404, 'no position');
+  t.notOk(s.events.updated.bodies().some((b) => b.asset === 'INVALID'), 'no event');
+});
+
+t.test('TC-030 duplicate event: applied once; a different report with the same trace_id applies', async (t) => {
+  await s.fill({ execution_id: 'tc30-0', asset: 'TC030USDT', side: 'Buy', execution_quantity: '1', execution_price: '100' });
+  await s.until('TC030USDT', (p) => p.size === '1', 'given');
+  const body = { event_type: 'position', data: { symbol: 'TC030USDT', side: 'Buy', size: '1', unrealisedPnl: '3' }, trace_id: 'dup-001' };
+  await s.report(body);
+  await s.report(body);
+  await s.log((l) => l.msg === 'duplicate message ignored' && l.asset === 'TC030USDT', 'the second delivery is logged as a duplicate');
+  // Events leave in commit order: once a later change's event is here, a second one would be too.
+  await s.fill({ execution_id: 'tc30-marker', asset: 'TC030USDT', side: 'Buy', execution_quantity: '1', execution_price: '100', trace_id: 'tc30-marker' });
+  await waitFor(() => updatedFor('TC030USDT').some((b) => b.trace_id === 'tc30-marker'), { what: 'the marker event' });
+  t.equal(updatedFor('TC030USDT').filter((b) => b.trace_id === 'dup-001').length, 1, 'one position_updated');
+  const audit = await s.db.query("select count(*) from position_events_view where asset = 'TC030USDT' and kind = 'report'");
+  t.equal(audit.rows[0].count, '1', 'one audit row');
+  await s.report({ ...body, data: { ...body.data, size: '2', unrealisedPnl: '4' } });
+  await s.until('TC030USDT', (p) => p.unrealized_pnl === '4', 'a different report with the same trace_id is applied');
+});
