@@ -32,6 +32,9 @@ interface Outcome {
   version?: number;
   position_id?: string;
   message_key?: string;
+  size_discrepancy?: Record<string, string>;
+  avg_price_replaced?: { old: string | null; new: string };
+  avg_price_kept?: { stored: string | null; reported: string };
 }
 
 // Serialization failures, deadlocks, lock timeouts, too many connections, shutdowns.
@@ -154,11 +157,18 @@ export class QueueConsumer {
           : 'no_op';
     for (const e of entries) {
       if (e.outcome === 'applied') metrics.positionUpdates.inc({ source: this.o.kind === 'fill' ? 'order_execution' : 'websocket' });
-      this.o.log.info(
-        { trace_id: d.meta.trace_id, queue: this.o.queue, outcome: e.outcome, asset: e.asset, mode: e.mode,
-          message_key: e.message_key, position_id: e.position_id, version: e.version },
-        e.outcome === 'applied' ? 'position changed' : e.outcome === 'duplicate' ? 'duplicate message ignored' : `message ${e.outcome}`,
-      );
+      const fields = { trace_id: d.meta.trace_id, queue: this.o.queue, outcome: e.outcome, asset: e.asset, mode: e.mode,
+                       message_key: e.message_key, position_id: e.position_id, version: e.version };
+      this.o.log.info(fields,
+        e.outcome === 'applied' ? 'position changed' : e.outcome === 'duplicate' ? 'duplicate message ignored' : `message ${e.outcome}`);
+      if (e.size_discrepancy)
+        this.o.log.warn({ ...fields, ...e.size_discrepancy }, 'size discrepancy: validation scheduled after the grace period');
+      if (e.avg_price_replaced)
+        this.o.log.warn({ ...fields, old_avg_price: e.avg_price_replaced.old, new_avg_price: e.avg_price_replaced.new },
+          'average entry price replaced by the exchange');
+      if (e.avg_price_kept)
+        this.o.log.info({ ...fields, stored_avg_price: e.avg_price_kept.stored, reported_avg_price: e.avg_price_kept.reported },
+          'average entry price kept: the difference is within the threshold');
     }
     metrics.messages.inc({ queue: this.o.queue, outcome });
     this.ack(d);
