@@ -3,7 +3,7 @@
 import type { Server } from 'node:http';
 import { ConfigError, loadConfig, redactUrl } from './config.js';
 import { createLogger } from './log.js';
-import { createPool } from './db/pool.js';
+import { createPool, isConnectionError } from './db/pool.js';
 import { migrate } from './db/migrate.js';
 import { writeSettings } from './db/settings.js';
 import { persistentSecret, startEmbedded, type EmbeddedDatabase } from './db/embedded.js';
@@ -92,6 +92,16 @@ async function main(): Promise<void> {
     log.info('stopped');
     process.exit(0);
   };
+  // A connection that drops while no query is waiting on it surfaces as a stray 'error' event;
+  // every component reconnects by itself, so that is logged, not fatal. Anything else is a bug:
+  // exit non-zero and let the supervisor restart a clean process (nothing is acked uncommitted).
+  const onStray = (err: unknown) => {
+    if (isConnectionError(err)) return log.error({ err: (err as Error).message }, 'connection lost outside a request');
+    log.fatal({ err }, 'uncaught error');
+    process.exit(1);
+  };
+  process.on('uncaughtException', onStray);
+  process.on('unhandledRejection', onStray);
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
 }

@@ -34,6 +34,8 @@ interface DatabaseState {
 async function readDatabase(rt: Runtime): Promise<DatabaseState | undefined> {
   try {
     const client = await rt.pool.connect();
+    const ignore = () => undefined; // a connection lost between our queries must not be an uncaught 'error'
+    client.on('error', ignore);
     try {
       await client.query("set statement_timeout = '1s'");
       const r = await client.query<{ positions: string; pending: string; age: string | null }>(
@@ -45,6 +47,7 @@ async function readDatabase(rt: Runtime): Promise<DatabaseState | undefined> {
       return { positions: Number(row.positions), pending: Number(row.pending), age: row.age === null ? 0 : Math.floor(Number(row.age)) };
     } finally {
       await client.query('reset statement_timeout').catch(() => undefined);
+      client.off('error', ignore);
       client.release();
     }
   } catch {

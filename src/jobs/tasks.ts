@@ -88,12 +88,21 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger): TaskList {
         throw err;
       }
     },
-    publish_portfolio_update: (_p, trace) => sql(pool, 'select publish_portfolio_update(false, $1) as r', [trace]),
-    sample_portfolio_metrics: (_p, trace) => sql(pool, 'select sample_portfolio_metrics($1) as r', [trace]),
+    publish_portfolio_update: async (_p, trace) => limitLog(await sql(pool, 'select publish_portfolio_update(false, $1) as r', [trace]), trace),
+    sample_portfolio_metrics: async (_p, trace) => limitLog(await sql(pool, 'select sample_portfolio_metrics($1) as r', [trace]), trace),
     refresh_materialized_views: () => sql(pool, 'select refresh_materialized_views() as r', []),
     prune_snapshots: async () => ({ deleted: await sql(pool, 'select prune_snapshots($1) as r', [config.snapshotRetentionDays]) }),
     prune_inbox_outbox: () => sql(pool, 'select prune_inbox_outbox($1, $2) as r', [config.inboxRetentionDays, config.outboxRetentionHours]),
     prune_job_history: async () => ({ deleted: await sql(pool, 'select prune_job_history($1) as r', [config.jobHistoryRetentionDays]) }),
+  };
+  // a crossing is logged at warn, the way back at info.
+  const limitLog = (r: unknown, traceId: string) => {
+    const limit = (r as { limit?: { transition: string | null; limit_value: string; current_value: string } }).limit;
+    if (limit?.transition === 'exceeded')
+      log.warn({ trace_id: traceId, limit_value: limit.limit_value, current_value: limit.current_value }, 'portfolio exposure limit exceeded');
+    else if (limit?.transition === 'cleared')
+      log.info({ trace_id: traceId, limit_value: limit.limit_value, current_value: limit.current_value }, 'portfolio exposure back within the limit');
+    return r;
   };
   const periodic = new Map(periodicTasks(config).map((p) => [p.task, p.intervalSeconds]));
   const list: TaskList = {};
