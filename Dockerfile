@@ -16,6 +16,7 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY migrations ./migrations
 COPY sql ./sql
+COPY openapi.yaml ./
 USER node
 EXPOSE 4800
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
