@@ -118,6 +118,23 @@ t.test("reports: TC-001 via data; today's Gateway payload with raw and a shared 
   t.equal(note.rowCount, 1, 'the short leg the row does not hold yet is a discrepancy for validation (R-15)');
 });
 
+t.test('an array payload is applied in one transaction; queues owned by others get their owner arguments', async (t) => {
+  await broker.publish(REPORTS, { event_type: 'position', event_id: 'arr-1', payload: [
+    { symbol: 'ARRAUSDT', side: 'Buy', size: '1', avgPrice: '10' },
+    { symbol: 'ARRBUSDT', side: 'Sell', size: '2', avgPrice: '20' },
+  ] });
+  const a = await waitPosition('ARRAUSDT', () => true, 'first report');
+  const b = await waitPosition('ARRBUSDT', () => true, 'second report');
+  t.same([a.size, b.size], ['1', '-2']);
+  const { stdout } = await promisify(execFile)('rabbitmqctl', ['-q', 'list_queues', '-p', broker.vhost, 'name', 'arguments', '--formatter', 'json']);
+  const queues = JSON.parse(stdout) as { name: string; arguments: [string, string, unknown][] }[];
+  const gw = queues.find((q) => q.name === REPORTS)!;
+  t.match(Object.fromEntries(gw.arguments.map(([k, , v]) => [k, v])), { 'x-message-ttl': 86400000, 'x-max-length': 100000, 'x-overflow': 'drop-head' }, "the Gateway's arguments");
+  for (const q of ['position-manager.dead_letter', UPDATED, 'position-manager.portfolio_updated', 'position-manager.position_snapshot_created',
+                   'position-manager.position_closed', 'position-manager.portfolio_limit_exceeded'])
+    t.ok(queues.some((x) => x.name === q), `${q} declared`);
+});
+
 t.test('dead letters: each bad input lands there with its reason; nothing of it is applied', async (t) => {
   const before = deadLetters.messages.length;
   const bad: [string, string | object, RegExp][] = [
