@@ -27,6 +27,26 @@ create or replace function position_changed_fields(before positions, after posit
        and (before is null or (to_jsonb(before) -> a.key) is distinct from a.value)
   $$;
 
+-- The portfolio's total exposure as this transaction sees it after the change (R-19), for
+-- position_size_norm in events. The first change of a transaction sums over positions; later
+-- ones add their own delta to the total kept in a transaction-local setting, so a batch of
+-- many messages pays for one scan, not one per message.
+create or replace function transaction_total_exposure(before positions, after positions) returns numeric
+  language plpgsql
+  as $$
+declare
+  kept text := current_setting('position_manager.total_exposure', true);
+  total numeric;
+begin
+  if kept is null or kept = '' then
+    total := portfolio_total_exposure();
+  else
+    total := kept::numeric + position_exposure(after) - coalesce(position_exposure(before), 0);
+  end if;
+  perform set_config('position_manager.total_exposure', total::text, true);
+  return total;
+end $$;
+
 create or replace function record_position_change(
   before positions, after positions, source text, kind text,
   message_key text, trace_id text, details jsonb default null)
@@ -35,7 +55,7 @@ create or replace function record_position_change(
   as $$
 declare
   changed text[] := position_changed_fields(before, after);
-  pos jsonb := position_json(after, null, now());
+  pos jsonb := position_json(after, transaction_total_exposure(before, after), now());
 begin
   insert into position_events (position_id, asset, mode, source, kind, before, after, changed_fields, message_key, trace_id, details)
   values (after.id, after.asset, after.mode, source, kind, to_jsonb(before), to_jsonb(after), changed, message_key, trace_id, details);

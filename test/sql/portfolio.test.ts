@@ -81,6 +81,20 @@ t.test('TC-009, TC-010, TC-017..TC-019 and the empty portfolio', async (t) => {
   t.equal((await one(db2, "select get_position('ETHUSDT') as p")).p.position_size_norm, '0', 'closed: 0');
 });
 
+t.test('R-19: position_size_norm in events uses the total as the transaction sees it, kept incrementally', async (t) => {
+  const db = await freshDatabase(t);
+  await fill(db, 'ZZZUSDT', 'Buy', '4', '100');
+  const c = await db.pool.connect();
+  t.teardown(() => c.release());
+  await c.query('begin');
+  for (const [id, asset, side, qty] of [['n1', 'AAAUSDT', 'Buy', '1'], ['n2', 'BBBUSDT', 'Buy', '3'], ['n3', 'AAAUSDT', 'Sell', '1'], ['n4', 'ZZZUSDT', 'Sell', '2']])
+    await c.query('select ingest_order_fill($1::jsonb)', [JSON.stringify({ execution_id: id, asset, side, execution_quantity: qty, execution_price: '100' })]);
+  await c.query('commit');
+  const norms = (await db.query("select payload->>'asset' as a, payload->>'position_size_norm' as n from outbox where event_type = 'position_updated' order by id")).rows;
+  t.same(norms.map((r) => `${r.a}:${r.n}`), ['ZZZUSDT:1', 'AAAUSDT:0.2', 'BBBUSDT:0.375', 'AAAUSDT:0', 'ZZZUSDT:0.4'],
+    'each equals exposure / the sum over positions right after that change');
+});
+
 t.test('closed positions leave exposure and counts but keep realized PnL; hedge is gross and net', async (t) => {
   const db = await freshDatabase(t);
   await fill(db, 'AAAUSDT', 'Buy', '1', '100');
