@@ -15,17 +15,18 @@ begin
     from position_fills where position_id = pid and leg = leg_name and kind = 'reset' order by id desc limit 1;
   size := coalesce(base.reset_size * case when leg_dir = -1 then -1 else 1 end, 0);
   avg := base.reset_avg_price;
-  -- A reset that only adopted the exchange's average says nothing new about the size.
+  -- The latest entry that speaks about the size: every fill (also those before an average-only
+  -- reset) and every reset except one that only adopted the exchange's average.
   select max(executed_at) into last_entry_at
     from position_fills
-   where position_id = pid and leg = leg_name and kind = 'reset' and reason is distinct from 'avg_price_from_report';
+   where position_id = pid and leg = leg_name
+     and (kind = 'fill' or reason is distinct from 'avg_price_from_report');
   for f in
     select side, quantity, price, fee, executed_at from position_fills
      where position_id = pid and leg = leg_name and kind = 'fill' and id > coalesce(base.id, 0) order by id
   loop
     r := leg_fill(size, avg, case f.side when 'Buy' then 1 else -1 end, f.quantity, f.price, f.fee, leg_dir);
     size := r.new_size; avg := r.new_avg;
-    last_entry_at := greatest(last_entry_at, f.executed_at);
   end loop;
   if leg_dir = -1 then size := -size; end if;
 end $$;
