@@ -298,3 +298,29 @@ t.test('concurrency: 8 connections, 2,000 fills to one new asset, one row with t
   t.equal((await db.query("select count(*)::int as n from position_fills where asset = 'RACEUSDT'")).rows[0].n, 2000);
   t.equal((await db.query("select validate_position('RACEUSDT', 'one-way', false) as v")).rows[0].v.is_valid, true);
 });
+
+t.test('concurrency: the same 50 messages sent by 8 connections at once apply once each', async (t) => {
+  const db = await freshDatabase(t);
+  const bodies = Array.from({ length: 50 }, (_, i) =>
+    i % 2 === 0
+      ? { asset: 'DUPCUSDT', side: 'Buy', execution_quantity: '0.01', execution_price: '100', execution_id: `dc-${i}` }
+      : { asset: 'DUPCUSDT', side: 'Buy', execution_quantity: '0.01', execution_price: String(100 + i) }, // keyed by body hash
+  );
+  const outcomes = await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      const c = await db.pool.connect();
+      try {
+        const seen: string[] = [];
+        for (const b of bodies) seen.push((await c.query('select ingest_order_fill($1::jsonb) as r', [JSON.stringify(b)])).rows[0].r.outcome);
+        return seen;
+      } finally {
+        c.release();
+      }
+    }),
+  );
+  const applied = outcomes.flat().filter((o) => o === 'applied').length;
+  t.equal(applied, 50, 'each message applied exactly once');
+  t.equal(outcomes.flat().filter((o) => o === 'duplicate').length, 350, 'the other deliveries are duplicates');
+  t.equal((await db.query("select size from positions where asset = 'DUPCUSDT'")).rows[0].size, '0.50');
+  t.equal((await db.query("select count(*)::int as n from outbox where event_type = 'position_updated'")).rows[0].n, 50, 'one event each');
+});
