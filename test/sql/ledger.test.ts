@@ -7,10 +7,10 @@ let seq = 0;
 const fill = (f: Record<string, unknown>) => ({ execution_id: `x-${++seq}`, ...f });
 
 async function apply(db: TestDb, f: Record<string, unknown>) {
-  return (await db.query('select (apply_order_fill($1::jsonb)).*', [JSON.stringify(f)])).rows[0];
+  return (await db.query('select * from apply_order_fill($1::jsonb)', [JSON.stringify(f)])).rows[0];
 }
 async function report(db: TestDb, r: Record<string, unknown>) {
-  return (await db.query('select (apply_position_report($1::jsonb)).*', [JSON.stringify(r)])).rows[0];
+  return (await db.query('select * from apply_position_report($1::jsonb)', [JSON.stringify(r)])).rows[0];
 }
 async function row(db: TestDb, asset: string, mode = 'one-way') {
   return (await db.query('select * from positions where asset = $1 and mode = $2', [asset, mode])).rows[0];
