@@ -5,7 +5,7 @@ import { waitFor } from '../helpers/wait.js';
 
 t.test('TC-025 periodic validation: every open position validated, the disagreeing one fixed from the ledger', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_VALIDATION_INTERVAL: '2' });
-  for (const [asset, qty] of [['VA1USDT', '1'], ['VA2USDT', '2'], ['VA3USDT', '3']]) {
+  for (const [asset, qty] of [['VA1USDT', '1'], ['VA2USDT', '2'], ['VA3USDT', '3']] as const) {
     await s.fill({ execution_id: `tc25-${asset}`, asset, side: 'Buy', execution_quantity: qty, execution_price: '100' });
     await s.until(asset, (p) => p.size === qty, `given ${asset}`);
   }
