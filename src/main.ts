@@ -8,6 +8,7 @@ import { migrate } from './db/migrate.js';
 import { writeSettings } from './db/settings.js';
 import { persistentSecret, startEmbedded, type EmbeddedDatabase } from './db/embedded.js';
 import { createApp } from './api/app.js';
+import { answerClientErrors } from './api/problem.js';
 import { startMessaging } from './messaging/index.js';
 import { startWorker } from './jobs/index.js';
 import type { Component, Runtime } from './runtime.js';
@@ -66,6 +67,7 @@ async function main(): Promise<void> {
   const server: Server = await new Promise((ok) => {
     const s = app.listen(config.port, () => ok(s));
   });
+  answerClientErrors(server);
   log.info({ port: config.port }, 'listening');
 
   let stopping = false;

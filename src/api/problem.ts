@@ -1,6 +1,7 @@
 // One error mapper for the API (SPEC.md §5): every failure becomes an RFC 9457 problem body
 // with a stable `code`; bad input is 400 naming the field, never 500; a database that cannot
 // be reached is 503 with Retry-After. No stack traces or SQL text ever reach a client.
+import { randomUUID } from 'node:crypto';
 import type { ErrorRequestHandler, Response } from 'express';
 import { isConnectionError } from '../db/pool.js';
 import type { Logger } from '../log.js';
@@ -82,4 +83,26 @@ export function errorMapper(log: Logger): ErrorRequestHandler {
     reqLog.error({ err }, 'unhandled error');
     return sendProblem(res, 500, 'internal_error', 'an unexpected error occurred');
   };
+}
+
+/**
+ * Requests Node's HTTP parser rejects (bad bytes, a request line or headers too large) never
+ * reach express; answer them with a problem body and an X-Trace-Id too (SPEC.md §5).
+ */
+export function answerClientErrors(server: import('node:http').Server): void {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: import('node:stream').Duplex) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy();
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+    const title = status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
+    const traceId = randomUUID();
+    const body = JSON.stringify({
+      type: 'about:blank', title, status, code: 'invalid_parameter',
+      detail: status === 431 ? 'the request line or headers are too large' : 'the request could not be parsed',
+      trace_id: traceId,
+    });
+    socket.end(
+      `HTTP/1.1 ${status} ${title}\r\nContent-Type: application/problem+json\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nX-Trace-Id: ${traceId}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  });
 }
