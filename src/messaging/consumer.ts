@@ -58,6 +58,7 @@ export class QueueConsumer {
   private flushing: Promise<void> | undefined;
   private stopped = false;
   private wake: (() => void) | undefined;
+  private channel: { channel: amqp.Channel; consumerTag: string } | undefined;
 
   constructor(private readonly o: QueueConsumerOptions) {}
 
@@ -66,7 +67,8 @@ export class QueueConsumer {
     const channel = await connection.createChannel();
     channel.on('error', (err: Error) => this.o.log.warn({ err: err.message, queue: this.o.queue }, 'consumer channel error'));
     await channel.prefetch(prefetch);
-    await channel.consume(this.o.queue, (msg) => msg && this.receive(channel, msg), { noAck: false });
+    const { consumerTag } = await channel.consume(this.o.queue, (msg) => msg && this.receive(channel, msg), { noAck: false });
+    this.channel = { channel, consumerTag };
   }
 
   private receive(channel: amqp.Channel, msg: amqp.ConsumeMessage): void {
@@ -212,10 +214,17 @@ export class QueueConsumer {
     });
   }
 
-  /** Stops taking messages, lets the batch in its transaction finish; the rest is requeued by the broker. */
+  /**
+   * Graceful stop: no new deliveries, the batch in its transaction finishes and is acked, then
+   * the channel is closed, which flushes those acks (closing only the connection would drop
+   * them) and hands every unapplied message back to the broker.
+   */
   async stop(): Promise<void> {
+    const current = this.channel;
+    if (current) await current.channel.cancel(current.consumerTag).catch(() => undefined);
     this.stopped = true;
     this.wake?.();
     await this.flushing;
+    if (current) await current.channel.close().catch(() => undefined);
   }
 }

@@ -11,6 +11,7 @@ export async function startMessaging(rt: Runtime, roles: { consumer: boolean; re
   const { config, log } = rt;
   const broker = connectBroker(config.amqpUrl!, rt.broker, log);
   const components: Component[] = [];
+  let consumersComponent: Component | undefined;
 
   await broker.onConnected(async (conn) => {
     await declareOwnTopology(conn, config);
@@ -41,12 +42,12 @@ export async function startMessaging(rt: Runtime, roles: { consumer: boolean; re
       for (const c of consumers) await c.attach(conn, config.consumerPrefetch);
     });
     log.info({ queues: [...config.orderEventsQueues, config.positionEventsQueue] }, 'consumers started');
-    components.push({
+    consumersComponent = {
       name: 'consumers',
       async stop() {
         await Promise.all(consumers.map((c) => c.stop()));
       },
-    });
+    };
   }
 
   if (roles.relay) {
@@ -55,6 +56,7 @@ export async function startMessaging(rt: Runtime, roles: { consumer: boolean; re
     components.push({ name: 'relay', stop: () => relay.stop() });
   }
 
-  // Registered first, stopped last: consumers and relay finish before the connection closes.
-  return [{ name: 'broker', stop: () => broker.close() }, ...components];
+  // Stopped in reverse: consumers first (no new intake, the last batch committed and acked),
+  // then the relay (which publishes that batch's events), then the connection.
+  return [{ name: 'broker', stop: () => broker.close() }, ...components, ...(consumersComponent ? [consumersComponent] : [])];
 }

@@ -71,8 +71,15 @@ export type Checked =
 function describe(error: z.ZodError): string {
   const issue = error.issues[0];
   if (!issue) return 'body: invalid';
-  // A union reports the branch that got furthest; its path names the field.
-  const inner = issue.code === 'invalid_union' ? (issue.errors.flat()[0] ?? issue) : issue;
+  // A union reports every branch's issues: name the most specific one (a bound or format
+  // problem over a mere type mismatch, then the deepest path).
+  const flatten = (i: z.core.$ZodIssue, base: PropertyKey[]): z.core.$ZodIssue[] =>
+    i.code === 'invalid_union'
+      ? i.errors.flat().flatMap((x) => flatten(x, [...base, ...i.path]))
+      : [{ ...i, path: [...base, ...i.path] } as z.core.$ZodIssue];
+  const candidates = flatten(issue, []);
+  const rank = (i: z.core.$ZodIssue) => (i.code === 'invalid_type' || i.code === 'invalid_union' ? 1000 : 0) - i.path.length;
+  const inner = [...candidates].sort((a, b) => rank(a) - rank(b))[0] ?? issue;
   const path = inner.path.length ? inner.path.join('.') : 'body';
   return `${path}: ${inner.message}`;
 }

@@ -212,3 +212,18 @@ export async function publishAll(
     onProgress?.(Math.min(i + window, bodies.length));
   }
 }
+
+/** Waits for the outbox to drain, then checks that every change of every asset has exactly one position_updated. */
+export async function assertEventsComplete(
+  t: { comment(m: string): void; same(a: unknown, b: unknown, m: string): unknown },
+  db: TestDb,
+  messages: amqp.ConsumeMessage[],
+  fills: { asset: string }[],
+): Promise<void> {
+  const expected = changesPerAsset(fills);
+  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 });
+  await waitDistinctEvents(messages, fills.length);
+  const ev = checkUpdatedEvents(messages, expected);
+  t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct`);
+  t.same(ev.problems.slice(0, 20), [], 'each version 1..final has exactly one position_updated event');
+}

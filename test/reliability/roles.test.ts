@@ -5,7 +5,7 @@
 // schema, /health 200, and a fill applied through SQL as that user.
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { TEST_DATABASE_URL, freshDatabase } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';
@@ -108,13 +108,13 @@ t.test('grafana_reader: views only, never a write', async (t) => {
   t.equal(after, '1', 'the position is unchanged');
 });
 
-t.test('the service runs as a database user that is not a superuser', async (t) => {
+async function runAsAppUser(t: Test, options: { createRole: boolean }): Promise<void> {
   const suffix = randomBytes(5).toString('hex');
   const role = `pm_app_${suffix}`;
   const database = `pm_app_db_${suffix}`;
   const password = randomBytes(12).toString('hex');
   await admin(async (c) => {
-    await c.query(`create role ${role} login password '${password}' nosuperuser nocreaterole nocreatedb`);
+    await c.query(`create role ${role} login password '${password}' nosuperuser ${options.createRole ? 'createrole' : 'nocreaterole'} nocreatedb`);
     await c.query(`create database ${database} owner ${role}`);
     await c.query(`grant create on database ${database} to ${role}`);
   });
@@ -123,7 +123,7 @@ t.test('the service runs as a database user that is not a superuser', async (t) 
     await admin((c) => c.query(`drop role if exists ${role}`)).catch((err) => t.comment(`drop role ${role}: ${(err as Error).message}`));
   });
   const flags = await admin((c) => c.query('select rolsuper, rolcreaterole, rolcreatedb, rolbypassrls from pg_roles where rolname = $1', [role]));
-  t.same(flags.rows[0], { rolsuper: false, rolcreaterole: false, rolcreatedb: false, rolbypassrls: false }, 'an ordinary role');
+  t.same(flags.rows[0], { rolsuper: false, rolcreaterole: options.createRole, rolcreatedb: false, rolbypassrls: false }, 'not a superuser');
 
   const u = new URL(TEST_DATABASE_URL);
   u.username = role;
@@ -132,15 +132,16 @@ t.test('the service runs as a database user that is not a superuser', async (t) 
   const appUrl = u.toString();
   const broker = await freshBroker(t);
   const svc = await startService(t, { databaseUrl: appUrl, amqpUrl: broker.url, waitHealthy: false });
-  let health: { status: number; body: any } | undefined;
-  try {
-    health = await waitFor(async () => {
-      if (svc.child.exitCode !== null) throw new Error(`exited ${svc.child.exitCode}`);
-      const h = await svc.request('GET', '/health', { key: null });
-      return h.status === 200 ? h : undefined;
-    }, { what: '/health 200', timeoutMs: 60_000 });
-  } catch (err) {
-    t.fail(`the service did not become healthy as ${role}: ${(err as Error).message}; stderr: ${svc.stderr.join('').slice(0, 1500)}; last logs: ${JSON.stringify(svc.logs.slice(-3)).slice(0, 1500)}`);
+  const health = await waitFor(async () => {
+    if (svc.child.exitCode !== null) return { status: -1, body: svc.stderr.join('').slice(0, 600) };
+    const h = await svc.request('GET', '/health', { key: null });
+    return h.status === 200 ? h : undefined;
+  }, { what: '/health 200', timeoutMs: 60_000 }).catch((err) => ({
+    status: -1,
+    body: `${(err as Error).message}; running: ${svc.child.exitCode === null}; stderr: ${svc.stderr.join('').slice(0, 600)}; logs: ${JSON.stringify(svc.logs.slice(-5)).slice(0, 1500)}`,
+  }));
+  if (health.status === -1) {
+    t.fail(`the service did not become healthy as ${role} (exit code ${svc.child.exitCode}): ${health.body}`);
     return;
   }
   t.equal(health.status, 200, '/health 200');
@@ -150,16 +151,24 @@ t.test('the service runs as a database user that is not a superuser', async (t) 
   const app = new pg.Client({ connectionString: appUrl });
   await app.connect();
   t.teardown(() => app.end().catch(() => undefined));
-  t.equal((await app.query('select current_user as u, usesuper from pg_user where usename = current_user')).rows[0].usesuper, false, 'connected as the non-superuser');
+  t.equal((await app.query('select usesuper from pg_user where usename = current_user')).rows[0].usesuper, false, 'connected as the non-superuser');
   await app.query(`select apply_order_fill('{"execution_id":"app-1","asset":"APPUSDT","side":"Buy","execution_quantity":"2","execution_price":"10"}')`);
   const row = (await app.query("select size, version from positions where asset = 'APPUSDT'")).rows[0];
   t.same(row, { size: '2', version: '1' }, 'a fill applied through SQL as the app user');
   const api = await svc.request('GET', '/api/v1/positions/APPUSDT');
   t.equal(api.status, 200, 'and read through the API');
   t.equal(api.body.size, '2');
+  await broker.publish('order-manager.order_executed', { execution_id: 'app-2', asset: 'APPUSDT', side: 'Sell', execution_quantity: '0.5', execution_price: '12' });
+  await waitFor(async () => (await app.query("select size from positions where asset = 'APPUSDT'")).rows[0].size === '1.5',
+    { what: 'a fill consumed from the broker', timeoutMs: 20_000 });
   const owners = (await app.query(
     "select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname in ('public', 'graphile_worker') and c.relkind in ('r', 'v', 'm')",
   )).rows.map((r) => r.owner);
   t.same(owners, [role], 'every table and view belongs to the app user');
   t.equal(await svc.stop(), 0, 'clean shutdown');
-});
+}
+
+// The brief's setup: LOGIN, owner of its database, CREATE on it — nothing else.
+t.test('the service runs as a database user that is not a superuser (LOGIN only)', (t) => runAsAppUser(t, { createRole: false }));
+// Same with CREATEROLE: shows what works once the role question is out of the way.
+t.test('the service runs as a non-superuser with CREATEROLE', (t) => runAsAppUser(t, { createRole: true }));
