@@ -1,16 +1,20 @@
 // TC-027 and TC-028: the database or the broker goes away under a running service.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
 import { tcpProxy } from '../helpers/proxy.js';
 import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
+import { acceptanceSummary } from '../helpers/stack.js';
+
+const record = acceptanceSummary(t);
+const acceptance = async (title: string, fn: (t: Test) => Promise<void>) => record(title, await t.test(title, fn));
 
 const run = promisify(execFile);
 
-t.test('TC-027 database unavailable: 503 problems, /health unhealthy, nothing lost, back after', async (t) => {
+acceptance('TC-027 database unavailable: 503 problems, /health unhealthy, nothing lost, back after', async (t) => {
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
   const proxy = await tcpProxy(t);
@@ -33,7 +37,7 @@ t.test('TC-027 database unavailable: 503 problems, /health unhealthy, nothing lo
   t.equal((await svc.request('GET', '/health', { key: null })).status, 200);
 });
 
-t.test('TC-028 broker unavailable: degraded, REST changes commit, their events go out later', async (t) => {
+acceptance('TC-028 broker unavailable: degraded, REST changes commit, their events go out later', async (t) => {
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
   const user = new URL(broker.url).username || 'guest';

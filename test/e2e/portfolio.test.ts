@@ -1,8 +1,11 @@
 // Acceptance cases of SPEC.md §12 whose numbers depend on the whole portfolio: each case gets a
 // service of its own on an empty database and broker, driven through messages and HTTP only.
-import t from 'tap';
-import { startStack, type Stack } from '../helpers/stack.js';
+import t, { type Test } from 'tap';
+import { startStack, type Stack, acceptanceSummary } from '../helpers/stack.js';
 import { waitFor } from '../helpers/wait.js';
+
+const record = acceptanceSummary(t);
+const acceptance = async (title: string, fn: (t: Test) => Promise<void>) => record(title, await t.test(title, fn));
 
 let n = 0;
 async function given(s: Stack, asset: string, side: 'Buy' | 'Sell', qty: string, price: string) {
@@ -15,7 +18,7 @@ async function mark(s: Stack, asset: string, size: string, fields: object) {
   await s.until(asset, (p) => p.version > before, `report on ${asset}`);
 }
 
-t.test('TC-001 create a position from a report', async (t) => {
+acceptance('TC-001 create a position from a report', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer,relay' });
   await s.report('{"event_type":"position","channel":"position","data":{"symbol":"BTCUSDT","side":"Buy","size":"1.5","avgPrice":"50000.00","unrealisedPnl":"150.00","positionValue":"75000.00","mode":"one-way","timestamp":"2025-01-15T10:00:00Z"},"trace_id":"test-trace-001"}');
   const p = await s.until('BTCUSDT', () => true, 'created');
@@ -28,7 +31,7 @@ t.test('TC-001 create a position from a report', async (t) => {
   t.equal(reset.rows[0].count, '1', 'created, with its audit row');
 });
 
-t.test('TC-009 total exposure of several positions; TC-010 total unrealized PnL', async (t) => {
+acceptance('TC-009 total exposure of several positions; TC-010 total unrealized PnL', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await given(s, 'ETHUSDT', 'Buy', '10.0', '3000');
@@ -46,7 +49,7 @@ t.test('TC-009 total exposure of several positions; TC-010 total unrealized PnL'
   t.ok(p.body.by_asset.BTCUSDT && p.body.by_asset.ETHUSDT, 'by_asset has both');
 });
 
-t.test('TC-011 metrics cache: hit, dropped by a change, recomputed after the TTL', async (t) => {
+acceptance('TC-011 metrics cache: hit, dropped by a change, recomputed after the TTL', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer', POSITION_MANAGER_METRICS_CACHE_TTL: '3' });
   await given(s, 'BTCUSDT', 'Buy', '1', '50000');
   await waitFor(() => s.svc.logs.some((l) => l.msg === 'listening for notifications'), { what: 'cache listener' });
@@ -64,7 +67,7 @@ t.test('TC-011 metrics cache: hit, dropped by a change, recomputed after the TTL
   t.ok(later);
 });
 
-t.test('TC-012 list with filters; TC-013 portfolio with positions', async (t) => {
+acceptance('TC-012 list with filters; TC-013 portfolio with positions', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await given(s, 'ETHUSDT', 'Buy', '10.0', '3000');
@@ -85,7 +88,7 @@ t.test('TC-012 list with filters; TC-013 portfolio with positions', async (t) =>
     t.ok(f in pf.body, `portfolio.${f}`);
 });
 
-t.test('TC-017 take-profit input: 3', async (t) => {
+acceptance('TC-017 take-profit input: 3', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await mark(s, 'BTCUSDT', '1.0', { side: 'Buy', markPrice: '51500', unrealisedPnl: '1500' });
@@ -94,7 +97,7 @@ t.test('TC-017 take-profit input: 3', async (t) => {
   t.ok(Number(p.unrealized_pnl_pct) >= 3.0, 'Model Service fires at exactly 3.0 (inclusive)');
 });
 
-t.test('TC-018 size limit not reached: 0.5; TC-019 exceeded: 1', async (t) => {
+acceptance('TC-018 size limit not reached: 0.5; TC-019 exceeded: 1', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await given(s, 'ETHUSDT', 'Buy', '20', '2500');
@@ -104,7 +107,7 @@ t.test('TC-018 size limit not reached: 0.5; TC-019 exceeded: 1', async (t) => {
   t.equal((await s2.get('/api/v1/positions/BTCUSDT')).body.position_size_norm, '1', 'TC-019');
 });
 
-t.test('TC-023 portfolio_updated after a change equals the portfolio', async (t) => {
+acceptance('TC-023 portfolio_updated after a change equals the portfolio', async (t) => {
   const s = await startStack(t);
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await given(s, 'ETHUSDT', 'Sell', '2', '3000');
@@ -115,7 +118,7 @@ t.test('TC-023 portfolio_updated after a change equals the portfolio', async (t)
   t.ok(ev.calculated_at && ev.event_id && ev.trace_id, 'envelope fields');
 });
 
-t.test('R-23 limit: one portfolio_limit_exceeded per crossing, shown in limits', async (t) => {
+acceptance('R-23 limit: one portfolio_limit_exceeded per crossing, shown in limits', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_MAX_EXPOSURE_USDT: '1000' });
   await given(s, 'AAAUSDT', 'Buy', '5', '100');
   await given(s, 'BBBUSDT', 'Buy', '6', '100');
@@ -129,7 +132,7 @@ t.test('R-23 limit: one portfolio_limit_exceeded per crossing, shown in limits',
   t.equal(s.events.limit.bodies().length, 1, 'no second event while above');
 });
 
-t.test('TC-031 100 concurrent reports in shuffled order, then 100 fills', async (t) => {
+acceptance('TC-031 100 concurrent reports in shuffled order, then 100 fills', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   const assets = Array.from({ length: 10 }, (_, i) => `C${i}USDT`);
   for (const a of assets) await given(s, a, 'Buy', '1', '100');
@@ -163,7 +166,7 @@ t.test('TC-031 100 concurrent reports in shuffled order, then 100 fills', async 
   t.comment(`100 fills consumed in ${Date.now() - fStarted} ms`);
 });
 
-t.test('TC-032 1,000 sequential GET /api/v1/portfolio: all succeed, mean < 100 ms, hit ratio reported', async (t) => {
+acceptance('TC-032 1,000 sequential GET /api/v1/portfolio: all succeed, mean < 100 ms, hit ratio reported', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1', '50000');
   await given(s, 'ETHUSDT', 'Buy', '1', '3000');

@@ -1,14 +1,17 @@
 // Acceptance cases of SPEC.md §12 about single positions, black-box against the running service
 // (one stack, one asset per case): messages in, HTTP, events and logs out.
-import t from 'tap';
-import { startStack } from '../helpers/stack.js';
+import t, { type Test } from 'tap';
+import { startStack, acceptanceSummary } from '../helpers/stack.js';
 import { TEST_API_KEY } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
+
+const record = acceptanceSummary(t);
+const acceptance = async (title: string, fn: (t: Test) => Promise<void>) => record(title, await t.test(title, fn));
 
 const s = await startStack(t, { POSITION_MANAGER_SNAPSHOT_INTERVAL: '3' });
 const updatedFor = (asset: string) => s.events.updated.bodies().filter((b) => b.asset === asset);
 
-t.test('TC-002 report for an existing position: average and PnL at once, size through validation', async (t) => {
+acceptance('TC-002 report for an existing position: average and PnL at once, size through validation', async (t) => {
   await s.fill({ execution_id: 'tc2-1', asset: 'TC002USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '48000', executed_at: '2025-01-15T10:00:00Z' });
   await s.until('TC002USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
   await s.report({ event_type: 'position', channel: 'position', data: { symbol: 'TC002USDT', side: 'Buy', size: '2.0', avgPrice: '49000.00', unrealisedPnl: '200.00', positionValue: '98000.00', mode: 'one-way', timestamp: '2025-01-15T10:05:00Z' }, trace_id: 'test-trace-002' });
@@ -22,7 +25,7 @@ t.test('TC-002 report for an existing position: average and PnL at once, size th
   t.equal(fixEv.size, '2');
 });
 
-t.test('TC-003 report with a size discrepancy: unrealized now, size after the grace period', async (t) => {
+acceptance('TC-003 report with a size discrepancy: unrealized now, size after the grace period', async (t) => {
   await s.fill({ execution_id: 'tc3-1', asset: 'TC003USDT', side: 'Buy', execution_quantity: '1.5', execution_price: '50000' });
   await s.until('TC003USDT', (p) => p.size === '1.5', 'given');
   await s.report({ event_type: 'position', data: { symbol: 'TC003USDT', size: '1.8', avgPrice: '50000.00', unrealisedPnl: '180.00' }, trace_id: 'test-trace-003' });
@@ -33,7 +36,7 @@ t.test('TC-003 report with a size discrepancy: unrealized now, size after the gr
   await s.until('TC003USDT', (p) => p.size === '1.8', 'size 1.8 after the grace period');
 });
 
-t.test('TC-004 buy fill adds to a long: 48666.66666667', async (t) => {
+acceptance('TC-004 buy fill adds to a long: 48666.66666667', async (t) => {
   await s.fill({ execution_id: 'tc4-0', asset: 'TC004USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '48000' });
   const before = await s.until('TC004USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
   await s.fill({ event_type: 'order_executed', order_id: 'order-123', asset: 'TC004USDT', side: 'BUY', execution_price: '50000.00', execution_quantity: '0.5', execution_fees: '25.00', executed_at: '2025-01-15T10:10:00Z', trace_id: 'test-trace-004' });
@@ -45,7 +48,7 @@ t.test('TC-004 buy fill adds to a long: 48666.66666667', async (t) => {
   await waitFor(() => updatedFor('TC004USDT').some((b) => b.trace_id === 'test-trace-004' && b.size === '1.5'), { what: 'event' });
 });
 
-t.test('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealized', async (t) => {
+acceptance('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealized', async (t) => {
   await s.fill({ execution_id: 'tc5-0', asset: 'TC005USDT', side: 'Buy', execution_quantity: '2.0', execution_price: '50000' });
   // Fills and reports arrive on different queues: wait for each before the next.
   await s.until('TC005USDT', (p) => p.size === '2', 'given 2.0 @ 50000');
@@ -57,7 +60,7 @@ t.test('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealized',
   await waitFor(() => updatedFor('TC005USDT').some((b) => b.trace_id === 'test-trace-005'), { what: 'event' });
 });
 
-t.test('TC-006 full close: size 0, 949 realized, position_closed, out of the list and exposure', async (t) => {
+acceptance('TC-006 full close: size 0, 949 realized, position_closed, out of the list and exposure', async (t) => {
   await s.fill({ execution_id: 'tc6-0', asset: 'TC006USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' });
   await s.until('TC006USDT', (p) => p.size === '1', 'given');
   await s.fill({ event_type: 'order_executed', asset: 'TC006USDT', side: 'SELL', execution_price: '51000.00', execution_quantity: '1.0', execution_fees: '51.00', trace_id: 'test-trace-006' });
@@ -71,7 +74,7 @@ t.test('TC-006 full close: size 0, 949 realized, position_closed, out of the lis
   t.equal(e.body.total_exposure_usdt, '0', 'excluded from exposure');
 });
 
-t.test('TC-007 size conflict: the fill newer than the report wins', async (t) => {
+acceptance('TC-007 size conflict: the fill newer than the report wins', async (t) => {
   await s.fill({ execution_id: 'tc7-0', asset: 'TC007USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000', executed_at: new Date(Date.now() - 10_000).toISOString() });
   await s.until('TC007USDT', (p) => p.size === '1', 'given');
   await s.report({ event_type: 'position', data: { symbol: 'TC007USDT', side: 'Buy', size: '1.2', avgPrice: '50000', updatedTime: String(Date.now() - 5_000) }, trace_id: 'tc7-report' });
@@ -85,7 +88,7 @@ t.test('TC-007 size conflict: the fill newer than the report wins', async (t) =>
   t.equal(v.body.is_valid, true, 'the ledger stands');
 });
 
-t.test('TC-008 average-price threshold: exactly 0.1% keeps, above replaces; both logged', async (t) => {
+acceptance('TC-008 average-price threshold: exactly 0.1% keeps, above replaces; both logged', async (t) => {
   await s.fill({ execution_id: 'tc8-0', asset: 'TC008USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' });
   await s.until('TC008USDT', (p) => p.size === '1', 'given');
   await s.report({ event_type: 'position', data: { symbol: 'TC008USDT', avgPrice: '50050.00', size: '1.0' }, trace_id: 'test-trace-008' });
@@ -99,7 +102,7 @@ t.test('TC-008 average-price threshold: exactly 0.1% keeps, above replaces; both
   t.match(replaced, { level: 'warn', old_avg_price: '50000', new_avg_price: '50051', trace_id: 'test-trace-008b' });
 });
 
-t.test('TC-014 validation through the API', async (t) => {
+acceptance('TC-014 validation through the API', async (t) => {
   await s.fill({ execution_id: 'tc14-0', asset: 'TC014USDT', side: 'Buy', execution_quantity: '1', execution_price: '100' });
   await s.until('TC014USDT', (p) => p.size === '1', 'given');
   const r = await s.post('/api/v1/positions/TC014USDT/validate');
@@ -107,7 +110,7 @@ t.test('TC-014 validation through the API', async (t) => {
   t.match(r.body, { is_valid: true, error_message: null, discrepancies: [], updated_position: null, checked_at: String });
 });
 
-t.test('TC-015, TC-021, TC-024 snapshots through the API, their history and event', async (t) => {
+acceptance('TC-015, TC-021, TC-024 snapshots through the API, their history and event', async (t) => {
   await s.fill({ execution_id: 'tc15-0', asset: 'TC015USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' });
   await s.until('TC015USDT', (p) => p.size === '1', 'given 1.0');
   await s.report({ event_type: 'position', data: { symbol: 'TC015USDT', side: 'Buy', size: '1.0', unrealisedPnl: '150.00' } });
@@ -130,7 +133,7 @@ t.test('TC-015, TC-021, TC-024 snapshots through the API, their history and even
   t.ok(ev.snapshot.created_at, 'TC-024 snapshot.created_at');
 });
 
-t.test('TC-016 API key: none, wrong, right', async (t) => {
+acceptance('TC-016 API key: none, wrong, right', async (t) => {
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: null })).status, 401);
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: 'wrong-key-123' })).status, 401);
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: TEST_API_KEY })).status, 200);
@@ -138,7 +141,7 @@ t.test('TC-016 API key: none, wrong, right', async (t) => {
   t.notOk(JSON.stringify(s.svc.logs).includes('wrong-key-123'), 'without the key');
 });
 
-t.test('TC-020 scheduled snapshots', async (t) => {
+acceptance('TC-020 scheduled snapshots', async (t) => {
   await s.fill({ execution_id: 'tc20-0', asset: 'TC020USDT', side: 'Buy', execution_quantity: '1', execution_price: '100' });
   const p = await s.until('TC020USDT', (p) => p.size === '1', 'given');
   const snap = await waitFor(async () => {
@@ -152,7 +155,7 @@ t.test('TC-020 scheduled snapshots', async (t) => {
   t.ok(runs.rowCount! >= 1, 'job_history_view records the run');
 });
 
-t.test('TC-022 position_updated carries the features flat and under position', async (t) => {
+acceptance('TC-022 position_updated carries the features flat and under position', async (t) => {
   await s.fill({ execution_id: 'tc22-0', asset: 'TC022USDT', side: 'Buy', execution_quantity: '1', execution_price: '100' });
   await s.until('TC022USDT', (p) => p.size === '1', 'given 1');
   await s.report({ event_type: 'position', data: { symbol: 'TC022USDT', side: 'Buy', size: '1', markPrice: '101', unrealisedPnl: '1' }, trace_id: 'tc22' });
@@ -164,7 +167,7 @@ t.test('TC-022 position_updated carries the features flat and under position', a
   t.equal(ev.unrealized_pnl_pct, '1');
 });
 
-t.test('TC-029 invalid event: dead-lettered naming size, nothing applied or published', async (t) => {
+acceptance('TC-029 invalid event: dead-lettered naming size, nothing applied or published', async (t) => {
   await s.report('{"event_type":"position","data":{"symbol":"INVALID","size":"not-a-number","avgPrice":null}}');
   const dl = await waitFor(() => s.events.dead.messages.find((m) => m.properties.headers?.['x-original-queue'] === 'ws-gateway.position'), { what: 'dead letter' });
   t.match(String(dl.properties.headers?.['x-dead-letter-reason']), /size/);
@@ -173,7 +176,7 @@ t.test('TC-029 invalid event: dead-lettered naming size, nothing applied or publ
   t.notOk(s.events.updated.bodies().some((b) => b.asset === 'INVALID'), 'no event');
 });
 
-t.test('TC-030 duplicate event: applied once; a different report with the same trace_id applies', async (t) => {
+acceptance('TC-030 duplicate event: applied once; a different report with the same trace_id applies', async (t) => {
   await s.fill({ execution_id: 'tc30-0', asset: 'TC030USDT', side: 'Buy', execution_quantity: '1', execution_price: '100' });
   await s.until('TC030USDT', (p) => p.size === '1', 'given');
   const body = { event_type: 'position', data: { symbol: 'TC030USDT', side: 'Buy', size: '1', unrealisedPnl: '3' }, trace_id: 'dup-001' };

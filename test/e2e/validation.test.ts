@@ -1,9 +1,12 @@
 // TC-025 and TC-026: periodic validation and validation through the API, black-box.
-import t from 'tap';
-import { startStack } from '../helpers/stack.js';
+import t, { type Test } from 'tap';
+import { startStack, acceptanceSummary } from '../helpers/stack.js';
 import { waitFor } from '../helpers/wait.js';
 
-t.test('TC-025 periodic validation: every open position validated, the disagreeing one fixed from the ledger', async (t) => {
+const record = acceptanceSummary(t);
+const acceptance = async (title: string, fn: (t: Test) => Promise<void>) => record(title, await t.test(title, fn));
+
+acceptance('TC-025 periodic validation: every open position validated, the disagreeing one fixed from the ledger', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_VALIDATION_INTERVAL: '2' });
   for (const [asset, qty] of [['VA1USDT', '1'], ['VA2USDT', '2'], ['VA3USDT', '3']] as const) {
     await s.fill({ execution_id: `tc25-${asset}`, asset, side: 'Buy', execution_quantity: qty, execution_price: '100' });
@@ -22,7 +25,7 @@ t.test('TC-025 periodic validation: every open position validated, the disagreei
   t.equal(ev.size, '2');
 });
 
-t.test('TC-026 validation finds a discrepancy: the newer exchange report wins; an older one does not', async (t) => {
+acceptance('TC-026 validation finds a discrepancy: the newer exchange report wins; an older one does not', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer,relay' });
   const past = (ms: number) => new Date(Date.now() - ms).toISOString();
   await s.fill({ execution_id: 'tc26-0', asset: 'BTCUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000', executed_at: past(60_000) });

@@ -88,3 +88,15 @@ export async function startStack(t: Teardown, env: Record<string, string> = {}):
   };
   return stack;
 }
+
+/**
+ * Records each acceptance case's outcome and prints one summary line per file at the end:
+ * `acceptance: TC-002 ok, TC-003 FAILED, ...`.
+ */
+export function acceptanceSummary(t: { comment(m: string): void; teardown(fn: () => unknown): void }) {
+  const seen: string[] = [];
+  t.teardown(() => t.comment(`acceptance: ${seen.join(', ')}`));
+  return (title: string, results: { ok: boolean } | null | undefined) => {
+    for (const id of title.match(/TC-\d{3}/g) ?? []) seen.push(`${id} ${results?.ok ? 'ok' : 'FAILED'}`);
+  };
+}
