@@ -852,11 +852,12 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
         else result = { ...result, error: `differs only when applied as one batch (one transaction): ${result.error ?? ''}` };
       }
       if (stepwise) stepSequences++;
-      if (++done % 500 === 0 && done < indices.length) t.comment(`  ${done} sequences, ${((Date.now() - started) / 1000).toFixed(1)} s`);
       for (const k of result.known) known.push(`sequence ${index} ${k}`);
       operations += result.ops;
+      if (result.divergence || result.error) mismatches++;
+      if (++done % 500 === 0 && done < indices.length)
+        t.comment(`  ${done} sequences, ${operations} operations, ${mismatches} mismatching, ${((Date.now() - started) / 1000).toFixed(1)} s`);
       if (result.divergence || result.error) {
-        mismatches++;
         const what = result.divergence
           ? result.divergence.known
             ? `known: ${result.divergence.known}`
