@@ -15,8 +15,7 @@ import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
   FILLS, UPDATED, assetNames, changesPerAsset, checkUpdatedEvents, envInt, generateFills, inboxCount, modelOf,
-  outboxPending, positionMismatches, rng, seedFromEnv, waitDistinctEvents,
-} from './lib.js';
+  outboxPending, positionMismatches, rng, seedFromEnv, waitDistinctEvents, reliabilityLine } from './lib.js';
 import { resilientCollector, resilientPublisher } from './resilient.js';
 
 const run = promisify(execFile);
@@ -90,4 +89,5 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
   const h = await svc.request('GET', '/health', { key: null });
   t.match(h.body, { status: 'healthy', queue_connected: true }, '/health is healthy again');
   await svc.stop();
+  await reliabilityLine(t, 'broker-restart', db, N);
 });

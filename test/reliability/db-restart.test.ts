@@ -15,7 +15,7 @@ import { waitFor } from '../helpers/wait.js';
 import type { ConfirmChannel } from 'amqplib';
 import {
   DLQ, FILLS, UPDATED, assetNames, envInt, generateFills, inboxCount, modelOf,
-  positionMismatches, publishAll, rng, seedFromEnv, assertEventsComplete } from './lib.js';
+  positionMismatches, publishAll, rng, seedFromEnv, assertEventsComplete, reliabilityLine } from './lib.js';
 
 const N = envInt('RELIABILITY_FILLS', 2000);
 const ASSETS = envInt('RELIABILITY_ASSETS', 20);
@@ -97,4 +97,5 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
   const p = await svc.request('GET', `/api/v1/positions/${fills[0]!.asset}`);
   t.equal(p.status, 200, 'REST reads work again');
   await svc.stop();
+  await reliabilityLine(t, 'db-restart', db, N);
 });

@@ -19,8 +19,7 @@ import { waitFor } from '../helpers/wait.js';
 import { ModelBook } from '../model/reference.js';
 import {
   FILLS, REPORTS, UPDATED, DLQ, assetNames, between, checkUpdatedEvents, envInt, generateFills, inboxCount,
-  outboxPending, positionMismatches, publishAll, rng, seedFromEnv, shuffle, waitDistinctEvents,
-} from './lib.js';
+  outboxPending, positionMismatches, publishAll, rng, seedFromEnv, shuffle, waitDistinctEvents, reliabilityLine } from './lib.js';
 
 const N = envInt('RELIABILITY_FILLS', 1000);
 const ASSETS = envInt('RELIABILITY_ASSETS', 20);
@@ -164,4 +163,5 @@ t.test('every fill 2–3 times, every report twice: applied once, events once pe
   t.equal(dupMetric(FILLS), copies + 40, 'messages_total{outcome="duplicate"} counts the fill copies');
   t.equal(dupMetric(REPORTS), reports.length, 'messages_total{outcome="duplicate"} counts the report copies');
   await svc.stop();
+  await reliabilityLine(t, 'duplicates', db, N + idless.length / 2, `${copies + idless.length / 2} redeliveries ignored`);
 });

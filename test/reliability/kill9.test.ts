@@ -14,8 +14,7 @@ import { startService, type RunningService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
   FILLS, UPDATED, assetNames, changesPerAsset, checkUpdatedEvents, envInt, generateFills, inboxCount, modelOf,
-  outboxPending, positionMismatches, publishAll, rng, seedFromEnv, waitDistinctEvents,
-} from './lib.js';
+  outboxPending, positionMismatches, publishAll, rng, seedFromEnv, waitDistinctEvents, reliabilityLine } from './lib.js';
 
 const N = envInt('RELIABILITY_FILLS', 2000);
 const ASSETS = envInt('RELIABILITY_ASSETS', 20);
@@ -95,5 +94,6 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
   t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`);
   t.same(ev.problems.slice(0, 20), [], 'each version 1..final has exactly one position_updated event');
   t.equal(ev.distinct, N, 'one distinct event per applied fill');
+  await reliabilityLine(t, 'kill9', db, N, `${kills.length} kills`);
   await svc.stop();
 });

@@ -227,3 +227,15 @@ export async function assertEventsComplete(
   t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct`);
   t.same(ev.problems.slice(0, 20), [], 'each version 1..final has exactly one position_updated event');
 }
+
+/** The one-line account every scenario ends with: sent, applied, lost, applied twice. */
+export async function reliabilityLine(t: { comment(m: string): void }, scenario: string, db: TestDb, sent: number, extra = ''): Promise<string> {
+  const r = (await db.query(
+    `select (select count(*)::int from inbox where source = $1) as applied,
+            (select count(*)::int - count(distinct message_key)::int from position_fills where kind = 'fill') as twice`,
+    [FILLS],
+  )).rows[0] as { applied: number; twice: number };
+  const line = `reliability ${scenario}: ${sent} sent, ${r.applied} applied, ${Math.max(sent - r.applied, 0)} lost, ${r.twice} duplicated${extra ? `, ${extra}` : ''}`;
+  t.comment(line);
+  return line;
+}

@@ -14,7 +14,7 @@ import { startService, type RunningService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
   FILLS, UPDATED, assetNames, envInt, generateFills, inboxCount, modelOf,
-  positionMismatches, publishAll, rng, seedFromEnv, assertEventsComplete } from './lib.js';
+  positionMismatches, publishAll, rng, seedFromEnv, assertEventsComplete, reliabilityLine } from './lib.js';
 
 const N = envInt('RELIABILITY_FILLS', 2000);
 const ASSETS = envInt('RELIABILITY_ASSETS', 20);
@@ -80,4 +80,5 @@ t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, a
   t.same(await positionMismatches(db, book), [], 'every position equals the reference model');
   await assertEventsComplete(t, db, updated.messages, fills);
   t.equal(await svc.stop('SIGTERM'), 0, 'the last process stops cleanly too (idle)');
+  await reliabilityLine(t, 'shutdown', db, N);
 });
