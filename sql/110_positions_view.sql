@@ -3,7 +3,7 @@
 create view positions_view as
   -- The total is read here, not through portfolio_total_exposure(), so that grafana_reader
   -- needs no access to the base table (a function would read it with the caller's rights).
-  with total as (select coalesce(sum(position_exposure(t)), 0) as exposure from positions t where t.gross_size > 0),
+  with total as materialized (select coalesce(sum(position_exposure(t)), 0) as exposure from positions t where t.gross_size > 0),
        settings as (select price_stale_seconds from position_manager_settings)
   select p.id, p.asset, p.mode, p.size, p.long_size, p.short_size, p.long_avg_price, p.short_avg_price,
          p.long_unrealized_pnl, p.short_unrealized_pnl, p.long_realized_pnl, p.short_realized_pnl,

@@ -30,7 +30,7 @@ create or replace function portfolio_exposure_json(asset text default null) retu
                                                                           'net_exposure_usdt', v -> 'net_exposure_usdt'))
                               from jsonb_each(m -> 'by_asset') e(k, v)), '{}'),
       'limits', m -> 'limits', 'calculated_at', m -> 'calculated_at')
-    from (select portfolio_metrics(asset) as m) x
+    from (select portfolio_metrics(asset) as m offset 0) x -- offset 0: compute once, not per reference
   $$;
 
 create or replace function portfolio_pnl_json(asset text default null) returns jsonb
@@ -44,5 +44,5 @@ create or replace function portfolio_pnl_json(asset text default null) returns j
                                                                           'total_pnl_usdt', v -> 'total_pnl_usdt'))
                               from jsonb_each(m -> 'by_asset') e(k, v)), '{}'),
       'calculated_at', m -> 'calculated_at')
-    from (select portfolio_metrics(asset) as m) x
+    from (select portfolio_metrics(asset) as m offset 0) x -- offset 0: compute once, not per reference
   $$;

@@ -15,7 +15,8 @@ create or replace function snapshot_json(s position_snapshots) returns jsonb
       'created_at', ts_out(s.created_at), 'trigger', s.trigger, 'trace_id', s.trace_id)
   $$;
 
-create or replace function snapshot_event_payload(s position_snapshots) returns jsonb
+-- The event's flat fields are copies of the Snapshot object's, so it takes that JSON.
+create or replace function snapshot_event_payload(j jsonb) returns jsonb
   language sql immutable
   as $$
     select jsonb_build_object(
@@ -25,7 +26,6 @@ create or replace function snapshot_event_payload(s position_snapshots) returns 
       'realized_pnl', j -> 'realized_pnl', 'unrealized_pnl_pct', j -> 'unrealized_pnl_pct',
       'time_held_minutes', j -> 'time_held_minutes', 'position_size_norm', j -> 'position_size_norm',
       'snapshot_timestamp', j -> 'snapshot_timestamp', 'snapshot', j)
-    from (select snapshot_json(s) as j) x
   $$;
 
 -- Snapshots of the given positions with one consistent total exposure; returns the rows.
@@ -33,7 +33,9 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
   returns setof position_snapshots
   language sql
   as $$
-    with total as (select portfolio_total_exposure() as exposure),
+    -- materialized: referenced once, the CTE would otherwise be inlined and the full scan of
+    -- positions run again for every snapshot row (quadratic at scale).
+    with total as materialized (select portfolio_total_exposure() as exposure),
     shots as (
       insert into position_snapshots (position_id, asset, mode, size, long_size, short_size, average_entry_price,
         current_price, unrealized_pnl, realized_pnl, total_fees, unrealized_pnl_pct, time_held_minutes,
@@ -42,8 +44,7 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
              p.unrealized_pnl, p.realized_pnl, p.total_fees, position_unrealized_pnl_pct(p),
              position_time_held_minutes(p, now()), position_size_norm(p, total.exposure),
              position_json(p, total.exposure, now()), now(), now(), take_snapshots.trigger, take_snapshots.trace_id
-        from positions p, total
-       where p.id = any(ids)
+        from positions p join unnest(ids) u(id) on u.id = p.id, total -- a join: `= any(ids)` is quadratic
        order by p.asset, p.mode
       returning *
     ),
@@ -55,10 +56,10 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
       select e.id, 'position-manager.position_snapshot_created', 'position_snapshot_created',
              jsonb_build_object('event_id', e.id, 'event_type', 'position_snapshot_created',
                                 'trace_id', take_snapshots.trace_id, 'timestamp', ts_out(now()))
-               || snapshot_event_payload(e.s),
+               || snapshot_event_payload(e.j),
              take_snapshots.trace_id
-        from (select gen_random_uuid() as id, jsonb_populate_record(null::position_snapshots, to_jsonb(s)) as s
-                from shots s order by s.asset, s.mode) e
+        from (select gen_random_uuid() as id, snapshot_json(jsonb_populate_record(null::position_snapshots, to_jsonb(s))) as j
+                from shots s order by s.asset, s.mode offset 0) e
     )
     select * from shots
   $$;

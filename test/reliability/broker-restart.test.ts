@@ -48,29 +48,29 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
     // The first close while the publisher is still sending, the second while the consumer works.
     if (i === 0) {
       const threshold = Math.floor(N * (0.1 + 0.4 * r()));
-      await waitFor(() => published >= threshold, { what: `published ≥ ${threshold}`, timeoutMs: 60_000, intervalMs: 2 });
+      await waitFor(() => published >= threshold, { what: `published ≥ ${threshold}`, timeoutMs: 60_000 + N * 30, intervalMs: 2 });
     } else {
       const threshold = Math.floor(N * (0.5 + 0.3 * r()));
-      await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000, intervalMs: 5 });
+      await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000 + N * 30, intervalMs: 5 });
     }
     const connectedBefore = svc.logs.filter((l) => l.msg === 'connected to the broker').length;
     const applied = await inboxCount(db);
     await run('rabbitmqctl', ['-q', 'close_all_connections', '-p', broker.vhost, `reliability test close ${i + 1}`]);
     closes.push(`${applied}/${published}`);
     await waitFor(() => svc.logs.filter((l) => l.msg === 'connected to the broker').length > connectedBefore,
-      { what: `the service reconnected after close ${i + 1}`, timeoutMs: 60_000 });
+      { what: `the service reconnected after close ${i + 1}`, timeoutMs: 60_000 + N * 30 });
   }
   await publishing;
   t.comment(`closes at (inbox count / published): ${closes.join(', ')}; publisher re-sent ${publisher.republishedMessages} messages in ${publisher.republishedWindows} windows; collector reconnected ${updated.reconnects}×`);
   t.ok(svc.logs.some((l) => l.msg === 'broker connection closed; reconnecting'), 'the service saw its connection closed');
   t.equal(svc.child.exitCode, null, 'the service process stayed up');
 
-  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000, intervalMs: 100 });
+  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000 + N * 30, intervalMs: 100 });
   const check = await amqp.connect(broker.url);
   t.teardown(() => check.close().catch(() => undefined));
   const cch = await check.createChannel();
-  await waitFor(async () => (await cch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 });
-  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained (sent_at set on every row)', timeoutMs: 60_000 });
+  await waitFor(async () => (await cch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 });
+  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained (sent_at set on every row)', timeoutMs: 60_000 + N * 30 });
   t.equal(await outboxPending(db), 0, 'outbox: no unsent rows');
 
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys`);

@@ -49,7 +49,7 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
   // Part one flows; the database goes away while it is being applied.
   const publishing = publishAll(ch, FILLS, before, { window: 20 });
   const cutAt = Math.floor(split * (0.2 + 0.5 * r()));
-  await waitFor(async () => (await inboxCount(db)) >= cutAt, { what: `inbox ≥ ${cutAt}`, timeoutMs: 60_000, intervalMs: 5 });
+  await waitFor(async () => (await inboxCount(db)) >= cutAt, { what: `inbox ≥ ${cutAt}`, timeoutMs: 60_000 + N * 30, intervalMs: 5 });
   proxy.cut();
   const appliedAtCut = await inboxCount(db);
   const cutTime = Date.now();
@@ -86,9 +86,9 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
     return h.status === 200 ? h : undefined;
   }, { what: '/health 200 after the restore', timeoutMs: 30_000 });
   t.match(up.body, { database_connected: true }, 'database_connected true after the restore');
-  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills applied after the restore`, timeoutMs: 90_000, intervalMs: 100 });
+  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills applied after the restore`, timeoutMs: 90_000 + N * 30, intervalMs: 100 });
   t.comment(`all applied ${Date.now() - restoreTime} ms after the restore`);
-  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 });
+  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 });
 
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys`);
   t.same(await positionMismatches(db, book), [], 'every position equals the reference model');

@@ -127,9 +127,9 @@ t.test('every fill 2–3 times, every report twice: applied once, events once pe
 
   const distinctFillKeys = N + 40;
   await waitFor(async () => (await inboxCount(db, FILLS)) >= distinctFillKeys && (await inboxCount(db, REPORTS)) >= reports.length,
-    { what: 'every distinct key in the inbox', timeoutMs: 90_000, intervalMs: 100 });
+    { what: 'every distinct key in the inbox', timeoutMs: 90_000 + N * 30, intervalMs: 100 });
   await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0 && (await ch.checkQueue(REPORTS)).messageCount === 0,
-    { what: 'queues drained', timeoutMs: 60_000 });
+    { what: 'queues drained', timeoutMs: 60_000 + N * 30 });
   await waitFor(() => svc.logs.filter((l) => l.msg === 'duplicate message ignored').length >= copies + 40 + reports.length,
     { what: 'every copy acknowledged as a duplicate', timeoutMs: 30_000 }).catch(() => undefined);
 
@@ -148,7 +148,7 @@ t.test('every fill 2–3 times, every report twice: applied once, events once pe
   const versions = Object.fromEntries((await db.query("select asset, version from positions")).rows.map((v) => [v.asset, Number(v.version)]));
   t.same(versions, Object.fromEntries(expected), 'each position version equals its number of changes');
   const total = [...expected.values()].reduce((a, b) => a + b, 0);
-  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 });
+  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 + N * 30 });
   await waitDistinctEvents(updated.messages, total);
   const ev = checkUpdatedEvents(updated.messages, expected);
   t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct (${total} changes)`);

@@ -54,7 +54,7 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
   const thresholds = Array.from({ length: KILLS }, (_, i) => Math.floor(N * (0.1 + (0.75 * (i + r())) / KILLS))).sort((a, b) => a - b);
   const kills: { at: number; applied: number; published: number }[] = [];
   for (const threshold of thresholds) {
-    await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000, intervalMs: 5 });
+    await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000 + N * 30, intervalMs: 5 });
     const before = await inboxCount(db);
     svc.child.kill('SIGKILL');
     const code = await svc.stop(); // resolves on exit
@@ -67,13 +67,13 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
   t.comment(`kills (inbox count at kill / after exit / published so far): ${kills.map((k) => `${k.at}/${k.applied}/${k.published}`).join(', ')}`);
   t.ok(kills.every((k) => k.applied < N), 'every kill happened before the stream was fully applied');
 
-  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000, intervalMs: 100 });
+  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000 + N * 30, intervalMs: 100 });
   t.comment(`all fills applied at ${since()}`);
   // Let the queue drain completely (redeliveries after the last kill become duplicates).
   await waitFor(async () => {
     const q = await broker.channel.checkQueue(FILLS);
     return q.messageCount === 0;
-  }, { what: 'fill queue drained', timeoutMs: 60_000 });
+  }, { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 });
 
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys for ${FILLS}`);
   const ledger = (await db.query("select count(*)::int as n, count(distinct execution_id)::int as d from position_fills where kind = 'fill'")).rows[0];
@@ -88,7 +88,7 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
     Object.fromEntries([...expected].sort()),
     'each position version equals its number of fills',
   );
-  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 });
+  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 + N * 30 });
   await waitDistinctEvents(updated.messages, N);
   const ev = checkUpdatedEvents(updated.messages, expected);
   t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`);

@@ -161,7 +161,7 @@ export function checkUpdatedEvents(messages: amqp.ConsumeMessage[], expected: Ma
 }
 
 /** Waits until the collector holds `n` distinct event ids (at-least-once: maybe more messages). */
-export async function waitDistinctEvents(messages: amqp.ConsumeMessage[], n: number, timeoutMs = 60_000): Promise<void> {
+export async function waitDistinctEvents(messages: amqp.ConsumeMessage[], n: number, timeoutMs = 60_000 + n * 30): Promise<void> {
   const distinct = () => new Set(messages.map((m) => JSON.parse(m.content.toString('utf8')).event_id)).size;
   try {
     await waitFor(() => distinct() >= n, { what: `${n} distinct position_updated events`, timeoutMs, intervalMs: 100 });
@@ -221,7 +221,7 @@ export async function assertEventsComplete(
   fills: { asset: string }[],
 ): Promise<void> {
   const expected = changesPerAsset(fills);
-  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 });
+  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 + fills.length * 30 });
   await waitDistinctEvents(messages, fills.length);
   const ev = checkUpdatedEvents(messages, expected);
   t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct`);

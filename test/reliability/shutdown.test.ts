@@ -50,7 +50,7 @@ t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, a
   let duplicates = 0;
   for (let i = 0; i < STOPS; i++) {
     const threshold = Math.floor(N * (0.15 + (0.6 * (i + r())) / STOPS));
-    await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000, intervalMs: 5 });
+    await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000 + N * 30, intervalMs: 5 });
     const atSignal = await inboxCount(db);
     const signalled = Date.now();
     const code = await svc.stop('SIGTERM');
@@ -71,8 +71,8 @@ t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, a
   }
   await publishing;
 
-  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000, intervalMs: 100 });
-  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 });
+  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000 + N * 30, intervalMs: 100 });
+  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 });
   duplicates += duplicatesSeen(svc);
   t.equal(duplicates, 0, 'no process met a redelivered duplicate (every commit before a stop was acknowledged)');
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys`);

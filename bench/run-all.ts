@@ -1,0 +1,61 @@
+// Runs every benchmark in sequence, each in its own process, after building the service.
+//
+//   node --import=./node_modules/@tapjs/typescript/dist/esm/import.mjs bench/run-all.ts
+//        [--quick] [--n 50000] [--duration 10] [--connections 10] [--max 100000] [--no-build]
+//        [--quiet-load 1.0] [--quiet-wait 600]
+//
+// --quick (a smoke run of a few minutes): ingest --n 5000 --paced-seconds 5, api --duration 5
+// --sequential 300, scale --max 10000 --snapshot-runs 1 --what-if false --timeout 60.
+// Before each benchmark it waits (up to --quiet-wait seconds) for the 1-minute load average to
+// fall below --quiet-load, because the numbers mean nothing while other work shares the CPUs;
+// the load seen at the start of each benchmark is printed with its results.
+import { spawn } from 'node:child_process';
+import { cpus, loadavg, totalmem } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { args, pgVersion, sleep } from './lib.js';
+
+const opt = args({ quick: false, n: 50_000, duration: 10, connections: 10, max: 100_000, 'no-build': false, 'quiet-load': 1.0, 'quiet-wait': 600 });
+const quick = opt.quick === 'true';
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const LOADER = './node_modules/@tapjs/typescript/dist/esm/import.mjs';
+
+function run(cmd: string, argv: string[]): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, argv, { cwd: ROOT, stdio: 'inherit' });
+    child.once('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0)));
+  });
+}
+
+async function quiet(): Promise<void> {
+  const limit = Number(opt['quiet-load']);
+  const deadline = Date.now() + Number(opt['quiet-wait']) * 1000;
+  if (loadavg()[0]! >= limit) console.log(`(waiting for the 1-minute load average ${loadavg()[0]!.toFixed(2)} to fall below ${limit})`);
+  while (loadavg()[0]! >= limit && Date.now() < deadline) await sleep(5000);
+  console.log(`load average at start: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+}
+
+const benches: [string, string[]][] = [
+  ['bench/ingest.ts', quick ? ['--n', '5000', '--paced-seconds', '5'] : ['--n', opt.n!]],
+  ['bench/api.ts', ['--duration', quick ? '5' : opt.duration!, '--connections', opt.connections!, ...(quick ? ['--sequential', '300'] : [])]],
+  ['bench/scale.ts', quick ? ['--max', '10000', '--snapshot-runs', '1', '--what-if', 'false', '--timeout', '60'] : ['--max', opt.max!]],
+];
+
+console.log(`# machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}`);
+console.log(`# ${await pgVersion()}`);
+if (opt['no-build'] !== 'true') {
+  const code = await run('npm', ['run', 'build', '--silent']);
+  if (code !== 0) {
+    console.error('npm run build failed; the benchmarks need dist/src/main.js of the current source');
+    process.exit(code);
+  }
+}
+let failed = 0;
+for (const [file, argv] of benches) {
+  console.log(`\n## ${file} ${argv.join(' ')}`);
+  await quiet();
+  const started = Date.now();
+  const code = await run(process.execPath, [`--import=${LOADER}`, file, ...argv]);
+  console.log(`(${file} exited ${code} after ${((Date.now() - started) / 1000).toFixed(0)} s; load average now ${loadavg().map((x) => x.toFixed(2)).join(' ')})`);
+  if (code !== 0) failed++;
+}
+process.exit(failed ? 1 : 0);
