@@ -77,6 +77,8 @@ export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
       listener = listen(rt.databaseUrl, ['position_manager_changes'], rt.log);
       components.push({ name: 'cache listener', stop: () => listener!.close() });
     }
+    // Tests run the service with NODE_ENV=test: every response is checked against the contract.
+    const validateResponses = process.env.NODE_ENV === 'test';
     const cache = new MetricsCache(rt.config.metricsCacheTtlSeconds * 1000, listener);
     app.use('/api/v1', (_req, res, next) => {
       res.setHeader('Cache-Control', 'no-store');
@@ -87,14 +89,13 @@ export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
       OpenApiValidator.middleware({
         apiSpec: OPENAPI_PATH,
         validateRequests: { allowUnknownQueryParameters: false, coerceTypes: true },
-        // Tests run the service with NODE_ENV=test: every response is checked against the contract.
-        validateResponses: process.env.NODE_ENV === 'test',
+        validateResponses,
         validateSecurity: false,
         ignoreUndocumented: false,
         ignorePaths: /^\/(health|metrics|docs)$/,
       }),
     );
-    app.use('/api/v1', apiRoutes(rt.pool, cache));
+    app.use('/api/v1', apiRoutes(rt.pool, cache, validateResponses));
   }
   app.use((req, res) => sendProblem(res, 404, 'not_found', `no such path: ${req.path}`));
   app.use(errorMapper(rt.log));

@@ -189,3 +189,15 @@ t.test('TC-027 database unreachable: 503 problem, /health unhealthy, no hang; ba
   await waitFor(async () => (await cut.request('GET', '/health', { key: null })).status === 200, { what: 'healthy again' });
   t.equal((await cut.request('GET', '/api/v1/positions')).status, 200);
 });
+
+t.test('without response validation a cache hit sends the text serialized once, same JSON', async (t) => {
+  const prod = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api', NODE_ENV: 'production' } });
+  await waitFor(() => prod.logs.some((l) => l.msg === 'listening for notifications'), { what: 'cache listener' });
+  const a = await prod.request('GET', '/api/v1/portfolio/exposure');
+  const b = await prod.request('GET', '/api/v1/portfolio/exposure');
+  t.equal(b.status, 200);
+  t.match(b.headers.get('content-type'), /^application\/json/);
+  t.same(b.body, a.body, 'the same document, served from the cache');
+  const checked = (await get('/api/v1/portfolio/exposure')).body; // from the instance that validates responses
+  t.same({ ...b.body, calculated_at: null }, { ...checked, calculated_at: null }, 'the same figures as the validated instance');
+});
