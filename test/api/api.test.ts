@@ -185,9 +185,17 @@ t.test('TC-027 database unreachable: 503 problem, /health unhealthy, no hang; ba
   t.equal(h.status, 503);
   t.match(h.body, { status: 'unhealthy', database_connected: false, positions_count: null });
   await waitFor(() => cut.logs.some((l) => l.level === 'error' && l.msg === 'database unavailable'), { what: 'the error logged' });
+  await waitFor(() => cut.logs.some((l) => l.msg === 'notification listener disconnected'), { what: 'the LISTEN connection noticed the loss' });
   proxy.restore();
   await waitFor(async () => (await cut.request('GET', '/health', { key: null })).status === 200, { what: 'healthy again' });
   t.equal((await cut.request('GET', '/api/v1/positions')).status, 200);
+  // pg-listen reconnects by itself (infinite retry), and the cache is trusted again only then.
+  await waitFor(() => cut.logs.filter((l) => l.msg === 'listening for notifications').length >= 2,
+    { what: 'the LISTEN connection back', timeoutMs: 30_000 });
+  const before = await cut.request('GET', '/api/v1/portfolio');
+  await db.query(`select apply_order_fill('{"execution_id":"after-reconnect","asset":"RCNUSDT","side":"Buy","execution_quantity":"1","execution_price":"10"}')`);
+  await waitFor(async () => (await cut.request('GET', '/api/v1/portfolio')).body.calculated_at !== before.body.calculated_at,
+    { what: 'a change after the reconnection drops the cache', timeoutMs: 5_000 });
 });
 
 t.test('without response validation a cache hit sends the text serialized once, same JSON', async (t) => {
