@@ -24,6 +24,7 @@
 //
 // At the end the net size of every position is compared exactly (decimal.js) with the sum of
 // the fills: "exact: yes/no".
+import { readFileSync } from 'node:fs';
 import type amqp from 'amqplib';
 import { Decimal } from 'decimal.js';
 import { freshBroker } from '../test/helpers/amqp.js';
@@ -206,7 +207,7 @@ async function sinkEvents(conn: amqp.ChannelModel): Promise<EventSink> {
 async function endToEnd(
   t: Teardown,
   stream: FillStream,
-): Promise<{ e2e: E2E; paced?: Paced; tc031?: { seconds: number; received: number; exact: boolean }; logs: any[]; stderr: string[] }> {
+): Promise<{ e2e: E2E; paced?: Paced; tc031?: { seconds: number; received: number; exact: boolean }; peakRssMb?: number; logs: any[]; stderr: string[] }> {
   const db = await benchDatabase(t, 'pm_bench_e2e', 4);
   const broker = await freshBroker(t);
   const svc = await startService(t, {
@@ -310,7 +311,18 @@ async function endToEnd(
     const tcBad = await checkSizes(db.pool, combined);
     tc031 = { seconds: secs, received: sink.events.size - before, exact: ok && tcBad.length === 0 };
   }
-  return { e2e, paced, tc031, logs: svc.logs, stderr: svc.stderr };
+  const peakRssMb = peakRss(svc.child.pid);
+  return { e2e, paced, tc031, peakRssMb, logs: svc.logs, stderr: svc.stderr };
+}
+
+/** The process's peak resident set (VmHWM) in MB, from /proc; undefined where there is none. */
+function peakRss(pid: number | undefined): number | undefined {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round(Number(m[1]) / 1024) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function reportLogs(logs: any[], stderr: string[]): string[] {
@@ -345,7 +357,7 @@ runBench(async (t) => {
     await t.run(); // drop the baseline databases before the end-to-end run
   }
 
-  const { e2e, paced, tc031, logs, stderr } = await endToEnd(t, stream);
+  const { e2e, paced, tc031, peakRssMb, logs, stderr } = await endToEnd(t, stream);
   rows.unshift(e2e);
   console.log();
   table([
@@ -362,6 +374,7 @@ runBench(async (t) => {
   console.log(`target ≥ 5,000 events/s: ${e2e.rate >= 5000 ? 'met' : `missed (${ratio(e2e.rate / 5000)} × target)`}` +
     (direct ? `; target ≥ 0.8 × direct SQL: ${e2e.rate >= 0.8 * direct.rate ? 'met' : 'missed'}` : ''));
   console.log(`exact: ${e2e.exact ? 'yes' : 'no'}`);
+  console.log(`service peak RSS through the run: ${peakRssMb ?? '?'} MB (target < 256 MB: ${peakRssMb === undefined ? 'unknown' : peakRssMb < 256 ? 'met' : 'missed'})`);
   if (paced)
     console.log(`end to end latency at a steady ${int(paced.rate)} fills/s for ${opt['paced-seconds']} s (below saturation): ` +
       `p50 ${ms(paced.latency.p50)} ms, p99 ${ms(paced.latency.p99)} ms, max ${ms(paced.latency.max)} ms; ` +
@@ -369,5 +382,5 @@ runBench(async (t) => {
   if (tc031) console.log(`TC-031: 100 concurrent fills processed in ${tc031.seconds.toFixed(2)} s, ${tc031.received} events, exact ${tc031.exact ? 'yes' : 'no'} → ${tc031.seconds < 5 && tc031.exact ? 'pass' : 'FAIL'}`);
   const problems = reportLogs(logs, stderr);
   console.log(`service warnings/errors: ${problems.length ? '\n  ' + problems.join('\n  ') : 'none'}`);
-  console.log('RESULT ' + JSON.stringify({ bench: 'ingest', n: N, unique: stream.unique, rows, e2e, paced, tc031, problems }));
+  console.log('RESULT ' + JSON.stringify({ bench: 'ingest', n: N, unique: stream.unique, rows, e2e, paced, tc031, peakRssMb, problems }));
 });
