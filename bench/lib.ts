@@ -6,7 +6,10 @@ import http from 'node:http';
 import { loadavg } from 'node:os';
 import { Decimal } from 'decimal.js';
 import pg from 'pg';
-import { TEST_DATABASE_URL, templateDatabase, urlFor } from '../test/helpers/db.js';
+import { admin, templateDatabase, urlFor } from '../test/helpers/db.js';
+import { rng } from '../test/helpers/random.js';
+
+export { admin, rng };
 
 // ---------------------------------------------------------------------------------------------
 // arguments: --name value | --name=value | --flag
@@ -74,15 +77,6 @@ export function runBench(main: (t: Teardown) => Promise<void>): void {
 // ---------------------------------------------------------------------------------------------
 // databases
 
-export async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
 
 export interface BenchDb {
   name: string;
@@ -246,17 +240,6 @@ export async function httpLoad(
 // fills: a deterministic pseudo-random stream over many assets with opens, adds, reduces,
 // closes, flips and re-sent duplicates; the expected net size of every asset is kept exactly.
 
-export function rng(seed: number): () => number {
-  // mulberry32
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface Fill {
   execution_id: string;

@@ -34,7 +34,8 @@ function schemaHash(): string {
   return h.digest('hex').slice(0, 16);
 }
 
-async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+/** Runs fn on a short-lived connection to the server's maintenance database. */
+export async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
   await c.connect();
   try {

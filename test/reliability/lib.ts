@@ -5,6 +5,7 @@ import type amqp from 'amqplib';
 import { ModelBook, diffState, type Side } from '../model/reference.js';
 import type { TestDb } from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
+export { rng } from '../helpers/random.js';
 
 export const FILLS = 'order-manager.order_executed';
 export const REPORTS = 'ws-gateway.position';
@@ -19,17 +20,6 @@ export function envInt(name: string, fallback: number): number {
   return n;
 }
 
-/** mulberry32: a small seeded PRNG, so a failing run can be repeated with RELIABILITY_SEED. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export function seedFromEnv(): number {
   const s = process.env.RELIABILITY_SEED;
