@@ -2,6 +2,7 @@
 // on a confirm channel; only then is the original acknowledged. If that publish fails the
 // original is rejected with requeue, never dropped.
 import type amqp from 'amqplib';
+import { publishConfirmed } from './confirm.js';
 import { DEAD_LETTER_QUEUE } from './topology.js';
 
 export async function publishDeadLetter(
@@ -12,11 +13,12 @@ export async function publishDeadLetter(
   firstFailedAt: Date,
 ): Promise<void> {
   const p = msg.properties;
-  await new Promise<void>((resolve, reject) => {
-    channel.sendToQueue(
-      DEAD_LETTER_QUEUE,
-      msg.content,
-      {
+  const [error] = await publishConfirmed(channel, [
+    {
+      exchange: '',
+      routingKey: DEAD_LETTER_QUEUE,
+      content: msg.content,
+      options: {
         persistent: true,
         contentType: p.contentType ?? 'application/json',
         messageId: p.messageId,
@@ -31,7 +33,7 @@ export async function publishDeadLetter(
           'x-first-failed-at': firstFailedAt.toISOString(),
         },
       },
-      (err) => (err ? reject(err) : resolve()),
-    );
-  });
+    },
+  ]);
+  if (error) throw new Error(`dead letter ${error}`);
 }

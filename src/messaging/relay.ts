@@ -8,6 +8,7 @@ import type { Logger } from '../log.js';
 import { metrics } from '../metrics.js';
 import { listen, type Listener } from '../db/listen.js';
 import type { Broker } from './broker.js';
+import { publishConfirmed } from './confirm.js';
 
 const RELAY_LOCK = 4800010;
 const BATCH = 500;
@@ -28,6 +29,8 @@ export interface RelayOptions {
   broker: Broker;
   exchange: string;
   log: Logger;
+  /** How long a published batch may wait for the broker's confirms (tests shorten it). */
+  confirmTimeoutMs?: number;
 }
 
 export class OutboxRelay {
@@ -50,7 +53,6 @@ export class OutboxRelay {
       ch.on('close', () => {
         if (this.channel === ch) this.channel = undefined;
       });
-      // basic.return arrives before the confirm of the same message.
       ch.on('return', (msg: amqp.Message) => {
         if (msg.properties.messageId) this.returned.add(String(msg.properties.messageId));
       });
@@ -130,35 +132,26 @@ export class OutboxRelay {
       )
     ).rows;
     if (!rows.length) return false;
-    const results = await Promise.all(
-      rows.map(
-        (row) =>
-          new Promise<string | null>((resolve) => {
-            try {
-              ch.publish(
-                this.o.exchange,
-                row.routing_key,
-                Buffer.from(row.payload),
-                {
-                  persistent: true,
-                  mandatory: true,
-                  contentType: 'application/json',
-                  messageId: row.event_id,
-                  type: row.event_type,
-                  headers: { trace_id: row.trace_id ?? '' },
-                },
-                (err) => {
-                  if (err) resolve(`nacked: ${String(err.message ?? err)}`);
-                  else if (this.returned.delete(row.event_id)) resolve('returned: unroutable');
-                  else resolve(null);
-                },
-              );
-            } catch (err) {
-              resolve(`publish failed: ${(err as Error).message}`);
-            }
-          }),
-      ),
+    const confirmed = await publishConfirmed(
+      ch,
+      rows.map((row) => ({
+        exchange: this.o.exchange,
+        routingKey: row.routing_key,
+        content: Buffer.from(row.payload),
+        options: {
+          persistent: true,
+          mandatory: true,
+          contentType: 'application/json',
+          messageId: row.event_id,
+          type: row.event_type,
+          headers: { trace_id: row.trace_id ?? '' },
+        },
+      })),
+      this.o.confirmTimeoutMs,
     );
+    // basic.return arrives before the confirm of the same message.
+    const results = confirmed.map((error, i) => error ?? (this.returned.has(rows[i]!.event_id) ? 'returned: unroutable' : null));
+    for (const row of rows) this.returned.delete(row.event_id);
     const sent = rows.filter((_, i) => results[i] === null);
     const failed = rows.map((row, i) => ({ row, error: results[i] })).filter((x) => x.error !== null);
     if (sent.length)

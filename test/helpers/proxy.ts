@@ -1,5 +1,6 @@
-// A TCP proxy in front of PostgreSQL, so a test can make "the database" unreachable for one
-// service process (cut every connection, refuse new ones) without stopping the shared server.
+// A TCP proxy in front of PostgreSQL or RabbitMQ, so a test can make the server unreachable for
+// one process (cut every connection, refuse new ones) or stall it (connections stay open, no
+// bytes move) without touching the shared server.
 import { connect, createServer, type Socket } from 'node:net';
 
 interface Teardown {
@@ -11,6 +12,9 @@ export interface Proxy {
   /** Drops every open connection and refuses new ones until restore(). */
   cut(): void;
   restore(): void;
+  /** Stops moving bytes in both directions; connections stay open, like a stalled peer. */
+  hold(): void;
+  release(): void;
   /** The URL through the proxy for a database URL on the target. */
   url(databaseUrl: string): string;
 }
@@ -44,6 +48,12 @@ export async function tcpProxy(t: Teardown, targetHost = '127.0.0.1', targetPort
     },
     restore() {
       down = false;
+    },
+    hold() {
+      for (const s of sockets) s.pause();
+    },
+    release() {
+      for (const s of sockets) s.resume();
     },
     url(databaseUrl) {
       const u = new URL(databaseUrl);
