@@ -29,6 +29,9 @@ create or replace function portfolio_total_exposure() returns numeric
   language sql stable parallel safe
   as $$ select coalesce(sum(position_exposure(p)), 0) from positions p where p.gross_size > 0 $$;
 
+-- The feature functions below are single expressions that use each argument that callers may
+-- pass as an expensive expression only once, so PostgreSQL inlines them; a function it cannot
+-- inline is planned again on every call from PL/pgSQL (hundreds of µs per fill).
 create or replace function position_unrealized_pnl_pct(p positions) returns numeric
   language sql immutable parallel safe
   as $$
@@ -37,9 +40,9 @@ create or replace function position_unrealized_pnl_pct(p positions) returns nume
       when p.mode = 'hedge' then
         case when (p.long_size > 0 and coalesce(p.long_avg_price, 0) = 0)
                   or (p.short_size > 0 and coalesce(p.short_avg_price, 0) = 0) then null
-             else (select case when cost = 0 then null else div10(p.unrealized_pnl * 100, cost) end
-                     from (select case when p.long_size > 0 then p.long_size * p.long_avg_price else 0 end
-                                + case when p.short_size > 0 then p.short_size * p.short_avg_price else 0 end as cost) c)
+             else div10(p.unrealized_pnl * 100,
+                        nullif(case when p.long_size > 0 then p.long_size * p.long_avg_price else 0 end
+                               + case when p.short_size > 0 then p.short_size * p.short_avg_price else 0 end, 0))
         end
       when coalesce(p.average_entry_price, 0) = 0 then null
       else div10(p.unrealized_pnl * 100, abs(p.size) * p.average_entry_price)
@@ -53,12 +56,12 @@ create or replace function position_time_held_minutes(p positions, at timestampt
                 else greatest(0, floor(extract(epoch from (at - p.opened_at)) / 60))::integer end
   $$;
 
+-- null when the portfolio has no exposure, else exposure / total (exactly 0 for a flat
+-- position: the outer round drops the quotient's scale there).
 create or replace function position_size_norm(p positions, total_exposure numeric) returns numeric
   language sql immutable parallel safe
   as $$
-    select case when coalesce(total_exposure, 0) = 0 then null
-                when p.gross_size = 0 then 0
-                else div10(position_exposure(p), total_exposure) end
+    select round(div10(position_exposure(p), nullif(total_exposure, 0)), case when p.gross_size = 0 then 0 else 10 end)
   $$;
 
 create or replace function position_side(p positions) returns text

@@ -17,15 +17,20 @@ begin
   return id;
 end $$;
 
--- The stored columns that changed (version and last_updated always do).
-create or replace function position_changed_fields(before positions, after positions) returns text[]
+-- The stored columns that changed (version and last_updated always do). Each image is turned
+-- into jsonb once: comparing key by key against to_jsonb(before) re-built it for every column.
+create or replace function position_changed_fields(before jsonb, after jsonb) returns text[]
   language sql immutable
   as $$
     select coalesce(array_agg(a.key order by a.key), '{}')
-      from jsonb_each(to_jsonb(after)) a
+      from jsonb_each(after) a
      where a.key not in ('version', 'last_updated', 'gross_size', 'exchange_state')
-       and (before is null or (to_jsonb(before) -> a.key) is distinct from a.value)
+       and (before is null or before -> a.key is distinct from a.value)
   $$;
+
+create or replace function position_changed_fields(before positions, after positions) returns text[]
+  language sql immutable
+  as $$ select position_changed_fields(to_jsonb(before), to_jsonb(after)) $$;
 
 -- The portfolio's total exposure as this transaction sees it after the change (R-19), for
 -- position_size_norm in events. The first change of a transaction sums over positions; later
@@ -54,11 +59,13 @@ create or replace function record_position_change(
   language plpgsql
   as $$
 declare
-  changed text[] := position_changed_fields(before, after);
+  before_image jsonb := to_jsonb(before);
+  after_image jsonb := to_jsonb(after);
+  changed text[] := position_changed_fields(before_image, after_image);
   pos jsonb := position_json(after, transaction_total_exposure(before, after), now());
 begin
   insert into position_events (position_id, asset, mode, source, kind, before, after, changed_fields, message_key, trace_id, details)
-  values (after.id, after.asset, after.mode, source, kind, to_jsonb(before), to_jsonb(after), changed, message_key, trace_id, details);
+  values (after.id, after.asset, after.mode, source, kind, before_image, after_image, changed, message_key, trace_id, details);
   perform enqueue_event('position-manager.position_updated', 'position_updated',
     jsonb_build_object(
       'position_id', after.id, 'asset', after.asset, 'mode', after.mode,
