@@ -1,8 +1,8 @@
 // Aggregation cost against the number of positions (SPEC.md §11 "Aggregation cost").
 //
 //   node --import=./node_modules/@tapjs/typescript/dist/esm/import.mjs bench/scale.ts
-//        [--max 100000] [--fills-per-position 10] [--runs 5] [--snapshot-runs 3] [--explain true]
-//        [--timeout 300] [--what-if true]
+//        [--max 100000] [--fills-per-position 10] [--runs 5] [--snapshot-runs 1] [--explain true]
+//        [--timeout 300]
 //
 // For 1k, 10k and 100k positions (up to --max), each in a fresh database copied from the
 // migrated template: positions are inserted with one set-based INSERT (one-way, one asset
@@ -13,30 +13,29 @@
 //   select * from portfolio_metrics_view          (reference: the totals without by_asset JSON)
 //   select count(*) from positions_view
 //   select validate_position('P1USDT', 'one-way', false)
-// and, median of --snapshot-runs runs (each committed, as the scheduled job does):
+// and, median of --snapshot-runs runs without a warm-up (each committed, as the scheduled job
+// does, so each run writes a snapshot and an event per position):
 //   select snapshot_all_positions()
 // printing the time per size and the growth factor per 10× positions (linear = 10). Every
 // statement runs under statement_timeout = --timeout seconds; a timeout prints "> timeout".
-// --what-if: snapshot_all_positions() again with two one-line changes applied inside a
-// rolled-back transaction (see PATCHES below), to show what would close the gap.
 import {
   args, benchDatabase, int, median, ms, now, ratio, runBench, table, type Teardown,
 } from './lib.js';
 
-const opt = args({ max: 100_000, 'fills-per-position': 10, runs: 5, 'snapshot-runs': 3, explain: true, timeout: 300, 'what-if': true });
+const opt = args({ max: 100_000, 'fills-per-position': 10, runs: 5, 'snapshot-runs': 1, explain: true, timeout: 300 });
 const TIMEOUT_MS = Number(opt.timeout) * 1000;
 const SIZES = [1_000, 10_000, 100_000, 1_000_000].filter((s) => s <= Number(opt.max));
 const FPP = Number(opt['fills-per-position']);
 const RUNS = Number(opt.runs);
 const SNAP_RUNS = Number(opt['snapshot-runs']);
 
-const QUERIES: { name: string; sql: string; runs: () => number }[] = [
+const QUERIES: { name: string; sql: string; runs: () => number; warmUp?: false }[] = [
   { name: 'portfolio_metrics()', sql: 'select portfolio_metrics()', runs: () => RUNS },
   // the same totals without the per-asset JSON (how much of portfolio_metrics() is aggregation)
   { name: '(ref) select * from portfolio_metrics_view', sql: 'select * from portfolio_metrics_view', runs: () => RUNS },
   { name: 'count(*) from positions_view', sql: 'select count(*) from positions_view', runs: () => RUNS },
   { name: "validate_position(asset, 'one-way', false)", sql: "select validate_position('P1USDT', 'one-way', false)", runs: () => RUNS },
-  { name: 'snapshot_all_positions()', sql: 'select snapshot_all_positions()', runs: () => SNAP_RUNS },
+  { name: 'snapshot_all_positions()', sql: 'select snapshot_all_positions()', runs: () => SNAP_RUNS, warmUp: false },
 ];
 
 async function populate(pool: import('pg').Pool, n: number): Promise<{ insertSeconds: number; fillsSeconds: number }> {
@@ -81,10 +80,11 @@ async function populate(pool: import('pg').Pool, n: number): Promise<{ insertSec
 }
 
 /**
- * Median of `runs` runs after one warm-up run. A warm-up slower than 30 s counts as the only
- * run; a run hitting --timeout (statement_timeout) is reported as Infinity ("> timeout").
+ * Median of `runs` runs, after one warm-up run unless warmUp is false. A warm-up slower than
+ * 30 s counts as the only run; a run hitting --timeout (statement_timeout) is reported as
+ * Infinity ("> timeout").
  */
-async function timeQuery(pool: import('pg').Pool, sql: string, runs: number): Promise<{ median: number; all: number[]; note?: string }> {
+async function timeQuery(pool: import('pg').Pool, sql: string, runs: number, warmUp = true): Promise<{ median: number; all: number[]; note?: string }> {
   const c = await pool.connect();
   const timed = async () => {
     const t0 = now();
@@ -98,8 +98,10 @@ async function timeQuery(pool: import('pg').Pool, sql: string, runs: number): Pr
   };
   try {
     await c.query(`set statement_timeout = ${TIMEOUT_MS}`);
-    const warm = await timed();
-    if (!Number.isFinite(warm) || warm > 30_000) return { median: warm, all: [warm], note: 'single run (slow)' };
+    if (warmUp) {
+      const warm = await timed();
+      if (!Number.isFinite(warm) || warm > 30_000) return { median: warm, all: [warm], note: 'single run (slow)' };
+    }
     const all: number[] = [];
     for (let i = 0; i < runs; i++) all.push(await timed());
     return { median: median(all), all };
@@ -108,51 +110,6 @@ async function timeQuery(pool: import('pg').Pool, sql: string, runs: number): Pr
     c.release();
   }
 }
-
-/**
- * What-ifs, on the scratch database only and rolled back (the service's sql/ is untouched):
- * snapshot_all_positions() with one or both of these changes, made to the functions' own text
- * (pg_get_functiondef) inside the transaction:
- *   A. take_snapshots(): `with total as materialized (...)`. As written, the single-reference
- *      CTE is inlined by the planner, so portfolio_total_exposure() (a scan of all positions)
- *      is evaluated for every snapshotted row (twice): O(n²).
- *   B. snapshot_event_payload(): `from (select snapshot_json(s) as j offset 0) x`. As written,
- *      the subquery is pulled up and the expensive snapshot_json(s) is evaluated for each of
- *      the 15 references to j: a large constant per row.
- */
-const PATCHES = {
-  A: { fn: 'take_snapshots(uuid[], text, text)', from: 'with total as (', to: 'with total as materialized (' },
-  B: { fn: 'snapshot_event_payload(position_snapshots)', from: 'from (select snapshot_json(s) as j) x', to: 'from (select snapshot_json(s) as j offset 0) x' },
-};
-
-async function snapshotWhatIf(pool: import('pg').Pool, patches: (keyof typeof PATCHES)[]): Promise<number> {
-  const c = await pool.connect();
-  try {
-    await c.query('begin');
-    for (const k of patches) {
-      const p = PATCHES[k];
-      const def = (await c.query<{ d: string }>('select pg_get_functiondef($1::regprocedure) as d', [p.fn])).rows[0]!.d;
-      if (!def.includes(p.from)) return NaN; // the function changed since this was written
-      await c.query(def.replace(p.from, p.to));
-    }
-    await c.query(`set local statement_timeout = ${TIMEOUT_MS}`);
-    const t0 = now();
-    await c.query('select snapshot_all_positions()');
-    return now() - t0;
-  } catch (err) {
-    if ((err as { code?: string }).code === '57014') return Infinity;
-    throw err;
-  } finally {
-    await c.query('rollback').catch(() => undefined);
-    c.release();
-  }
-}
-
-const WHAT_IFS: { label: string; patches: (keyof typeof PATCHES)[]; maxSize: number }[] = [
-  { label: '(what-if A) snapshot_all_positions(), total CTE materialized', patches: ['A'], maxSize: 10_000 },
-  { label: '(what-if B) snapshot_all_positions(), payload subquery not pulled up', patches: ['B'], maxSize: 10_000 },
-  { label: '(what-if A+B) snapshot_all_positions()', patches: ['A', 'B'], maxSize: Infinity },
-];
 
 async function explainMain(pool: import('pg').Pool): Promise<string> {
   // portfolio_metrics()'s main query with asset = null, as the function runs it
@@ -185,16 +142,10 @@ runBench(async (t: Teardown) => {
     const check = await db.pool.query<{ r: { is_valid: boolean } }>("select validate_position('P1USDT', 'one-way', false) as r");
     if (FPP > 0 && !check.rows[0]!.r.is_valid) console.log(`  note: validate_position reports a discrepancy: ${JSON.stringify(check.rows[0]!.r)}`);
     for (const q of QUERIES) {
-      const r = await timeQuery(db.pool, q.sql, q.runs());
+      const r = await timeQuery(db.pool, q.sql, q.runs(), q.warmUp ?? true);
       (table1[q.name] ??= {})[n] = r.median;
       console.log(`  ${q.name}: median ${fmt(r.median)} ms (runs: ${r.all.map(fmt).join(', ')}${r.note ? `; ${r.note}` : ''})`);
     }
-    if (opt['what-if'] === 'true')
-      for (const w of WHAT_IFS.filter((x) => n <= x.maxSize)) {
-        const ms1 = await snapshotWhatIf(db.pool, w.patches);
-        (table1[w.label] ??= {})[n] = ms1;
-        console.log(`  ${w.label}: ${fmt(ms1)} ms (one run, rolled back)`);
-      }
     if (opt.explain === 'true' && n === SIZES[SIZES.length - 1]) plan = await explainMain(db.pool);
     await t.run(); // drop this size's database before the next one
   }
@@ -215,16 +166,6 @@ runBench(async (t: Teardown) => {
     console.log();
     console.log(`target portfolio_metrics() ≤ 50 ms at 100k: ${pm <= 50 ? 'met' : `missed (${ms(pm)} ms, ${ratio(pm / 50)} × target)`}`);
     console.log(`target snapshot_all_positions() ≤ 2 s at 100k: ${snap <= 2000 ? 'met' : `missed (${fmt(snap)} ms, ${ratio(snap / 2000)} × target)`}`);
-    const s10 = table1['snapshot_all_positions()']![10_000];
-    const s1 = table1['snapshot_all_positions()']![1_000];
-    if (snap === Infinity && s10 && s1 && Number.isFinite(s10)) {
-      // fit t = a·n + b·n² through the 1k and 10k points (per-row work plus a per-row scan of all positions)
-      const b = (s10 - 10 * s1) / (1e8 - 10 * 1e6);
-      const a = (s1 - b * 1e6) / 1e3;
-      const proj = a * 1e5 + b * 1e10;
-      console.log(`  projected from a·n + b·n² through the 1k and 10k points: ~${int(proj / 1000)} s at 100k ` +
-        `(linear part ~${int((a * 1e5) / 1000)} s, quadratic part ~${int((b * 1e10) / 1000)} s)`);
-    }
   }
   if (plan) {
     console.log();
