@@ -2,7 +2,7 @@
 //
 //   node --import=./node_modules/@tapjs/typescript/dist/esm/import.mjs bench/run-all.ts
 //        [--quick] [--n 50000] [--duration 10] [--connections 10] [--max 100000] [--no-build]
-//        [--quiet-load 1.0] [--quiet-wait 60]
+//        [--quiet-load 1.0] [--quiet-wait 30]
 //
 // --quick (a smoke run of a few minutes): ingest --n 5000 --paced-seconds 5, api --duration 5
 // --sequential 300, scale --max 10000 --timeout 60.
@@ -15,7 +15,7 @@ import { cpus, loadavg, totalmem } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { args, pgVersion, sleep } from './lib.js';
 
-const opt = args({ quick: false, n: 50_000, duration: 10, connections: 10, max: 100_000, 'no-build': false, 'quiet-load': 1.0, 'quiet-wait': 60 });
+const opt = args({ quick: false, n: 50_000, duration: 10, connections: 10, max: 100_000, 'no-build': false, 'quiet-load': 1.0, 'quiet-wait': 30 });
 const quick = opt.quick === 'true';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const LOADER = './node_modules/@tapjs/typescript/dist/esm/import.mjs';
