@@ -19,6 +19,8 @@ interface Delivery {
   meta: { source: string; message_key?: string; received_at: string; trace_id: string };
   attempts: number;
   firstFailedAt?: Date;
+  /** Fills only: the asset, which decides the lane (see PARALLEL_LANES). */
+  asset?: string;
 }
 
 interface Outcome {
@@ -42,6 +44,25 @@ const TRANSIENT_SQLSTATES = /^(40001|40P01|55P03|53\d{3}|57P0[123]|08\d{3}|57014
 const isTransient = (err: unknown) =>
   isConnectionError(err) || TRANSIENT_SQLSTATES.test((err as { code?: string }).code ?? '');
 const isDataError = (err: unknown) => /^(22|23)/.test((err as { code?: string }).code ?? '');
+
+// A batch of fills is split by asset into this many lanes, each applied in its own transaction
+// on its own connection at the same time: one backend applying fills was the bottleneck of
+// ingest while the second core sat half idle. Every fill of one asset is in one lane, in
+// arrival order, and the next batch starts only when every lane has committed, so each
+// position still sees its fills in order. Reports stay one transaction per batch: one report
+// message may name several assets, and lanes sharing them could deadlock.
+const PARALLEL_LANES = 2;
+
+export function lanes<T extends { asset?: string }>(batch: T[]): T[][] {
+  if (batch.length < 2 || batch.some((d) => d.asset === undefined)) return [batch];
+  const out: T[][] = Array.from({ length: PARALLEL_LANES }, () => []);
+  for (const d of batch) {
+    let h = 0;
+    for (let i = 0; i < d.asset!.length; i++) h = (h * 31 + d.asset!.charCodeAt(i)) >>> 0;
+    out[h % PARALLEL_LANES]!.push(d);
+  }
+  return out.filter((lane) => lane.length > 0);
+}
 
 export interface QueueConsumerOptions {
   queue: string;
@@ -86,6 +107,7 @@ export class QueueConsumer {
         trace_id: traceId,
       },
       attempts: 0,
+      ...(checked.ok && checked.asset ? { asset: checked.asset } : {}),
     };
     if (!checked.ok) {
       void this.deadLetter(d, checked.reason);
@@ -100,7 +122,7 @@ export class QueueConsumer {
     await new Promise((r) => setImmediate(r));
     while (this.pending.length && !this.stopped) {
       const batch = this.pending.splice(0, this.o.maxBatch);
-      await this.apply(batch);
+      await Promise.all(lanes(batch).map((lane) => this.apply(lane)));
     }
   }
 

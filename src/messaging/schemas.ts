@@ -65,7 +65,7 @@ const report = z.union([
 export type Kind = 'fill' | 'report';
 
 export type Checked =
-  | { ok: true; traceId: string | undefined; eventId: string | undefined }
+  | { ok: true; traceId: string | undefined; eventId: string | undefined; asset?: string }
   | { ok: false; reason: string; traceId: string | undefined };
 
 function describe(error: z.ZodError): string {
@@ -100,5 +100,13 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   const schema = kind === 'report' ? report : typeof obj.order === 'object' && obj.order !== null ? enrichedFill : flatFill;
   const result = schema.safeParse(tree);
   if (!result.success) return { ok: false, reason: describe(result.error), traceId };
-  return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined };
+  return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined, asset: fillAsset(kind, obj) };
+}
+
+/** A fill's asset as SQL will read it (upper case), so the consumer can keep each asset's fills in order. */
+function fillAsset(kind: Kind, obj: Record<string, unknown>): string | undefined {
+  if (kind !== 'fill') return undefined;
+  const o = typeof obj.order === 'object' && obj.order !== null ? (obj.order as Record<string, unknown>) : obj;
+  const raw = o.asset ?? o.symbol;
+  return typeof raw === 'string' ? raw.trim().toUpperCase() : undefined;
 }
