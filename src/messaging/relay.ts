@@ -31,6 +31,8 @@ export interface RelayOptions {
   log: Logger;
   /** How long a published batch may wait for the broker's confirms (tests shorten it). */
   confirmTimeoutMs?: number;
+  /** How often the relay looks without being woken (tests lengthen it). */
+  pollMs?: number;
 }
 
 export class OutboxRelay {
@@ -40,6 +42,8 @@ export class OutboxRelay {
   private listener: Listener | undefined;
   private stopped = false;
   private wakeUp: (() => void) | undefined;
+  /** A NOTIFY (or a new channel) arrived since the current pass began. */
+  private woken = false;
   private loop: Promise<void> | undefined;
 
   constructor(private readonly o: RelayOptions) {}
@@ -63,10 +67,14 @@ export class OutboxRelay {
   }
 
   private wake(): void {
+    this.woken = true;
     this.wakeUp?.();
   }
 
+  // A wake-up that came while a pass was running (say, the commit of a second transaction
+  // while the first one's events were being published) must not wait for the next poll.
   private idle(ms: number): Promise<void> {
+    if (this.woken) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(resolve, ms);
       this.wakeUp = () => {
@@ -103,13 +111,14 @@ export class OutboxRelay {
   private async run(): Promise<void> {
     while (!this.stopped) {
       let more = false;
+      this.woken = false;
       try {
         await this.refreshGauges();
         if (this.channel && (await this.holdLock())) more = await this.drainOnce();
       } catch (err) {
         this.o.log.warn({ err: (err as Error).message }, 'outbox relay pass failed');
       }
-      if (!more && !this.stopped) await this.idle(POLL_MS);
+      if (!more && !this.stopped) await this.idle(this.o.pollMs ?? POLL_MS);
     }
   }
 

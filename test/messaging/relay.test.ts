@@ -126,3 +126,41 @@ t.test('the relay keeps unconfirmed events pending with the reason and sends the
     'nothing arrived that is not in the outbox',
   );
 });
+
+t.test('an event committed while the relay is busy goes out at once, not at the next poll', async (t) => {
+  const db = await freshDatabase(t);
+  const { broker, proxy, url } = await proxiedBroker(t);
+  const pool = new pg.Pool({ connectionString: db.url, max: 3 });
+  t.teardown(() => pool.end());
+  const bus = connectBroker(url, { enabled: true, connected: false }, log);
+  await bus.onConnected((c) => declareOwnTopology(c, { eventsExchange: EXCHANGE } as Config));
+  const relay = new OutboxRelay({ databaseUrl: db.url, pool, broker: bus, exchange: EXCHANGE, log, pollMs: 600_000 });
+  await relay.start();
+  t.teardown(async () => {
+    await relay.stop();
+    await bus.close();
+  });
+  const updated = await broker.collect(UPDATED);
+  const fill = (id: string) =>
+    db.query('select apply_order_fill($1::jsonb)', [
+      JSON.stringify({ asset: 'BUSYUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10', execution_id: id }),
+    ]);
+  const pending = async (): Promise<number> => (await db.query('select count(*)::int as n from outbox where sent_at is null')).rows[0].n;
+
+  // Keep the relay inside a pass: it has read the first event and waits for the stalled broker's confirm.
+  proxy.hold();
+  await fill('busy-1');
+  const committed = (await db.query('select clock_timestamp() as at')).rows[0].at;
+  await waitFor(
+    async () =>
+      (await db.query(
+        `select 1 from pg_stat_activity where datname = current_database() and state = 'idle'
+            and query like 'select id, event_id%' and state_change > $1`, [committed])).rowCount! > 0,
+    { what: 'the relay read the first event' },
+  );
+  await fill('busy-2'); // committed, and notified, while that pass runs
+  proxy.release();
+  await waitFor(async () => (await pending()) === 0, { what: 'both events sent long before the 10-minute poll', timeoutMs: 20_000 });
+  await waitFor(() => updated.messages.length >= 2, { what: 'both events received' });
+  t.pass('the second event did not wait for the poll');
+});
