@@ -28,6 +28,26 @@ async function proxiedBroker(t: { teardown(fn: () => unknown): void }) {
   return { broker, proxy, url: proxy.url(broker.url) };
 }
 
+/** A fresh database and a relay in this process publishing its outbox through a proxied broker. */
+async function relayStack(t: { teardown(fn: () => unknown): void }, options: { confirmTimeoutMs?: number; pollMs?: number }) {
+  const db = await freshDatabase(t);
+  const { broker, proxy, url } = await proxiedBroker(t);
+  const pool = new pg.Pool({ connectionString: db.url, max: 3 });
+  t.teardown(() => pool.end());
+  const state = { enabled: true, connected: false };
+  const bus = connectBroker(url, state, log);
+  await bus.onConnected((c) => declareOwnTopology(c, { eventsExchange: EXCHANGE } as Config));
+  const relay = new OutboxRelay({ databaseUrl: db.url, pool, broker: bus, exchange: EXCHANGE, log, ...options });
+  await relay.start();
+  t.teardown(async () => {
+    await relay.stop();
+    await bus.close();
+  });
+  const updated = await broker.collect(UPDATED);
+  const pending = async (): Promise<number> => (await db.query('select count(*)::int as n from outbox where sent_at is null')).rows[0].n;
+  return { db, proxy, state, updated, pending };
+}
+
 t.test('publishConfirmed settles every publish: deadline when the broker stalls, close when callbacks are dropped', async (t) => {
   const { broker, proxy, url } = await proxiedBroker(t);
   const conn = await amqp.connect(url);
@@ -67,27 +87,13 @@ t.test('publishConfirmed settles every publish: deadline when the broker stalls,
 });
 
 t.test('the relay keeps unconfirmed events pending with the reason and sends them when the broker is back', async (t) => {
-  const db = await freshDatabase(t);
-  const { broker, proxy, url } = await proxiedBroker(t);
-  const pool = new pg.Pool({ connectionString: db.url, max: 3 });
-  t.teardown(() => pool.end());
-  const state = { enabled: true, connected: false };
-  const bus = connectBroker(url, state, log);
-  await bus.onConnected((c) => declareOwnTopology(c, { eventsExchange: EXCHANGE } as Config));
-  const relay = new OutboxRelay({ databaseUrl: db.url, pool, broker: bus, exchange: EXCHANGE, log, confirmTimeoutMs: 500 });
-  await relay.start();
-  t.teardown(async () => {
-    await relay.stop();
-    await bus.close();
-  });
-  const updated = await broker.collect(UPDATED);
+  const { db, proxy, state, updated, pending } = await relayStack(t, { confirmTimeoutMs: 500 });
 
   let n = 0;
   const fill = () =>
     db.query('select apply_order_fill($1::jsonb)', [
       JSON.stringify({ asset: 'RELAYUSDT', side: 'Buy', execution_quantity: '0.5', execution_price: '100.25', execution_id: `relay-${++n}` }),
     ]);
-  const pending = async (): Promise<number> => (await db.query('select count(*)::int as n from outbox where sent_at is null')).rows[0].n;
   const reasons = async (): Promise<string[]> =>
     (await db.query('select last_error from outbox where last_error is not null')).rows.map((r) => r.last_error);
   const eventIds = async (): Promise<string[]> => (await db.query('select event_id::text from outbox order by id')).rows.map((r) => r.event_id);
@@ -128,24 +134,11 @@ t.test('the relay keeps unconfirmed events pending with the reason and sends the
 });
 
 t.test('an event committed while the relay is busy goes out at once, not at the next poll', async (t) => {
-  const db = await freshDatabase(t);
-  const { broker, proxy, url } = await proxiedBroker(t);
-  const pool = new pg.Pool({ connectionString: db.url, max: 3 });
-  t.teardown(() => pool.end());
-  const bus = connectBroker(url, { enabled: true, connected: false }, log);
-  await bus.onConnected((c) => declareOwnTopology(c, { eventsExchange: EXCHANGE } as Config));
-  const relay = new OutboxRelay({ databaseUrl: db.url, pool, broker: bus, exchange: EXCHANGE, log, pollMs: 600_000 });
-  await relay.start();
-  t.teardown(async () => {
-    await relay.stop();
-    await bus.close();
-  });
-  const updated = await broker.collect(UPDATED);
+  const { db, proxy, updated, pending } = await relayStack(t, { pollMs: 600_000 });
   const fill = (id: string) =>
     db.query('select apply_order_fill($1::jsonb)', [
       JSON.stringify({ asset: 'BUSYUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10', execution_id: id }),
     ]);
-  const pending = async (): Promise<number> => (await db.query('select count(*)::int as n from outbox where sent_at is null')).rows[0].n;
 
   // Keep the relay inside a pass: it has read the first event and waits for the stalled broker's confirm.
   proxy.hold();
