@@ -1,12 +1,11 @@
 // Shared pieces of the benchmarks (bench/*.ts): argument parsing, teardown, scratch databases
 // copied from the migrated test template, statistics, an HTTP load loop on keep-alive
 // connections and a generator of realistic fill streams.
-import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { loadavg } from 'node:os';
 import { Decimal } from 'decimal.js';
-import pg from 'pg';
-import { admin, templateDatabase, urlFor } from '../test/helpers/db.js';
+import type pg from 'pg';
+import { admin, freshDatabase } from '../test/helpers/db.js';
 import { rng } from '../test/helpers/random.js';
 
 export { admin, rng };
@@ -86,25 +85,7 @@ export interface BenchDb {
 
 /** A migrated database copied from the test template; dropped (with force) at teardown. */
 export async function benchDatabase(t: Teardown, prefix: string, poolSize = 20): Promise<BenchDb> {
-  const template = await templateDatabase();
-  const name = `${prefix}_${randomBytes(5).toString('hex')}`;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await admin((c) => c.query(`create database ${name} template ${template}`));
-      break;
-    } catch (err) {
-      if (attempt >= 30 || !/being accessed by other users/.test((err as Error).message)) throw err;
-      await sleep(100 + Math.random() * 300);
-    }
-  }
-  const url = urlFor(name);
-  const pool = new pg.Pool({ connectionString: url, max: poolSize });
-  pool.on('error', () => undefined);
-  t.teardown(async () => {
-    await pool.end().catch(() => undefined);
-    await admin((c) => c.query(`drop database if exists ${name} with (force)`));
-  });
-  return { name, url, pool };
+  return freshDatabase(t, { prefix, poolSize });
 }
 
 export async function pgVersion(): Promise<string> {

@@ -90,25 +90,25 @@ export async function emptyDatabase(t: Teardown, prefix = 'pm_test'): Promise<{ 
   return { name, url: urlFor(name) };
 }
 
-/** A fresh, fully migrated database of its own for one test file, dropped at teardown. */
-export async function freshDatabase(t: Teardown): Promise<TestDb> {
+/** A fresh, fully migrated database of its own for one test file (or benchmark), dropped at teardown. */
+export async function freshDatabase(t: Teardown, options: { prefix?: string; poolSize?: number } = {}): Promise<TestDb> {
   const template = await templateDatabase();
-  const name = `pm_test_${randomBytes(6).toString('hex')}`;
+  const name = `${options.prefix ?? 'pm_test'}_${randomBytes(6).toString('hex')}`;
   for (let attempt = 0; ; attempt++) {
     try {
       await admin((c) => c.query(`create database ${name} template ${template}`));
       break;
     } catch (err) {
       // Another file copying the same template at this instant: try again shortly.
-      if (attempt >= 20 || !/being accessed by other users/.test((err as Error).message)) throw err;
+      if (attempt >= 30 || !/being accessed by other users/.test((err as Error).message)) throw err;
       await new Promise((r) => setTimeout(r, 100 + Math.random() * 200));
     }
   }
   const url = urlFor(name);
-  const pool = new pg.Pool({ connectionString: url, max: 10 });
+  const pool = new pg.Pool({ connectionString: url, max: options.poolSize ?? 10 });
   pool.on('error', () => undefined);
   t.teardown(async () => {
-    await pool.end();
+    await pool.end().catch(() => undefined);
     await admin((c) => c.query(`drop database if exists ${name} with (force)`));
   });
   return { url, name, pool, query: (sql, params) => pool.query(sql, params as unknown[]) };

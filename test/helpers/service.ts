@@ -118,3 +118,11 @@ export async function startService(
   }
   return svc;
 }
+
+const STARTED: Record<string, string> = { consumer: 'consumers started', relay: 'outbox relay active', worker: 'worker started' };
+
+/** Waits until each of these roles has logged that it runs (the api role is up once /health answers). */
+export async function rolesStarted(svc: RunningService, roles: string[], timeoutMs = 30_000): Promise<void> {
+  const expected = roles.map((r) => STARTED[r]).filter((m): m is string => m !== undefined);
+  await waitFor(() => expected.every((m) => svc.logs.some((l) => l.msg === m)), { what: `roles started: ${roles.join(',')}`, timeoutMs });
+}

@@ -3,7 +3,7 @@
 // only through messages and HTTP and observe it only through HTTP, events and logs.
 import { freshBroker, type Collected, type TestBroker } from './amqp.js';
 import { freshDatabase, type TestDb } from './db.js';
-import { startService, type RunningService } from './service.js';
+import { rolesStarted, startService, type RunningService } from './service.js';
 import { waitFor } from './wait.js';
 
 interface Teardown {
@@ -46,13 +46,7 @@ export async function startStack(t: Teardown, env: Record<string, string> = {}):
     env: { POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1', POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: '200', ...env },
   });
   const roles = (env.POSITION_MANAGER_ROLES ?? 'api,consumer,relay,worker').split(',');
-  await waitFor(
-    () =>
-      (!roles.includes('consumer') || svc.logs.some((l) => l.msg === 'consumers started')) &&
-      (!roles.includes('relay') || svc.logs.some((l) => l.msg === 'outbox relay active')) &&
-      (!roles.includes('worker') || svc.logs.some((l) => l.msg === 'worker started')),
-    { what: 'service roles started', timeoutMs: 30_000 },
-  );
+  await rolesStarted(svc, roles);
   const events = {
     updated: await broker.collect(QUEUES.updated),
     portfolio: await broker.collect(QUEUES.portfolio),

@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import t from 'tap';
 import { freshBroker, type Collected } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { startService } from '../helpers/service.js';
+import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 
 const FILLS = 'order-manager.order_executed';
@@ -22,8 +22,7 @@ const svc = await startService(t, {
   amqpUrl: broker.url,
   env: { POSITION_MANAGER_ROLES: 'consumer,relay', POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1' },
 });
-await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started') && svc.logs.some((l) => l.msg === 'outbox relay active'),
-  { timeoutMs: 30_000, what: 'consumers and relay' });
+await rolesStarted(svc, ['consumer', 'relay']);
 
 const updated = await broker.collect(UPDATED);
 const deadLetters = await broker.collect(DLQ);

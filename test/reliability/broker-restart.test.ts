@@ -11,7 +11,7 @@ import amqp from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { startService } from '../helpers/service.js';
+import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
   FILLS, UPDATED, assetNames, changesPerAsset, checkUpdatedEvents, envInt, generateFills, inboxCount, modelOf,
@@ -30,8 +30,7 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
   const svc = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env: { POSITION_MANAGER_ROLES: 'consumer,relay' } });
-  await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started') && svc.logs.some((l) => l.msg === 'outbox relay active'),
-    { what: 'consumers and relay', timeoutMs: 30_000 });
+  await rolesStarted(svc, ['consumer', 'relay']);
   const updated = await resilientCollector(t, broker.url, UPDATED);
   const publisher = await resilientPublisher(t, broker.url);
 

@@ -10,7 +10,7 @@ import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
 import { tcpProxy } from '../helpers/proxy.js';
-import { startService } from '../helpers/service.js';
+import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import type { ConfirmChannel } from 'amqplib';
 import {
@@ -32,8 +32,7 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
     amqpUrl: broker.url,
     env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' },
   });
-  await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started') && svc.logs.some((l) => l.msg === 'outbox relay active'),
-    { what: 'consumers and relay', timeoutMs: 30_000 });
+  await rolesStarted(svc, ['consumer', 'relay']);
   const updated = await broker.collect(UPDATED);
   const dead = await broker.collect(DLQ);
   const health = () => svc.request('GET', '/health', { key: null });

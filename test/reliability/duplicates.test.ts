@@ -14,7 +14,7 @@ import type { ConfirmChannel } from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { startService } from '../helpers/service.js';
+import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import { ModelBook } from '../model/reference.js';
 import {
@@ -33,8 +33,7 @@ t.test('every fill 2–3 times, every report twice: applied once, events once pe
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
   const svc = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env: { POSITION_MANAGER_ROLES: 'consumer,relay' } });
-  await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started') && svc.logs.some((l) => l.msg === 'outbox relay active'),
-    { what: 'consumers and relay', timeoutMs: 30_000 });
+  await rolesStarted(svc, ['consumer', 'relay']);
   const updated = await broker.collect(UPDATED);
   const dead = await broker.collect(DLQ);
   const ch = broker.channel as ConfirmChannel;

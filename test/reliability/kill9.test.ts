@@ -10,7 +10,7 @@ import type { ConfirmChannel } from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { startService, type RunningService } from '../helpers/service.js';
+import { rolesStarted, startService, type RunningService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
   FILLS, UPDATED, assetNames, changesPerAsset, checkUpdatedEvents, envInt, generateFills, inboxCount, modelOf,
@@ -32,8 +32,7 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
   const start = async (): Promise<RunningService> => {
     const s0 = Date.now();
     const svc = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env });
-    await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started') && svc.logs.some((l) => l.msg === 'outbox relay active'),
-      { what: 'consumers and relay', timeoutMs: 30_000 });
+    await rolesStarted(svc, ['consumer', 'relay']);
     t.comment(`service started in ${Date.now() - s0} ms (at ${since()})`);
     return svc;
   };

@@ -10,7 +10,7 @@ import type { ConfirmChannel } from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { startService, type RunningService } from '../helpers/service.js';
+import { rolesStarted, startService, type RunningService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
   FILLS, UPDATED, assetNames, envInt, generateFills, inboxCount, modelOf,
@@ -33,8 +33,7 @@ t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, a
       amqpUrl: broker.url,
       env: { POSITION_MANAGER_ROLES: 'consumer,relay', POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) },
     });
-    await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started') && svc.logs.some((l) => l.msg === 'outbox relay active'),
-      { what: 'consumers and relay', timeoutMs: 30_000 });
+    await rolesStarted(svc, ['consumer', 'relay']);
     return svc;
   };
   let svc = await start();
