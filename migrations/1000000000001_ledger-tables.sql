@@ -61,6 +61,13 @@ update positions set unrealized_pnl = 0, closed_at = coalesce(closed_at, last_up
 update positions set closed_at = null
  where size <> 0 or coalesce(long_size, 0) + coalesce(short_size, 0) > 0;
 update positions set opened_at = coalesce(opened_at, created_at) where closed_at is null;
+-- Bybit reports 0 for "no price" (a flat position); here that is null.
+update positions set
+  average_entry_price = nullif(average_entry_price, 0),
+  current_price = nullif(current_price, 0),
+  long_avg_price = nullif(long_avg_price, 0),
+  short_avg_price = nullif(short_avg_price, 0)
+ where 0 in (average_entry_price, current_price, long_avg_price, short_avg_price);
 update positions set average_entry_price_source = 'exchange'
  where average_entry_price_source is null and average_entry_price is not null;
 
@@ -86,7 +93,6 @@ alter table positions
   add column if not exists gross_size numeric generated always as (
     case when mode = 'hedge' then coalesce(long_size, 0) + coalesce(short_size, 0) else abs(size) end
   ) stored,
-  add constraint positions_asset_mode_key unique (asset, mode),
   add constraint positions_asset_format check (asset ~ '^[A-Z0-9]{2,20}$'),
   add constraint positions_mode_check check (mode in ('one-way', 'hedge')),
   add constraint positions_legs_shape check (
@@ -113,6 +119,19 @@ alter table positions
   add constraint positions_flat_no_unrealized check (closed_at is null or unrealized_pnl = 0),
   add constraint positions_avg_source_check check (average_entry_price_source in ('fills', 'exchange')),
   add constraint positions_version_positive check (version >= 1);
+
+-- Another writer's table may already be unique on (asset, mode), under any name.
+do $$
+begin
+  if not exists (
+    select 1 from pg_index i
+     where i.indrelid = 'positions'::regclass and i.indisunique and i.indpred is null
+       and (select array_agg(a.attname::text order by k.ord)
+              from unnest(i.indkey) with ordinality k(attnum, ord)
+              join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum) = array['asset', 'mode']) then
+    alter table positions add constraint positions_asset_mode_key unique (asset, mode);
+  end if;
+end $$;
 
 create index if not exists positions_open_idx on positions (asset, mode) include (gross_size) where gross_size > 0;
 create index if not exists positions_last_updated_idx on positions (last_updated);

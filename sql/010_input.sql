@@ -34,7 +34,11 @@ begin
   if length(raw) > 40 or raw !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$' then
     perform bad_input(field, format('must be a decimal, got %s', left(raw, 40)));
   end if;
-  v := raw::numeric;
+  begin
+    v := raw::numeric;
+  exception when numeric_value_out_of_range then
+    perform bad_input(field, format('is out of range, got %s', left(raw, 40)));
+  end;
   if max_scale is not null and scale(v) > max_scale and v <> round(v, max_scale) then
     perform bad_input(field, format('at most %s fractional digits', max_scale));
   end if;
@@ -99,7 +103,9 @@ begin
   return null;
 end $$;
 
--- R-3 fallback key: SHA-256 of the body (jsonb's own normalised text, keys sorted).
+-- R-3 fallback key: SHA-256 (hex) of the body's RFC 8785 canonical JSON. The consumers compute
+-- it from the message text (src/messaging/body-key.ts) and pass it as _meta.body_key; this
+-- approximation (jsonb's text: keys sorted, numbers as written) serves direct SQL calls only.
 create or replace function body_key(body jsonb) returns text
   language sql immutable parallel safe
-  as $$ select 'sha256:' || encode(sha256(convert_to((body - '_meta')::text, 'UTF8')), 'hex') $$;
+  as $$ select encode(sha256(convert_to((body - '_meta')::text, 'UTF8')), 'hex') $$;

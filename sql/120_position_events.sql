@@ -91,9 +91,12 @@ create or replace function record_position_note(p positions, source text, kind t
     values (p.id, p.asset, p.mode, source, kind, message_key, trace_id, details)
   $$;
 
+drop function if exists enqueue_position_closed(positions, text, numeric, numeric, numeric, numeric, timestamptz, text, text);
+-- closed_at is passed, not read from the row: the closing half of a flip and a hedge leg that
+-- closes while the other stays open end a lifecycle on a row that is still open.
 create or replace function enqueue_position_closed(
   p positions, leg text, closed_size numeric, avg numeric, exit_price numeric,
-  realized_delta numeric, opened_at timestamptz, reason text, trace_id text)
+  realized_delta numeric, opened_at timestamptz, closed_at timestamptz, reason text, trace_id text)
   returns void
   language sql
   as $$
@@ -102,7 +105,7 @@ create or replace function enqueue_position_closed(
       'closed_size', dec_out(closed_size), 'average_entry_price', dec_out(avg), 'exit_price', dec_out(exit_price),
       'realized_pnl_delta', dec_out(realized_delta), 'realized_pnl', dec_out(p.realized_pnl),
       'total_fees', dec_out(p.total_fees), 'opened_at', ts_out(opened_at),
-      'closed_at', ts_out(coalesce(p.closed_at, now())), 'reason', reason), trace_id);
+      'closed_at', ts_out(closed_at), 'reason', reason), trace_id);
   $$;
 
 -- Saves a position row built in a variable (insert when new), bumping version and last_updated.

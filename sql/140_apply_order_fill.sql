@@ -111,7 +111,7 @@ begin
   trace := coalesce(input_bounded_text(body, 'trace_id', 128), meta ->> 'trace_id', gen_random_uuid()::text);
   exec_id := case when enriched then null else coalesce(input_bounded_text(o, 'execution_id', 100), input_bounded_text(o, 'exec_id', 100)) end;
   -- R-3: the body's own id first, then the transport's (AMQP message_id), then the body's hash.
-  mkey := coalesce(exec_id, input_bounded_text(body, 'event_id', 200), meta ->> 'message_key', body_key(body));
+  mkey := coalesce(exec_id, input_bounded_text(body, 'event_id', 200), meta ->> 'message_key', meta ->> 'body_key', body_key(body));
 
   if ev in ('created', 'modified', 'rejected') then
     return jsonb_build_object('outcome', case when inbox_claim(src, mkey, 'no_op') then 'no_op' else 'duplicate' end,
@@ -225,7 +225,17 @@ begin
   if gross_before = 0 and gross_after > 0 or r.opened and leg_dir = 0 then
     n.opened_at := exec_at; n.closed_at := null;
   end if;
-  if gross_after = 0 then n.closed_at := exec_at; end if;
+  if gross_before > 0 and gross_after = 0 then n.closed_at := exec_at; end if;
+  if is_new and gross_after = 0 then
+    -- A reduce-only hedge fill with nothing to reduce: a row that was never open must not exist
+    -- (SPEC.md §3.1), so nothing is stored; the exchange's report creates the row if it has one.
+    update inbox set outcome = 'no_op' where source = src and message_key = mkey;
+    raise warning 'position % %: reduction of % on the % leg of a position that does not exist: nothing applied (fee % not recorded)',
+      a, m, q, leg, fee;
+    return jsonb_build_object('outcome', 'no_op', 'message_key', mkey, 'asset', a, 'mode', m,
+                              'warning', format('reduce-only fill of %s on the %s leg of a position that does not exist: nothing applied, fee %s not recorded',
+                                                dec_out(q), leg, dec_out(fee)));
+  end if;
   n := position_mark(n);
   n := save_position(n, is_new);
 
@@ -235,15 +245,16 @@ begin
           exec_at, mkey, trace);
   update inbox set position_id = n.id where source = src and message_key = mkey;
 
-  kind := case when is_new then 'created' when gross_before = 0 then 'reopened'
-               when gross_after = 0 then 'closed' else 'fill' end;
+  kind := case when is_new then 'created' when gross_before = 0 and gross_after > 0 then 'reopened'
+               when gross_before > 0 and gross_after = 0 then 'closed' else 'fill' end;
   perform record_position_change(case when is_new then null else p end, n, 'order_execution', kind, mkey, trace,
     jsonb_build_object('side', case d when 1 then 'Buy' else 'Sell' end, 'quantity', q, 'price', price, 'fee', fee,
                        'leg', leg, 'order_id', v_order_id, 'execution_id', exec_id));
   if r.closed then
-    perform enqueue_position_closed(n, leg, r.closed_qty,
+    -- closed_size is the size before closing (signed for the one-way leg: SPEC.md's glossary)
+    perform enqueue_position_closed(n, leg, case when leg = 'net' then p.size else r.closed_qty end,
       case leg when 'long' then p.long_avg_price when 'short' then p.short_avg_price else p.average_entry_price end,
-      price, r.realized, p.opened_at, case when r.opened then 'flip' else 'fill' end, trace);
+      price, r.realized, p.opened_at, exec_at, case when r.opened then 'flip' else 'fill' end, trace);
   end if;
   if r.excess > 0 then
     -- R-8: a hedge leg never crosses zero; the excess means the ledger misses something.

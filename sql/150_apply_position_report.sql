@@ -30,7 +30,7 @@ create or replace function apply_one_report(
   as $$
 declare
   settings position_manager_settings;
-  a text; m text; side_dir integer; rsize numeric; avg_new numeric; mark numeric; upnl numeric; rpnl numeric;
+  a text; m text; side_dir integer; pidx_raw text; rsize numeric; avg_new numeric; mark numeric; upnl numeric; rpnl numeric;
   mode_v jsonb; pidx integer; leg text; side_raw text;
   exch_ts timestamptz; created_ts timestamptz; seq bigint;
   mkey text;
@@ -58,9 +58,12 @@ begin
   if side_dir is null then perform bad_input('side', format('must be Buy, Sell or empty, got %s', left(side_raw, 40))); end if;
 
   mode_v := item -> 'mode';
-  pidx := nullif(coalesce(report_value(item, array['positionIdx', 'position_idx']) #>> '{}',
-                          case when jsonb_typeof(mode_v) = 'number' or mode_v #>> '{}' ~ '^\d$' then mode_v #>> '{}' end), '')::integer;
-  if pidx is not null and pidx not in (0, 1, 2) then perform bad_input('positionIdx', 'must be 0, 1 or 2'); end if;
+  pidx_raw := nullif(coalesce(report_value(item, array['positionIdx', 'position_idx']) #>> '{}',
+                              case when jsonb_typeof(mode_v) = 'number' or mode_v #>> '{}' ~ '^\d$' then mode_v #>> '{}' end), '');
+  if pidx_raw is not null and pidx_raw !~ '^[012]$' then
+    perform bad_input('positionIdx', format('must be 0, 1 or 2, got %s', left(pidx_raw, 40)));
+  end if;
+  pidx := pidx_raw::integer;
   if jsonb_typeof(mode_v) = 'string' and mode_v #>> '{}' !~ '^\d$' then
     m := input_mode(mode_v #>> '{}');
     if (m = 'one-way' and pidx in (1, 2)) or (m = 'hedge' and pidx = 0) then
@@ -160,6 +163,8 @@ begin
     old_avg := n.average_entry_price;
     stored := n.size;
     reported := rsize * case when side_dir = 0 then coalesce(nullif(sign(n.size), 0), 1) else side_dir end;
+    -- R-10: without a side the stored sign applies, also to what validation later adopts.
+    st := st || jsonb_build_object('size', reported);
   elsif leg = 'long' then
     if upnl is not null and n.long_size > 0 then n.long_unrealized_pnl := upnl; end if;
     if rpnl is not null then n.long_realized_pnl := rpnl; end if;
@@ -248,7 +253,7 @@ begin
   end if;
   trace := coalesce(input_bounded_text(body, 'trace_id', 128), meta ->> 'trace_id', gen_random_uuid()::text);
   event_id := input_bounded_text(body, 'event_id', 200);
-  base_key := coalesce(meta ->> 'message_key', body_key(body));
+  base_key := coalesce(meta ->> 'message_key', meta ->> 'body_key', body_key(body));
   for item in select value from jsonb_array_elements(items) loop
     results := results || apply_one_report(item, src, base_key, event_id, env_ts, received, trace, jsonb_array_length(items) > 1);
   end loop;

@@ -101,7 +101,8 @@ begin
         n.average_entry_price_source := 'exchange';
         exchange_adopted := true;
       end if;
-      closed_leg := stored_size <> 0 and exp_size = 0;
+      -- a one-way size that changes sign passes through zero: that lifecycle ends too (R-17 step 6)
+      closed_leg := stored_size <> 0 and sign(exp_size) <> sign(stored_size);
       if leg_name = 'net' then
         n.size := exp_size; n.average_entry_price := coalesce(exp_avg, n.average_entry_price);
       elsif leg_name = 'long' then
@@ -110,7 +111,7 @@ begin
         n.short_size := exp_size; n.short_avg_price := coalesce(exp_avg, n.short_avg_price);
       end if;
       if closed_leg then
-        perform enqueue_position_closed(n, leg_name, abs(stored_size), stored_avg, null, 0, p.opened_at, 'validation', trace);
+        perform enqueue_position_closed(n, leg_name, stored_size, stored_avg, null, 0, p.opened_at, now(), 'validation', trace);
       end if;
     end if;
   end loop;
@@ -130,7 +131,8 @@ begin
     else
       n := position_mark(n);
     end if;
-    if p.gross_size = 0 and (abs(n.size) > 0 or coalesce(n.long_size, 0) + coalesce(n.short_size, 0) > 0) then
+    if p.gross_size = 0 and (abs(n.size) > 0 or coalesce(n.long_size, 0) + coalesce(n.short_size, 0) > 0)
+       or m = 'one-way' and sign(p.size) * sign(n.size) = -1 then
       n.opened_at := now(); n.closed_at := null;
     elsif p.gross_size > 0 and n.size = 0 and coalesce(n.long_size, 0) + coalesce(n.short_size, 0) = 0 then
       n.closed_at := now();

@@ -2,35 +2,42 @@
 -- asset; the totals are sums of the per-asset rows, so they always equal the sums of by_asset.
 -- Views read the table directly (not through functions) so grafana_reader needs only the views.
 
+-- Each per-asset figure is rounded to the 8 places of the JSON output first (long and short
+-- separately, exposure and net built from them), so that every published total is exactly
+-- the sum of its by_asset entries and net = long − short holds digit for digit (R-20).
 create view portfolio_asset_totals_view as
-  select r.asset,
-         sum(r.long_exposure + r.short_exposure) as exposure_usdt,
-         sum(r.long_exposure) as long_exposure_usdt,
-         sum(r.short_exposure) as short_exposure_usdt,
-         sum(r.long_exposure - r.short_exposure) as net_exposure_usdt,
-         coalesce(sum(r.unrealized_pnl) filter (where r.is_open), 0) as unrealized_pnl_usdt,
-         sum(r.realized_pnl) as realized_pnl_usdt,
-         sum(r.total_fees) as total_fees_usdt,
-         sum(r.size) as size,
-         (count(*) filter (where r.is_open))::integer as open_positions_count,
-         (count(*) filter (where r.size > 0))::integer as long_positions_count,
-         (count(*) filter (where r.size < 0))::integer as short_positions_count,
-         max(r.current_price) filter (where r.is_open) as current_price
-    from (select p.asset, p.size, p.gross_size > 0 as is_open,
-                 coalesce(p.unrealized_pnl, 0) as unrealized_pnl,
-                 coalesce(p.realized_pnl, 0) as realized_pnl,
-                 coalesce(p.total_fees, 0) as total_fees,
-                 p.current_price,
-                 case when p.gross_size = 0 then 0
-                      when p.mode = 'hedge' then p.long_size * coalesce(p.current_price, p.long_avg_price, 0)
-                      when p.size > 0 then p.size * coalesce(p.current_price, p.average_entry_price, 0)
-                      else 0 end as long_exposure,
-                 case when p.gross_size = 0 then 0
-                      when p.mode = 'hedge' then p.short_size * coalesce(p.current_price, p.short_avg_price, 0)
-                      when p.size < 0 then -p.size * coalesce(p.current_price, p.average_entry_price, 0)
-                      else 0 end as short_exposure
-            from positions p) r
-   group by r.asset;
+  select g.asset,
+         g.long_exposure_usdt + g.short_exposure_usdt as exposure_usdt,
+         g.long_exposure_usdt, g.short_exposure_usdt,
+         g.long_exposure_usdt - g.short_exposure_usdt as net_exposure_usdt,
+         g.unrealized_pnl_usdt, g.realized_pnl_usdt, g.total_fees_usdt, g.size,
+         g.open_positions_count, g.long_positions_count, g.short_positions_count, g.current_price
+    from (select r.asset,
+                 round(sum(r.long_exposure), 8) as long_exposure_usdt,
+                 round(sum(r.short_exposure), 8) as short_exposure_usdt,
+                 round(coalesce(sum(r.unrealized_pnl) filter (where r.is_open), 0), 8) as unrealized_pnl_usdt,
+                 round(sum(r.realized_pnl), 8) as realized_pnl_usdt,
+                 round(sum(r.total_fees), 8) as total_fees_usdt,
+                 round(sum(r.size), 8) as size,
+                 (count(*) filter (where r.is_open))::integer as open_positions_count,
+                 (count(*) filter (where r.size > 0))::integer as long_positions_count,
+                 (count(*) filter (where r.size < 0))::integer as short_positions_count,
+                 max(r.current_price) filter (where r.is_open) as current_price
+            from (select p.asset, p.size, p.gross_size > 0 as is_open,
+                         coalesce(p.unrealized_pnl, 0) as unrealized_pnl,
+                         coalesce(p.realized_pnl, 0) as realized_pnl,
+                         coalesce(p.total_fees, 0) as total_fees,
+                         p.current_price,
+                         case when p.gross_size = 0 then 0
+                              when p.mode = 'hedge' then p.long_size * coalesce(p.current_price, p.long_avg_price, 0)
+                              when p.size > 0 then p.size * coalesce(p.current_price, p.average_entry_price, 0)
+                              else 0 end as long_exposure,
+                         case when p.gross_size = 0 then 0
+                              when p.mode = 'hedge' then p.short_size * coalesce(p.current_price, p.short_avg_price, 0)
+                              when p.size < 0 then -p.size * coalesce(p.current_price, p.average_entry_price, 0)
+                              else 0 end as short_exposure
+                    from positions p) r
+           group by r.asset) g;
 
 create view portfolio_by_asset_view as
   select a.asset, a.exposure_usdt, a.net_exposure_usdt, a.unrealized_pnl_usdt, a.realized_pnl_usdt,

@@ -64,9 +64,11 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
     select * from shots
   $$;
 
+-- Returns the row (DESIGN.md's SQL contract); snapshot_json(row) is the REST API's Snapshot.
+drop function if exists create_position_snapshot(text, text, text, text);
 create or replace function create_position_snapshot(asset text, mode text default 'one-way',
                                                     trigger text default 'manual', trace_id text default null)
-  returns jsonb
+  returns position_snapshots
   language plpgsql
   as $$
 declare
@@ -74,7 +76,7 @@ declare
 begin
   select * into s from take_snapshots(array[(require_position(asset, mode)).id], trigger, coalesce(trace_id, gen_random_uuid()::text));
   perform pg_notify('position_manager_outbox', '');
-  return snapshot_json(s);
+  return s;
 end $$;
 
 -- Every open position and every position changed since its last snapshot (so closes are captured).

@@ -26,7 +26,7 @@ create view job_history_view as
     from job_runs;
 
 create view job_queue_view as
-  select j.id, j.task_identifier as task, j.key as job_key, j.run_at, j.attempts, j.max_attempts, j.last_error,
+  select j.id, j.task_identifier as task, j.key, j.run_at, j.attempts, j.max_attempts, j.last_error,
          j.locked_at, j.locked_by, j.created_at,
          case when j.locked_at is not null then 'running'
               when j.attempts >= j.max_attempts then 'failed'

@@ -59,7 +59,7 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
   });
 
   r.post('/positions/:asset/snapshot', async (req, res) => {
-    const snapshot = (await one(pool, "select create_position_snapshot($1, $2, 'manual', $3) as r", [
+    const snapshot = (await one(pool, "select snapshot_json(s) as r from create_position_snapshot($1, $2, 'manual', $3) s", [
       req.params.asset, mode(req), res.locals.traceId,
     ])) as { asset: string; mode: string };
     res.status(201)

@@ -16,7 +16,7 @@ interface Delivery {
   msg: amqp.ConsumeMessage;
   channel: amqp.Channel;
   raw: string;
-  meta: { source: string; message_key?: string; received_at: string; trace_id: string };
+  meta: { source: string; message_key?: string; body_key?: string; received_at: string; trace_id: string };
   attempts: number;
   firstFailedAt?: Date;
   /** Fills only: the asset, which decides the lane (see PARALLEL_LANES). */
@@ -35,6 +35,8 @@ interface Outcome {
   position_id?: string;
   message_key?: string;
   size_discrepancy?: Record<string, string>;
+  /** Something an operator should look at although nothing failed. */
+  warning?: string;
   avg_price_replaced?: { old: string | null; new: string };
   avg_price_kept?: { stored: string | null; reported: string };
 }
@@ -103,6 +105,7 @@ export class QueueConsumer {
       meta: {
         source: this.o.queue,
         ...(msg.properties.messageId ? { message_key: String(msg.properties.messageId) } : {}),
+        ...(checked.ok ? { body_key: checked.bodyKey } : {}),
         received_at: new Date().toISOString(),
         trace_id: traceId,
       },
@@ -185,6 +188,7 @@ export class QueueConsumer {
                        message_key: e.message_key, position_id: e.position_id, version: e.version };
       this.o.log.info(fields,
         e.outcome === 'applied' ? 'position changed' : e.outcome === 'duplicate' ? 'duplicate message ignored' : `message ${e.outcome}`);
+      if (e.warning) this.o.log.warn(fields, e.warning);
       if (e.size_discrepancy)
         this.o.log.warn({ ...fields, ...e.size_discrepancy }, 'size discrepancy: validation scheduled after the grace period');
       if (e.avg_price_replaced)

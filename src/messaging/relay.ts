@@ -161,7 +161,11 @@ export class OutboxRelay {
     // basic.return arrives before the confirm of the same message.
     const results = confirmed.map((error, i) => error ?? (this.returned.has(rows[i]!.event_id) ? 'returned: unroutable' : null));
     for (const row of rows) this.returned.delete(row.event_id);
-    const sent = rows.filter((_, i) => results[i] === null);
+    // Only the confirmed prefix counts as sent: an event after a failed one goes out again after
+    // it (a duplicate, which consumers drop by event_id), so events about one position are never
+    // received out of order.
+    const firstFailed = results.findIndex((r) => r !== null);
+    const sent = firstFailed === -1 ? rows : rows.slice(0, firstFailed);
     const failed = rows.map((row, i) => ({ row, error: results[i] })).filter((x) => x.error !== null);
     if (sent.length)
       await this.o.pool.query('update outbox set sent_at = now(), attempts = attempts + 1 where id = any($1::bigint[])', [

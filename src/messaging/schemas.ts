@@ -4,11 +4,18 @@
 // what is not even the right shape, naming the field, before it reaches a transaction.
 import { isLosslessNumber, parse } from 'lossless-json';
 import { z } from 'zod';
+import { bodyKey } from './body-key.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 
+// A JSON number beyond numeric's range would fail the whole body's jsonb parse without naming
+// the field, so its size is checked here.
 const decimal = z
-  .union([z.string().max(40, 'at most 40 characters'), z.custom((v) => isLosslessNumber(v), 'must be a decimal')])
+  .union([
+    z.string().max(40, 'at most 40 characters'),
+    z.custom((v) => isLosslessNumber(v) && v.value.length <= 40 && !/[eE][+-]?0*\d{4,}$/.test(v.value),
+      'must be a decimal of at most 40 characters and an exponent below 1000'),
+  ])
   .nullish();
 const text = (max: number) => z.string().max(max, `at most ${max} characters`).nullish();
 const symbol = z.string().min(1, 'must not be empty').max(40, 'at most 40 characters');
@@ -45,27 +52,32 @@ const enrichedFill = z.object({
   }),
 });
 
-const reportItem = z.object({ symbol, size: decimal.refine((v) => v !== null && v !== undefined, 'is required') });
+// symbol and size may come from the Gateway's `raw` Bybit record instead (SPEC.md §4.3).
+const reportItem = z
+  .object({ symbol: symbol.nullish(), size: decimal, raw: z.record(z.string(), z.unknown()).nullish() })
+  .superRefine((item, ctx) => {
+    const fromRaw = (k: 'symbol' | 'size') => item[k] ?? item.raw?.[k];
+    if (fromRaw('symbol') === null || fromRaw('symbol') === undefined)
+      ctx.addIssue({ code: 'custom', path: ['symbol'], message: 'is required' });
+    else if (item.symbol == null && !symbol.safeParse(fromRaw('symbol')).success)
+      ctx.addIssue({ code: 'custom', path: ['raw', 'symbol'], message: 'must be a string of at most 40 characters' });
+    if (fromRaw('size') === null || fromRaw('size') === undefined)
+      ctx.addIssue({ code: 'custom', path: ['size'], message: 'is required' });
+    else if (item.size == null && !decimal.safeParse(fromRaw('size')).success)
+      ctx.addIssue({ code: 'custom', path: ['raw', 'size'], message: 'must be a decimal' });
+  });
+const reports = z.union([reportItem, z.array(reportItem).min(1).max(100, 'at most 100 reports')]);
+const positionEvent = z.literal('position', { error: 'must be position' });
 
 const report = z.union([
-  z.object({
-    event_type: text(64),
-    event_id: text(200),
-    trace_id: text(128),
-    payload: z.union([reportItem, z.array(reportItem).min(1).max(100, 'at most 100 reports')]),
-  }),
-  z.object({
-    event_type: text(64),
-    event_id: text(200),
-    trace_id: text(128),
-    data: z.union([reportItem, z.array(reportItem).min(1).max(100, 'at most 100 reports')]),
-  }),
+  z.object({ event_type: positionEvent, event_id: text(200), trace_id: text(128), payload: reports }),
+  z.object({ event_type: positionEvent, event_id: text(200), trace_id: text(128), data: reports }),
 ]);
 
 export type Kind = 'fill' | 'report';
 
 export type Checked =
-  | { ok: true; traceId: string | undefined; eventId: string | undefined; asset?: string }
+  | { ok: true; traceId: string | undefined; eventId: string | undefined; asset?: string; bodyKey: string }
   | { ok: false; reason: string; traceId: string | undefined };
 
 function describe(error: z.ZodError): string {
@@ -100,7 +112,8 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   const schema = kind === 'report' ? report : typeof obj.order === 'object' && obj.order !== null ? enrichedFill : flatFill;
   const result = schema.safeParse(tree);
   if (!result.success) return { ok: false, reason: describe(result.error), traceId };
-  return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined, asset: fillAsset(kind, obj) };
+  return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined, asset: fillAsset(kind, obj),
+           bodyKey: bodyKey(tree) };
 }
 
 /** A fill's asset as SQL will read it (upper case), so the consumer can keep each asset's fills in order. */

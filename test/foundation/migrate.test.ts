@@ -50,10 +50,12 @@ t.test('pre-existing positions of another writer are extended in place', async (
       id uuid primary key default gen_random_uuid(), asset varchar(20) not null, size numeric not null,
       average_entry_price numeric, current_price numeric, unrealized_pnl numeric, realized_pnl numeric,
       mode varchar(20) default 'one-way', long_size numeric, short_size numeric,
-      created_at timestamp default now(), last_updated timestamp default now(), closed_at timestamp)`);
-  await c.query(`insert into positions (asset, size, average_entry_price, unrealized_pnl, last_updated, created_at)
-                 values ('BTCUSDT', 1.5, 50000, null, '2025-01-15 10:00:00', '2025-01-15 09:00:00'),
-                        ('ETHUSDT', 0, 3000, 5, '2025-01-15 11:00:00', '2025-01-15 09:00:00')`);
+      created_at timestamp default now(), last_updated timestamp default now(), closed_at timestamp,
+      unique (asset, mode))`);
+  await c.query(`insert into positions (asset, size, average_entry_price, current_price, unrealized_pnl, last_updated, created_at)
+                 values ('BTCUSDT', 1.5, 50000, 50100, null, '2025-01-15 10:00:00', '2025-01-15 09:00:00'),
+                        ('ETHUSDT', 0, 3000, 0, 5, '2025-01-15 11:00:00', '2025-01-15 09:00:00'),
+                        ('SOLUSDT', 0, 0, 0, 0, '2025-01-15 11:00:00', '2025-01-15 09:00:00')`);
   await migrate(db.url);
   const rows = (await c.query(`select asset, size, unrealized_pnl, realized_pnl, version, closed_at, opened_at, last_updated
                                  from positions order by asset`)).rows;
@@ -64,10 +66,16 @@ t.test('pre-existing positions of another writer are extended in place', async (
   t.equal((rows[0].last_updated as Date).toISOString(), '2025-01-15T10:00:00.000Z', 'old timestamps read as UTC');
   t.equal((rows[1].closed_at as Date).toISOString(), '2025-01-15T11:00:00.000Z', 'flat rows get closed_at = last_updated');
   t.equal(rows[1].unrealized_pnl, '0');
+  const prices = (await c.query('select asset, average_entry_price, current_price from positions order by asset')).rows;
+  t.same(prices.map((r) => [r.asset, r.average_entry_price, r.current_price]),
+    [['BTCUSDT', '50000', '50100'], ['ETHUSDT', '3000', null], ['SOLUSDT', null, null]], "Bybit's 0 for no price becomes null");
+  const uniques = (await c.query(`select count(*)::int as n from pg_index where indrelid = 'positions'::regclass and indisunique
+                                    and not indisprimary`)).rows[0].n;
+  t.equal(uniques, 1, 'the existing unique (asset, mode) is reused, not duplicated');
   const resets = (await c.query(`select asset, kind, leg, reset_size, reset_avg_price from position_fills order by asset`)).rows;
   t.same(
     resets.map((r) => [r.asset, r.kind, r.leg, r.reset_size]),
-    [['BTCUSDT', 'reset', 'net', '1.5'], ['ETHUSDT', 'reset', 'net', '0']],
+    [['BTCUSDT', 'reset', 'net', '1.5'], ['ETHUSDT', 'reset', 'net', '0'], ['SOLUSDT', 'reset', 'net', '0']],
     'a reset ledger row for every pre-existing position',
   );
 });

@@ -1,6 +1,7 @@
 // The consumers and the outbox relay against the real RabbitMQ (a vhost of this file's own)
 // and PostgreSQL: every payload variant of SPEC.md §6.1, dead letters, duplicates, fan-out,
 // and reconnection after the broker drops the service's connections.
+import crypto from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import t from 'tap';
@@ -145,6 +146,10 @@ t.test('dead letters: each bad input lands there with its reason; nothing of it 
     [FILLS, { asset: 'BADUSDT', side: 'Buy', execution_quantity: '1.123456789', execution_price: '10' }, /execution_quantity/],
     [FILLS, { asset: 'BADUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10', junk: 'x'.repeat(1024 * 1024) }, /larger than/],
     [REPORTS, { event_type: 'position', payload: [] }, /payload/],
+    [REPORTS, { data: { symbol: 'NOTYPEUSDT', side: 'Buy', size: '1' } }, /event_type: must be position/],
+    [REPORTS, { event_type: 'position', data: { symbol: 'IDXUSDT', side: 'Buy', size: '1', positionIdx: 1.5 } }, /positionIdx/],
+    [FILLS, '{"asset":"BADUSDT","side":"Buy","execution_quantity":1e1000000,"execution_price":"10"}', /execution_quantity/],
+    [FILLS, { asset: 'BADUSDT', side: 'Buy', execution_quantity: '1', execution_price: '1e1000000' }, /execution_price/],
   ];
   for (const [queue, body] of bad) await broker.publish(queue, body, { messageId: crypto.randomUUID() });
   await broker.publish(FILLS, { asset: 'GOODUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10' });
@@ -159,7 +164,7 @@ t.test('dead letters: each bad input lands there with its reason; nothing of it 
       t.equal(hit.properties.headers?.['x-original-message-id'], hit.properties.messageId);
     }
   }
-  t.equal((await db.query("select count(*) from positions where asset in ('BADUSDT', 'INVALID')")).rows[0].count, '0');
+  t.equal((await db.query("select count(*) from positions where asset in ('BADUSDT', 'INVALID', 'NOTYPEUSDT', 'IDXUSDT')")).rows[0].count, '0');
   t.ok(svc.logs.some((l) => l.msg === 'message dead-lettered' && l.level === 'warn' && /size/.test(l.reason)), 'logged at warn with the reason');
 });
 
@@ -180,6 +185,57 @@ t.test('duplicates: same message_id, same body without ids — applied once, one
   await broker.publish(FILLS, { asset: 'DUPUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10', execution_id: 'dup-marker-2' });
   await waitFor(() => eventsFor(updated, 'DUPUSDT').some((b) => b.version === 4), { what: 'the last marker event' });
   t.equal(eventsFor(updated, 'DUPUSDT').length, 4, 'one position_updated per applied change');
+});
+
+t.test('R-3 (3): without ids the key is the SHA-256 of the RFC 8785 canonical body', async (t) => {
+  await broker.publish(FILLS, '{"side":"Buy","asset":"JCSUSDT","execution_price":"10","execution_quantity":1.0}');
+  await broker.publish(FILLS, '{ "asset" : "JCSUSDT", "execution_quantity" : 1, "execution_price" : "10", "side" : "Buy" }');
+  await broker.publish(FILLS, { asset: 'JCSUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10', execution_id: 'jcs-marker' });
+  const p = await waitPosition('JCSUSDT', (p) => p.version === '2', 'first body and marker');
+  t.match(p.size, /^2(\.0+)?$/, 'the reordered body with 1 for 1.0 is the same message');
+  const canonical = '{"asset":"JCSUSDT","execution_price":"10","execution_quantity":1,"side":"Buy"}';
+  const key = crypto.createHash('sha256').update(canonical, 'utf8').digest('hex');
+  t.equal((await db.query('select count(*) from inbox where source = $1 and message_key = $2', [FILLS, key])).rows[0].count, '1', 'inbox key');
+});
+
+t.test("the Gateway's symbol and size only under raw are taken from there", async (t) => {
+  await broker.publish(REPORTS, { event_type: 'position', payload: { side: 'Buy', avg_price: '10', raw: { symbol: 'RAWUSDT', size: '3', markPrice: '11' } } });
+  const p = await waitPosition('RAWUSDT', () => true, 'report from raw');
+  t.match(p, { size: '3', current_price: '11' });
+});
+
+t.test('a deleted dead-letter queue is declared again; the bad message is not lost', async (t) => {
+  const conn = await (await import('amqplib')).default.connect(broker.url);
+  t.teardown(() => conn.close().catch(() => undefined));
+  const ch = await conn.createChannel();
+  await ch.deleteQueue(DLQ);
+  const id = crypto.randomUUID();
+  await ch.sendToQueue(FILLS, Buffer.from('{"asset":'), { messageId: id });
+  const got = await waitFor(async () => {
+    const m = await ch.get(DLQ, { noAck: true }).catch(() => false as const);
+    return m && m.properties.messageId === id ? m : undefined;
+  }, { what: 'the dead letter in the re-declared queue', timeoutMs: 15_000 });
+  t.match(String(got.properties.headers?.['x-dead-letter-reason']), /not valid JSON/);
+});
+
+t.test('relay: an event after a returned one is not marked sent before it (per-position order)', async (t) => {
+  const conn = await (await import('amqplib')).default.connect(broker.url);
+  t.teardown(() => conn.close().catch(() => undefined));
+  const ch = await conn.createChannel();
+  const CLOSED = 'position-manager.position_closed';
+  await ch.unbindQueue(CLOSED, 'position-manager.events', CLOSED);
+  t.teardown(() => ch.bindQueue(CLOSED, 'position-manager.events', CLOSED));
+  await db.query(`select apply_order_fill('{"asset":"ORDUSDT","side":"Buy","execution_quantity":"1","execution_price":"10","execution_id":"ord-1"}')`);
+  await db.query(`select apply_order_fill('{"asset":"ORDUSDT","side":"Sell","execution_quantity":"1","execution_price":"11","execution_id":"ord-2"}')`);
+  await db.query(`select apply_order_fill('{"asset":"ORDUSDT","side":"Buy","execution_quantity":"2","execution_price":"12","execution_id":"ord-3"}')`);
+  const closed = (await db.query("select id from outbox where event_type = 'position_closed' and payload->>'asset' = 'ORDUSDT'")).rows[0].id;
+  await waitFor(async () => (await db.query('select last_error from outbox where id = $1', [closed])).rows[0].last_error,
+    { what: 'the closed event returned as unroutable', timeoutMs: 15_000 });
+  const early = (await db.query('select count(*) from outbox where id > $1 and sent_at is not null', [closed])).rows[0].count;
+  t.equal(early, '0', 'nothing after the returned event is marked sent');
+  await ch.bindQueue(CLOSED, 'position-manager.events', CLOSED);
+  await waitFor(async () => (await db.query('select count(*) from outbox where sent_at is null')).rows[0].count === '0',
+    { what: 'everything sent once the queue is bound again', timeoutMs: 20_000 });
 });
 
 t.test('broker drops the connections: consumers and relay come back; events written meanwhile go out', async (t) => {

@@ -278,6 +278,66 @@ t.test('validation (R-17): TC-026, TC-007 and fixes from the ledger', async (t) 
   t.equal(asOf.before, null, 'null before the position existed');
 });
 
+t.test('review findings: sides, lifecycles and event times', async (t) => {
+  const db = await freshDatabase(t);
+  const events = async (type: string, asset: string) =>
+    (await db.query('select payload from outbox where event_type = $1 and payload->>$2 = $3 order by id', [type, 'asset', asset])).rows
+      .map((r) => r.payload);
+
+  await t.test('R-10: a report without side keeps a short short, also for validation', async (t) => {
+    await apply(db, fill({ asset: 'SHRTUSDT', side: 'Sell', execution_quantity: '1', execution_price: '100',
+                           executed_at: '2025-01-15T10:00:00Z' }));
+    await report(db, { event_type: 'position', data: { symbol: 'SHRTUSDT', size: '1.0', unrealisedPnl: '-2', timestamp: '2025-01-15T10:01:00Z' } });
+    t.equal((await row(db, 'SHRTUSDT')).exchange_state.net.size, -1, 'exchange_state keeps the stored sign');
+    const v = (await db.query("select validate_position('SHRTUSDT') as v")).rows[0].v;
+    t.equal(v.is_valid, true);
+    t.equal(dec((await row(db, 'SHRTUSDT')).size), '-1');
+  });
+
+  await t.test('R-8/§3.1: a reduce-only hedge fill on no position creates no row', async (t) => {
+    const r = (await db.query('select ingest_order_fill($1::jsonb) as r', [JSON.stringify(fill({
+      asset: 'NEWHUSDT', mode: 'hedge', side: 'Sell', reduce_only: true, execution_quantity: '1', execution_price: '100', execution_fees: '0.5',
+    }))])).rows[0].r;
+    t.match(r, { outcome: 'no_op', warning: /does not exist/ });
+    t.equal(await row(db, 'NEWHUSDT', 'hedge'), undefined, 'no row');
+    t.same(await events('position_updated', 'NEWHUSDT'), [], 'no event');
+  });
+
+  await t.test('a reduce-only fill on a closed hedge row leaves it closed, kind fill', async (t) => {
+    await apply(db, fill({ asset: 'CLHUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '1', execution_price: '100',
+                           executed_at: '2025-01-15T10:00:00Z' }));
+    await apply(db, fill({ asset: 'CLHUSDT', mode: 'hedge', side: 'Sell', reduce_only: true, execution_quantity: '1', execution_price: '110',
+                           executed_at: '2025-01-15T10:01:00Z' }));
+    const p = await apply(db, fill({ asset: 'CLHUSDT', mode: 'hedge', side: 'Sell', reduce_only: true, execution_quantity: '1',
+                                     execution_price: '110', execution_fees: '0.1', executed_at: '2025-01-15T10:02:00Z' }));
+    t.equal((p.closed_at as Date).toISOString(), '2025-01-15T10:01:00.000Z', 'closed_at unchanged');
+    const kinds = (await db.query("select kind from position_events where asset = 'CLHUSDT' order by id")).rows.map((r) => r.kind);
+    t.same(kinds.filter((k) => k !== 'size_discrepancy'), ['created', 'closed', 'fill']);
+  });
+
+  await t.test('position_closed.closed_at is the fill time for a flip and a hedge leg', async (t) => {
+    await apply(db, fill({ asset: 'FLPUSDT', side: 'Buy', execution_quantity: '1', execution_price: '100', executed_at: '2025-01-15T10:00:00Z' }));
+    await apply(db, fill({ asset: 'FLPUSDT', side: 'Sell', execution_quantity: '3', execution_price: '110', executed_at: '2025-01-15T11:00:00Z' }));
+    t.match(await events('position_closed', 'FLPUSDT'), [{ reason: 'flip', closed_at: '2025-01-15T11:00:00.000Z', opened_at: '2025-01-15T10:00:00.000Z' }]);
+    await apply(db, fill({ asset: 'LEGUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '1', execution_price: '100', executed_at: '2025-01-15T10:00:00Z' }));
+    await apply(db, fill({ asset: 'LEGUSDT', mode: 'hedge', side: 'Sell', execution_quantity: '1', execution_price: '100', executed_at: '2025-01-15T10:01:00Z' }));
+    await apply(db, fill({ asset: 'LEGUSDT', mode: 'hedge', side: 'Sell', reduce_only: true, execution_quantity: '1', execution_price: '105', executed_at: '2025-01-15T10:02:00Z' }));
+    t.match(await events('position_closed', 'LEGUSDT'), [{ leg: 'long', reason: 'fill', closed_at: '2025-01-15T10:02:00.000Z' }]);
+  });
+
+  await t.test('R-17: a fix that reverses a one-way position ends one lifecycle and starts another', async (t) => {
+    await apply(db, fill({ asset: 'REVUSDT', side: 'Sell', execution_quantity: '1', execution_price: '100', executed_at: '2025-01-15T10:00:00Z' }));
+    await report(db, { event_type: 'position', data: { symbol: 'REVUSDT', side: 'Buy', size: '1', avgPrice: '105', timestamp: '2025-01-15T10:05:00Z' } });
+    const before = await row(db, 'REVUSDT');
+    const v = (await db.query("select validate_position('REVUSDT') as v")).rows[0].v;
+    t.equal(v.is_valid, false);
+    const after = await row(db, 'REVUSDT');
+    t.equal(dec(after.size), '1', 'the exchange is the authority');
+    t.ok(after.opened_at > before.opened_at, 'a new lifecycle');
+    t.match(await events('position_closed', 'REVUSDT'), [{ reason: 'validation', closed_size: '-1' }]);
+  });
+});
+
 t.test('concurrency: 8 connections, 2,000 fills to one new asset, one row with the exact sum', async (t) => {
   const db = await freshDatabase(t);
   const workers = Array.from({ length: 8 }, (_, w) =>

@@ -54,6 +54,39 @@ t.test('SPEC.md §5.1 example: two positions, every metric', async (t) => {
   await t.rejects(db.query("select portfolio_metrics('bad asset!')"), { code: '22023', column: 'asset' });
 });
 
+// Sums decimal strings of at most 8 places exactly (scaled BigInt).
+const sum8 = (xs: string[]) => {
+  const scaled = xs.reduce((acc, x) => {
+    const [i, f = ''] = x.replace('-', '').split('.');
+    const v = BigInt(i! + f.padEnd(8, '0'));
+    return acc + (x.startsWith('-') ? -v : v);
+  }, 0n);
+  const abs = (scaled < 0n ? -scaled : scaled).toString().padStart(9, '0');
+  const text = `${abs.slice(0, -8)}.${abs.slice(-8)}`.replace(/\.?0+$/, '');
+  return (scaled < 0n ? '-' : '') + text;
+};
+
+t.test('R-20: every total is exactly the sum of its by_asset entries, also beyond 8 places', async (t) => {
+  const db = await freshDatabase(t);
+  await fill(db, 'AAAUSDT', 'Buy', '0.5', '0.00000003');
+  await fill(db, 'BBBUSDT', 'Buy', '0.5', '0.00000003');
+  await fill(db, 'CCCUSDT', 'Sell', '0.333', '1.23456789', { execution_fees: '0.000000015' });
+  await fill(db, 'DDDUSDT', 'Buy', '0.777', '9.87654321');
+  await mark(db, 'DDDUSDT', 'Buy', '0.777', { markPrice: '9.99999999', unrealisedPnl: '0.0961111122' });
+  const m = await metrics(db);
+  const entries = Object.values(m.by_asset) as Record<string, string>[];
+  t.equal(m.by_asset.AAAUSDT.exposure_usdt, '0.00000002', '0.000000015 rounds half away from zero');
+  for (const [total, field] of [['total_exposure_usdt', 'exposure_usdt'], ['net_exposure_usdt', 'net_exposure_usdt'],
+    ['total_unrealized_pnl_usdt', 'unrealized_pnl_usdt'], ['total_realized_pnl_usdt', 'realized_pnl_usdt'],
+    ['total_pnl_usdt', 'total_pnl_usdt']] as const)
+    t.equal(m[total], sum8(entries.map((e) => e[field]!)), `${total} = Σ by_asset.${field}`);
+  t.equal(m.net_exposure_usdt, sum8([m.long_exposure_usdt, `-${m.short_exposure_usdt}`]), 'net = long − short');
+  t.equal(m.total_exposure_usdt, sum8([m.long_exposure_usdt, m.short_exposure_usdt]), 'exposure = long + short');
+  const v = await one(db, 'select total_exposure_usdt::text as e, net_exposure_usdt::text as n from portfolio_metrics_view');
+  t.equal(sum8([v.e]), m.total_exposure_usdt, 'portfolio_metrics_view has the same total');
+  t.equal(sum8([v.n]), m.net_exposure_usdt);
+});
+
 t.test('TC-009, TC-010, TC-017..TC-019 and the empty portfolio', async (t) => {
   const db = await freshDatabase(t);
   t.match(await metrics(db), { total_exposure_usdt: '0', total_pnl_usdt: '0', open_positions_count: 0, by_asset: {} }, 'empty: zeros');
@@ -165,7 +198,7 @@ t.test('snapshots (R-26, R-27)', async (t) => {
   await fill(db, 'ETHUSDT', 'Buy', '1', '3000');
   await fill(db, 'ETHUSDT', 'Sell', '1', '3000');
   const version = (await one(db, "select version from positions where asset = 'BTCUSDT'")).version;
-  const s = (await one(db, "select create_position_snapshot('btcusdt', 'one-way', 'manual', 'tr-1') as s")).s;
+  const s = (await one(db, "select snapshot_json(s) as s from create_position_snapshot('btcusdt', 'one-way', 'manual', 'tr-1') s")).s;
   t.match(s, { asset: 'BTCUSDT', mode: 'one-way', size: '1', unrealized_pnl: '150', trigger: 'manual', trace_id: 'tr-1',
                snapshot_data: { asset: 'BTCUSDT', size: '1', unrealized_pnl_pct: '0.3', position_size_norm: '1' } });
   for (const k of ['id', 'position_id', 'long_size', 'short_size', 'average_entry_price', 'current_price', 'realized_pnl', 'total_fees',
@@ -192,6 +225,14 @@ t.test('snapshots (R-26, R-27)', async (t) => {
   t.equal((await one(db, 'select prune_snapshots(90, 1) as n')).n, 1, 'only the old one, in batches');
   t.equal((await one(db, 'select prune_snapshots(0) as n')).n, 0, '0 keeps them forever');
   t.equal(Number((await one(db, 'select count(*) as n from position_snapshots')).n), 3);
+});
+
+t.test('create_position_snapshot returns the position_snapshots row (DESIGN.md)', async (t) => {
+  const db = await freshDatabase(t);
+  await fill(db, 'BTCUSDT', 'Buy', '1.0', '50000');
+  const row = await one(db, "select * from create_position_snapshot('BTCUSDT')");
+  t.match(row, { asset: 'BTCUSDT', mode: 'one-way', size: '1.0', average_entry_price: '50000', trigger: 'manual' });
+  t.equal(Number((await one(db, 'select count(*) as n from position_snapshots')).n), 1, 'one call, one snapshot');
 });
 
 t.test('retention of inbox and outbox, job history', async (t) => {
