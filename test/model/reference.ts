@@ -314,14 +314,17 @@ export class ModelBook {
     return this.positions.get(ModelBook.key(asset, mode));
   }
 
-  /** A fill creates the row when it does not exist. */
+  /**
+   * A fill creates the row when it does not exist — unless nothing of it applies (a hedge
+   * reduction with no leg to reduce): a row that was never open does not exist (SPEC.md §3.1).
+   */
   fill(asset: string, f: FillInput): FillOutcome {
-    let p = this.get(asset, f.mode);
-    if (!p) {
-      p = new PositionModel(f.mode);
-      this.positions.set(ModelBook.key(asset, f.mode), p);
-    }
-    return p.fill(f);
+    const existing = this.get(asset, f.mode);
+    if (existing) return existing.fill(f);
+    const p = new PositionModel(f.mode);
+    const outcome = p.fill(f);
+    if (p.isOpen) this.positions.set(ModelBook.key(asset, f.mode), p);
+    return outcome;
   }
 
   /** A one-way report: creates an unknown position (when not flat) or updates the existing one. */
