@@ -12,7 +12,7 @@ t.test('the asset of a fill, as SQL reads it; none for reports', async (t) => {
   t.match(flat, { ok: true, asset: 'BTCUSDT' }, 'flat fill: asset, trimmed, upper case');
   t.match(checkBody('fill', body({ symbol: 'ethUSDT', side: 'Sell' })), { ok: true, asset: 'ETHUSDT' }, 'symbol alias');
   t.match(checkBody('fill', body({ order: { asset: 'SolUsdt', order_id: 'o' } })), { ok: true, asset: 'SOLUSDT' }, 'enriched fill');
-  const report = checkBody('report', body({ data: { symbol: 'BTCUSDT', size: '1' } }));
+  const report = checkBody('report', body({ event_type: 'position', data: { symbol: 'BTCUSDT', size: '1' } }));
   t.equal(report.ok && report.asset, undefined, 'reports carry no lane asset');
 });
 
