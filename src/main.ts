@@ -63,25 +63,20 @@ async function main(): Promise<void> {
 
   const http = createApp(rt, { api: config.roles.includes('api') });
   components.push(...http.components);
-  const app = http.app;
-  const server: Server = await new Promise((ok) => {
-    const s = app.listen(config.port, () => ok(s));
-  });
-  answerClientErrors(server);
-  log.info({ port: config.port }, 'listening');
+  let server: Server | undefined;
 
+  // Releases what was started, newest first, then exits: on a signal (0) or a failed start (1).
   let stopping = false;
-  const shutdown = async (signal: string) => {
+  const stop = async (exitCode: number) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'shutting down');
     const timer = setTimeout(() => {
       log.error('shutdown timed out');
       process.exit(1);
     }, config.shutdownTimeoutMs);
     timer.unref();
-    server.close();
-    server.closeAllConnections?.();
+    server?.close();
+    server?.closeAllConnections?.();
     for (const c of [...components].reverse()) {
       try {
         await c.stop();
@@ -92,7 +87,26 @@ async function main(): Promise<void> {
     await pool.end().catch(() => undefined);
     if (embedded) await embedded.stop().catch(() => undefined);
     log.info('stopped');
-    process.exit(0);
+    process.exit(exitCode);
+  };
+
+  // Express 5 hands a bind error (EADDRINUSE, EACCES) to the listen callback instead of
+  // throwing: without a socket the process is useless, so it stops and exits non-zero.
+  try {
+    server = await new Promise<Server>((ok, fail) => {
+      const s = http.app.listen(config.port, (err?: Error) => (err ? fail(err) : ok(s)));
+    });
+  } catch (err) {
+    log.fatal({ err, port: config.port }, 'cannot listen');
+    return stop(1);
+  }
+  answerClientErrors(server);
+  log.info({ port: config.port }, 'listening');
+
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    log.info({ signal }, 'shutting down');
+    void stop(0);
   };
   // A connection that drops while no query is waiting on it surfaces as a stray 'error' event;
   // every component reconnects by itself, so that is logged, not fatal. Anything else is a bug:
@@ -104,8 +118,8 @@ async function main(): Promise<void> {
   };
   process.on('uncaughtException', onStray);
   process.on('unhandledRejection', onStray);
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
 }
 
 main().catch((err) => {

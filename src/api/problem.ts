@@ -2,18 +2,13 @@
 // with a stable `code`; bad input is 400 naming the field, never 500; a database that cannot
 // be reached is 503 with Retry-After. No stack traces or SQL text ever reach a client.
 import { randomUUID } from 'node:crypto';
-import type { ErrorRequestHandler, Response } from 'express';
+import type { ErrorRequestHandler, Request, Response } from 'express';
 import { isConnectionError } from '../db/pool.js';
 import type { Logger } from '../log.js';
-
-export interface FieldError {
-  location: 'query' | 'path' | 'header';
-  field: string;
-  message: string;
-}
+import { BadRequest, queryErrors, type FieldError } from './params.js';
 
 const TITLES: Record<number, string> = {
-  400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict',
+  400: 'Bad Request', 401: 'Unauthorized', 404: 'Not Found', 409: 'Conflict',
   500: 'Internal Server Error', 503: 'Service Unavailable',
 };
 
@@ -33,11 +28,9 @@ export function sendProblem(res: Response, status: number, code: string, detail:
     }));
 }
 
-/** Errors thrown by the routes' own parameter checks. */
-export class BadRequest extends Error {
-  constructor(readonly errors: FieldError[]) {
-    super(errors.map((e) => `${e.field} ${e.message}`).join('; '));
-  }
+/** An unknown path, or a method the path does not serve (the contract has no 405). */
+export function notFound(req: Request, res: Response): void {
+  sendProblem(res, 404, 'not_found', `no such path or method: ${req.method} ${req.path}`);
 }
 
 interface ValidatorError {
@@ -62,11 +55,13 @@ export function errorMapper(log: Logger): ErrorRequestHandler {
     if (err instanceof BadRequest) return sendProblem(res, 400, 'invalid_parameter', err.message, err.errors);
     if (e.type === 'entity.parse.failed' || e.type === 'entity.too.large') return sendProblem(res, 400, 'invalid_parameter', 'the request body is ignored and must be small');
     if (e.status === 400 && e.errors) {
+      // The validator stops before our own checks run: add theirs for the fields it did not name.
       const errors = validatorFieldErrors(e);
+      const named = new Set(errors.map((x) => `${x.location}/${x.field}`));
+      errors.push(...queryErrors(req).filter((x) => !named.has(`${x.location}/${x.field}`)));
       return sendProblem(res, 400, 'invalid_parameter', errors.map((x) => `${x.field}: ${x.message}`).join('; '), errors);
     }
-    if (e.status === 404 && e.errors) return sendProblem(res, 404, 'not_found', `no such path: ${req.path}`);
-    if (e.status === 405 && e.errors) return sendProblem(res, 405, 'method_not_allowed', `${req.method} is not allowed on ${req.path}`);
+    if ((e.status === 404 || e.status === 405) && e.errors) return notFound(req, res);
     if (e.code === 'P0002') return sendProblem(res, 404, 'position_not_found', 'no position for this asset and mode');
     if (e.code === '55P03') return sendProblem(res, 409, 'validation_in_progress', 'a validation of this position is already running');
     if (typeof e.code === 'string' && /^22/.test(e.code)) {

@@ -23,13 +23,24 @@ export function createPool(connectionString: string, max: number, applicationNam
   return pool;
 }
 
+// SQLSTATEs (PostgreSQL errcodes, appendix A) that mean "this server cannot serve us now", not
+// "this request is wrong": class 08 connection exception, class 28 invalid authorization (a
+// rotated password), class 53 insufficient resources (53300 too many connections, out of memory
+// or disk), 3D000 the database does not exist (dropped, or not created yet), and 57P01-57P05
+// admin/crash shutdown, cannot connect now (starting or recovering), database dropped, idle
+// session timeout. 57014 (statement timeout) is mapped by the API on its own.
+const UNAVAILABLE = /^((08|28|53)[0-9A-Z]{3}|3D000|57P0[1-5])$/;
+
 /** True for errors that mean "the database cannot be reached right now". */
 export function isConnectionError(err: unknown): boolean {
-  const e = err as { code?: string; message?: string } | undefined;
+  const e = err as { code?: string; message?: string; severity?: string } | undefined;
   if (!e) return false;
   const code = e.code ?? '';
-  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', 'EPIPE', '57P01', '57P02', '57P03', '08000', '08001', '08003', '08006'].includes(code))
+  if (UNAVAILABLE.test(code) || ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', 'EPIPE'].includes(code))
     return true;
+  // 55000 is FATAL at connection time when the database does not accept connections
+  // (ALTER DATABASE ... ALLOW_CONNECTIONS false); as a query ERROR it is a bug, not an outage.
+  if (code === '55000' && e.severity === 'FATAL') return true;
   const msg = e.message ?? '';
   return /Connection terminated|timeout exceeded when trying to connect|connect ECONNREFUSED|Client has encountered a connection error/i.test(msg);
 }

@@ -1,5 +1,6 @@
 import t from 'tap';
 import { mkdtempSync, statSync, existsSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freshDatabase } from '../helpers/db.js';
@@ -26,6 +27,24 @@ t.test('the service starts on a database, answers /health, and stops on SIGTERM 
   t.equal(health.body.messaging, 'disabled');
   t.equal(await svc.stop('SIGTERM'), 0);
   t.ok(svc.logs.some((l) => l.msg === 'stopped'), 'logs its clean stop');
+});
+
+t.test('a port already taken: the error logged as fatal, exit non-zero, never "listening"', async (t) => {
+  const db = await freshDatabase(t);
+  const taken = createServer();
+  await new Promise<void>((ok) => taken.listen(0, ok)); // all interfaces, as the service binds
+  t.teardown(() => new Promise((ok) => taken.close(ok)));
+  const port = String((taken.address() as { port: number }).port);
+  const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api,worker', POSITION_MANAGER_PORT: port }, waitHealthy: false });
+  const code = await Promise.race([
+    new Promise<number | null>((ok) => svc.child.once('exit', ok)),
+    new Promise<string>((ok) => setTimeout(() => ok('still running after 30 s'), 30_000)),
+  ]);
+  t.not(code, 0, 'a non-zero exit');
+  t.type(code, 'number', 'the process exited');
+  t.ok(svc.logs.some((l) => l.level === 'fatal' && /EADDRINUSE/.test(JSON.stringify(l.err))), 'the bind error logged as fatal');
+  t.notOk(svc.logs.some((l) => l.msg === 'listening'), 'no "listening" line');
+  t.ok(svc.logs.some((l) => l.msg === 'stopped'), 'what it started was stopped first');
 });
 
 t.test('with no database configured it runs an embedded PostgreSQL in the data folder', async (t) => {
