@@ -31,7 +31,10 @@ begin
   if leg_dir = -1 then size := -size; end if;
 end $$;
 
-create or replace function validate_position(asset text, mode text default 'one-way', fix boolean default true)
+-- trace_id: the job run's or request's (SPEC §6.2), carried into the ledger, audit rows and events.
+drop function if exists validate_position(text, text, boolean);
+create or replace function validate_position(asset text, mode text default 'one-way', fix boolean default true,
+                                             trace_id text default null)
   returns jsonb
   language plpgsql
   as $$
@@ -48,7 +51,7 @@ declare
   discrepancies jsonb := '[]';
   field_size text; field_avg text;
   closed_leg boolean;
-  trace text := 'validation:' || gen_random_uuid()::text;
+  trace text := coalesce(validate_position.trace_id, 'validation:' || gen_random_uuid()::text);
   fixed boolean := false;
   exchange_adopted boolean := false;
 begin

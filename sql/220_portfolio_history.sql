@@ -28,16 +28,18 @@ create materialized view position_pnl_hourly as
    group by 1, 2, 3;
 create unique index position_pnl_hourly_key_idx on position_pnl_hourly (hour, asset, mode);
 
+-- Only ours: the schema is shared, and another service's materialized view (perhaps without a
+-- unique index, so that CONCURRENTLY fails) must neither be touched nor stop ours.
 create or replace function refresh_materialized_views() returns jsonb
   language plpgsql
   as $$
 declare
-  v record;
+  v text;
   done text[] := '{}';
 begin
-  for v in select matviewname from pg_matviews where schemaname = current_schema() order by 1 loop
-    execute format('refresh materialized view concurrently %I', v.matviewname);
-    done := done || v.matviewname::text;
+  foreach v in array array['portfolio_pnl_hourly', 'position_pnl_hourly'] loop
+    execute format('refresh materialized view concurrently %I', v);
+    done := done || v;
   end loop;
   return jsonb_build_object('refreshed', to_jsonb(done));
 end $$;

@@ -48,8 +48,12 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
        order by p.asset, p.mode
       returning *
     ),
+    -- Only a row still at the snapshotted version: a change that committed after this
+    -- statement's snapshot is re-checked here against its new version and left unmarked, so
+    -- the next run captures it (a close, R-26).
     marked as (
-      update positions p set last_snapshot_at = now() from shots s where p.id = s.position_id
+      update positions p set last_snapshot_at = now() from shots s
+       where p.id = s.position_id and p.version = (s.snapshot_data ->> 'version')::bigint
     ),
     events as (
       insert into outbox (event_id, routing_key, event_type, payload, trace_id)

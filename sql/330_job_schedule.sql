@@ -10,48 +10,109 @@ create or replace function schedule_next_run(task text, interval_seconds integer
                                    run_at => now() + make_interval(secs => interval_seconds), max_attempts => 5)
   $$;
 
--- At worker start and then now and again: start the chain when no live job holds the key (a
--- fresh database, or a job that exhausted its attempts). A pending job with a past run_at
--- (missed while no worker was up) is left alone and runs once. Serialized per task, and a
--- running job still holds its key, so two workers cannot start two chains.
-create or replace function ensure_periodic_job(task text) returns boolean
+-- How long a periodic job may stay locked before its worker counts as dead. graphile-worker
+-- itself only expires a lock after 4 hours; our runs are single SQL calls that take seconds to
+-- minutes, so twice the interval (at least 10 minutes, to leave a slow run alone) is far beyond
+-- a live run, and it never exceeds graphile-worker's own expiry.
+create or replace function periodic_job_dead_after(interval_seconds integer) returns interval
+  language sql immutable
+  as $$
+    select least(greatest(make_interval(secs => 2 * interval_seconds), interval '10 minutes'), interval '4 hours')
+  $$;
+
+-- At worker start and then now and again, under a per-task lock (two workers never start two
+-- chains). Returns what it did, or null:
+--  'revived'     the job was locked for longer than periodic_job_dead_after (a worker killed
+--                mid-run): its lock is released so it runs again at once and the chain goes on,
+--                and its job_runs rows still running are closed as failed;
+--  'scheduled'   no live job held the key (a fresh database, or a job that exhausted its
+--                attempts): the chain starts now;
+--  'rescheduled' the pending slot lies further ahead than one interval (the interval was
+--                lowered since it was planned): it moves to now + interval.
+-- A pending job with a past run_at (missed while no worker was up) is left alone and runs once.
+drop function if exists ensure_periodic_job(text);
+create or replace function ensure_periodic_job(task text, interval_seconds integer) returns text
   language plpgsql
   as $$
+declare
+  step interval := make_interval(secs => interval_seconds);
+  dead record;
+  revived boolean := false;
+  early bigint[];
 begin
   perform pg_advisory_xact_lock(hashtextextended('periodic:' || task, 0));
-  if exists (select 1 from graphile_worker.jobs j where j.key = task and j.attempts < j.max_attempts) then
-    return false;
+  for dead in select j.id, j.locked_by, j.locked_at from graphile_worker.jobs j
+               where j.key = task and j.locked_at < now() - periodic_job_dead_after(interval_seconds) loop
+    perform graphile_worker.force_unlock_workers(array[dead.locked_by]);
+    update job_runs r
+       set finished_at = clock_timestamp(), outcome = 'failure',
+           error = format('worker died: %s held the job since %s', dead.locked_by, dead.locked_at),
+           duration_ms = round(extract(epoch from clock_timestamp() - r.started_at) * 1000)::integer
+     where r.task = ensure_periodic_job.task and r.job_id = dead.id and r.outcome is null;
+    revived := true;
+  end loop;
+  if not exists (select 1 from graphile_worker.jobs j where j.key = task and j.attempts < j.max_attempts) then
+    perform graphile_worker.add_job(task, '{}'::json, job_key => task, run_at => now(), max_attempts => 5);
+    return 'scheduled';
   end if;
-  perform graphile_worker.add_job(task, '{}'::json, job_key => task, run_at => now(), max_attempts => 5);
-  return true;
+  select array_agg(j.id) into early from graphile_worker.jobs j
+   where j.key = task and j.locked_at is null and j.run_at > now() + step;
+  if early is not null then
+    perform graphile_worker.reschedule_jobs(early, run_at => now() + step);
+    return 'rescheduled';
+  end if;
+  return case when revived then 'revived' end;
 end $$;
 
 -- R-18 (a): every open position and every position changed since the previous run, fixed.
--- One call; a position whose validation is already running elsewhere is skipped.
-create or replace function validate_all_positions(since timestamptz default null) returns jsonb
+-- One call, committing after every chunk of positions (keyset order by asset, mode): each
+-- validation holds an advisory lock until commit, so one transaction over 100,000 positions
+-- would run out of lock memory. A position whose validation is running elsewhere is skipped.
+-- A procedure so that it can commit: `call validate_all_positions(since, trace_id)`, outside an
+-- explicit transaction; the counts come back in `result`.
+drop function if exists validate_all_positions(timestamptz);
+create or replace procedure validate_all_positions(since timestamptz default null, trace_id text default null,
+                                                   chunk_size integer default 200, inout result jsonb default null)
   language plpgsql
   as $$
 declare
   r record;
   res jsonb;
-  validated integer := 0; invalid integer := 0; fixed integer := 0; busy integer := 0;
+  -- assets are never empty, so ('', '') sorts before every position
+  after_asset text := ''; after_mode text := '';
+  n integer;
+  validated integer := 0; invalid integer := 0; fixed integer := 0; busy integer := 0; chunks integer := 0;
   found_ jsonb := '[]';
 begin
-  for r in select p.asset, p.mode from positions p
-            where p.gross_size > 0 or (since is not null and p.last_updated > since)
-            order by p.asset, p.mode loop
-    begin
-      res := validate_position(r.asset, r.mode, true);
-      validated := validated + 1;
-      if not (res ->> 'is_valid')::boolean then
-        invalid := invalid + 1;
-        if res -> 'updated_position' <> 'null' then fixed := fixed + 1; end if;
-        found_ := found_ || jsonb_build_object('asset', r.asset, 'mode', r.mode, 'discrepancies', res -> 'discrepancies');
-      end if;
-    exception when sqlstate '55P03' then
-      busy := busy + 1;
-    end;
+  if chunk_size is null or chunk_size < 1 then
+    raise exception 'chunk_size must be at least 1' using errcode = '22023';
+  end if;
+  loop
+    n := 0;
+    for r in select p.asset, p.mode from positions p
+              where (p.asset, p.mode) > (after_asset, after_mode)
+                and (p.gross_size > 0 or (validate_all_positions.since is not null and p.last_updated > validate_all_positions.since))
+              order by p.asset, p.mode
+              limit validate_all_positions.chunk_size loop
+      n := n + 1;
+      after_asset := r.asset; after_mode := r.mode;
+      begin
+        res := validate_position(r.asset, r.mode, true, validate_all_positions.trace_id);
+        validated := validated + 1;
+        if not (res ->> 'is_valid')::boolean then
+          invalid := invalid + 1;
+          if res -> 'updated_position' <> 'null' then fixed := fixed + 1; end if;
+          found_ := found_ || jsonb_build_object('asset', r.asset, 'mode', r.mode, 'discrepancies', res -> 'discrepancies');
+        end if;
+      exception when sqlstate '55P03' then
+        busy := busy + 1;
+      end;
+    end loop;
+    exit when n = 0;
+    chunks := chunks + 1;
+    commit;
+    exit when n < chunk_size;
   end loop;
-  return jsonb_build_object('validated', validated, 'invalid', invalid, 'fixed', fixed, 'skipped_busy', busy,
-                            'discrepancies', found_);
+  result := jsonb_build_object('validated', validated, 'invalid', invalid, 'fixed', fixed, 'skipped_busy', busy,
+                               'chunks', chunks, 'discrepancies', found_);
 end $$;

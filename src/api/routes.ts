@@ -33,8 +33,8 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
 
   r.post('/positions/:asset/validate', async (req, res) => {
     const log = res.locals.log as Logger;
-    const result = (await one(pool, 'select validate_position($1, $2, $3) as r', [
-      req.params.asset, mode(req), bool(req.query.fix_discrepancies, true),
+    const result = (await one(pool, 'select validate_position($1, $2, $3, $4) as r', [
+      req.params.asset, mode(req), bool(req.query.fix_discrepancies, true), res.locals.traceId,
     ])) as { is_valid: boolean; error_message: string | null; discrepancies: { field: string }[] };
     metrics.validationRuns.inc({ trigger: 'api', outcome: result.is_valid ? 'valid' : 'discrepancy' });
     for (const d of result.discrepancies) metrics.validationDiscrepancies.inc({ field: d.field });

@@ -4,6 +4,7 @@
 import { Logger as WorkerLogger, run, type LogFunctionFactory } from 'graphile-worker';
 import { listen } from '../db/listen.js';
 import type { Component, Runtime } from '../runtime.js';
+import { keepPeriodicJobs } from './keeper.js';
 import { periodicTasks, taskList } from './tasks.js';
 
 const KEEPER_MS = 60_000;
@@ -23,20 +24,17 @@ export async function startWorker(rt: Runtime): Promise<Component[]> {
     maxPoolSize: config.workerConcurrency + 2,
     noHandleSignals: true,
     pollInterval: 1000,
+    // Half the shutdown budget for runs to finish; then their statements are cancelled (see
+    // connection.ts) so that their jobs are released, not left locked, within the other half.
+    gracefulShutdownAbortTimeout: Math.floor(config.shutdownTimeoutMs / 2),
+    // Batched (even with no delay), completing or failing a job is awaited by the shutdown;
+    // unbatched it is fire-and-forget, and an exit right after a run leaves its job locked.
+    preset: { worker: { completeJobBatchDelay: 0, failJobBatchDelay: 0 } },
     taskList: taskList(pool, config, log),
     logger: new WorkerLogger(logFactory),
   });
 
-  const keep = async () => {
-    for (const p of periodicTasks(config)) {
-      try {
-        if ((await pool.query<{ r: boolean }>('select ensure_periodic_job($1) as r', [p.task])).rows[0]!.r)
-          log.info({ task: p.task, interval_seconds: p.intervalSeconds }, 'periodic job scheduled');
-      } catch (err) {
-        log.warn({ err: (err as Error).message, task: p.task }, 'cannot schedule the periodic job yet');
-      }
-    }
-  };
+  const keep = () => keepPeriodicJobs(pool, log, periodicTasks(config));
   await keep();
   const keeper = setInterval(() => void keep(), KEEPER_MS);
 

@@ -1,13 +1,15 @@
 // The task list: each task is a thin call of one SQL function, wrapped so that every run
-// (and every retry) leaves a job_runs row, a metric and a log line (SPEC.md §7).
+// (and every retry) leaves a job_runs row, a metric and a log line (SPEC.md §7). The run's
+// trace_id goes into the SQL call, so its audit rows and events carry it (§6.2).
 import { randomUUID } from 'node:crypto';
 import type { JobHelpers, Task, TaskList } from 'graphile-worker';
 import type pg from 'pg';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import { metrics } from '../metrics.js';
+import { withRunConnection, type Query } from './connection.js';
 
-type Work = (payload: Record<string, unknown>, traceId: string) => Promise<unknown>;
+type Work = (payload: Record<string, unknown>, traceId: string, q: Query) => Promise<unknown>;
 
 async function sql(pool: pg.Pool, text: string, params: unknown[]): Promise<unknown> {
   return (await pool.query<{ r: unknown }>(text, params)).rows[0]?.r ?? null;
@@ -23,7 +25,7 @@ function recorded(name: string, pool: pg.Pool, log: Logger, work: Work, next?: (
     ])) as string;
     const jlog = log.child({ trace_id: traceId, task: name, job_id: job.id, attempt: job.attempts });
     try {
-      const result = await work(p, traceId);
+      const result = await withRunConnection(pool, helpers.abortSignal, (q) => work(p, traceId, q));
       await pool.query("select job_run_finish($1, 'success', null, $2)", [runId, JSON.stringify(result)]);
       metrics.jobRuns.inc({ task: name, outcome: 'success' });
       jlog.info({ result }, 'job done');
@@ -57,43 +59,43 @@ export function periodicTasks(config: Config): Periodic[] {
 
 export function taskList(pool: pg.Pool, config: Config, log: Logger): TaskList {
   const work: Record<string, Work> = {
-    snapshot_all_positions: async (_p, trace) => ({ snapshots: await sql(pool, 'select snapshot_all_positions($1) as r', [trace]) }),
-    validate_all_positions: async () => {
-      const r = (await sql(pool, `select validate_all_positions((select max(started_at) from job_runs
-                                    where task = 'validate_all_positions' and outcome = 'success')) as r`, [])) as {
+    snapshot_all_positions: async (_p, trace, q) => ({ snapshots: await q('select snapshot_all_positions($1) as r', [trace]) }),
+    validate_all_positions: async (_p, trace, q) => {
+      const since = await q("select max(started_at)::text from job_runs where task = 'validate_all_positions' and outcome = 'success'");
+      const r = (await q('call validate_all_positions(since => $1, trace_id => $2, result => null)', [since, trace])) as {
         invalid: number;
         discrepancies: { asset: string; mode: string; discrepancies: { field: string }[] }[];
       };
       for (const d of r.discrepancies) {
-        log.warn({ asset: d.asset, mode: d.mode, discrepancies: d.discrepancies }, 'periodic validation fixed a discrepancy');
+        log.warn({ trace_id: trace, asset: d.asset, mode: d.mode, discrepancies: d.discrepancies }, 'periodic validation fixed a discrepancy');
         for (const x of d.discrepancies) metrics.validationDiscrepancies.inc({ field: x.field });
       }
       metrics.validationRuns.inc({ trigger: 'periodic', outcome: r.invalid ? 'discrepancy' : 'valid' });
       return r;
     },
-    validate_position: async (p) => {
+    validate_position: async (p, trace, q) => {
       try {
-        const r = (await sql(pool, 'select validate_position($1, $2, true) as r', [p.asset, p.mode ?? 'one-way'])) as {
+        const r = (await q('select validate_position($1, $2, true, $3) as r', [p.asset, p.mode ?? 'one-way', trace])) as {
           is_valid: boolean;
           discrepancies: { field: string }[];
         };
         metrics.validationRuns.inc({ trigger: 'discrepancy', outcome: r.is_valid ? 'valid' : 'discrepancy' });
         if (!r.is_valid) {
-          log.warn({ asset: p.asset, mode: p.mode, discrepancies: r.discrepancies }, 'validation after a size discrepancy');
+          log.warn({ trace_id: trace, asset: p.asset, mode: p.mode, discrepancies: r.discrepancies }, 'validation after a size discrepancy');
           for (const x of r.discrepancies) metrics.validationDiscrepancies.inc({ field: x.field });
-        } else log.info({ asset: p.asset, mode: p.mode }, 'validation after a size discrepancy: the position is valid');
+        } else log.info({ trace_id: trace, asset: p.asset, mode: p.mode }, 'validation after a size discrepancy: the position is valid');
         return r;
       } catch (err) {
         if ((err as { code?: string }).code === 'P0002') return { is_valid: null, error_message: 'position_not_found' };
         throw err;
       }
     },
-    publish_portfolio_update: async (_p, trace) => limitLog(await sql(pool, 'select publish_portfolio_update(false, $1) as r', [trace]), trace),
-    sample_portfolio_metrics: async (_p, trace) => limitLog(await sql(pool, 'select sample_portfolio_metrics($1) as r', [trace]), trace),
-    refresh_materialized_views: () => sql(pool, 'select refresh_materialized_views() as r', []),
-    prune_snapshots: async () => ({ deleted: await sql(pool, 'select prune_snapshots($1) as r', [config.snapshotRetentionDays]) }),
-    prune_inbox_outbox: () => sql(pool, 'select prune_inbox_outbox($1, $2) as r', [config.inboxRetentionDays, config.outboxRetentionHours]),
-    prune_job_history: async () => ({ deleted: await sql(pool, 'select prune_job_history($1) as r', [config.jobHistoryRetentionDays]) }),
+    publish_portfolio_update: async (_p, trace, q) => limitLog(await q('select publish_portfolio_update(false, $1) as r', [trace]), trace),
+    sample_portfolio_metrics: async (_p, trace, q) => limitLog(await q('select sample_portfolio_metrics($1) as r', [trace]), trace),
+    refresh_materialized_views: (_p, _t, q) => q('select refresh_materialized_views() as r'),
+    prune_snapshots: async (_p, _t, q) => ({ deleted: await q('select prune_snapshots($1) as r', [config.snapshotRetentionDays]) }),
+    prune_inbox_outbox: (_p, _t, q) => q('select prune_inbox_outbox($1, $2) as r', [config.inboxRetentionDays, config.outboxRetentionHours]),
+    prune_job_history: async (_p, _t, q) => ({ deleted: await q('select prune_job_history($1) as r', [config.jobHistoryRetentionDays]) }),
   };
   // R-23: a crossing is logged at warn, the way back at info.
   const limitLog = (r: unknown, traceId: string) => {

@@ -126,8 +126,10 @@ t.test('TC-014, TC-015, TC-021: validate, snapshot, snapshot history', async (t)
   t.match(v.body, { is_valid: true, discrepancies: [], error_message: null, checked_at: String });
   t.equal((await post('/api/v1/positions/NOPEUSDT/validate')).status, 404);
   await db.query("update positions set size = 5 where asset = 'SOLUSDT'");
-  const fixed = await post('/api/v1/positions/SOLUSDT/validate?fix_discrepancies=true');
+  const fixed = await svc.request('POST', '/api/v1/positions/SOLUSDT/validate?fix_discrepancies=true', { headers: { 'x-trace-id': 'fix-trace-1' } });
   t.match(fixed.body, { is_valid: false, discrepancies: [{ field: 'size', stored: '5', expected: '100', authority: 'ledger' }], updated_position: { size: '100' } });
+  const audit = (await db.query("select trace_id from position_events where asset = 'SOLUSDT' and kind = 'validation_fix'")).rows;
+  t.same(audit.map((r) => r.trace_id), ['fix-trace-1'], "the fix carries the request's trace_id");
   await waitFor(() => svc.logs.some((l) => l.level === 'warn' && /^validation: size/.test(l.msg) && l.asset === 'SOLUSDT'),
     { what: 'discrepancies logged at warn' });
   const s1 = await post('/api/v1/positions/BTCUSDT/snapshot');

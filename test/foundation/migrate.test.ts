@@ -79,3 +79,51 @@ t.test('pre-existing positions of another writer are extended in place', async (
     'a reset ledger row for every pre-existing position',
   );
 });
+
+// The trading database is shared: only the views sql/ defines are dropped and re-created.
+t.test("another service's views survive migrations, on the first run and when the definitions change", async (t) => {
+  const db = await emptyDatabase(t);
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  t.teardown(() => c.end());
+  await c.query('create table risk_limits (name text primary key, value numeric)');
+  await c.query("insert into risk_limits values ('max_leverage', 5)");
+  await c.query('create view risk_limits_view as select name, value from risk_limits');
+  await c.query('create materialized view risk_limits_total as select sum(value) as total from risk_limits');
+  const foreign = async () => (await c.query(`select relname from pg_class where relname in ('risk_limits_view', 'risk_limits_total')
+                                                order by relname`)).rows.map((r) => r.relname);
+  t.equal((await migrate(db.url)).definitionsApplied, true);
+  t.same(await foreign(), ['risk_limits_total', 'risk_limits_view'], 'first run');
+  const ours = (await c.query('select views from sql_definitions')).rows[0].views as string[];
+  t.ok(ours.includes('positions_view') && ours.includes('portfolio_pnl_hourly'), 'our views are recorded');
+  t.notOk(ours.includes('risk_limits_view'), 'theirs are not');
+
+  // A view a previous version defined and this one does not: ours, so it goes.
+  await c.query('create view position_legacy_view as select id from positions');
+  await c.query("update sql_definitions set hash = 'changed', views = views || '{position_legacy_view}'");
+  t.equal((await migrate(db.url)).definitionsApplied, true, 'definitions re-applied');
+  t.same(await foreign(), ['risk_limits_total', 'risk_limits_view'], 'after a change of the definitions');
+  t.equal((await c.query("select count(*)::int as n from risk_limits_total")).rows[0].n, 1, 'with its data');
+  t.equal((await c.query("select to_regclass('position_legacy_view') as r")).rows[0].r, null, 'our obsolete view is dropped');
+  t.ok((await c.query("select to_regclass('positions_view') as r")).rows[0].r, 'ours are re-created');
+
+  // Theirs built on one of ours: stop with its name rather than drop it along.
+  await c.query('create view risk_positions as select asset from positions_view');
+  await c.query("update sql_definitions set hash = 'changed again'");
+  await t.rejects(migrate(db.url), /cannot re-create view positions_view.*risk_positions/, 'the migration names the dependent view');
+  t.ok((await c.query("select to_regclass('risk_positions') as r")).rows[0].r, 'which is still there');
+});
+
+const scratchServer = (u: URL) => u.hostname === '127.0.0.1' && (u.port || '5432') === '5432' && u.username === 'postgres';
+t.test('scripts/scratch-db.sh creates the database the service would create', {
+  skip: !scratchServer(new URL(process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres')) && 'the script uses postgres@127.0.0.1:5432',
+}, async (t) => {
+  const db = await emptyDatabase(t, 'pm_scratch');
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const { ROOT } = await import('../../src/paths.js');
+  await promisify(execFile)('bash', ['scripts/scratch-db.sh', '--no-build', db.name], { cwd: ROOT });
+  const again = await migrate(db.url);
+  t.same(again.migrationsApplied, [], 'every migration is recorded in pgmigrations');
+  t.equal(again.definitionsApplied, false, 'the sql/ definitions are recorded as applied');
+});

@@ -1,6 +1,7 @@
 // The worker role against the real PostgreSQL and RabbitMQ: periodic snapshots and validation
 // with short intervals, one run per slot with two workers, a discrepancy leading to exactly
-// one validation after the grace period, failures recorded and retried, and portfolio events.
+// one validation after the grace period, failures recorded and retried, and portfolio events;
+// validation fixes carry the job run's trace_id.
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
@@ -55,11 +56,12 @@ t.test('TC-025 periodic validation fixes a position that disagrees with its ledg
   await waitFor(async () => (await db.query("select size from positions where asset = 'ETHUSDT'")).rows[0].size === '10',
     { what: 'fixed from the ledger', timeoutMs: 15_000 });
   const run = await waitFor(async () =>
-    (await db.query("select result from job_runs where task = 'validate_all_positions' and (result->>'fixed')::int > 0")).rows[0],
+    (await db.query("select result, trace_id from job_runs where task = 'validate_all_positions' and (result->>'fixed')::int > 0")).rows[0],
     { what: 'the run recorded with its counts' });
   t.match(run.result, { fixed: 1, invalid: 1, discrepancies: [{ asset: 'ETHUSDT' }] });
-  const audit = await count("select count(*) as n from position_events where asset = 'ETHUSDT' and kind = 'validation_fix'");
-  t.equal(audit, 1, 'audited once');
+  const audit = (await db.query("select trace_id from position_events where asset = 'ETHUSDT' and kind = 'validation_fix'")).rows;
+  t.equal(audit.length, 1, 'audited once');
+  t.equal(audit[0].trace_id, run.trace_id, "the audit row carries the job run's trace_id (SPEC §6.2)");
   await waitFor(() => w1.logs.concat(w2.logs).some((l) => l.msg === 'periodic validation fixed a discrepancy' && l.level === 'warn'), { what: 'warn log' });
 });
 
@@ -71,6 +73,10 @@ t.test('TC-003: a burst of discrepancy reports leads to exactly one validation a
   await waitFor(async () => (await db.query("select size from positions where asset = 'SOLUSDT'")).rows[0].size === '1.8',
     { what: 'the newer report adopted by validation', timeoutMs: 15_000 });
   t.equal(await count("select count(*) as n from job_runs where task = 'validate_position' and payload->>'asset' = 'SOLUSDT'"), 1, 'one run');
+  const traces = (await db.query(`select (select trace_id from job_runs where task = 'validate_position' and payload->>'asset' = 'SOLUSDT') as run,
+      (select trace_id from position_events where asset = 'SOLUSDT' and kind = 'validation_fix') as audit,
+      (select trace_id from outbox where event_type = 'position_updated' and payload->>'asset' = 'SOLUSDT' and payload->>'update_source' = 'validation') as event`)).rows[0];
+  t.same([traces.audit, traces.event], [traces.run, traces.run], "the fix's audit row and event carry the job run's trace_id");
 });
 
 t.test('a failing task is recorded in job_runs with its error and retried', async (t) => {

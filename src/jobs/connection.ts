@@ -1,0 +1,38 @@
+// A task run's statements go through one connection of its own, so that a shutdown that cannot
+// wait for them can cancel them. graphile-worker aborts the run's signal when its graceful
+// shutdown times out; without a cancel the run outlives the process's shutdown timeout and its
+// job stays locked until graphile-worker's 4-hour lock expiry. Cancelled, the statement rolls
+// back, the run fails, and graphile-worker releases the job for a retry.
+import type pg from 'pg';
+
+/** Runs one statement and returns the first column of its first row (null when there is none). */
+export type Query = (text: string, params?: unknown[]) => Promise<unknown>;
+
+export class RunCancelled extends Error {
+  constructor() {
+    super('the worker is shutting down: the run was cancelled and will be retried');
+  }
+}
+
+export async function withRunConnection<T>(pool: pg.Pool, signal: AbortSignal, fn: (q: Query) => Promise<T>): Promise<T> {
+  if (signal.aborted) throw new RunCancelled();
+  const client = await pool.connect();
+  const pid = (client as pg.PoolClient & { processID: number }).processID;
+  const cancel = () => void pool.query('select pg_cancel_backend($1)', [pid]).catch(() => undefined);
+  signal.addEventListener('abort', cancel, { once: true });
+  try {
+    return await fn(async (text, params = []) => {
+      if (signal.aborted) throw new RunCancelled();
+      try {
+        const row = (await client.query(text, params)).rows[0] as Record<string, unknown> | undefined;
+        return (row && Object.values(row)[0]) ?? null;
+      } catch (err) {
+        throw signal.aborted ? new RunCancelled() : err;
+      }
+    });
+  } finally {
+    signal.removeEventListener('abort', cancel);
+    // After an abort the cancel may still be in flight: the connection must not serve anyone else.
+    client.release(signal.aborted);
+  }
+}

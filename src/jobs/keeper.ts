@@ -1,0 +1,24 @@
+// Keeps every periodic chain alive (sql/330 ensure_periodic_job): at worker start and then
+// every minute it starts a missing chain, releases a job a dead worker left locked, and pulls
+// in a slot planned under a longer interval than the one configured now.
+import type pg from 'pg';
+import type { Logger } from '../log.js';
+import type { Periodic } from './tasks.js';
+
+const MESSAGES: Record<string, { level: 'info' | 'warn'; msg: string }> = {
+  scheduled: { level: 'info', msg: 'periodic job scheduled' },
+  revived: { level: 'warn', msg: 'periodic job released: its worker died mid-run; it runs again now' },
+  rescheduled: { level: 'info', msg: 'periodic job moved to one interval from now (the interval was lowered)' },
+};
+
+export async function keepPeriodicJobs(pool: pg.Pool, log: Logger, periodic: Periodic[]): Promise<void> {
+  for (const p of periodic) {
+    try {
+      const done = (await pool.query<{ r: string | null }>('select ensure_periodic_job($1, $2) as r', [p.task, p.intervalSeconds])).rows[0]!.r;
+      const m = done === null ? undefined : MESSAGES[done];
+      if (m) log[m.level]({ task: p.task, interval_seconds: p.intervalSeconds }, m.msg);
+    } catch (err) {
+      log.warn({ err: (err as Error).message, task: p.task }, 'cannot schedule the periodic job yet');
+    }
+  }
+}
