@@ -92,7 +92,13 @@ declare
 begin
   select count(*) into n
     from take_snapshots(array(select p.id from positions p
-                               where p.gross_size > 0 or p.last_updated > coalesce(p.last_snapshot_at, '-infinity')),
+                               where p.gross_size > 0 or p.last_updated > coalesce(p.last_snapshot_at, '-infinity')
+                                  -- last_updated is its transaction's start, which can precede a
+                                  -- snapshot run that committed before the change did: the version
+                                  -- tells a closed row changed since its latest snapshot for sure
+                                  or p.version > coalesce((select (s.snapshot_data ->> 'version')::bigint
+                                                             from position_snapshots s where s.position_id = p.id
+                                                            order by s.snapshot_timestamp desc, s.id desc limit 1), 0)),
                         'scheduled', coalesce(trace_id, gen_random_uuid()::text));
   if n > 0 then perform pg_notify('position_manager_outbox', ''); end if;
   return n;

@@ -84,6 +84,21 @@ t.test('R-26: a close committing while snapshot_all_positions runs is captured b
   t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 0, 'then nothing more');
 });
 
+t.test('R-26: a close whose transaction began before a snapshot run but wrote after it is captured', async (t) => {
+  const db = await freshDatabase(t);
+  await fill(db, 'ETHUSDT', 'Buy', '1', '100');
+  const closer = await connect(t, db);
+  await closer.query('begin');
+  await closer.query('select now()'); // its transaction time, hence last_updated, is before the run
+  t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 1, 'the run snapshots the open position');
+  await closer.query('select apply_order_fill($1::jsonb)', [fillJson('ETHUSDT', 'Sell', '1', '110')]);
+  await closer.query('commit');
+  const p = await one(db, "select last_updated < last_snapshot_at as older from positions where asset = 'ETHUSDT'");
+  t.equal(p.older, true, 'the close carries a last_updated older than last_snapshot_at');
+  t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 1, 'the next run still snapshots the close');
+  t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 0, 'then nothing more');
+});
+
 t.test('refresh_materialized_views refreshes ours only, whatever else the schema holds', async (t) => {
   const db = await freshDatabase(t);
   await db.query('create table other_service_trades (id int, qty numeric)');
