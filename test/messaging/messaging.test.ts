@@ -198,6 +198,16 @@ t.test('R-3 (3): without ids the key is the SHA-256 of the RFC 8785 canonical bo
   t.equal((await db.query('select count(*) from inbox where source = $1 and message_key = $2', [FILLS, key])).rows[0].count, '1', 'inbox key');
 });
 
+t.test('U+0000 in an ignored field does not fail the message; in the asset it names the asset', async (t) => {
+  const before = deadLetters.messages.length;
+  await broker.publish(FILLS, '{"asset":"NULUSDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":"a\\u0000b"}');
+  await broker.publish(FILLS, '{"asset":"NUL\\u0000USDT","side":"Buy","execution_quantity":"1","execution_price":"10"}');
+  const p = await waitPosition('NULUSDT', () => true, 'the fill with U+0000 in an ignored field');
+  t.equal(p.size, '1');
+  const dl = await waitFor(() => deadLetters.messages.length > before && deadLetters.messages.slice(before), { what: 'the bad asset dead-lettered' });
+  t.match(String(dl[0]!.properties.headers?.['x-dead-letter-reason']), /^asset: /);
+});
+
 t.test("the Gateway's symbol and size only under raw are taken from there", async (t) => {
   await broker.publish(REPORTS, { event_type: 'position', payload: { side: 'Buy', avg_price: '10', raw: { symbol: 'RAWUSDT', size: '3', markPrice: '11' } } });
   const p = await waitPosition('RAWUSDT', () => true, 'report from raw');
