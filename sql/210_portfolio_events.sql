@@ -49,8 +49,13 @@ begin
                             'transition', transition);
 end $$;
 
--- R-22: publish portfolio_updated (always after changes; only when the figures differ from the
--- last published ones when called by the history sampler) and evaluate the limits.
+-- R-22: portfolio_updated at most once per window, and the limits (R-23) on every call.
+-- only_if_changed: nothing is published when the figures equal the last published ones (the
+-- worker's runs, so a reconnect or a stray NOTIFY repeats nothing; false forces one, for psql).
+-- Within the window of the last publication nothing is published now: the window's end gets
+-- the run that publishes the trailing event. Checked here, under the state row's lock, because
+-- two runs can follow each other (a job already running when the next was scheduled, or the
+-- history sampler) and the schedule alone cannot see a publication not yet committed.
 create or replace function publish_portfolio_update(only_if_changed boolean default false, trace_id text default null)
   returns jsonb
   language plpgsql
@@ -59,7 +64,8 @@ declare
   m jsonb;
   payload jsonb;
   st portfolio_publish_state;
-  published boolean := false;
+  outcome text;
+  due timestamptz;
   trace text := coalesce(trace_id, gen_random_uuid()::text);
 begin
   select * into st from portfolio_publish_state for update;
@@ -72,13 +78,21 @@ begin
     'long_exposure_usdt', m -> 'long_exposure_usdt', 'short_exposure_usdt', m -> 'short_exposure_usdt',
     'open_positions_count', m -> 'open_positions_count', 'long_positions_count', m -> 'long_positions_count',
     'short_positions_count', m -> 'short_positions_count');
-  if not only_if_changed or st.last_payload is distinct from payload then
+  due := st.last_published_at
+         + make_interval(secs => (select portfolio_event_interval_ms from position_manager_settings) / 1000.0);
+  if only_if_changed and st.last_payload is not distinct from payload then
+    outcome := 'unchanged';
+  elsif due > clock_timestamp() then
+    outcome := 'deferred';
+    perform graphile_worker.add_job('publish_portfolio_update', '{}'::json, run_at => due,
+      job_key => 'publish_portfolio_update', job_key_mode => 'preserve_run_at', max_attempts => 5);
+  else
+    outcome := 'published';
     perform enqueue_event('position-manager.portfolio_updated', 'portfolio_updated',
                           payload || jsonb_build_object('calculated_at', m -> 'calculated_at'), trace);
-    update portfolio_publish_state set last_published_at = now(), last_payload = payload;
-    published := true;
+    update portfolio_publish_state set last_published_at = clock_timestamp(), last_payload = payload;
   end if;
-  return jsonb_build_object('published', published,
+  return jsonb_build_object('published', outcome = 'published', 'outcome', outcome,
                             'limit', evaluate_portfolio_limits((m ->> 'total_exposure_usdt')::numeric, trace));
 end $$;
 

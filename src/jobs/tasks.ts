@@ -90,7 +90,7 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger): TaskList {
         throw err;
       }
     },
-    publish_portfolio_update: async (_p, trace, q) => limitLog(await q('select publish_portfolio_update(false, $1) as r', [trace]), trace),
+    publish_portfolio_update: async (_p, trace, q) => limitLog(await q('select publish_portfolio_update(true, $1) as r', [trace]), trace),
     sample_portfolio_metrics: async (_p, trace, q) => limitLog(await q('select sample_portfolio_metrics($1) as r', [trace]), trace),
     refresh_materialized_views: (_p, _t, q) => q('select refresh_materialized_views() as r'),
     prune_snapshots: async (_p, _t, q) => ({ deleted: await q('select prune_snapshots($1) as r', [config.snapshotRetentionDays]) }),

@@ -152,32 +152,37 @@ t.test('R-23 limit: one event per crossing; R-22 publication', async (t) => {
   const limitEvents = async () =>
     Number((await one(db, "select count(*) as n from outbox where event_type = 'portfolio_limit_exceeded'")).n);
   await db.query('update position_manager_settings set max_exposure_usdt = 1000');
+  // each call as if the last publication's window had passed (the window has its own test)
+  const run = async (sql: string) => {
+    await db.query('update portfolio_publish_state set last_published_at = null');
+    return (await one(db, `${sql} as r`)).r;
+  };
   await fill(db, 'AAAUSDT', 'Buy', '5', '100');
-  await db.query('select publish_portfolio_update()');
+  await run('select publish_portfolio_update()');
   t.equal(await limitEvents(), 0, 'below: none');
   await fill(db, 'AAAUSDT', 'Buy', '6', '100');
-  const r = (await one(db, 'select publish_portfolio_update() as r')).r;
+  const r = (await run('select publish_portfolio_update()'));
   t.match(r.limit, { exceeded: true, transition: 'exceeded', current_value: '1100', limit_value: '1000' });
   t.equal(await limitEvents(), 1, 'below → above: one');
   t.equal((await metrics(db)).limits.exposure_limit_exceeded, true);
   await fill(db, 'AAAUSDT', 'Buy', '1', '100');
-  await db.query('select publish_portfolio_update()');
-  await db.query('select sample_portfolio_metrics()');
+  await run('select publish_portfolio_update()');
+  await run('select sample_portfolio_metrics()');
   t.equal(await limitEvents(), 1, 'staying above: none');
   await fill(db, 'AAAUSDT', 'Sell', '2', '100');
-  t.match((await one(db, 'select publish_portfolio_update() as r')).r.limit, { exceeded: false, transition: 'cleared' });
+  t.match((await run('select publish_portfolio_update()')).limit, { exceeded: false, transition: 'cleared' });
   t.equal((await one(db, "select exceeded from portfolio_limit_state where limit_name = 'max_exposure_usdt'")).exceeded, false);
   await fill(db, 'AAAUSDT', 'Buy', '1', '100');
-  await db.query('select publish_portfolio_update()');
+  await run('select publish_portfolio_update()');
   t.equal(await limitEvents(), 2, 'back below and above again: another');
   const ev = await one(db, "select payload from outbox where event_type = 'portfolio_limit_exceeded' order by id limit 1");
   t.match(ev.payload, { limit_name: 'max_exposure_usdt', limit_value: '1000', current_value: '1100', exceeded_at: String });
 
   const before = Number((await one(db, "select count(*) as n from outbox where event_type = 'portfolio_updated'")).n);
-  const s = (await one(db, 'select sample_portfolio_metrics() as r')).r;
+  const s = (await run('select sample_portfolio_metrics()'));
   t.equal(s.published, false, 'the sampler publishes only when the figures changed');
   await fill(db, 'AAAUSDT', 'Buy', '1', '100');
-  t.equal((await one(db, 'select sample_portfolio_metrics() as r')).r.published, true, 'a lost trailing event is covered');
+  t.equal((await run('select sample_portfolio_metrics()')).published, true, 'a lost trailing event is covered');
   const last = await one(db, "select payload from outbox where event_type = 'portfolio_updated' order by id desc limit 1");
   t.equal(Number((await one(db, "select count(*) as n from outbox where event_type = 'portfolio_updated'")).n), before + 1);
   const m = await metrics(db);
@@ -189,6 +194,29 @@ t.test('R-23 limit: one event per crossing; R-22 publication', async (t) => {
   await db.query('select schedule_portfolio_update()');
   t.equal(Number((await one(db, "select count(*) as n from graphile_worker.jobs where task_identifier = 'publish_portfolio_update'")).n), 1,
     'a burst schedules one publication');
+});
+
+t.test('R-22: at most one portfolio_updated per window, whoever asks; the limit is evaluated every time', async (t) => {
+  const db = await freshDatabase(t);
+  await db.query('update position_manager_settings set portfolio_event_interval_ms = 60000, max_exposure_usdt = 1000');
+  const updates = async () => Number((await one(db, "select count(*) as n from outbox where event_type = 'portfolio_updated'")).n);
+  await fill(db, 'WINUSDT', 'Buy', '5', '100');
+  t.match((await one(db, 'select publish_portfolio_update(true) as r')).r, { outcome: 'published' });
+  await fill(db, 'WINUSDT', 'Buy', '6', '100');
+  const second = (await one(db, 'select publish_portfolio_update(true) as r')).r;
+  t.match(second, { outcome: 'deferred', published: false, limit: { transition: 'exceeded' } }, 'a second run in the window publishes nothing, the limit still counts');
+  t.match((await one(db, 'select sample_portfolio_metrics() as r')).r, { outcome: 'deferred' }, 'nor does the history sampler');
+  t.equal(await updates(), 1);
+  const job = await one(db, `select run_at, (select last_published_at from portfolio_publish_state) + interval '60 seconds' as due
+                               from graphile_worker.jobs where task_identifier = 'publish_portfolio_update'`);
+  t.same(job.run_at, job.due, 'the trailing run is due at the end of the window');
+  await db.query('update portfolio_publish_state set last_published_at = last_published_at - interval \'61 seconds\'');
+  t.match((await one(db, 'select publish_portfolio_update(true) as r')).r, { outcome: 'published' }, 'the trailing event');
+  t.match((await one(db, "select payload from outbox where event_type = 'portfolio_updated' order by id desc limit 1")).payload,
+    { total_exposure_usdt: '1100' }, 'it reflects the last change');
+  await db.query('update portfolio_publish_state set last_published_at = last_published_at - interval \'61 seconds\'');
+  t.match((await one(db, 'select publish_portfolio_update(true) as r')).r, { outcome: 'unchanged' }, 'nothing new: nothing published');
+  t.equal(await updates(), 2);
 });
 
 t.test('snapshots (R-26, R-27)', async (t) => {
