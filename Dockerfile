@@ -17,6 +17,10 @@ COPY --from=build /app/dist ./dist
 COPY migrations ./migrations
 COPY sql ./sql
 COPY openapi.yaml ./
+# The default start (no DATABASE_URL) runs an embedded PostgreSQL in ./data and writes the
+# generated API key there: the non-root user must own it, and a volume keeps it across containers.
+RUN mkdir -p /app/data && chown node:node /app/data
+VOLUME /app/data
 USER node
 EXPOSE 4800
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \

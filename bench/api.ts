@@ -51,7 +51,7 @@ async function cacheCounts(svc: RunningService): Promise<{ hit: number; miss: nu
   const res = await fetch(`${svc.url}/metrics`);
   const text = await res.text();
   const get = (r: string) => {
-    const m = new RegExp(`^position_manager_metrics_cache_requests_total\\{result="${r}"\\} (\\d+(?:\\.\\d+)?)`, 'm').exec(text);
+    const m = new RegExp(`^position_manager_metrics_cache_requests_total\\{result="${r}"[^}]*\\} (\\d+(?:\\.\\d+)?)`, 'm').exec(text);
     return m ? Number(m[1]) : 0;
   };
   return { hit: get('hit'), miss: get('miss') };

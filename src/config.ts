@@ -6,7 +6,9 @@ export const ROLES = ['api', 'consumer', 'relay', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
-const DECIMAL = /^\d{1,12}(\.\d{1,12})?$/;
+// SPEC §8 bounds thresholds and the exposure limit only below (≥ 0); PostgreSQL's numeric
+// takes any size, so the text goes to the settings table as it is.
+const DECIMAL = /^\d+(\.\d+)?$/;
 
 const int = (min: number, max: number, def: number) =>
   z
@@ -18,14 +20,8 @@ const int = (min: number, max: number, def: number) =>
     })
     .transform(Number);
 
-const decimal = (def: string, max?: string) =>
-  z
-    .string()
-    .trim()
-    .default(def)
-    .refine((s) => DECIMAL.test(s) && (max === undefined || Number(s) <= Number(max)), {
-      message: max === undefined ? 'must be a non-negative decimal' : `must be a decimal between 0 and ${max}`,
-    });
+const decimal = (def: string) =>
+  z.string().trim().default(def).refine((s) => DECIMAL.test(s), { message: 'must be a non-negative decimal' });
 
 const bool = (def: boolean) =>
   z
@@ -105,8 +101,8 @@ const schema = z.object({
   POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: int(0, 3600, 30),
   POSITION_MANAGER_METRICS_CACHE_TTL: int(0, 86_400, 10),
   POSITION_MANAGER_USE_WS_AVG_PRICE: bool(true),
-  POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: decimal('0.001', '1'),
-  POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: decimal('0.0001', '1'),
+  POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: decimal('0.001'),
+  POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: decimal('0.0001'),
   POSITION_MANAGER_MAX_EXPOSURE_USDT: z
     .string()
     .trim()
@@ -192,8 +188,18 @@ export function redactUrl(text: string): string {
     if (u.password) u.password = '***';
     return u.password || u.username ? u.toString() : text;
   } catch {
-    return text;
+    return redactCredentials(text);
   }
+}
+
+// `user:password@` where a URL parser gives up (a missing scheme, a bad port) or inside free
+// text such as an error message. The password runs to the last `@` of its word, so one
+// containing `@` or `/` is hidden whole; a password never starts with `//` (that is a scheme).
+const USERINFO = /(^|\/\/|[\s"'=])([^\s:/@"']*):(?!\/\/)\S*@/g;
+
+/** Hides every password that stands in a `user:password@` shape of this text. */
+export function redactCredentials(text: string): string {
+  return text.replace(USERINFO, '$1$2:***@');
 }
 
 function databaseUrl(env: Env): string | undefined {

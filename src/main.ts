@@ -1,13 +1,14 @@
 // Starts the roles named in POSITION_MANAGER_ROLES (api, consumer, relay, worker) in one
 // process, and stops them cleanly on SIGTERM/SIGINT within the shutdown timeout.
 import type { Server } from 'node:http';
-import { ConfigError, loadConfig, redactUrl } from './config.js';
-import { createLogger } from './log.js';
+import type pg from 'pg';
+import { ConfigError, loadConfig, redactUrl, type Role } from './config.js';
+import { createLogger, safeError } from './log.js';
 import { createPool, isConnectionError } from './db/pool.js';
 import { migrate } from './db/migrate.js';
 import { writeSettings } from './db/settings.js';
 import { persistentSecret, startEmbedded, type EmbeddedDatabase } from './db/embedded.js';
-import { createApp } from './api/app.js';
+import { createApp, type HttpApp } from './api/app.js';
 import { answerClientErrors } from './api/problem.js';
 import { startMessaging } from './messaging/index.js';
 import { startWorker } from './jobs/index.js';
@@ -25,47 +26,14 @@ async function main(): Promise<void> {
     throw err;
   }
   const log = createLogger({ level: config.logLevel, service: config.serviceName, role: config.roles.join(',') });
+  const has = (role: Role) => config.roles.includes(role);
 
-  let embedded: EmbeddedDatabase | undefined;
-  let databaseUrl = config.databaseUrl;
-  let apiKey = config.apiKey;
-  if (databaseUrl === undefined) {
-    embedded = await startEmbedded(config.dataDir, log);
-    databaseUrl = embedded.url;
-    if (apiKey === undefined && config.roles.includes('api')) {
-      const key = persistentSecret(config.dataDir, 'api-key');
-      apiKey = key.value;
-      log.info({ api_key_file: key.path }, 'generated API key stored in the data folder');
-    }
-  }
-  if (apiKey !== undefined && apiKey.length < 16) log.warn('POSITION_MANAGER_API_KEY is shorter than 16 characters');
-
-  await migrate(databaseUrl, (m) => log.info(m));
-  const pool = createPool(databaseUrl, config.dbPoolSize, config.serviceName);
-  await writeSettings(pool, config);
-  log.info({ database: redactUrl(databaseUrl), roles: config.roles, messaging: config.amqpUrl ? 'enabled' : 'disabled' }, 'starting');
-
-  const rt: Runtime = {
-    config,
-    log,
-    pool,
-    databaseUrl,
-    apiKey,
-    broker: { enabled: config.amqpUrl !== undefined, connected: false },
-  };
-  if (!rt.broker.enabled) log.warn('no AMQP configuration: consumers and relay are off, events wait in the outbox');
-
+  // What has been started so far; stop() releases it newest first, on a signal (exit 0) or
+  // on a failed start (exit 1).
   const components: Component[] = [];
-  const has = (role: string) => config.roles.includes(role as never);
-  if (rt.broker.enabled && (has('consumer') || has('relay')))
-    components.push(...(await startMessaging(rt, { consumer: has('consumer'), relay: has('relay') })));
-  if (has('worker')) components.push(...(await startWorker(rt)));
-
-  const http = createApp(rt, { api: config.roles.includes('api') });
-  components.push(...http.components);
+  let embedded: EmbeddedDatabase | undefined;
+  let pool: pg.Pool | undefined;
   let server: Server | undefined;
-
-  // Releases what was started, newest first, then exits: on a signal (0) or a failed start (1).
   let stopping = false;
   const stop = async (exitCode: number) => {
     if (stopping) return;
@@ -84,11 +52,54 @@ async function main(): Promise<void> {
         log.error({ err, component: c.name }, 'error while stopping');
       }
     }
-    await pool.end().catch(() => undefined);
+    await pool?.end().catch(() => undefined);
     if (embedded) await embedded.stop().catch(() => undefined);
     log.info('stopped');
     process.exit(exitCode);
   };
+
+  let http: HttpApp;
+  try {
+    let databaseUrl = config.databaseUrl;
+    let apiKey = config.apiKey;
+    if (databaseUrl === undefined) {
+      embedded = await startEmbedded(config.dataDir, log);
+      databaseUrl = embedded.url;
+      if (apiKey === undefined && has('api')) {
+        const key = persistentSecret(config.dataDir, 'api-key');
+        apiKey = key.value;
+        log.info({ api_key_file: key.path }, 'generated API key stored in the data folder');
+      }
+    }
+    if (apiKey !== undefined && apiKey.length < 16) log.warn('POSITION_MANAGER_API_KEY is shorter than 16 characters');
+
+    await migrate(databaseUrl, (m) => log.info(m));
+    pool = createPool(databaseUrl, config.dbPoolSize, config.serviceName);
+    await writeSettings(pool, config);
+    // Only the consumer and relay roles use the broker: an api or worker process with AMQP_URL
+    // set has no connection to keep, so its health must not hinge on one.
+    const messaging = config.amqpUrl !== undefined && (has('consumer') || has('relay'));
+    log.info({ database: redactUrl(databaseUrl), roles: config.roles, messaging: messaging ? 'enabled' : 'disabled' }, 'starting');
+
+    const rt: Runtime = {
+      config,
+      log,
+      pool,
+      databaseUrl,
+      apiKey,
+      broker: { enabled: messaging, connected: false, detachedConsumers: new Set() },
+    };
+    if (config.amqpUrl === undefined) log.warn('no AMQP configuration: consumers and relay are off, events wait in the outbox');
+
+    if (messaging) components.push(...(await startMessaging(rt, { consumer: has('consumer'), relay: has('relay') })));
+    if (has('worker')) components.push(...(await startWorker(rt)));
+
+    http = createApp(rt, { api: has('api') });
+    components.push(...http.components);
+  } catch (err) {
+    log.fatal({ err: safeError(err) }, 'failed to start');
+    return stop(1);
+  }
 
   // Express 5 hands a bind error (EADDRINUSE, EACCES) to the listen callback instead of
   // throwing: without a socket the process is useless, so it stops and exits non-zero.
@@ -122,7 +133,9 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => shutdown('SIGINT'));
 }
 
+// Only for a failure before the logger exists; everything later is logged as JSON.
 main().catch((err) => {
-  process.stderr.write(`position-manager: failed to start: ${(err as Error).stack ?? String(err)}\n`);
+  const e = safeError(err);
+  process.stderr.write(`position-manager: failed to start: ${e.stack ?? e.message}\n`);
   process.exit(1);
 });

@@ -1,14 +1,38 @@
 // Prometheus metrics (SPEC.md §10), one registry per process, served at GET /metrics.
 import client from 'prom-client';
+import type { Figures } from './db/monitor.js';
 
 export const registry = new client.Registry();
-client.collectDefaultMetrics({ register: registry, prefix: 'position_manager_process_' });
+// prom-client's default names already start with process_ or nodejs_: the service prefix alone
+// gives position_manager_process_cpu_seconds_total, in line with every other metric here.
+client.collectDefaultMetrics({ register: registry, prefix: 'position_manager_' });
+
+let readFigures: (() => Promise<Figures | undefined>) | undefined;
+
+/**
+ * Makes the database gauges (open positions, outbox backlog) read at every scrape, so that every
+ * process serving /metrics reports them, not only the one that happens to write them.
+ */
+export function readFiguresAtScrape(read: () => Promise<Figures | undefined>): void {
+  readFigures = read;
+}
+
+// Each gauge calls this; the reader shares one query among them. An unanswered read keeps the
+// last values: a slow database is not an empty outbox.
+async function collectFigures(): Promise<void> {
+  const f = await readFigures?.();
+  if (!f) return;
+  for (const mode of ['one-way', 'hedge'] as const) metrics.positionsOpen.set({ mode }, f.open[mode]);
+  metrics.outboxPending.set(f.outboxPending);
+  metrics.outboxOldestAge.set(f.outboxOldestAgeSeconds);
+}
 
 const PREFIX = 'position_manager_';
+export const BROKER_UP = `${PREFIX}broker_up`;
 const m = <T>(metric: T): T => metric;
 
 export const metrics = {
-  positionsOpen: m(new client.Gauge({ name: `${PREFIX}positions_open`, help: 'Open positions', labelNames: ['mode'], registers: [registry] })),
+  positionsOpen: m(new client.Gauge({ name: `${PREFIX}positions_open`, help: 'Open positions', labelNames: ['mode'], registers: [registry], collect: collectFigures })),
   positionUpdates: m(new client.Counter({ name: `${PREFIX}position_updates_total`, help: 'Position changes applied', labelNames: ['source'], registers: [registry] })),
   httpDuration: m(
     new client.Histogram({
@@ -33,10 +57,26 @@ export const metrics = {
       registers: [registry],
     }),
   ),
-  outboxPending: m(new client.Gauge({ name: `${PREFIX}outbox_pending`, help: 'Unsent outbox rows', registers: [registry] })),
-  outboxOldestAge: m(new client.Gauge({ name: `${PREFIX}outbox_oldest_age_seconds`, help: 'Age of the oldest unsent outbox row', registers: [registry] })),
+  outboxPending: m(new client.Gauge({ name: `${PREFIX}outbox_pending`, help: 'Unsent outbox rows', registers: [registry], collect: collectFigures })),
+  outboxOldestAge: m(
+    new client.Gauge({ name: `${PREFIX}outbox_oldest_age_seconds`, help: 'Age of the oldest unsent outbox row', registers: [registry], collect: collectFigures }),
+  ),
   eventsPublished: m(new client.Counter({ name: `${PREFIX}events_published_total`, help: 'Events confirmed by the broker', labelNames: ['event_type'], registers: [registry] })),
   jobRuns: m(new client.Counter({ name: `${PREFIX}job_runs_total`, help: 'Job runs', labelNames: ['task', 'outcome'], registers: [registry] })),
   databaseUp: m(new client.Gauge({ name: `${PREFIX}database_up`, help: '1 when the database answers', registers: [registry] })),
-  brokerUp: m(new client.Gauge({ name: `${PREFIX}broker_up`, help: '1 when connected to the broker', registers: [registry] })),
+  brokerUp: m(new client.Gauge({ name: BROKER_UP, help: '1 when connected to the broker', registers: [registry] })),
 };
+
+export interface ValidationOutcome {
+  is_valid: boolean;
+  discrepancies: { field: string }[];
+  /** Set only when the validation fixed the position (SPEC.md R-17 step 7). */
+  updated_position: unknown;
+}
+
+/** Counts one validation: its run, its discrepancies, and the change it made when it fixed one. */
+export function countValidation(trigger: 'api' | 'discrepancy', r: ValidationOutcome): void {
+  metrics.validationRuns.inc({ trigger, outcome: r.is_valid ? 'valid' : 'discrepancy' });
+  for (const d of r.discrepancies) metrics.validationDiscrepancies.inc({ field: d.field });
+  if (r.updated_position) metrics.positionUpdates.inc({ source: 'validation' });
+}

@@ -5,9 +5,14 @@ import type { Config } from './config.js';
 import type { Logger } from './log.js';
 
 export interface BrokerState {
-  /** False when no AMQP configuration is given (messaging disabled). */
+  /** False when this process does not use the broker (no AMQP configuration, or neither consumer nor relay role). */
   enabled: boolean;
   connected: boolean;
+  /**
+   * Queues whose consumer is not consuming although the connection may be up (cancelled by the
+   * broker, channel closed): ingest has stopped there until it is attached again.
+   */
+  detachedConsumers: Set<string>;
 }
 
 export interface Runtime {

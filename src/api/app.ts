@@ -5,7 +5,8 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import express, { type Request, type RequestHandler } from 'express';
 import { listen, type Listener } from '../db/listen.js';
-import { metrics, registry } from '../metrics.js';
+import { createMonitor } from '../db/monitor.js';
+import { BROKER_UP, metrics, readFiguresAtScrape, registry } from '../metrics.js';
 import { OPENAPI_PATH } from '../paths.js';
 import type { Component, Runtime } from '../runtime.js';
 import { requireApiKey } from './auth.js';
@@ -67,17 +68,16 @@ export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
   const dependencies = probeDependencies(rt);
   const components: Component[] = [{ name: 'dependency probe', stop: async () => dependencies.stop() }];
 
-  app.get('/health', healthHandler(rt, dependencies.state));
+  const monitor = createMonitor(rt.databaseUrl, rt.config.serviceName);
+  components.push({ name: 'database monitor', stop: () => monitor.close() });
+  readFiguresAtScrape(() => monitor.figures());
+  registry.setDefaultLabels({ service: rt.config.serviceName });
+  // A process that uses no broker has none to report: a 0 there would read as an outage.
+  if (!rt.broker.enabled) registry.removeSingleMetric(BROKER_UP);
+
+  app.get('/health', healthHandler(rt, monitor, dependencies.state));
   app.get('/metrics', async (_req, res) => {
-    try {
-      const r = await rt.pool.query<{ mode: string; n: string }>(
-        "select m.mode, count(p.id) as n from (values ('one-way'), ('hedge')) m(mode) left join positions p on p.mode = m.mode and p.gross_size > 0 group by m.mode",
-      );
-      for (const row of r.rows) metrics.positionsOpen.set({ mode: row.mode }, Number(row.n));
-      metrics.databaseUp.set(1);
-    } catch {
-      metrics.databaseUp.set(0);
-    }
+    metrics.databaseUp.set((await monitor.ping()) ? 1 : 0);
     res.type(registry.contentType).send(await registry.metrics());
   });
 

@@ -4,7 +4,7 @@
 import { Router, type Request, type Response } from 'express';
 import type pg from 'pg';
 import type { Logger } from '../log.js';
-import { metrics } from '../metrics.js';
+import { countValidation, type ValidationOutcome } from '../metrics.js';
 import type { MetricsCache } from './cache.js';
 
 const str = (v: unknown): string | null => (v === undefined || v === null ? null : String(v));
@@ -35,9 +35,8 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
     const log = res.locals.log as Logger;
     const result = (await one(pool, 'select validate_position($1, $2, $3, $4) as r', [
       req.params.asset, mode(req), bool(req.query.fix_discrepancies, true), res.locals.traceId,
-    ])) as { is_valid: boolean; error_message: string | null; discrepancies: { field: string }[] };
-    metrics.validationRuns.inc({ trigger: 'api', outcome: result.is_valid ? 'valid' : 'discrepancy' });
-    for (const d of result.discrepancies) metrics.validationDiscrepancies.inc({ field: d.field });
+    ])) as ValidationOutcome & { error_message: string | null };
+    countValidation('api', result);
     if (!result.is_valid)
       log.warn({ asset: String(req.params.asset).toUpperCase(), mode: mode(req), discrepancies: result.discrepancies },
         `validation: ${result.error_message}`);

@@ -6,7 +6,7 @@ import type { JobHelpers, Task, TaskList } from 'graphile-worker';
 import type pg from 'pg';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
-import { metrics } from '../metrics.js';
+import { countValidation, metrics, type ValidationOutcome } from '../metrics.js';
 import { withRunConnection, type Query } from './connection.js';
 
 type Work = (payload: Record<string, unknown>, traceId: string, q: Query) => Promise<unknown>;
@@ -64,6 +64,7 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger): TaskList {
       const since = await q("select max(started_at)::text from job_runs where task = 'validate_all_positions' and outcome = 'success'");
       const r = (await q('call validate_all_positions(since => $1, trace_id => $2, result => null)', [since, trace])) as {
         invalid: number;
+        fixed: number;
         discrepancies: { asset: string; mode: string; discrepancies: { field: string }[] }[];
       };
       for (const d of r.discrepancies) {
@@ -71,19 +72,16 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger): TaskList {
         for (const x of d.discrepancies) metrics.validationDiscrepancies.inc({ field: x.field });
       }
       metrics.validationRuns.inc({ trigger: 'periodic', outcome: r.invalid ? 'discrepancy' : 'valid' });
+      if (r.fixed > 0) metrics.positionUpdates.inc({ source: 'validation' }, r.fixed);
       return r;
     },
     validate_position: async (p, trace, q) => {
       try {
-        const r = (await q('select validate_position($1, $2, true, $3) as r', [p.asset, p.mode ?? 'one-way', trace])) as {
-          is_valid: boolean;
-          discrepancies: { field: string }[];
-        };
-        metrics.validationRuns.inc({ trigger: 'discrepancy', outcome: r.is_valid ? 'valid' : 'discrepancy' });
-        if (!r.is_valid) {
+        const r = (await q('select validate_position($1, $2, true, $3) as r', [p.asset, p.mode ?? 'one-way', trace])) as ValidationOutcome;
+        countValidation('discrepancy', r);
+        if (!r.is_valid)
           log.warn({ trace_id: trace, asset: p.asset, mode: p.mode, discrepancies: r.discrepancies }, 'validation after a size discrepancy');
-          for (const x of r.discrepancies) metrics.validationDiscrepancies.inc({ field: x.field });
-        } else log.info({ trace_id: trace, asset: p.asset, mode: p.mode }, 'validation after a size discrepancy: the position is valid');
+        else log.info({ trace_id: trace, asset: p.asset, mode: p.mode }, 'validation after a size discrepancy: the position is valid');
         return r;
       } catch (err) {
         if ((err as { code?: string }).code === 'P0002') return { is_valid: null, error_message: 'position_not_found' };

@@ -11,6 +11,7 @@ import { metrics } from '../metrics.js';
 import { isConnectionError } from '../db/pool.js';
 import { publishDeadLetter } from './dead-letter.js';
 import { checkBody, type Kind } from './schemas.js';
+import { ensureForeignQueue } from './topology.js';
 
 interface Delivery {
   msg: amqp.ConsumeMessage;
@@ -74,7 +75,12 @@ export interface QueueConsumerOptions {
   maxBatch: number;
   maxDeliveryAttempts: number;
   deadLetterChannel: () => amqp.ConfirmChannel | undefined;
+  /** Holds this consumer's queue while it is not consuming; /health reads it. */
+  detached: Set<string>;
 }
+
+const REATTACH_FIRST_MS = 1000;
+const REATTACH_MAX_MS = 30_000;
 
 export class QueueConsumer {
   private pending: Delivery[] = [];
@@ -82,16 +88,82 @@ export class QueueConsumer {
   private stopped = false;
   private wake: (() => void) | undefined;
   private channel: { channel: amqp.Channel; consumerTag: string } | undefined;
+  /** The connection a lost consumer is attached to again; a new connection calls attach() itself. */
+  private connection: amqp.ChannelModel | undefined;
+  private prefetch = 1;
+  private reattachTimer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly o: QueueConsumerOptions) {}
+  constructor(private readonly o: QueueConsumerOptions) {
+    o.detached.add(o.queue);
+  }
 
   /** Starts consuming on a fresh channel of this connection (called on every reconnection). */
   async attach(connection: amqp.ChannelModel, prefetch: number): Promise<void> {
+    clearTimeout(this.reattachTimer);
+    this.connection = connection;
+    this.prefetch = prefetch;
+    connection.once('close', () => {
+      if (this.connection !== connection) return;
+      this.connection = undefined;
+      clearTimeout(this.reattachTimer);
+      this.o.detached.add(this.o.queue);
+    });
+    await this.consume(connection);
+  }
+
+  private async consume(connection: amqp.ChannelModel): Promise<void> {
     const channel = await connection.createChannel();
     channel.on('error', (err: Error) => this.o.log.warn({ err: err.message, queue: this.o.queue }, 'consumer channel error'));
-    await channel.prefetch(prefetch);
-    const { consumerTag } = await channel.consume(this.o.queue, (msg) => msg && this.receive(channel, msg), { noAck: false });
+    channel.on('close', () => this.lost(channel, 'consumer channel closed'));
+    await channel.prefetch(this.prefetch);
+    // A null message is the broker cancelling the consumer: the queue was deleted, or its node failed over.
+    const { consumerTag } = await channel.consume(
+      this.o.queue,
+      (msg) => (msg ? this.receive(channel, msg) : this.lost(channel, 'consumer cancelled by the broker')),
+      { noAck: false },
+    );
+    if (this.stopped) {
+      await channel.close().catch(() => undefined);
+      return;
+    }
     this.channel = { channel, consumerTag };
+    this.o.detached.delete(this.o.queue);
+  }
+
+  /**
+   * The consumer stopped while its connection may live on, which no reconnection would repair:
+   * consume again on that connection, with back-off, until it works or the connection goes.
+   */
+  private lost(channel: amqp.Channel, why: string): void {
+    if (this.stopped || this.channel?.channel !== channel) return;
+    this.channel = undefined;
+    this.o.detached.add(this.o.queue);
+    this.o.log.warn({ queue: this.o.queue }, `${why}; consuming again`);
+    // Deliveries already taken from this channel are applied and acked on it before it closes.
+    const release = async () => {
+      await this.flushing;
+      await channel.close();
+    };
+    release().catch(() => undefined);
+    if (this.connection) this.reattach(this.connection, REATTACH_FIRST_MS);
+  }
+
+  private reattach(connection: amqp.ChannelModel, delayMs: number): void {
+    clearTimeout(this.reattachTimer);
+    this.reattachTimer = setTimeout(async () => {
+      if (this.stopped || this.connection !== connection) return;
+      try {
+        // As at start: a queue deleted by its owner is declared again with the owner's arguments.
+        await ensureForeignQueue(connection, this.o.queue);
+        await this.consume(connection);
+        this.o.log.info({ queue: this.o.queue }, 'consumer attached again');
+      } catch (err) {
+        if (this.stopped || this.connection !== connection) return;
+        const next = Math.min(delayMs * 2, REATTACH_MAX_MS);
+        this.o.log.warn({ err: (err as Error).message, queue: this.o.queue, retry_in_ms: next }, 'cannot consume yet; retrying');
+        this.reattach(connection, next);
+      }
+    }, delayMs);
   }
 
   private receive(channel: amqp.Channel, msg: amqp.ConsumeMessage): void {
@@ -246,9 +318,11 @@ export class QueueConsumer {
    * them) and hands every unapplied message back to the broker.
    */
   async stop(): Promise<void> {
+    // First, so that neither a loss is repaired nor a re-attach under way starts consuming.
+    this.stopped = true;
+    clearTimeout(this.reattachTimer);
     const current = this.channel;
     if (current) await current.channel.cancel(current.consumerTag).catch(() => undefined);
-    this.stopped = true;
     this.wake?.();
     await this.flushing;
     if (current) await current.channel.close().catch(() => undefined);

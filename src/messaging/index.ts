@@ -33,6 +33,7 @@ export async function startMessaging(rt: Runtime, roles: { consumer: boolean; re
           maxBatch: Math.min(config.consumerPrefetch, 500),
           maxDeliveryAttempts: config.maxDeliveryAttempts,
           deadLetterChannel: () => deadLetters,
+          detached: rt.broker.detachedConsumers,
         }),
     );
     await broker.onConnected(async (conn) => {

@@ -113,21 +113,12 @@ export class OutboxRelay {
       let more = false;
       this.woken = false;
       try {
-        await this.refreshGauges();
         if (this.channel && (await this.holdLock())) more = await this.drainOnce();
       } catch (err) {
         this.o.log.warn({ err: (err as Error).message }, 'outbox relay pass failed');
       }
       if (!more && !this.stopped) await this.idle(this.o.pollMs ?? POLL_MS);
     }
-  }
-
-  private async refreshGauges(): Promise<void> {
-    const r = await this.o.pool.query<{ n: string; age: string | null }>(
-      'select count(*) as n, extract(epoch from now() - min(created_at))::text as age from outbox where sent_at is null',
-    );
-    metrics.outboxPending.set(Number(r.rows[0]!.n));
-    metrics.outboxOldestAge.set(r.rows[0]!.age === null ? 0 : Number(r.rows[0]!.age));
   }
 
   /** Publishes one batch; true when a full batch went out and more may be waiting. */

@@ -18,7 +18,7 @@ const OWNER_ARGUMENTS: Record<string, amqp.Options.AssertQueue> = {
 };
 
 /** Checks a queue someone else owns; declares it with its owner's arguments when missing. */
-async function ensureForeignQueue(connection: amqp.ChannelModel, queue: string): Promise<void> {
+export async function ensureForeignQueue(connection: amqp.ChannelModel, queue: string): Promise<void> {
   const probe = await connection.createChannel();
   probe.on('error', () => undefined); // a 404 closes the probe channel; that is the answer
   try {
@@ -29,6 +29,9 @@ async function ensureForeignQueue(connection: amqp.ChannelModel, queue: string):
     // missing: fall through and declare it
   }
   const ch = await connection.createChannel();
+  // The rejected assertQueue carries a refusal; unheard, amqplib's 'error' event would take the
+  // whole connection down with it.
+  ch.on('error', () => undefined);
   try {
     await ch.assertQueue(queue, OWNER_ARGUMENTS[queue] ?? { durable: true });
   } finally {

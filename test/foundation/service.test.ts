@@ -4,7 +4,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freshDatabase } from '../helpers/db.js';
-import { startService } from '../helpers/service.js';
+import { freePort, startService } from '../helpers/service.js';
 
 t.test('a bad configuration stops the process with exit code 1 and names the variable', async (t) => {
   const svc = await startService(t, {
@@ -14,7 +14,20 @@ t.test('a bad configuration stops the process with exit code 1 and names the var
   });
   const code = await new Promise<number | null>((ok) => svc.child.once('exit', ok));
   t.equal(code, 1);
-  t.match(svc.stderr.join(''), /POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD must be a decimal between 0 and 1, got "lots"/);
+  t.match(svc.stderr.join(''), /POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD must be a non-negative decimal, got "lots"/);
+});
+
+t.test('a database that cannot be reached at start: one fatal JSON line without the password, exit 1', async (t) => {
+  const port = await freePort(); // nothing listens there
+  const svc = await startService(t, { databaseUrl: `postgres://pm:hunter2@127.0.0.1:${port}/pm`, waitHealthy: false });
+  const code = await new Promise<number | null>((ok) => svc.child.once('exit', ok));
+  t.equal(code, 1);
+  const fatal = svc.logs.find((l) => l.level === 'fatal');
+  t.match(fatal, { msg: 'failed to start', service: 'position-manager', err: { type: String, message: String } }, 'logged as JSON at fatal');
+  t.match(JSON.stringify(fatal.err), /ECONNREFUSED/, 'with the cause');
+  t.same(svc.stderr, [], 'nothing on stderr: no plain-text stack');
+  t.notOk(svc.logs.some((l) => l.raw !== undefined), 'every stdout line is JSON');
+  t.notMatch(JSON.stringify(svc.logs), /hunter2/, 'no password');
 });
 
 t.test('the service starts on a database, answers /health, and stops on SIGTERM with exit 0', async (t) => {

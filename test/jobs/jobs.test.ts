@@ -31,6 +31,15 @@ const env = {
 };
 const w1 = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env });
 const w2 = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env });
+/** position_manager_position_updates_total{source="validation"} over both workers. */
+const validationUpdates = async () => {
+  let n = 0;
+  for (const w of [w1, w2]) {
+    const text = (await w.request('GET', '/metrics', { key: null })).body as string;
+    n += Number(/^position_manager_position_updates_total\{source="validation"[^}]*\} (\d+)/m.exec(text)?.[1] ?? 0);
+  }
+  return n;
+};
 
 t.test('TC-020 and TC-024: scheduled snapshots, events, job_runs; two workers, one run per slot', async (t) => {
   await waitFor(async () => (await count("select count(*) as n from job_runs where task = 'snapshot_all_positions' and outcome = 'success'")) >= 3,
@@ -59,6 +68,7 @@ t.test('TC-025 periodic validation fixes a position that disagrees with its ledg
     (await db.query("select result, trace_id from job_runs where task = 'validate_all_positions' and (result->>'fixed')::int > 0")).rows[0],
     { what: 'the run recorded with its counts' });
   t.match(run.result, { fixed: 1, invalid: 1, discrepancies: [{ asset: 'ETHUSDT' }] });
+  t.equal(await waitFor(validationUpdates, { what: 'the fix counted' }), 1, 'one position update from validation');
   const audit = (await db.query("select trace_id from position_events where asset = 'ETHUSDT' and kind = 'validation_fix'")).rows;
   t.equal(audit.length, 1, 'audited once');
   t.equal(audit[0].trace_id, run.trace_id, "the audit row carries the job run's trace_id (SPEC §6.2)");
@@ -77,6 +87,7 @@ t.test('TC-003: a burst of discrepancy reports leads to exactly one validation a
       (select trace_id from position_events where asset = 'SOLUSDT' and kind = 'validation_fix') as audit,
       (select trace_id from outbox where event_type = 'position_updated' and payload->>'asset' = 'SOLUSDT' and payload->>'update_source' = 'validation') as event`)).rows[0];
   t.same([traces.audit, traces.event], [traces.run, traces.run], "the fix's audit row and event carry the job run's trace_id");
+  await waitFor(async () => (await validationUpdates()) === 2, { what: 'the discrepancy fix counted as a position update from validation' });
 });
 
 t.test('a failing task is recorded in job_runs with its error and retried', async (t) => {

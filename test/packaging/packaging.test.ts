@@ -33,6 +33,29 @@ t.test('the Dockerfile copies files that exist and starts what README documents'
   t.match(dockerfile, /^USER node$/m, 'runs as a non-root user');
   t.match(dockerfile, /^HEALTHCHECK [\s\S]*?\/health/m);
   t.match(dockerfile, /^EXPOSE 4800$/m);
+  // The default start (no DATABASE_URL) writes ./data (the embedded database, the API key) as `node`.
+  const chown = /^RUN .*mkdir -p \/app\/data.*&& chown node:node \/app\/data$/m.exec(dockerfile);
+  t.ok(chown, 'the data folder is created and owned by node');
+  t.match(dockerfile, /^VOLUME \/app\/data$/m, 'and kept in a volume');
+  t.ok(chown && chown.index < dockerfile.search(/^VOLUME /m) && chown.index < dockerfile.search(/^USER node$/m),
+    'owned before the volume is declared and the user switched');
+  t.match(dockerfile, /^WORKDIR \/app$/m, './data is /app/data');
   const pkg = JSON.parse(read('package.json'));
   t.match(pkg.scripts.start, /node dist\/src\/main\.js/, 'npm start runs the same entry point');
+});
+
+t.test('the postgres password comes from .env (POSTGRES_PASSWORD) everywhere, as README and env.example say', async (t) => {
+  const text = read('docker-compose.yml');
+  const compose = parse(text, { merge: true });
+  const password = '${POSTGRES_PASSWORD:-ytrader}';
+  t.equal(compose.services.postgres.environment.POSTGRES_PASSWORD, password, 'the postgres service');
+  for (const s of ['position-manager', 'position-manager-api', 'position-manager-ingest', 'position-manager-worker']) {
+    const url = new URL(compose.services[s].environment.DATABASE_URL.replace(password, 'PLACEHOLDER'));
+    t.equal(url.password, 'PLACEHOLDER', `${s}: DATABASE_URL uses the same password`);
+    t.equal(url.username, compose.services.postgres.environment.POSTGRES_USER);
+    t.equal(url.pathname, `/${compose.services.postgres.environment.POSTGRES_DB}`);
+  }
+  t.notMatch(text.replace(/#.*$/gm, ''), /:ytrader@|POSTGRES_PASSWORD: ytrader/, 'no hard-coded password left');
+  t.match(read('README.md'), /`cp env\.example \.env`, set [^.]*`POSTGRES_PASSWORD`/, 'README: set it in .env');
+  t.match(read('env.example'), /^# .*\.env.*\n(# .*\n)*POSTGRES_PASSWORD=/m, 'env.example says where compose takes it from');
 });
