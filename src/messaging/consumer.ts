@@ -173,7 +173,7 @@ export class QueueConsumer {
     const d: Delivery = {
       msg,
       channel,
-      raw: (checked.ok && checked.text) || msg.content.toString('utf8'),
+      raw: msg.content.toString('utf8'),
       meta: {
         source: this.o.queue,
         ...(msg.properties.messageId ? { message_key: String(msg.properties.messageId) } : {}),

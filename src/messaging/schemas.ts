@@ -2,7 +2,7 @@
 // keeps each number's text; nothing becomes a JS number), then checked structurally with zod.
 // The SQL functions check every value again and own the accounting rules; this layer rejects
 // what is not even the right shape, naming the field, before it reaches a transaction.
-import { isLosslessNumber, parse, stringify } from 'lossless-json';
+import { isLosslessNumber, parse } from 'lossless-json';
 import { z } from 'zod';
 import { bodyKey } from './body-key.js';
 
@@ -77,7 +77,7 @@ const report = z.union([
 export type Kind = 'fill' | 'report';
 
 export type Checked =
-  | { ok: true; traceId: string | undefined; eventId: string | undefined; asset?: string; bodyKey: string; text?: string }
+  | { ok: true; traceId: string | undefined; eventId: string | undefined; asset?: string; bodyKey: string }
   | { ok: false; reason: string; traceId: string | undefined };
 
 function describe(error: z.ZodError): string {
@@ -108,26 +108,26 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   if (tree === null || typeof tree !== 'object' || Array.isArray(tree))
     return { ok: false, reason: 'body: must be a JSON object', traceId: undefined };
   const obj = tree as Record<string, unknown>;
+  const nul = raw.includes('\\u0000') ? nulPath(tree) : undefined;
+  if (nul) return { ok: false, reason: `${nul}: contains U+0000, which cannot be stored`, traceId: undefined };
   const traceId = typeof obj.trace_id === 'string' && obj.trace_id.length <= 128 ? obj.trace_id : undefined;
   const schema = kind === 'report' ? report : typeof obj.order === 'object' && obj.order !== null ? enrichedFill : flatFill;
   const result = schema.safeParse(tree);
   if (!result.success) return { ok: false, reason: describe(result.error), traceId };
   return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined, asset: fillAsset(kind, obj),
-           bodyKey: bodyKey(tree), ...withoutNul(raw, tree) };
+           bodyKey: bodyKey(tree) };
 }
 
-// PostgreSQL's jsonb cannot hold U+0000, so one in any field — even an ignored one — would fail
-// the whole message without naming a field. It becomes U+FFFD; a field that is read is then
-// still rejected by its own check (e.g. the asset format), naming the field.
-function withoutNul(raw: Buffer, tree: unknown): { text?: string } {
-  if (!raw.includes('\\u0000')) return {};
-  const clean = (v: unknown): unknown =>
-    typeof v === 'string' ? v.replaceAll('\u0000', '\uFFFD')
-      : Array.isArray(v) ? v.map(clean)
-        : v !== null && typeof v === 'object' && !isLosslessNumber(v)
-          ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k.replaceAll('\u0000', '\uFFFD'), clean(x)]))
-          : v;
-  return { text: stringify(clean(tree)) };
+// PostgreSQL's jsonb cannot hold U+0000: a message with one would fail in SQL without naming a
+// field, so it is refused here, naming where it is (changing it instead would alter stored text).
+function nulPath(v: unknown, path: string[] = []): string | undefined {
+  if (typeof v === 'string') return v.includes('\u0000') ? path.join('.') || 'body' : undefined;
+  if (v === null || typeof v !== 'object' || isLosslessNumber(v)) return undefined;
+  for (const [k, x] of Array.isArray(v) ? v.entries() : Object.entries(v)) {
+    const found = String(k).includes('\u0000') ? [...path, String(k)].join('.') : nulPath(x, [...path, String(k)]);
+    if (found) return found;
+  }
+  return undefined;
 }
 
 /** A fill's asset as SQL will read it (upper case), so the consumer can keep each asset's fills in order. */
