@@ -53,18 +53,21 @@ acceptance('TC-011 metrics cache: hit, dropped by a change, recomputed after the
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer', POSITION_MANAGER_METRICS_CACHE_TTL: '3' });
   await given(s, 'BTCUSDT', 'Buy', '1', '50000');
   await waitFor(() => s.svc.logs.some((l) => l.msg === 'listening for notifications'), { what: 'cache listener' });
+  // The case's timeline (TTL 10 s: 0 s, change at 5 s, 15 s) at TTL 3 s: 0, 1.5 s, 4.5 s.
+  const t0 = Date.now();
+  const at = (ms: number) => waitFor(() => Date.now() >= t0 + ms, { what: `t = ${ms} ms`, timeoutMs: ms + 1000 });
   const first = await s.get('/api/v1/portfolio');
   const again = await s.get('/api/v1/portfolio');
   t.equal(again.body.calculated_at, first.body.calculated_at, 'served from cache');
+  await at(1500);
   await mark(s, 'BTCUSDT', '1', { side: 'Buy', markPrice: '51000', unrealisedPnl: '1000' });
   const after = await s.get('/api/v1/portfolio');
   t.not(after.body.calculated_at, first.body.calculated_at, 'the change dropped the cache');
   t.equal(after.body.total_unrealized_pnl_usdt, '1000', 'the new metrics');
-  const later = await waitFor(async () => {
-    const r = await s.get('/api/v1/portfolio');
-    return r.body.calculated_at !== after.body.calculated_at && r;
-  }, { what: 'computed afresh after the TTL', timeoutMs: 10_000 });
-  t.ok(later);
+  t.ok(Date.now() < t0 + 3000, 'the change and the read after it happened in the first TTL period');
+  await at(4500);
+  const later = await s.get('/api/v1/portfolio');
+  t.not(later.body.calculated_at, after.body.calculated_at, 'at 1.5 × TTL the request is computed afresh');
 });
 
 acceptance('TC-012 list with filters; TC-013 portfolio with positions', async (t) => {
