@@ -20,6 +20,17 @@ create or replace function periodic_job_dead_after(interval_seconds integer) ret
     select least(greatest(make_interval(secs => 2 * interval_seconds), interval '10 minutes'), interval '4 hours')
   $$;
 
+-- The job_runs rows a dead worker left running are closed as failed.
+create or replace function fail_runs_of_dead_job(job_id bigint, locked_by text, locked_at timestamptz) returns void
+  language sql
+  as $$
+    update job_runs r
+       set finished_at = clock_timestamp(), outcome = 'failure',
+           error = format('worker died: %s held the job since %s', locked_by, locked_at),
+           duration_ms = round(extract(epoch from clock_timestamp() - r.started_at) * 1000)::integer
+     where r.job_id = fail_runs_of_dead_job.job_id and r.outcome is null
+  $$;
+
 -- At worker start and then now and again, under a per-task lock (two workers never start two
 -- chains). Returns what it did, or null:
 --  'revived'     the job was locked for longer than periodic_job_dead_after (a worker killed
@@ -44,11 +55,7 @@ begin
   for dead in select j.id, j.locked_by, j.locked_at from graphile_worker.jobs j
                where j.key = task and j.locked_at < now() - periodic_job_dead_after(interval_seconds) loop
     perform graphile_worker.force_unlock_workers(array[dead.locked_by]);
-    update job_runs r
-       set finished_at = clock_timestamp(), outcome = 'failure',
-           error = format('worker died: %s held the job since %s', dead.locked_by, dead.locked_at),
-           duration_ms = round(extract(epoch from clock_timestamp() - r.started_at) * 1000)::integer
-     where r.task = ensure_periodic_job.task and r.job_id = dead.id and r.outcome is null;
+    perform fail_runs_of_dead_job(dead.id, dead.locked_by, dead.locked_at);
     revived := true;
   end loop;
   if not exists (select 1 from graphile_worker.jobs j where j.key = task and j.attempts < j.max_attempts) then
@@ -62,6 +69,26 @@ begin
     return 'rescheduled';
   end if;
   return case when revived then 'revived' end;
+end $$;
+
+-- The one-off jobs (a scheduled validate_position, a publish_portfolio_update) run for
+-- milliseconds; one still locked after 10 minutes was taken by a worker that died, and would
+-- otherwise wait for graphile-worker's 4-hour lock expiry. Called with ensure_periodic_job.
+create or replace function release_dead_one_off_jobs(dead_after interval default interval '10 minutes')
+  returns integer
+  language plpgsql
+  as $$
+declare
+  workers text[];
+begin
+  select array_agg(distinct j.locked_by) into workers from graphile_worker.jobs j
+   where j.task_identifier in ('validate_position', 'publish_portfolio_update')
+     and j.locked_at < now() - dead_after;
+  if workers is null then return 0; end if;
+  perform fail_runs_of_dead_job(j.id, j.locked_by, j.locked_at)
+     from graphile_worker.jobs j where j.locked_by = any(workers);
+  perform graphile_worker.force_unlock_workers(workers);
+  return cardinality(workers);
 end $$;
 
 -- R-18 (a): every open position and every position changed since the previous run, fixed.

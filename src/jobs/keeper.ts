@@ -1,6 +1,7 @@
 // Keeps every periodic chain alive (sql/330 ensure_periodic_job): at worker start and then
 // every minute it starts a missing chain, releases a job a dead worker left locked, and pulls
-// in a slot planned under a longer interval than the one configured now.
+// in a slot planned under a longer interval than the one configured now. One-off jobs a dead
+// worker holds are released too (release_dead_one_off_jobs).
 import type pg from 'pg';
 import type { Logger } from '../log.js';
 import type { Periodic } from './tasks.js';
@@ -12,6 +13,12 @@ const MESSAGES: Record<string, { level: 'info' | 'warn'; msg: string }> = {
 };
 
 export async function keepPeriodicJobs(pool: pg.Pool, log: Logger, periodic: Periodic[]): Promise<void> {
+  try {
+    const released = (await pool.query<{ n: number }>('select release_dead_one_off_jobs() as n')).rows[0]!.n;
+    if (released > 0) log.warn({ workers: released }, 'one-off jobs released: the worker holding them died');
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'cannot release the jobs of dead workers yet');
+  }
   for (const p of periodic) {
     try {
       const done = (await pool.query<{ r: string | null }>('select ensure_periodic_job($1, $2) as r', [p.task, p.intervalSeconds])).rows[0]!.r;

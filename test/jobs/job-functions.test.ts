@@ -151,3 +151,21 @@ t.test('ensure_periodic_job: dead workers, live workers, lowered intervals', asy
   const moved = await job('prune_job_history');
   t.ok(moved.run_at.getTime() <= Date.now() + 61_000, 'to one (new) interval from now');
 });
+
+t.test('release_dead_one_off_jobs: a validate_position held for 10 minutes is released, a fresh one is not', async (t) => {
+  const db = await freshDatabase(t);
+  await db.query("select graphile_worker.add_job('validate_position', '{\"asset\":\"AUSDT\",\"mode\":\"one-way\"}'::json, job_key => 'validate:AUSDT:one-way')");
+  await db.query("select graphile_worker.add_job('validate_position', '{\"asset\":\"BUSDT\",\"mode\":\"one-way\"}'::json, job_key => 'validate:BUSDT:one-way')");
+  const lock = (key: string, ago: string, by: string) => db.query(
+    'update graphile_worker._private_jobs set locked_at = now() - $2::interval, locked_by = $3, attempts = attempts + 1 where key = $1',
+    [key, ago, by]);
+  await lock('validate:AUSDT:one-way', '11 minutes', 'worker-gone');
+  await lock('validate:BUSDT:one-way', '1 minute', 'worker-alive');
+  const dead = await one(db, "select id from graphile_worker.jobs where key = 'validate:AUSDT:one-way'");
+  const run = (await one(db, "select job_run_start('validate_position', $1, 'validate:AUSDT:one-way', '{}', 1, 'dead-run') as id", [dead.id])).id;
+  t.equal((await one(db, 'select release_dead_one_off_jobs() as n')).n, 1, 'one dead worker');
+  const jobs = (await db.query('select key, locked_by from graphile_worker.jobs order by key')).rows;
+  t.same(jobs, [{ key: 'validate:AUSDT:one-way', locked_by: null }, { key: 'validate:BUSDT:one-way', locked_by: 'worker-alive' }]);
+  t.match(await one(db, 'select outcome, error from job_runs where id = $1', [run]), { outcome: 'failure', error: /worker died: worker-gone/ });
+  t.equal((await one(db, 'select release_dead_one_off_jobs() as n')).n, 0, 'then nothing');
+});
