@@ -54,6 +54,15 @@ acceptance('TC-028 broker unavailable: degraded, REST changes commit, their even
   t.equal((await svc.request('GET', '/api/v1/positions/BRKUSDT')).status, 200, 'REST reads work');
   const snap = await svc.request('POST', '/api/v1/positions/BRKUSDT/snapshot');
   t.equal(snap.status, 201, 'a snapshot through REST commits');
+  // A validation fix through REST: a stored size the ledger disagrees with (only an operator can make one) is corrected.
+  await db.query("update positions set size = 5 where asset = 'BRKUSDT'");
+  const fix = await svc.request('POST', '/api/v1/positions/BRKUSDT/validate');
+  t.equal(fix.status, 200);
+  t.match(fix.body, { is_valid: false, updated_position: { size: '1' } });
+  t.equal((await svc.request('GET', '/api/v1/positions/BRKUSDT')).body.size, '1', 'a validation fix through REST commits');
+  const waiting = (await db.query('select event_type, payload from outbox where sent_at is null')).rows;
+  t.ok(waiting.some((r) => r.event_type === 'position_snapshot_created' && r.payload.snapshot_id === snap.body.id), 'the snapshot event waits in the outbox');
+  t.ok(waiting.some((r) => r.event_type === 'position_updated' && r.payload.update_source === 'validation'), 'the fix event waits in the outbox');
   await run('rabbitmqctl', ['-q', 'set_permissions', '-p', broker.vhost, user, '.*', '.*', '.*']);
   await waitFor(async () => (await svc.request('GET', '/health', { key: null })).body.status === 'healthy', { what: 'reconnected', timeoutMs: 60_000 });
   const amqp = (await import('amqplib')).default;
@@ -61,7 +70,9 @@ acceptance('TC-028 broker unavailable: degraded, REST changes commit, their even
   t.teardown(() => c.close().catch(() => undefined));
   const ch = await c.createChannel();
   const got: any[] = [];
-  await ch.consume('position-manager.position_snapshot_created', (m) => m && (got.push(JSON.parse(m.content.toString())), ch.ack(m)));
+  for (const queue of ['position-manager.position_snapshot_created', 'position-manager.position_updated'])
+    await ch.consume(queue, (m) => m && (got.push(JSON.parse(m.content.toString())), ch.ack(m)));
   await waitFor(() => got.find((b) => b.snapshot_id === snap.body.id), { what: 'the snapshot event published after', timeoutMs: 20_000 });
+  await waitFor(() => got.find((b) => b.asset === 'BRKUSDT' && b.update_source === 'validation' && b.size === '1'), { what: 'the fix event published after', timeoutMs: 20_000 });
   t.equal((await db.query('select count(*) from outbox where sent_at is null')).rows[0].count, '0', 'the outbox drained');
 });

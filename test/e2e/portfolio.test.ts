@@ -27,8 +27,14 @@ acceptance('TC-001 create a position from a report', async (t) => {
   t.equal((await s.get('/api/v1/portfolio/exposure')).body.total_exposure_usdt, '75000');
   const ev = await waitFor(() => s.events.updated.bodies().find((b) => b.asset === 'BTCUSDT'), { what: 'position_updated' });
   t.match(ev, { trace_id: 'test-trace-001', size: '1.5', update_source: 'websocket' });
-  const reset = await s.db.query("select count(*) from position_events_view where asset = 'BTCUSDT' and kind = 'created'");
-  t.equal(reset.rows[0].count, '1', 'created, with its audit row');
+  const created = await s.db.query("select count(*) from position_events_view where asset = 'BTCUSDT' and kind = 'created'");
+  t.equal(created.rows[0].count, '1', 'created, with its audit row');
+  const ledger = await s.db.query(`select position_id, kind, leg, trim_scale(reset_size)::text as reset_size,
+                                          trim_scale(reset_avg_price)::text as reset_avg_price, reason
+                                     from position_fills where asset = 'BTCUSDT'`);
+  t.equal(ledger.rowCount, 1, 'one ledger row');
+  t.match(ledger.rows[0], { position_id: p.id, kind: 'reset', leg: 'net', reset_size: '1.5', reset_avg_price: '50000', reason: /\S/ },
+    'a reset ledger row records the adopted state (SPEC names no reason value: any)');
 });
 
 acceptance('TC-009 total exposure of several positions; TC-010 total unrealized PnL', async (t) => {
@@ -110,14 +116,25 @@ acceptance('TC-018 size limit not reached: 0.5; TC-019 exceeded: 1', async (t) =
   t.equal((await s2.get('/api/v1/positions/BTCUSDT')).body.position_size_norm, '1', 'TC-019');
 });
 
-acceptance('TC-023 portfolio_updated after a change equals the portfolio', async (t) => {
+acceptance('TC-023 portfolio_updated after a change equals portfolio_metrics()', async (t) => {
   const s = await startStack(t);
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
-  await given(s, 'ETHUSDT', 'Sell', '2', '3000');
-  const m = (await s.get('/api/v1/portfolio')).body;
-  const ev = await waitFor(() => s.events.portfolio.bodies().find((b) => b.total_exposure_usdt === m.total_exposure_usdt), { what: 'portfolio_updated', timeoutMs: 10_000 });
-  for (const k of ['total_exposure_usdt', 'total_unrealized_pnl_usdt', 'total_realized_pnl_usdt', 'portfolio_value_usdt', 'net_exposure_usdt', 'open_positions_count', 'long_positions_count', 'short_positions_count'])
-    t.same(ev[k], m[k], k);
+  await given(s, 'ETHUSDT', 'Sell', '2', '3000'); // the change: a second open position
+  const changedAt = Date.parse((await s.get('/api/v1/positions/ETHUSDT')).body.last_updated); // its transaction time
+  const i = await waitFor(() => {
+    const k = s.events.portfolio.bodies().findIndex((b) => b.open_positions_count === 2);
+    return k >= 0 ? k : undefined;
+  }, { what: 'the portfolio_updated after the change', timeoutMs: 10_000 });
+  const ev = s.events.portfolio.bodies()[i];
+  // "Within PORTFOLIO_EVENT_INTERVAL_MS plus processing time": SPEC puts no number on the processing time, so the
+  // delay is reported, not bounded.
+  t.comment(`portfolio_updated arrived ${s.events.portfolio.arrivals[i]! - changedAt} ms after the change's transaction (interval 200 ms)`);
+  const sql = (await s.db.query('select portfolio_metrics() as m')).rows[0].m;
+  const api = (await s.get('/api/v1/portfolio')).body;
+  for (const k of ['total_exposure_usdt', 'total_unrealized_pnl_usdt', 'total_realized_pnl_usdt', 'portfolio_value_usdt', 'net_exposure_usdt', 'open_positions_count', 'long_positions_count', 'short_positions_count']) {
+    t.same(ev[k], sql[k], `${k} equals portfolio_metrics()`);
+    t.same(ev[k], api[k], `${k} equals GET /portfolio`);
+  }
   t.ok(ev.calculated_at && ev.event_id && ev.trace_id, 'envelope fields');
 });
 

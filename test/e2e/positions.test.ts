@@ -1,5 +1,6 @@
 // Acceptance cases of SPEC.md §12 about single positions, black-box against the running service
 // (one stack, one asset per case): messages in, HTTP, events and logs out.
+import { Decimal } from 'decimal.js';
 import t, { type Test } from 'tap';
 import { startStack, acceptanceSummary } from '../helpers/stack.js';
 import { TEST_API_KEY } from '../helpers/service.js';
@@ -11,13 +12,31 @@ const acceptance = async (title: string, fn: (t: Test) => Promise<void>) => reco
 const s = await startStack(t, { POSITION_MANAGER_SNAPSHOT_INTERVAL: '3' });
 const updatedFor = (asset: string) => s.events.updated.bodies().filter((b) => b.asset === asset);
 
+/** The asset's `size_discrepancy` audit rows (R-15: stored, reported, relative difference), decimals canonical. */
+async function discrepancyAudit(asset: string) {
+  const r = await s.db.query(
+    `select trace_id, trim_scale((details->>'stored')::numeric)::text as stored, trim_scale((details->>'reported')::numeric)::text as reported,
+            trim_scale(round((details->>'relative_difference')::numeric, 8))::text as relative_difference
+       from position_events_view where asset = $1 and kind = 'size_discrepancy'`, [asset]);
+  return r.rows;
+}
+
+/** Events about one position leave in commit order: once a later change's event is here, any event of an earlier change is too. */
+async function laterChange(asset: string, marker: string) {
+  await s.fill({ execution_id: marker, asset, side: 'Buy', execution_quantity: '1', execution_price: '100', trace_id: marker });
+  await waitFor(() => updatedFor(asset).some((b) => b.trace_id === marker), { what: 'the marker event' });
+}
+
 acceptance('TC-002 report for an existing position: average and PnL at once, size through validation', async (t) => {
   await s.fill({ execution_id: 'tc2-1', asset: 'TC002USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '48000', executed_at: '2025-01-15T10:00:00Z' });
-  await s.until('TC002USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
+  const before = await s.until('TC002USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
   await s.report({ event_type: 'position', channel: 'position', data: { symbol: 'TC002USDT', side: 'Buy', size: '2.0', avgPrice: '49000.00', unrealisedPnl: '200.00', positionValue: '98000.00', mode: 'one-way', timestamp: '2025-01-15T10:05:00Z' }, trace_id: 'test-trace-002' });
   const ev = await waitFor(() => updatedFor('TC002USDT').find((b) => b.update_source === 'websocket'), { what: 'the report change event' });
   t.match(ev, { size: '1', average_entry_price: '49000', unrealized_pnl: '200', unrealized_pnl_pct: '0.40816327', trace_id: 'test-trace-002' }, 'immediately');
+  t.ok(Date.parse(ev.position.last_updated) > Date.parse(before.last_updated), 'last_updated advanced');
   await s.log((l) => l.msg.startsWith('size discrepancy') && l.asset === 'TC002USDT' && l.level === 'warn', 'the discrepancy warning');
+  t.same(await discrepancyAudit('TC002USDT'), [{ trace_id: 'test-trace-002', stored: '1', reported: '2', relative_difference: '0.5' }],
+    'a size_discrepancy audit row');
   const p = await s.until('TC002USDT', (p) => p.size === '2', 'validation adopts the newer report');
   t.match(p, { average_entry_price: '49000', unrealized_pnl_pct: '0.20408163' });
   t.ok(Number.isInteger(p.time_held_minutes) && p.time_held_minutes >= 0, 'time_held_minutes is a non-negative integer');
@@ -29,10 +48,18 @@ acceptance('TC-003 report with a size discrepancy: unrealized now, size after th
   await s.fill({ execution_id: 'tc3-1', asset: 'TC003USDT', side: 'Buy', execution_quantity: '1.5', execution_price: '50000' });
   await s.until('TC003USDT', (p) => p.size === '1.5', 'given');
   await s.report({ event_type: 'position', data: { symbol: 'TC003USDT', size: '1.8', avgPrice: '50000.00', unrealisedPnl: '180.00' }, trace_id: 'test-trace-003' });
+  // Seen before it runs: it waits out the grace period (1 s here), and the worker deletes it once done.
+  const jobs = await waitFor(async () => {
+    const r = await s.db.query("select key from job_queue_view where task = 'validate_position' and key like 'validate:TC003USDT:%'");
+    return r.rowCount ? r.rows : undefined;
+  }, { what: 'the validate_position job', intervalMs: 20 });
+  t.same(jobs, [{ key: 'validate:TC003USDT:one-way' }], 'one validate_position job scheduled');
   const ev = await waitFor(() => updatedFor('TC003USDT').find((b) => b.update_source === 'websocket'), { what: 'report event' });
   t.match(ev, { size: '1.5', unrealized_pnl: '180', average_entry_price: '50000' });
   const warn = await s.log((l) => l.msg.startsWith('size discrepancy') && l.asset === 'TC003USDT', 'warning');
   t.match(warn, { level: 'warn', stored: '1.5', reported: '1.8', relative_difference: '0.16666667', trace_id: 'test-trace-003' });
+  t.same(await discrepancyAudit('TC003USDT'), [{ trace_id: 'test-trace-003', stored: '1.5', reported: '1.8', relative_difference: '0.16666667' }],
+    'a size_discrepancy audit row');
   await s.until('TC003USDT', (p) => p.size === '1.8', 'size 1.8 after the grace period');
 });
 
@@ -62,7 +89,8 @@ acceptance('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealiz
 
 acceptance('TC-006 full close: size 0, 949 realized, position_closed, out of the list and exposure', async (t) => {
   await s.fill({ execution_id: 'tc6-0', asset: 'TC006USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' });
-  await s.until('TC006USDT', (p) => p.size === '1', 'given');
+  const given = await s.until('TC006USDT', (p) => p.size === '1', 'given');
+  const exposureBefore = (await s.get('/api/v1/portfolio/exposure')).body.total_exposure_usdt;
   await s.fill({ event_type: 'order_executed', asset: 'TC006USDT', side: 'SELL', execution_price: '51000.00', execution_quantity: '1.0', execution_fees: '51.00', trace_id: 'test-trace-006' });
   const p = await s.until('TC006USDT', (p) => p.size === '0', 'closed');
   t.match(p, { average_entry_price: '50000', unrealized_pnl: '0', realized_pnl: '949', total_fees: '51', is_open: false, closed_at: String });
@@ -72,6 +100,9 @@ acceptance('TC-006 full close: size 0, 949 realized, position_closed, out of the
   t.notOk((await s.get('/api/v1/positions')).body.positions.some((x: any) => x.asset === 'TC006USDT'), 'not listed by default');
   const e = await s.get('/api/v1/portfolio/exposure?asset=TC006USDT');
   t.equal(e.body.total_exposure_usdt, '0', 'excluded from exposure');
+  const whole = (await s.get('/api/v1/portfolio/exposure')).body;
+  t.equal(whole.total_exposure_usdt, new Decimal(exposureBefore).minus(given.exposure_usdt).toString(), 'the whole portfolio\'s exposure lost exactly its exposure');
+  t.equal(whole.by_asset.TC006USDT?.exposure_usdt, '0', 'its by_asset entry is 0');
 });
 
 acceptance('TC-007 size conflict: the fill newer than the report wins', async (t) => {
@@ -108,9 +139,19 @@ acceptance('TC-014 validation through the API', async (t) => {
   const r = await s.post('/api/v1/positions/TC014USDT/validate');
   t.equal(r.status, 200);
   t.match(r.body, { is_valid: true, error_message: null, discrepancies: [], updated_position: null, checked_at: String });
+  // A stored size the ledger disagrees with, which only an operator can create by hand.
+  await s.db.query("update positions set size = 5 where asset = 'TC014USDT'");
+  const bad = await s.post('/api/v1/positions/TC014USDT/validate');
+  t.equal(bad.status, 200);
+  t.match(bad.body, { is_valid: false, error_message: /\bsize\b.*\b5\b.*\b1\b/, discrepancies: [{ field: 'size', stored: '5', expected: '1', authority: 'ledger' }],
+                      updated_position: { size: '1' }, checked_at: String });
+  t.equal((await s.get('/api/v1/positions/TC014USDT')).body.size, '1', 'fixed (fix_discrepancies defaults to true)');
+  await s.log((l) => l.level === 'warn' && /^validation: size/.test(l.msg) && l.asset === 'TC014USDT', 'and logged');
 });
 
 acceptance('TC-015, TC-021, TC-024 snapshots through the API, their history and event', async (t) => {
+  // A stack without the worker role: no scheduled snapshot comes between a POST and the list read after it.
+  const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer,relay' });
   await s.fill({ execution_id: 'tc15-0', asset: 'TC015USDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' });
   await s.until('TC015USDT', (p) => p.size === '1', 'given 1.0');
   await s.report({ event_type: 'position', data: { symbol: 'TC015USDT', side: 'Buy', size: '1.0', unrealisedPnl: '150.00' } });
@@ -118,12 +159,12 @@ acceptance('TC-015, TC-021, TC-024 snapshots through the API, their history and 
   const r = await s.post('/api/v1/positions/TC015USDT/snapshot');
   t.equal(r.status, 201);
   t.match(r.body, { size: '1', unrealized_pnl: '150', trigger: 'manual', snapshot_data: { asset: 'TC015USDT', size: '1', unrealized_pnl: '150' } });
+  const first = await s.get('/api/v1/positions/TC015USDT/snapshots');
+  t.equal(first.body.snapshots[0]?.id, r.body.id, 'the list returns it first');
   const r2 = await s.post('/api/v1/positions/TC015USDT/snapshot');
   const list = await s.get('/api/v1/positions/TC015USDT/snapshots');
   t.equal(list.status, 200);
-  // Scheduled snapshots (every 3 s in this stack) may interleave: check the order, not the head.
-  const ids = list.body.snapshots.map((x: any) => x.id);
-  t.ok(ids.indexOf(r2.body.id) >= 0 && ids.indexOf(r2.body.id) < ids.indexOf(r.body.id), 'the later manual one first');
+  t.same(list.body.snapshots.map((x: any) => x.id), [r2.body.id, r.body.id], 'TC-021 both, the later one first');
   const stamps = list.body.snapshots.map((x: any) => x.snapshot_timestamp);
   t.same(stamps, [...stamps].sort().reverse(), 'newest first');
   for (const x of list.body.snapshots) t.ok(x.snapshot_data && x.snapshot_data.asset === 'TC015USDT', 'each with the full state');
@@ -137,6 +178,7 @@ acceptance('TC-016 API key: none, wrong, right', async (t) => {
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: null })).status, 401);
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: 'wrong-key-123' })).status, 401);
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: TEST_API_KEY })).status, 200);
+  await s.log((l) => l.msg === 'authentication failed' && l.key_present === false, 'the missing key failure is logged');
   await s.log((l) => l.msg === 'authentication failed' && l.key_present === true, 'the wrong key failure is logged');
   t.notOk(JSON.stringify(s.svc.logs).includes('wrong-key-123'), 'without the key');
 });
@@ -150,9 +192,15 @@ acceptance('TC-020 scheduled snapshots', async (t) => {
   }, { what: 'a scheduled snapshot', timeoutMs: 15_000 });
   t.equal(snap.position_id, p.id);
   for (const f of Object.keys(p)) t.ok(f in snap.snapshot_data, `snapshot_data.${f}`);
-  await waitFor(() => s.events.snapshots.bodies().find((b) => b.snapshot_id === snap.id), { what: 'its event' });
-  const runs = await s.db.query("select outcome, result from job_history_view where task = 'snapshot_all_positions' and outcome = 'success'");
-  t.ok(runs.rowCount! >= 1, 'job_history_view records the run');
+  const ev = await waitFor(() => s.events.snapshots.bodies().find((b) => b.snapshot_id === snap.id), { what: 'its event' });
+  t.match(ev.snapshot, { id: snap.id, position_id: p.id, trigger: 'scheduled' }, 'event snapshot.position_id is the position\'s id');
+  for (const f of Object.keys(p)) t.ok(f in ev.snapshot.snapshot_data, `event snapshot.snapshot_data.${f}`);
+  // The run's trace_id is the trace of what it did (§6.2), so it names the run that took this snapshot.
+  const run = await waitFor(async () =>
+    (await s.db.query("select outcome, result from job_history_view where task = 'snapshot_all_positions' and trace_id = $1 and outcome <> 'running'", [ev.trace_id])).rows[0],
+    { what: 'the job_runs row of the run' });
+  t.match(run, { outcome: 'success' }, 'job_history_view records the run');
+  t.ok(run.result.snapshots >= 1, 'with its count of snapshots');
 });
 
 acceptance('TC-022 position_updated carries the features flat and under position', async (t) => {
@@ -160,6 +208,8 @@ acceptance('TC-022 position_updated carries the features flat and under position
   await s.until('TC022USDT', (p) => p.size === '1', 'given 1');
   await s.report({ event_type: 'position', data: { symbol: 'TC022USDT', side: 'Buy', size: '1', markPrice: '101', unrealisedPnl: '1' }, trace_id: 'tc22' });
   const ev = await waitFor(() => updatedFor('TC022USDT').find((b) => b.trace_id === 'tc22'), { what: 'event' });
+  await laterChange('TC022USDT', 'tc22-marker');
+  t.equal(updatedFor('TC022USDT').filter((b) => b.trace_id === 'tc22').length, 1, 'one message');
   for (const f of ['event_id', 'event_type', 'trace_id', 'timestamp', 'position_id', 'asset', 'mode', 'size', 'long_size', 'short_size', 'average_entry_price', 'current_price', 'unrealized_pnl', 'realized_pnl', 'total_fees', 'unrealized_pnl_pct', 'time_held_minutes', 'position_size_norm', 'version', 'closed_at', 'update_source', 'changed_fields', 'average_price', 'position'])
     t.ok(f in ev, `event.${f}`);
   t.equal(ev.update_source, 'websocket');
@@ -183,9 +233,7 @@ acceptance('TC-030 duplicate event: applied once; a different report with the sa
   await s.report(body);
   await s.report(body);
   await s.log((l) => l.msg === 'duplicate message ignored' && l.asset === 'TC030USDT', 'the second delivery is logged as a duplicate');
-  // Events leave in commit order: once a later change's event is here, a second one would be too.
-  await s.fill({ execution_id: 'tc30-marker', asset: 'TC030USDT', side: 'Buy', execution_quantity: '1', execution_price: '100', trace_id: 'tc30-marker' });
-  await waitFor(() => updatedFor('TC030USDT').some((b) => b.trace_id === 'tc30-marker'), { what: 'the marker event' });
+  await laterChange('TC030USDT', 'tc30-marker');
   t.equal(updatedFor('TC030USDT').filter((b) => b.trace_id === 'dup-001').length, 1, 'one position_updated');
   const audit = await s.db.query("select count(*) from position_events_view where asset = 'TC030USDT' and kind = 'report'");
   t.equal(audit.rows[0].count, '1', 'one audit row');

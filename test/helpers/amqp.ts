@@ -29,6 +29,8 @@ export interface TestBroker {
 
 export interface Collected {
   messages: amqp.ConsumeMessage[];
+  /** Date.now() when each message arrived, index for index with messages. */
+  arrivals: number[];
   bodies(): any[];
 }
 
@@ -64,13 +66,15 @@ export async function freshBroker(t: Teardown): Promise<TestBroker> {
       const ch = await connection.createChannel();
       await ch.assertQueue(queue, { durable: true });
       const messages: amqp.ConsumeMessage[] = [];
+      const arrivals: number[] = [];
       await ch.consume(queue, (m) => {
         if (m) {
           messages.push(m);
+          arrivals.push(Date.now());
           ch.ack(m);
         }
       });
-      return { messages, bodies: () => messages.map((m) => JSON.parse(m.content.toString('utf8'))) };
+      return { messages, arrivals, bodies: () => messages.map((m) => JSON.parse(m.content.toString('utf8'))) };
     },
   };
 }
