@@ -23,7 +23,9 @@ export async function startWorker(rt: Runtime): Promise<Component[]> {
     concurrency: config.workerConcurrency,
     maxPoolSize: config.workerConcurrency + 2,
     noHandleSignals: true,
-    pollInterval: 1000,
+    // A job due later (the trailing portfolio_updated at the end of its window) is found by
+    // polling, not by graphile-worker's NOTIFY: the poll bounds how late that event can be.
+    pollInterval: 250,
     // Half the shutdown budget for runs to finish; then their statements are cancelled (see
     // connection.ts) so that their jobs are released, not left locked, within the other half.
     gracefulShutdownAbortTimeout: Math.floor(config.shutdownTimeoutMs / 2),
