@@ -96,9 +96,11 @@ begin
                                   -- last_updated is its transaction's start, which can precede a
                                   -- snapshot run that committed before the change did: the version
                                   -- tells a closed row changed since its latest snapshot for sure
+                                  -- (no snapshot left, or one without a version, written by another
+                                  -- service, says nothing: last_snapshot_at decides then)
                                   or p.version > coalesce((select (s.snapshot_data ->> 'version')::bigint
                                                              from position_snapshots s where s.position_id = p.id
-                                                            order by s.snapshot_timestamp desc, s.id desc limit 1), 0)),
+                                                            order by s.snapshot_timestamp desc, s.id desc limit 1), p.version)),
                         'scheduled', coalesce(trace_id, gen_random_uuid()::text));
   if n > 0 then perform pg_notify('position_manager_outbox', ''); end if;
   return n;

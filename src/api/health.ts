@@ -45,7 +45,8 @@ export function healthHandler(rt: Runtime, monitor: Monitor, dependencies: Recor
       service: rt.config.serviceName,
       database_connected: up,
       queue_connected: queueConnected,
-      messaging: broker.enabled ? 'enabled' : 'disabled',
+      // SPEC.md §5.2: "disabled" means no AMQP configuration, not "this process's roles use none".
+      messaging: rt.config.amqpUrl !== undefined ? 'enabled' : 'disabled',
       positions_count: figures ? figures.open['one-way'] + figures.open.hedge : null,
       roles: rt.config.roles,
       outbox_pending: figures ? figures.outboxPending : null,

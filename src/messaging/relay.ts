@@ -21,6 +21,8 @@ interface Row {
   event_type: string;
   payload: string;
   trace_id: string | null;
+  /** Events with the same key must arrive in outbox order: a position's, or one routing key's. */
+  order_key: string;
 }
 
 export interface RelayOptions {
@@ -126,7 +128,8 @@ export class OutboxRelay {
     const ch = this.channel!;
     const rows = (
       await this.o.pool.query<Row>(
-        `select id, event_id, routing_key, event_type, payload::text as payload, trace_id
+        `select id, event_id, routing_key, event_type, payload::text as payload, trace_id,
+                coalesce(payload ->> 'position_id', routing_key) as order_key
            from outbox where sent_at is null order by id limit $1`,
         [BATCH],
       )
@@ -152,11 +155,14 @@ export class OutboxRelay {
     // basic.return arrives before the confirm of the same message.
     const results = confirmed.map((error, i) => error ?? (this.returned.has(rows[i]!.event_id) ? 'returned: unroutable' : null));
     for (const row of rows) this.returned.delete(row.event_id);
-    // Only the confirmed prefix counts as sent: an event after a failed one goes out again after
-    // it (a duplicate, which consumers drop by event_id), so events about one position are never
-    // received out of order.
-    const firstFailed = results.findIndex((r) => r !== null);
-    const sent = firstFailed === -1 ? rows : rows.slice(0, firstFailed);
+    // A confirmed event that follows a failed one with the same key is not marked sent: it goes
+    // out again after the failed one (a duplicate, which consumers drop by event_id), so events
+    // about one position never arrive out of order, while other positions' events flow on.
+    const blocked = new Set<string>();
+    const sent = rows.filter((row, i) => {
+      if (results[i] !== null) blocked.add(row.order_key);
+      return results[i] === null && !blocked.has(row.order_key);
+    });
     const failed = rows.map((row, i) => ({ row, error: results[i] })).filter((x) => x.error !== null);
     if (sent.length)
       await this.o.pool.query('update outbox set sent_at = now(), attempts = attempts + 1 where id = any($1::bigint[])', [

@@ -29,10 +29,10 @@ const sample = (text: string, name: string, labels = '') => {
 };
 const unsent = async () => Number((await db.query('select count(*) as n from outbox where sent_at is null')).rows[0].n);
 
-t.test('roles=api with AMQP_URL set: healthy, messaging disabled, no broker gauge', async (t) => {
+t.test('roles=api with AMQP_URL set: healthy, messaging enabled (configured), not connected, no broker gauge', async (t) => {
   const h = await health();
   t.equal(h.status, 200);
-  t.match(h.body, { status: 'healthy', service: SERVICE, database_connected: true, queue_connected: false, messaging: 'disabled', roles: ['api'] });
+  t.match(h.body, { status: 'healthy', service: SERVICE, database_connected: true, queue_connected: false, messaging: 'enabled', roles: ['api'] });
   const text = await scrape();
   t.notMatch(text, /position_manager_broker_up/, 'no broker to report, so no 0 that reads as an outage');
   t.equal(sample(text, 'position_manager_database_up'), 1);

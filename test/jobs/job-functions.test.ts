@@ -97,6 +97,9 @@ t.test('R-26: a close whose transaction began before a snapshot run but wrote af
   t.equal(p.older, true, 'the close carries a last_updated older than last_snapshot_at');
   t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 1, 'the next run still snapshots the close');
   t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 0, 'then nothing more');
+  await db.query("update position_snapshots set created_at = now() - interval '100 days'");
+  await db.query('select prune_snapshots(90)');
+  t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 0, 'pruned snapshots of an unchanged closed position: none again');
 });
 
 t.test('refresh_materialized_views refreshes ours only, whatever else the schema holds', async (t) => {

@@ -228,7 +228,7 @@ t.test('a deleted dead-letter queue is declared again; the bad message is not lo
   t.match(String(got.properties.headers?.['x-dead-letter-reason']), /not valid JSON/);
 });
 
-t.test('relay: an event after a returned one is not marked sent before it (per-position order)', async (t) => {
+t.test('relay: an event after a returned one of the same position is not marked sent before it; others flow on', async (t) => {
   const conn = await (await import('amqplib')).default.connect(broker.url);
   t.teardown(() => conn.close().catch(() => undefined));
   const ch = await conn.createChannel();
@@ -238,11 +238,14 @@ t.test('relay: an event after a returned one is not marked sent before it (per-p
   await db.query(`select apply_order_fill('{"asset":"ORDUSDT","side":"Buy","execution_quantity":"1","execution_price":"10","execution_id":"ord-1"}')`);
   await db.query(`select apply_order_fill('{"asset":"ORDUSDT","side":"Sell","execution_quantity":"1","execution_price":"11","execution_id":"ord-2"}')`);
   await db.query(`select apply_order_fill('{"asset":"ORDUSDT","side":"Buy","execution_quantity":"2","execution_price":"12","execution_id":"ord-3"}')`);
+  await db.query(`select apply_order_fill('{"asset":"OTHUSDT","side":"Buy","execution_quantity":"1","execution_price":"5","execution_id":"oth-1"}')`);
   const closed = (await db.query("select id from outbox where event_type = 'position_closed' and payload->>'asset' = 'ORDUSDT'")).rows[0].id;
   await waitFor(async () => (await db.query('select last_error from outbox where id = $1', [closed])).rows[0].last_error,
     { what: 'the closed event returned as unroutable', timeoutMs: 15_000 });
-  const early = (await db.query('select count(*) from outbox where id > $1 and sent_at is not null', [closed])).rows[0].count;
-  t.equal(early, '0', 'nothing after the returned event is marked sent');
+  const early = (await db.query("select count(*) from outbox where id > $1 and sent_at is not null and payload->>'asset' = 'ORDUSDT'", [closed])).rows[0].count;
+  t.equal(early, '0', "nothing of that position after the returned event is marked sent");
+  await waitFor(async () => (await db.query("select 1 from outbox where payload->>'asset' = 'OTHUSDT' and sent_at is not null")).rowCount === 1,
+    { what: "another position's event flows on meanwhile", timeoutMs: 15_000 });
   await ch.bindQueue(CLOSED, 'position-manager.events', CLOSED);
   await waitFor(async () => (await db.query('select count(*) from outbox where sent_at is null')).rows[0].count === '0',
     { what: 'everything sent once the queue is bound again', timeoutMs: 20_000 });

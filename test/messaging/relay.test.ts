@@ -40,6 +40,10 @@ async function relayStack(t: { teardown(fn: () => unknown): void }, options: { c
   const relay = new OutboxRelay({ databaseUrl: db.url, pool, broker: bus, exchange: EXCHANGE, log, ...options });
   await relay.start();
   t.teardown(async () => {
+    // A test that failed while the broker was held or cut must not leave the close handshake
+    // waiting for a peer that never answers.
+    proxy.release();
+    proxy.restore();
     await relay.stop();
     await bus.close();
   });
@@ -142,8 +146,9 @@ t.test('an event committed while the relay is busy goes out at once, not at the 
 
   // Keep the relay inside a pass: it has read the first event and waits for the stalled broker's confirm.
   proxy.hold();
-  await fill('busy-1');
+  // Taken before the fill: the relay may read the event before this test's next query runs.
   const committed = (await db.query('select clock_timestamp() as at')).rows[0].at;
+  await fill('busy-1');
   await waitFor(
     async () =>
       (await db.query(
