@@ -19,7 +19,8 @@ create or replace function input_text(j jsonb, field text) returns text
   $$;
 
 -- A decimal given as a JSON number (exact: jsonb numbers are numeric) or a string in plain or
--- exponent notation (Python's Decimal prints "0E-8"). Absent → null.
+-- exponent notation (Python's Decimal prints "0E-8"; an exponent of at most 4 digits keeps any
+-- such text within numeric's range, so no cast can overflow). Absent → null.
 create or replace function input_decimal(j jsonb, field text, max_scale integer default null) returns numeric
   language plpgsql immutable
   as $$
@@ -31,14 +32,10 @@ begin
   if jsonb_typeof(j -> field) not in ('number', 'string') then
     perform bad_input(field, 'must be a decimal');
   end if;
-  if length(raw) > 40 or raw !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$' then
+  if length(raw) > 40 or raw !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,4})?$' then
     perform bad_input(field, format('must be a decimal, got %s', left(raw, 40)));
   end if;
-  begin
-    v := raw::numeric;
-  exception when numeric_value_out_of_range then
-    perform bad_input(field, format('is out of range, got %s', left(raw, 40)));
-  end;
+  v := raw::numeric;
   if max_scale is not null and scale(v) > max_scale and v <> round(v, max_scale) then
     perform bad_input(field, format('at most %s fractional digits', max_scale));
   end if;
@@ -103,9 +100,11 @@ begin
   return null;
 end $$;
 
--- R-3 fallback key: SHA-256 (hex) of the body's RFC 8785 canonical JSON. The consumers compute
--- it from the message text (src/messaging/body-key.ts) and pass it as _meta.body_key; this
--- approximation (jsonb's text: keys sorted, numbers as written) serves direct SQL calls only.
-create or replace function body_key(body jsonb) returns text
+-- R-3 fallback key: SHA-256 (hex) of the body's RFC 8785 canonical JSON, taken from the whole
+-- message. The consumers compute it from the message text (src/messaging/body-key.ts) and pass
+-- it as _meta.body_key; without it (a direct SQL call) jsonb's text stands in for it: keys
+-- sorted, numbers as written.
+drop function if exists body_key(jsonb);
+create or replace function body_key(message jsonb) returns text
   language sql immutable parallel safe
-  as $$ select encode(sha256(convert_to((body - '_meta')::text, 'UTF8')), 'hex') $$;
+  as $$ select coalesce(message #>> '{_meta,body_key}', encode(sha256(convert_to((message - '_meta')::text, 'UTF8')), 'hex')) $$;

@@ -111,7 +111,7 @@ begin
   trace := coalesce(input_bounded_text(body, 'trace_id', 128), meta ->> 'trace_id', gen_random_uuid()::text);
   exec_id := case when enriched then null else coalesce(input_bounded_text(o, 'execution_id', 100), input_bounded_text(o, 'exec_id', 100)) end;
   -- R-3: the body's own id first, then the transport's (AMQP message_id), then the body's hash.
-  mkey := coalesce(exec_id, input_bounded_text(body, 'event_id', 200), meta ->> 'message_key', meta ->> 'body_key', body_key(body));
+  mkey := coalesce(exec_id, input_bounded_text(body, 'event_id', 200), meta ->> 'message_key', body_key(fill));
 
   if ev in ('created', 'modified', 'rejected') then
     return jsonb_build_object('outcome', case when inbox_claim(src, mkey, 'no_op') then 'no_op' else 'duplicate' end,

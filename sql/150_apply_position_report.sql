@@ -253,7 +253,7 @@ begin
   end if;
   trace := coalesce(input_bounded_text(body, 'trace_id', 128), meta ->> 'trace_id', gen_random_uuid()::text);
   event_id := input_bounded_text(body, 'event_id', 200);
-  base_key := coalesce(meta ->> 'message_key', meta ->> 'body_key', body_key(body));
+  base_key := coalesce(meta ->> 'message_key', body_key(report));
   for item in select value from jsonb_array_elements(items) loop
     results := results || apply_one_report(item, src, base_key, event_id, env_ts, received, trace, jsonb_array_length(items) > 1);
   end loop;

@@ -2,16 +2,22 @@
 -- worker turns notifications into one keyed publish_portfolio_update job per window, so no
 -- lock is shared by the apply transactions. The state rows are locked by these jobs only.
 
+-- The end of the last publication's window (null before the first publication).
+create or replace function portfolio_window_end() returns timestamptz
+  language sql stable
+  as $$
+    select st.last_published_at + make_interval(secs => s.portfolio_event_interval_ms / 1000.0)
+      from portfolio_publish_state st, position_manager_settings s
+  $$;
+
 -- The next publication: at once after a quiet window, else at the end of the current one.
 -- preserve_run_at makes a burst schedule one run; a job already running gets a successor.
 create or replace function schedule_portfolio_update() returns void
   language sql
   as $$
     select graphile_worker.add_job('publish_portfolio_update', '{}'::json,
-      run_at => greatest(now(), coalesce(st.last_published_at, '-infinity')
-                                + make_interval(secs => s.portfolio_event_interval_ms / 1000.0)),
+      run_at => greatest(now(), portfolio_window_end()),
       job_key => 'publish_portfolio_update', job_key_mode => 'preserve_run_at', max_attempts => 5)
-      from portfolio_publish_state st, position_manager_settings s
   $$;
 
 -- R-23: one portfolio_limit_exceeded per crossing, none while it stays above.
@@ -78,14 +84,12 @@ begin
     'long_exposure_usdt', m -> 'long_exposure_usdt', 'short_exposure_usdt', m -> 'short_exposure_usdt',
     'open_positions_count', m -> 'open_positions_count', 'long_positions_count', m -> 'long_positions_count',
     'short_positions_count', m -> 'short_positions_count');
-  due := st.last_published_at
-         + make_interval(secs => (select portfolio_event_interval_ms from position_manager_settings) / 1000.0);
+  due := portfolio_window_end();
   if only_if_changed and st.last_payload is not distinct from payload then
     outcome := 'unchanged';
   elsif due > clock_timestamp() then
     outcome := 'deferred';
-    perform graphile_worker.add_job('publish_portfolio_update', '{}'::json, run_at => due,
-      job_key => 'publish_portfolio_update', job_key_mode => 'preserve_run_at', max_attempts => 5);
+    perform schedule_portfolio_update(); -- at the end of the window
   else
     outcome := 'published';
     perform enqueue_event('position-manager.portfolio_updated', 'portfolio_updated',

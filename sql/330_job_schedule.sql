@@ -20,15 +20,19 @@ create or replace function periodic_job_dead_after(interval_seconds integer) ret
     select least(greatest(make_interval(secs => 2 * interval_seconds), interval '10 minutes'), interval '4 hours')
   $$;
 
--- The job_runs rows a dead worker left running are closed as failed.
-create or replace function fail_runs_of_dead_job(job_id bigint, locked_by text, locked_at timestamptz) returns void
+-- Workers found dead: the job_runs rows of every job they hold are closed as failed, then
+-- their jobs are unlocked (graphile-worker's own force_unlock_workers) so they run again.
+drop function if exists fail_runs_of_dead_job(bigint, text, timestamptz);
+create or replace function release_dead_workers(workers text[]) returns void
   language sql
   as $$
     update job_runs r
        set finished_at = clock_timestamp(), outcome = 'failure',
-           error = format('worker died: %s held the job since %s', locked_by, locked_at),
+           error = format('worker died: %s held the job since %s', j.locked_by, j.locked_at),
            duration_ms = round(extract(epoch from clock_timestamp() - r.started_at) * 1000)::integer
-     where r.job_id = fail_runs_of_dead_job.job_id and r.outcome is null
+      from graphile_worker.jobs j
+     where j.locked_by = any(workers) and r.job_id = j.id and r.outcome is null;
+    select graphile_worker.force_unlock_workers(workers);
   $$;
 
 -- At worker start and then now and again, under a per-task lock (two workers never start two
@@ -47,17 +51,13 @@ create or replace function ensure_periodic_job(task text, interval_seconds integ
   as $$
 declare
   step interval := make_interval(secs => interval_seconds);
-  dead record;
-  revived boolean := false;
+  dead text[];
   early bigint[];
 begin
   perform pg_advisory_xact_lock(hashtextextended('periodic:' || task, 0));
-  for dead in select j.id, j.locked_by, j.locked_at from graphile_worker.jobs j
-               where j.key = task and j.locked_at < now() - periodic_job_dead_after(interval_seconds) loop
-    perform graphile_worker.force_unlock_workers(array[dead.locked_by]);
-    perform fail_runs_of_dead_job(dead.id, dead.locked_by, dead.locked_at);
-    revived := true;
-  end loop;
+  select array_agg(distinct j.locked_by) into dead from graphile_worker.jobs j
+   where j.key = task and j.locked_at < now() - periodic_job_dead_after(interval_seconds);
+  if dead is not null then perform release_dead_workers(dead); end if;
   if not exists (select 1 from graphile_worker.jobs j where j.key = task and j.attempts < j.max_attempts) then
     perform graphile_worker.add_job(task, '{}'::json, job_key => task, run_at => now(), max_attempts => 5);
     return 'scheduled';
@@ -68,7 +68,7 @@ begin
     perform graphile_worker.reschedule_jobs(early, run_at => now() + step);
     return 'rescheduled';
   end if;
-  return case when revived then 'revived' end;
+  return case when dead is not null then 'revived' end;
 end $$;
 
 -- The one-off jobs (a scheduled validate_position, a publish_portfolio_update) run for
@@ -85,9 +85,7 @@ begin
    where j.task_identifier in ('validate_position', 'publish_portfolio_update')
      and j.locked_at < now() - dead_after;
   if workers is null then return 0; end if;
-  perform fail_runs_of_dead_job(j.id, j.locked_by, j.locked_at)
-     from graphile_worker.jobs j where j.locked_by = any(workers);
-  perform graphile_worker.force_unlock_workers(workers);
+  perform release_dead_workers(workers);
   return cardinality(workers);
 end $$;
 

@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
 import { tcpProxy } from '../helpers/proxy.js';
-import { startService } from '../helpers/service.js';
+import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import { acceptanceSummary } from '../helpers/stack.js';
 
@@ -19,7 +19,7 @@ acceptance('TC-027 database unavailable: 503 problems, /health unhealthy, nothin
   const broker = await freshBroker(t);
   const proxy = await tcpProxy(t);
   const svc = await startService(t, { databaseUrl: proxy.url(db.url), amqpUrl: broker.url, env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' } });
-  await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started'), { what: 'consumers' });
+  await rolesStarted(svc, ['consumer']);
   t.teardown(() => {
     if (svc.child.exitCode !== null) t.comment(`service exited ${svc.child.exitCode}: ${svc.stderr.join('')} ${JSON.stringify(svc.logs.slice(-5))}`);
   });

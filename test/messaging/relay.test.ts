@@ -4,7 +4,6 @@
 // that reason and sends them once the broker answers again: nothing lost, the relay never stuck.
 // The broker is reached through a TCP proxy, so this test can stall or cut it for this process only.
 import amqp from 'amqplib';
-import pg from 'pg';
 import t from 'tap';
 import type { Config } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
@@ -30,10 +29,9 @@ async function proxiedBroker(t: { teardown(fn: () => unknown): void }) {
 
 /** A fresh database and a relay in this process publishing its outbox through a proxied broker. */
 async function relayStack(t: { teardown(fn: () => unknown): void }, options: { confirmTimeoutMs?: number; pollMs?: number }) {
-  const db = await freshDatabase(t);
+  const db = await freshDatabase(t, { poolSize: 3 });
   const { broker, proxy, url } = await proxiedBroker(t);
-  const pool = new pg.Pool({ connectionString: db.url, max: 3 });
-  t.teardown(() => pool.end());
+  const pool = db.pool;
   const state = { enabled: true, connected: false, detachedConsumers: new Set<string>() };
   const bus = connectBroker(url, state, log);
   await bus.onConnected((c) => declareOwnTopology(c, { eventsExchange: EXCHANGE } as Config));

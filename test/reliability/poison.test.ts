@@ -8,7 +8,7 @@ import type amqp from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { startService } from '../helpers/service.js';
+import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import { DLQ, FILLS, REPORTS, publishAll } from './lib.js';
 
@@ -19,7 +19,7 @@ const svc = await startService(t, {
   amqpUrl: broker.url,
   env: { POSITION_MANAGER_ROLES: 'consumer,relay', POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS: '2' },
 });
-await waitFor(() => svc.logs.some((l) => l.msg === 'consumers started'), { what: 'consumers', timeoutMs: 30_000 });
+await rolesStarted(svc, ['consumer']);
 const dead = await broker.collect(DLQ);
 const ch = broker.channel as amqp.ConfirmChannel;
 

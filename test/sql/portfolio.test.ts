@@ -54,17 +54,8 @@ t.test('SPEC.md §5.1 example: two positions, every metric', async (t) => {
   await t.rejects(db.query("select portfolio_metrics('bad asset!')"), { code: '22023', column: 'asset' });
 });
 
-// Sums decimal strings of at most 8 places exactly (scaled BigInt).
-const sum8 = (xs: string[]) => {
-  const scaled = xs.reduce((acc, x) => {
-    const [i, f = ''] = x.replace('-', '').split('.');
-    const v = BigInt(i! + f.padEnd(8, '0'));
-    return acc + (x.startsWith('-') ? -v : v);
-  }, 0n);
-  const abs = (scaled < 0n ? -scaled : scaled).toString().padStart(9, '0');
-  const text = `${abs.slice(0, -8)}.${abs.slice(-8)}`.replace(/\.?0+$/, '');
-  return (scaled < 0n ? '-' : '') + text;
-};
+// Sums decimal strings exactly, in SQL (canonical text, as the JSON writes it).
+const sum = async (db: TestDb, xs: string[]) => (await one(db, 'select dec_out(sum(x::numeric)) as s from unnest($1::text[]) x', [xs])).s;
 
 t.test('R-20: every total is exactly the sum of its by_asset entries, also beyond 8 places', async (t) => {
   const db = await freshDatabase(t);
@@ -79,12 +70,12 @@ t.test('R-20: every total is exactly the sum of its by_asset entries, also beyon
   for (const [total, field] of [['total_exposure_usdt', 'exposure_usdt'], ['net_exposure_usdt', 'net_exposure_usdt'],
     ['total_unrealized_pnl_usdt', 'unrealized_pnl_usdt'], ['total_realized_pnl_usdt', 'realized_pnl_usdt'],
     ['total_pnl_usdt', 'total_pnl_usdt']] as const)
-    t.equal(m[total], sum8(entries.map((e) => e[field]!)), `${total} = Σ by_asset.${field}`);
-  t.equal(m.net_exposure_usdt, sum8([m.long_exposure_usdt, `-${m.short_exposure_usdt}`]), 'net = long − short');
-  t.equal(m.total_exposure_usdt, sum8([m.long_exposure_usdt, m.short_exposure_usdt]), 'exposure = long + short');
-  const v = await one(db, 'select total_exposure_usdt::text as e, net_exposure_usdt::text as n from portfolio_metrics_view');
-  t.equal(sum8([v.e]), m.total_exposure_usdt, 'portfolio_metrics_view has the same total');
-  t.equal(sum8([v.n]), m.net_exposure_usdt);
+    t.equal(m[total], await sum(db, entries.map((e) => e[field]!)), `${total} = Σ by_asset.${field}`);
+  t.equal(m.net_exposure_usdt, await sum(db, [m.long_exposure_usdt, `-${m.short_exposure_usdt}`]), 'net = long − short');
+  t.equal(m.total_exposure_usdt, await sum(db, [m.long_exposure_usdt, m.short_exposure_usdt]), 'exposure = long + short');
+  const v = await one(db, 'select dec_out(total_exposure_usdt) as e, dec_out(net_exposure_usdt) as n from portfolio_metrics_view');
+  t.equal(v.e, m.total_exposure_usdt, 'portfolio_metrics_view has the same total');
+  t.equal(v.n, m.net_exposure_usdt);
 });
 
 t.test('TC-009, TC-010, TC-017..TC-019 and the empty portfolio', async (t) => {

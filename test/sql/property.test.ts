@@ -24,9 +24,8 @@
 //
 // A mismatch prints the seed, the sequence index, the operations (as the SQL sent), both states and,
 // for the first few, a shrunk reproduction on fresh assets. Reproduce with PROPERTY_SEED=S PROPERTY_ONLY=I.
-import pg from 'pg';
 import t from 'tap';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { admin, freshDatabase, type TestDb } from '../helpers/db.js';
 import {
   Decimal,
   ModelBook,
@@ -823,10 +822,7 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
   const db = await freshDatabase(t);
   // Durability of this throw-away database does not matter: commits need not wait for the WAL flush.
   // (a database setting, so the pool's connections, all opened after it, have it from the start)
-  const admin = new pg.Client({ connectionString: db.url });
-  await admin.connect();
-  await admin.query(`alter database ${db.name} set synchronous_commit = off`);
-  await admin.end();
+  await admin((c) => c.query(`alter database ${db.name} set synchronous_commit = off`));
   const indices = ONLY !== undefined ? ONLY.split(',').map(Number) : Array.from({ length: RUNS }, (_, i) => i);
   t.comment(`seed ${SEED}, ${indices.length} sequence(s), concurrency ${CONCURRENCY} (reproduce: PROPERTY_SEED=${SEED} [PROPERTY_ONLY=i])`);
   const started = Date.now();
