@@ -34,17 +34,23 @@ alter table positions
   add column if not exists version bigint,
   add column if not exists exchange_state jsonb;
 
--- Older writers used `timestamp without time zone` holding UTC.
+-- Older writers used `timestamp without time zone` holding UTC, and numeric(p, s) (Order
+-- Manager's DECIMAL(20, 8)), which would round every stored amount to its scale: SPEC.md §2
+-- keeps averages at 10 places in unscaled numeric.
 do $$
 declare c record;
 begin
   for c in
-    select column_name from information_schema.columns
+    select column_name, data_type from information_schema.columns
      where table_schema = current_schema() and table_name = 'positions'
-       and data_type = 'timestamp without time zone'
+       and (data_type = 'timestamp without time zone' or (data_type = 'numeric' and numeric_precision is not null))
   loop
-    execute format('alter table positions alter column %I type timestamptz using %I at time zone ''UTC''',
-                   c.column_name, c.column_name);
+    if c.data_type = 'numeric' then
+      execute format('alter table positions alter column %I type numeric', c.column_name);
+    else
+      execute format('alter table positions alter column %I type timestamptz using %I at time zone ''UTC''',
+                     c.column_name, c.column_name);
+    end if;
   end loop;
 end $$;
 
@@ -61,6 +67,20 @@ update positions set unrealized_pnl = 0, closed_at = coalesce(closed_at, last_up
 update positions set closed_at = null
  where size <> 0 or coalesce(long_size, 0) + coalesce(short_size, 0) > 0;
 update positions set opened_at = coalesce(opened_at, created_at) where closed_at is null;
+-- Another writer's hedge rows may have no legs: the row is then one leg, in the direction of its
+-- size, with the row's average and PnL; a hedge row's average is its direction leg's (§3.1).
+update positions set
+  long_size = coalesce(long_size, greatest(size, 0)),
+  short_size = coalesce(short_size, greatest(-size, 0)),
+  long_avg_price = coalesce(long_avg_price, case when size > 0 then average_entry_price end),
+  short_avg_price = coalesce(short_avg_price, case when size < 0 then average_entry_price end),
+  long_unrealized_pnl = coalesce(long_unrealized_pnl, case when short_unrealized_pnl is null and size >= 0 then unrealized_pnl else 0 end),
+  short_unrealized_pnl = coalesce(short_unrealized_pnl, case when size < 0 then unrealized_pnl else 0 end),
+  long_realized_pnl = coalesce(long_realized_pnl, case when short_realized_pnl is null and size >= 0 then realized_pnl else 0 end),
+  short_realized_pnl = coalesce(short_realized_pnl, case when size < 0 then realized_pnl else 0 end)
+ where mode = 'hedge';
+update positions set average_entry_price = case when size > 0 then long_avg_price when size < 0 then short_avg_price end
+ where mode = 'hedge' and average_entry_price is null;
 -- Bybit reports 0 for "no price" (a flat position); here that is null.
 update positions set
   average_entry_price = nullif(average_entry_price, 0),
@@ -110,8 +130,6 @@ alter table positions
   add constraint positions_avg_positive check (average_entry_price is null or average_entry_price > 0),
   add constraint positions_leg_avg_positive check (
     (long_avg_price is null or long_avg_price > 0) and (short_avg_price is null or short_avg_price > 0)),
-  add constraint positions_open_leg_has_avg check (
-    mode <> 'hedge' or ((long_size = 0 or long_avg_price is not null) and (short_size = 0 or short_avg_price is not null))),
   add constraint positions_price_positive check (current_price is null or current_price > 0),
   add constraint positions_fees_nonnegative check (total_fees >= 0),
   add constraint positions_closed_iff_flat check (

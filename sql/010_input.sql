@@ -48,18 +48,23 @@ create or replace function input_timestamp(j jsonb, field text) returns timestam
   as $$
 declare
   raw text := input_text(j, field);
+  v timestamptz;
 begin
   if raw is null then return null; end if;
   if raw ~ '^\d{10,16}(\.\d+)?$' then
-    return to_timestamp(raw::numeric / 1000);
-  end if;
-  if raw !~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$' then
+    v := to_timestamp(raw::numeric / 1000);
+  elsif raw !~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$' then
     perform bad_input(field, format('must be an ISO-8601 timestamp or epoch milliseconds, got %s', left(raw, 40)));
+  elsif raw ~ '(Z|z|[+-]\d{2}(:?\d{2})?)$' and raw ~ 'T|\s\d' then
+    v := raw::timestamptz;
+  else
+    v := raw::timestamp at time zone 'UTC';
   end if;
-  if raw ~ '(Z|z|[+-]\d{2}(:?\d{2})?)$' and raw ~ 'T|\s\d' then
-    return raw::timestamptz;
+  -- every time is written back as ISO-8601 with a four-digit year (SPEC.md §2 convention 5)
+  if v >= '10000-01-01T00:00:00Z' then
+    perform bad_input(field, format('is beyond the year 9999, got %s', left(raw, 40)));
   end if;
-  return raw::timestamp at time zone 'UTC';
+  return v;
 exception when datetime_field_overflow or invalid_datetime_format then
   perform bad_input(field, format('is not a valid time, got %s', left(raw, 40)));
   return null;

@@ -17,6 +17,6 @@ create view positions_view as
          position_unrealized_pnl_pct(p) as unrealized_pnl_pct,
          position_time_held_minutes(p, now()) as time_held_minutes,
          position_size_norm(p, total.exposure) as position_size_norm,
-         floor(extract(epoch from now() - p.current_price_at))::integer as price_age_seconds,
+         floor(extract(epoch from now() - p.current_price_at))::bigint as price_age_seconds,
          coalesce(p.current_price_at < now() - make_interval(secs => settings.price_stale_seconds), false) as price_is_stale
     from positions p, total, settings;

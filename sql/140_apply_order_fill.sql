@@ -59,17 +59,21 @@ begin
   return n;
 end $$;
 
--- Unrealized PnL from the mark price (R-7, R-8); 0 when flat.
+-- Unrealized PnL from the mark price (R-7, R-8); 0 when flat. A leg whose average the exchange
+-- never gave (R-12 without avgPrice) keeps the exchange's figure: there is nothing to recompute.
 create or replace function position_mark(n positions) returns positions
   language plpgsql immutable
   as $$
 begin
   if n.mode = 'hedge' then
-    n.long_unrealized_pnl := case when n.long_size = 0 then 0 else (n.current_price - n.long_avg_price) * n.long_size end;
-    n.short_unrealized_pnl := case when n.short_size = 0 then 0 else (n.short_avg_price - n.current_price) * n.short_size end;
+    n.long_unrealized_pnl := case when n.long_size = 0 then 0
+                                  else coalesce((n.current_price - n.long_avg_price) * n.long_size, n.long_unrealized_pnl, 0) end;
+    n.short_unrealized_pnl := case when n.short_size = 0 then 0
+                                   else coalesce((n.short_avg_price - n.current_price) * n.short_size, n.short_unrealized_pnl, 0) end;
     n := position_hedge_totals(n);
   else
-    n.unrealized_pnl := case when n.size = 0 then 0 else (n.current_price - n.average_entry_price) * n.size end;
+    n.unrealized_pnl := case when n.size = 0 then 0
+                             else coalesce((n.current_price - n.average_entry_price) * n.size, n.unrealized_pnl, 0) end;
   end if;
   return n;
 end $$;

@@ -45,21 +45,28 @@ begin
   rsize := report_decimal(item, array['size'], 8);
   if rsize is null then perform bad_input('size', 'is required'); end if;
   if rsize < 0 then perform bad_input('size', 'must not be negative'); end if;
-  avg_new := nullif(report_decimal(item, array['avgPrice', 'avg_price', 'entryPrice', 'entry_price']), 0);
-  mark := nullif(report_decimal(item, array['markPrice', 'mark_price']), 0);
+  -- prices follow the fill queue's decimal rules (at most 8 places); PnL is taken as it is
+  avg_new := nullif(report_decimal(item, array['avgPrice', 'avg_price', 'entryPrice', 'entry_price'], 8), 0);
+  mark := nullif(report_decimal(item, array['markPrice', 'mark_price'], 8), 0);
   upnl := report_decimal(item, array['unrealisedPnl', 'unrealised_pnl', 'unrealizedPnl', 'unrealized_pnl']);
   rpnl := report_decimal(item, array['realisedPnl', 'realised_pnl', 'cumRealisedPnl', 'cum_realised_pnl']);
   if avg_new < 0 then perform bad_input('avgPrice', 'must be positive'); end if;
   if mark < 0 then perform bad_input('markPrice', 'must be positive'); end if;
 
-  side_raw := report_value(item, array['side']) #>> '{}';
+  -- Not report_value: an empty side is a value here (flat, R-10), not an absent one.
+  side_raw := coalesce(item ->> 'side', case when jsonb_typeof(item -> 'raw') = 'object' then item -> 'raw' ->> 'side' end);
   side_dir := case when side_raw is null or side_raw in ('', 'None') then 0
                    when lower(side_raw) = 'buy' then 1 when lower(side_raw) = 'sell' then -1 end;
   if side_dir is null then perform bad_input('side', format('must be Buy, Sell or empty, got %s', left(side_raw, 40))); end if;
+  if side_raw in ('', 'None') then rsize := 0; end if;
 
   mode_v := item -> 'mode';
-  pidx_raw := nullif(coalesce(report_value(item, array['positionIdx', 'position_idx']) #>> '{}',
-                              case when jsonb_typeof(mode_v) = 'number' or mode_v #>> '{}' ~ '^\d$' then mode_v #>> '{}' end), '');
+  -- the Gateway's integer mode is Bybit's positionIdx; both given, they must agree (R-10)
+  pidx_raw := nullif(report_value(item, array['positionIdx', 'position_idx']) #>> '{}', '');
+  if (jsonb_typeof(mode_v) = 'number' or mode_v #>> '{}' ~ '^\d$') then
+    if pidx_raw is not null and pidx_raw <> mode_v #>> '{}' then perform bad_input('mode', 'contradicts positionIdx'); end if;
+    pidx_raw := mode_v #>> '{}';
+  end if;
   if pidx_raw is not null and pidx_raw !~ '^[012]$' then
     perform bad_input('positionIdx', format('must be 0, 1 or 2, got %s', left(pidx_raw, 40)));
   end if;
@@ -103,6 +110,8 @@ begin
   st := jsonb_build_object('size', case when leg = 'net' then rsize * case when side_dir = 0 then 1 else side_dir end else rsize end,
                            'average_entry_price', avg_new, 'exchange_ts', exch_ts, 'seq', seq,
                            'received_at', received, 'message_key', mkey);
+  -- the exchange's PnL for exactly that size, for a validation that adopts it (R-17)
+  if upnl is not null then st := st || jsonb_build_object('unrealized_pnl', upnl); end if;
 
   if p.id is null then
     if rsize = 0 then

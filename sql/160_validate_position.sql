@@ -53,7 +53,8 @@ declare
   closed_leg boolean;
   trace text := coalesce(validate_position.trace_id, 'validation:' || gen_random_uuid()::text);
   fixed boolean := false;
-  exchange_adopted boolean := false;
+  adopted text[] := '{}';
+  upnl numeric;
 begin
   select * into settings from position_manager_settings;
   if not pg_try_advisory_xact_lock(hashtextextended('validate:' || a || ':' || m, 0)) then
@@ -102,7 +103,7 @@ begin
         insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at, trace_id, reason)
         values (p.id, a, m, 'reset', leg_name, exp_size, exp_avg, tr, trace, 'validation');
         n.average_entry_price_source := 'exchange';
-        exchange_adopted := true;
+        adopted := adopted || leg_name;
       end if;
       -- a one-way size that changes sign passes through zero: that lifecycle ends too (R-17 step 6)
       closed_leg := stored_size <> 0 and sign(exp_size) <> sign(stored_size);
@@ -121,19 +122,17 @@ begin
 
   if fixed then
     if n.current_price is null then n.current_price := coalesce(n.average_entry_price, n.long_avg_price, n.short_avg_price); end if;
-    if exchange_adopted then
-      -- The exchange's state is adopted together with its own unrealized PnL (R-13, R-16:
-      -- reports own PnL); recomputing from a possibly stale mark would contradict it (TC-002).
-      if m = 'hedge' then
-        if n.long_size = 0 then n.long_unrealized_pnl := 0; end if;
-        if n.short_size = 0 then n.short_unrealized_pnl := 0; end if;
-        n := position_hedge_totals(n);
-      elsif n.size = 0 then
-        n.unrealized_pnl := 0;
-      end if;
-    else
-      n := position_mark(n);
-    end if;
+    n := position_mark(n);
+    -- A leg adopted from the exchange takes the PnL its report gave for exactly that state
+    -- (R-13: reports own PnL; TC-002); the mark recomputes it only when the report had none.
+    foreach leg_name in array adopted loop
+      upnl := (p.exchange_state -> leg_name ->> 'unrealized_pnl')::numeric;
+      continue when upnl is null;
+      if leg_name = 'net' then n.unrealized_pnl := case when n.size = 0 then 0 else upnl end;
+      elsif leg_name = 'long' then n.long_unrealized_pnl := case when n.long_size = 0 then 0 else upnl end;
+      else n.short_unrealized_pnl := case when n.short_size = 0 then 0 else upnl end; end if;
+    end loop;
+    if m = 'hedge' then n := position_hedge_totals(n); end if;
     if p.gross_size = 0 and (abs(n.size) > 0 or coalesce(n.long_size, 0) + coalesce(n.short_size, 0) > 0)
        or m = 'one-way' and sign(p.size) * sign(n.size) = -1 then
       n.opened_at := now(); n.closed_at := null;

@@ -80,6 +80,43 @@ t.test('pre-existing positions of another writer are extended in place', async (
   );
 });
 
+// Order Manager's own migrations create both tables with DECIMAL(20, 8) and hedge rows without legs.
+t.test("Order Manager's DECIMAL(20, 8) tables become unscaled numeric; its hedge rows get legs", async (t) => {
+  const db = await emptyDatabase(t);
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  t.teardown(() => c.end());
+  await c.query(`create table positions (id uuid primary key default gen_random_uuid(), asset varchar(20) not null,
+      size decimal(20, 8) not null, average_entry_price decimal(20, 8), unrealized_pnl decimal(20, 8),
+      realized_pnl decimal(20, 8), mode varchar(20) not null default 'one-way', long_size decimal(20, 8),
+      short_size decimal(20, 8), long_avg_price decimal(20, 8), short_avg_price decimal(20, 8),
+      last_updated timestamp not null default now(), last_snapshot_at timestamp, unique (asset, mode))`);
+  await c.query(`create table position_snapshots (id uuid primary key default gen_random_uuid(), position_id uuid not null,
+      asset varchar(20) not null, size decimal(20, 8) not null, average_entry_price decimal(20, 8), unrealized_pnl decimal(20, 8),
+      realized_pnl decimal(20, 8), mode varchar(20) not null, long_size decimal(20, 8), short_size decimal(20, 8),
+      snapshot_timestamp timestamp not null default now())`);
+  await c.query(`insert into positions (asset, mode, size, average_entry_price, unrealized_pnl, realized_pnl)
+                 values ('ETHUSDT', 'hedge', -2, 3000, -10, 4), ('SOLUSDT', 'hedge', 0, null, 0, 1)`);
+  await migrate(db.url);
+  const scaled = (await c.query(`select table_name || '.' || column_name as col from information_schema.columns
+                                  where table_name in ('positions', 'position_snapshots') and data_type = 'numeric'
+                                    and numeric_scale is not null`)).rows.map((r) => r.col);
+  t.same(scaled, [], 'no numeric column keeps a scale');
+  const h = (await c.query("select * from positions where asset = 'ETHUSDT'")).rows[0];
+  t.same([h.long_size, h.short_size, h.short_avg_price, h.average_entry_price, h.short_unrealized_pnl, h.long_unrealized_pnl,
+          h.short_realized_pnl].map(Number), [0, 2, 3000, 3000, -10, 0, 4], 'the row is its short leg');
+  await c.query(`select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"1.0","execution_price":"48000"}')`);
+  const p = (await c.query(`select (apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"0.5",
+                                                       "execution_price":"50000"}')).average_entry_price`)).rows[0];
+  t.equal(p.average_entry_price, '48666.6666666667', 'stored at 10 places (TC-004)');
+  const snap = (await c.query("select (create_position_snapshot('XRPUSDT')).average_entry_price")).rows[0];
+  t.equal(snap.average_entry_price, '48666.6666666667', 'and so is its snapshot');
+  await c.query(`select apply_order_fill('{"asset":"BIGUSDT","side":"Buy","execution_quantity":"100000","execution_price":"90000000"}')`);
+  const big = (await c.query(`select (apply_order_fill('{"asset":"BIGUSDT","side":"Sell","execution_quantity":"100000",
+                                                        "execution_price":"100000000"}')).realized_pnl`)).rows[0];
+  t.equal(big.realized_pnl, '1000000000000', 'a realized PnL of 1e12, beyond DECIMAL(20, 8), is stored');
+});
+
 // The trading database is shared: only the views sql/ defines are dropped and re-created.
 t.test("another service's views survive migrations, on the first run and when the definitions change", async (t) => {
   const db = await emptyDatabase(t);

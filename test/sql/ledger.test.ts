@@ -384,3 +384,90 @@ t.test('concurrency: the same 50 messages sent by 8 connections at once apply on
   t.equal((await db.query("select size from positions where asset = 'DUPCUSDT'")).rows[0].size, '0.50');
   t.equal((await db.query("select count(*)::int as n from outbox where event_type = 'position_updated'")).rows[0].n, 50, 'one event each');
 });
+
+t.test('review findings: exchange adoption, reports and old timestamps', async (t) => {
+  const db = await freshDatabase(t);
+  const validate = async (asset: string, mode = 'one-way') =>
+    (await db.query('select validate_position($1, $2, true) as v', [asset, mode])).rows[0].v;
+
+  await t.test('R-17: adopting a reopened size takes the report\'s unrealized PnL, though the row was flat', async (t) => {
+    await apply(db, fill({ asset: 'UPAUSDT', side: 'Buy', execution_quantity: '1', execution_price: '100', executed_at: '2025-03-01T00:00:00Z' }));
+    await apply(db, fill({ asset: 'UPAUSDT', side: 'Sell', execution_quantity: '1', execution_price: '101', executed_at: '2025-03-01T00:01:00Z' }));
+    await report(db, { event_type: 'position', data: { symbol: 'UPAUSDT', side: 'Buy', size: '1', avgPrice: '100', markPrice: '105',
+                                                       unrealisedPnl: '4.5', updatedTime: 1740787500000 } });
+    const v = await validate('UPAUSDT');
+    t.match(v.updated_position, { size: '1', unrealized_pnl: '4.5', unrealized_pnl_pct: '4.5' });
+    t.equal(dec((await row(db, 'UPAUSDT')).unrealized_pnl), '4.5');
+  });
+
+  await t.test('R-17/R-7: without the report\'s PnL the adopted size is marked to the mark price', async (t) => {
+    await apply(db, fill({ asset: 'UPBUSDT', side: 'Buy', execution_quantity: '1', execution_price: '100', executed_at: '2025-03-01T00:00:00Z' }));
+    await report(db, { event_type: 'position', data: { symbol: 'UPBUSDT', side: 'Buy', size: '3', markPrice: '110', updatedTime: 1740787500000 } });
+    const v = await validate('UPBUSDT');
+    t.match(v.updated_position, { size: '3', average_entry_price: '100', unrealized_pnl: '30' });
+  });
+
+  await t.test('R-17 in hedge mode: an adopted leg that was flat takes its report\'s PnL', async (t) => {
+    await apply(db, fill({ asset: 'UPHUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '2', execution_price: '50', executed_at: '2025-03-01T00:00:00Z' }));
+    await report(db, { event_type: 'position', data: { symbol: 'UPHUSDT', positionIdx: 2, side: 'Sell', size: '3', avgPrice: '52',
+                                                       markPrice: '51', unrealisedPnl: '3', updatedTime: 1740787500000 } });
+    await validate('UPHUSDT', 'hedge');
+    const p = await row(db, 'UPHUSDT', 'hedge');
+    t.same([p.short_size, p.short_avg_price, p.short_unrealized_pnl].map(dec), ['3', '52', '3']);
+    t.equal(dec(p.long_unrealized_pnl), '2', 'the long leg (ledger) is marked: (51 - 50) x 2');
+    t.equal(dec(p.unrealized_pnl), '5');
+  });
+
+  await t.test('R-12: a hedge report without an average creates the leg with an unknown average', async (t) => {
+    const r = (await db.query('select ingest_position_report($1::jsonb) as r', [JSON.stringify({ event_type: 'position',
+      payload: { symbol: 'HNAUSDT', side: 'Buy', size: '2', positionIdx: 1, markPrice: '10', unrealisedPnl: '1.5' } })])).rows[0].r;
+    t.match(r, [{ outcome: 'applied' }]);
+    let p = await row(db, 'HNAUSDT', 'hedge');
+    t.same([p.long_size, p.long_avg_price, p.average_entry_price, p.unrealized_pnl].map(dec), ['2', null, null, '1.5']);
+    p = await apply(db, fill({ asset: 'HNAUSDT', mode: 'hedge', side: 'Sell', execution_quantity: '1', execution_price: '12' }));
+    t.same([p.short_size, p.short_avg_price, p.long_unrealized_pnl, p.short_unrealized_pnl].map(dec), ['1', '12', '1.5', '2'],
+      'a fill on the other leg keeps the unknown leg\'s exchange PnL (the new leg: (12 - 10) x 1)');
+  });
+
+  await t.test('§6.1: report prices with more than 8 places are invalid, naming the field', async (t) => {
+    const cases: [string, string][] = [['avgPrice', '100.123456789'], ['markPrice', '101.1234567891'], ['entryPrice', '1.000000001']];
+    for (const [field, value] of cases) {
+      await t.rejects(report(db, { event_type: 'position', data: { symbol: 'DECUSDT', side: 'Buy', size: '1', [field]: value } }),
+        { code: '22023', message: new RegExp(`^${field === 'entryPrice' ? 'avgPrice' : field}: at most 8 fractional digits`) }, field);
+    }
+    t.equal(await row(db, 'DECUSDT'), undefined, 'nothing created');
+  });
+
+  await t.test('R-10: side "" (or "None") is flat whatever the size', async (t) => {
+    await report(db, { event_type: 'position', data: { symbol: 'EMPUSDT', side: '', size: '1', avgPrice: '10' } });
+    t.equal(await row(db, 'EMPUSDT'), undefined, 'flat for an unknown position: no row');
+    await apply(db, fill({ asset: 'EMQUSDT', side: 'Buy', execution_quantity: '1', execution_price: '5' }));
+    await report(db, { event_type: 'position', data: { symbol: 'EMQUSDT', side: 'None', size: '1', avgPrice: '5' } });
+    t.equal((await row(db, 'EMQUSDT')).exchange_state.net.size, 0, 'the exchange reports it flat');
+  });
+
+  await t.test('§2 conv. 5: a time beyond the year 9999 is invalid input, naming the field', async (t) => {
+    await t.rejects(apply(db, fill({ asset: 'FUTUSDT', side: 'Buy', execution_quantity: '1', execution_price: '1', executed_at: '2000000000000000' })),
+      { code: '22023', message: /^executed_at: is beyond the year 9999/ });
+    await t.rejects(report(db, { event_type: 'position', data: { symbol: 'FUTUSDT', side: 'Buy', size: '1', createdTime: '2000000000000000' } }),
+      { code: '22023', message: /^createdTime: is beyond the year 9999/ });
+    const p = await apply(db, fill({ asset: 'FUTUSDT', side: 'Buy', execution_quantity: '1', execution_price: '1', executed_at: '9999-12-31T23:59:59Z' }));
+    t.equal((await json(db, 'FUTUSDT')).opened_at, '9999-12-31T23:59:59.000Z', `the last representable time is kept (${p.asset})`);
+  });
+
+  await t.test("R-10: the Gateway's integer mode must agree with positionIdx", async (t) => {
+    for (const [mode, raw, pidx] of [[1, { positionIdx: 2 }, undefined], [2, {}, 0]] as const) {
+      await t.rejects(report(db, { event_type: 'position', payload: { symbol: 'MODEUSDT', side: 'Buy', size: '1', avg_price: '5', mode, raw,
+                                                                       ...(pidx === undefined ? {} : { positionIdx: pidx }) } }),
+        { code: '22023', message: /^mode: contradicts positionIdx/ }, `mode ${mode}`);
+    }
+    await report(db, { event_type: 'position', payload: { symbol: 'MODEUSDT', side: 'Sell', size: '1', avg_price: '5', mode: 2, raw: { positionIdx: 2 } } });
+    t.equal(dec((await row(db, 'MODEUSDT', 'hedge')).short_size), '1', 'agreeing: the short leg');
+  });
+
+  await t.test('positions_view survives a price time more than 68 years old', async (t) => {
+    await apply(db, fill({ asset: 'OLDUSDT', side: 'Buy', execution_quantity: '1', execution_price: '5', executed_at: '1900-01-01T00:00:00Z' }));
+    const v = (await db.query("select price_age_seconds from positions_view where asset = 'OLDUSDT'")).rows[0];
+    t.ok(BigInt(v.price_age_seconds) > 2n ** 31n, `price_age_seconds ${v.price_age_seconds}`);
+  });
+});
