@@ -80,6 +80,8 @@ declare
 begin
   select * into s from take_snapshots(array[(require_position(asset, mode)).id], trigger, coalesce(trace_id, gen_random_uuid()::text));
   perform pg_notify('position_manager_outbox', '');
+  -- last_snapshot_at changed: cached responses that embed positions are dropped (R-21)
+  perform pg_notify('position_manager_changes', json_build_object('asset', s.asset, 'mode', s.mode, 'snapshot', true)::text);
   return s;
 end $$;
 
@@ -102,7 +104,10 @@ begin
                                                              from position_snapshots s where s.position_id = p.id
                                                             order by s.snapshot_timestamp desc, s.id desc limit 1), p.version)),
                         'scheduled', coalesce(trace_id, gen_random_uuid()::text));
-  if n > 0 then perform pg_notify('position_manager_outbox', ''); end if;
+  if n > 0 then
+    perform pg_notify('position_manager_outbox', '');
+    perform pg_notify('position_manager_changes', json_build_object('snapshot', true)::text);
+  end if;
   return n;
 end $$;
 

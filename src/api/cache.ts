@@ -1,6 +1,7 @@
 // The portfolio metrics cache (SPEC.md R-21): results per query for at most the TTL, dropped in
 // every instance when a position change is NOTIFYed, and bypassed entirely while the listener
-// is down, so a read after a committed change never sees figures older than that change.
+// is down, so a read after a committed change never sees figures older than that change: a hit
+// is served only after a round trip on the listening connection (Listener.sync).
 //
 // Entries expire at the end of TTL periods counted from the key's first computation, not a full
 // TTL after each computation: a result computed right after a change then lives only to the end
@@ -35,8 +36,19 @@ export class MetricsCache {
     const now = Date.now();
     const hit = this.entries.get(key);
     if (hit && now < hit.expires) {
-      metrics.cacheRequests.inc({ result: 'hit' });
-      return hit.value as Promise<T>;
+      // The NOTIFY of a change committed just before this read may still be on its way: a
+      // round trip on the listening connection brings it in first (R-21, "never older").
+      const generation = this.entries;
+      try {
+        await this.listener.sync();
+      } catch {
+        metrics.cacheRequests.inc({ result: 'miss' });
+        return compute();
+      }
+      if (generation === this.entries && this.entries.get(key) === hit) {
+        metrics.cacheRequests.inc({ result: 'hit' });
+        return hit.value as Promise<T>;
+      }
     }
     metrics.cacheRequests.inc({ result: 'miss' });
     const generation = this.entries;

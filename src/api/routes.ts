@@ -22,7 +22,7 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
   r.get('/positions', async (req, res) => {
     const q = req.query;
     res.json(await one(pool, 'select list_positions($1, $2, $3, $4, $5, $6, $7) as r', [
-      str(q.asset), str(q.mode), str(q.size_min), str(q.size_max), bool(q.include_closed, false),
+      str(q.asset), mode(req), str(q.size_min), str(q.size_max), bool(q.include_closed, false),
       Number(q.limit ?? 1000), Number(q.offset ?? 0),
     ]));
   });

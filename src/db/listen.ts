@@ -14,10 +14,18 @@ const createSubscriber: CreateSubscriber =
   (pgListen as unknown as { default: CreateSubscriber }).default;
 import type { Logger } from '../log.js';
 
+const SYNC_CHANNEL = 'position_manager_listener_sync';
+
 export type NotificationHandler = (channel: string, payload: unknown) => void;
 
 export interface Listener {
   readonly connected: boolean;
+  /**
+   * Resolves after a round trip on the listening connection that started after this call, so
+   * every notification committed before the call has reached the handlers by then (PostgreSQL
+   * sends pending notifications before it reads the next query). Rejects when not listening.
+   */
+  sync(): Promise<void>;
   on(handler: NotificationHandler): void;
   onStateChange(handler: (connected: boolean) => void): void;
   close(): Promise<void>;
@@ -84,10 +92,40 @@ export function listen(connectionString: string, channels: string[], log: Logger
   };
   void start(0);
 
+  // pg-listen gives no access to its connection; toggling LISTEN on a channel nobody notifies
+  // is a query on it that writes nothing. Concurrent callers share one round trip: the one in
+  // flight if it started after them, else the next one.
+  let inFlight: Promise<void> | undefined;
+  let next: Promise<void> | undefined;
+  const roundTrip = (): Promise<void> => {
+    const sub = subscriber;
+    if (!sub || !connected) return Promise.reject(new Error('not listening'));
+    const q = sub.getSubscribedChannels().includes(SYNC_CHANNEL) ? sub.unlisten(SYNC_CHANNEL) : sub.listenTo(SYNC_CHANNEL);
+    const p = Promise.resolve(q).then(() => undefined);
+    inFlight = p;
+    const done = () => {
+      if (inFlight === p) inFlight = undefined;
+    };
+    p.then(done, done);
+    return p;
+  };
+  const sync = (): Promise<void> => {
+    if (!inFlight) return roundTrip();
+    next ??= inFlight.then(
+      () => undefined,
+      () => undefined,
+    ).then(() => {
+      next = undefined;
+      return roundTrip();
+    });
+    return next;
+  };
+
   return {
     get connected() {
       return connected;
     },
+    sync,
     on: (h) => void handlers.push(h),
     onStateChange: (h) => void stateHandlers.push(h),
     async close() {
