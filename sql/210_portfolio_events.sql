@@ -56,8 +56,11 @@ begin
 end $$;
 
 -- R-22: portfolio_updated at most once per window, and the limits (R-23) on every call.
--- only_if_changed: nothing is published when the figures equal the last published ones (the
--- worker's runs, so a reconnect or a stray NOTIFY repeats nothing; false forces one, for psql).
+-- only_if_changed: nothing is published when no position changed since the last publication
+-- and the figures equal the last published ones (the worker's runs, so a reconnect or a stray
+-- NOTIFY repeats nothing, while a change that leaves every figure as it was is still announced;
+-- false forces one, for psql). Every change bumps a version, so their sum tells (rows are never
+-- deleted).
 -- Within the window of the last publication nothing is published now: the window's end gets
 -- the run that publishes the trailing event. Checked here, under the state row's lock, because
 -- two runs can follow each other (a job already running when the next was scheduled, or the
@@ -73,9 +76,11 @@ declare
   outcome text;
   due timestamptz;
   trace text := coalesce(trace_id, gen_random_uuid()::text);
+  versions numeric;
 begin
   select * into st from portfolio_publish_state for update;
   m := portfolio_metrics();
+  select coalesce(sum(p.version), 0) into versions from positions p;
   payload := jsonb_build_object(
     'total_exposure_usdt', m -> 'total_exposure_usdt', 'total_unrealized_pnl_usdt', m -> 'total_unrealized_pnl_usdt',
     'total_realized_pnl_usdt', m -> 'total_realized_pnl_usdt', 'total_pnl_usdt', m -> 'total_pnl_usdt',
@@ -85,7 +90,7 @@ begin
     'open_positions_count', m -> 'open_positions_count', 'long_positions_count', m -> 'long_positions_count',
     'short_positions_count', m -> 'short_positions_count');
   due := portfolio_window_end();
-  if only_if_changed and st.last_payload is not distinct from payload then
+  if only_if_changed and st.last_payload is not distinct from payload and st.last_versions is not distinct from versions then
     outcome := 'unchanged';
   elsif due > clock_timestamp() then
     outcome := 'deferred';
@@ -94,7 +99,7 @@ begin
     outcome := 'published';
     perform enqueue_event('position-manager.portfolio_updated', 'portfolio_updated',
                           payload || jsonb_build_object('calculated_at', m -> 'calculated_at'), trace);
-    update portfolio_publish_state set last_published_at = clock_timestamp(), last_payload = payload;
+    update portfolio_publish_state set last_published_at = clock_timestamp(), last_payload = payload, last_versions = versions;
   end if;
   return jsonb_build_object('published', outcome = 'published', 'outcome', outcome,
                             'limit', evaluate_portfolio_limits((m ->> 'total_exposure_usdt')::numeric, trace));

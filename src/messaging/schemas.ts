@@ -108,9 +108,10 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   if (tree === null || typeof tree !== 'object' || Array.isArray(tree))
     return { ok: false, reason: 'body: must be a JSON object', traceId: undefined };
   const obj = tree as Record<string, unknown>;
-  const nul = raw.includes('\\u0000') ? nulPath(tree) : undefined;
-  if (nul) return { ok: false, reason: `${nul}: contains U+0000, which cannot be stored`, traceId: undefined };
   const traceId = typeof obj.trace_id === 'string' && obj.trace_id.length <= 128 ? obj.trace_id : undefined;
+  // only a \u escape can put either into the parsed text
+  const bad = raw.includes('\\u') && ESCAPED_UNSTORABLE.test(raw.toString('latin1')) ? unstorablePath(tree) : undefined;
+  if (bad) return { ok: false, reason: `${bad.path}: contains ${bad.what}, which cannot be stored`, traceId };
   const schema = kind === 'report' ? report : typeof obj.order === 'object' && obj.order !== null ? enrichedFill : flatFill;
   const result = schema.safeParse(tree);
   if (!result.success) return { ok: false, reason: describe(result.error), traceId };
@@ -118,13 +119,26 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
            bodyKey: bodyKey(tree) };
 }
 
-// PostgreSQL's jsonb cannot hold U+0000: a message with one would fail in SQL without naming a
-// field, so it is refused here, naming where it is (changing it instead would alter stored text).
-function nulPath(v: unknown, path: string[] = []): string | undefined {
-  if (typeof v === 'string') return v.includes('\u0000') ? path.join('.') || 'body' : undefined;
+// PostgreSQL's jsonb holds neither U+0000 nor an unpaired UTF-16 surrogate: a message with one
+// would fail in SQL without naming a field, so it is refused here, naming where it is (changing
+// it instead would alter stored text).
+const ESCAPED_UNSTORABLE = /\\u(0000|[dD][89a-fA-F])/;
+const UNSTORABLE = /(\u0000)|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function unstorable(s: string): string | undefined {
+  const m = UNSTORABLE.exec(s);
+  return m ? (m[1] ? 'U+0000' : 'an unpaired UTF-16 surrogate') : undefined;
+}
+
+function unstorablePath(v: unknown, path: string[] = []): { path: string; what: string } | undefined {
+  if (typeof v === 'string') {
+    const what = unstorable(v);
+    return what ? { path: path.join('.') || 'body', what } : undefined;
+  }
   if (v === null || typeof v !== 'object' || isLosslessNumber(v)) return undefined;
   for (const [k, x] of Array.isArray(v) ? v.entries() : Object.entries(v)) {
-    const found = String(k).includes('\u0000') ? [...path, String(k)].join('.') : nulPath(x, [...path, String(k)]);
+    const inKey = unstorable(String(k));
+    const found = inKey ? { path: [...path, String(k)].join('.'), what: inKey } : unstorablePath(x, [...path, String(k)]);
     if (found) return found;
   }
   return undefined;

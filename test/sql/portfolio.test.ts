@@ -210,6 +210,23 @@ t.test('R-22: at most one portfolio_updated per window, whoever asks; the limit 
   t.equal(await updates(), 2);
 });
 
+t.test('R-22: a change that leaves every figure as it was is still announced; a snapshot is not a change', async (t) => {
+  const db = await freshDatabase(t);
+  const publish = async () => {
+    await db.query("update portfolio_publish_state set last_published_at = last_published_at - interval '2 seconds'"); // window over
+    return (await one(db, 'select publish_portfolio_update(true) as r')).r;
+  };
+  await fill(db, 'SAMEUSDT', 'Buy', '1', '500');
+  t.match(await publish(), { outcome: 'published' });
+  await db.query("select create_position_snapshot('SAMEUSDT')");
+  t.match(await publish(), { outcome: 'unchanged' }, 'a snapshot changes no position');
+  // TC-008's case: the exchange's average replaces ours; exposure and PnL stay the same
+  await mark(db, 'SAMEUSDT', 'Buy', '1', { avgPrice: '510' });
+  t.equal((await one(db, "select average_entry_price from positions where asset = 'SAMEUSDT'")).average_entry_price, '510');
+  t.match(await publish(), { outcome: 'published' }, 'the change is announced');
+  t.match(await publish(), { outcome: 'unchanged' }, 'once');
+});
+
 t.test('snapshots (R-26, R-27)', async (t) => {
   const db = await freshDatabase(t);
   await fill(db, 'BTCUSDT', 'Buy', '1.0', '50000');

@@ -1,0 +1,7 @@
+-- Up Migration
+-- R-22 publishes after every committed change, also one that leaves the figures as they were:
+-- the sum of the positions' versions at the last publication tells whether one happened since.
+alter table portfolio_publish_state add column if not exists last_versions numeric;
+
+-- Down Migration
+alter table portfolio_publish_state drop column if exists last_versions;
