@@ -69,15 +69,20 @@ update positions set closed_at = null
 update positions set opened_at = coalesce(opened_at, created_at) where closed_at is null;
 -- Another writer's hedge rows may have no legs: the row is then one leg, in the direction of its
 -- size, with the row's average and PnL; a hedge row's average is its direction leg's (§3.1).
+-- A missing leg is what the other and the size leave; missing leg PnL likewise.
 update positions set
-  long_size = coalesce(long_size, greatest(size, 0)),
-  short_size = coalesce(short_size, greatest(-size, 0)),
+  long_size = coalesce(long_size, short_size + size, greatest(size, 0)),
+  short_size = coalesce(short_size, long_size - size, greatest(-size, 0)),
   long_avg_price = coalesce(long_avg_price, case when size > 0 then average_entry_price end),
   short_avg_price = coalesce(short_avg_price, case when size < 0 then average_entry_price end),
-  long_unrealized_pnl = coalesce(long_unrealized_pnl, case when short_unrealized_pnl is null and size >= 0 then unrealized_pnl else 0 end),
-  short_unrealized_pnl = coalesce(short_unrealized_pnl, case when size < 0 then unrealized_pnl else 0 end),
-  long_realized_pnl = coalesce(long_realized_pnl, case when short_realized_pnl is null and size >= 0 then realized_pnl else 0 end),
-  short_realized_pnl = coalesce(short_realized_pnl, case when size < 0 then realized_pnl else 0 end)
+  long_unrealized_pnl = coalesce(long_unrealized_pnl, unrealized_pnl - short_unrealized_pnl,
+                                 case when size >= 0 then unrealized_pnl else 0 end),
+  short_unrealized_pnl = coalesce(short_unrealized_pnl, unrealized_pnl - long_unrealized_pnl,
+                                  case when size < 0 then unrealized_pnl else 0 end),
+  long_realized_pnl = coalesce(long_realized_pnl, realized_pnl - short_realized_pnl,
+                               case when size >= 0 then realized_pnl else 0 end),
+  short_realized_pnl = coalesce(short_realized_pnl, realized_pnl - long_realized_pnl,
+                                case when size < 0 then realized_pnl else 0 end)
  where mode = 'hedge';
 update positions set average_entry_price = case when size > 0 then long_avg_price when size < 0 then short_avg_price end
  where mode = 'hedge' and average_entry_price is null;

@@ -61,8 +61,8 @@ begin
     v := raw::timestamp at time zone 'UTC';
   end if;
   -- every time is written back as ISO-8601 with a four-digit year (SPEC.md §2 convention 5)
-  if v >= '10000-01-01T00:00:00Z' then
-    perform bad_input(field, format('is beyond the year 9999, got %s', left(raw, 40)));
+  if v >= '10000-01-01T00:00:00Z' or v < '0001-01-01T00:00:00Z' then
+    perform bad_input(field, format('is outside the years 0001 to 9999, got %s', left(raw, 40)));
   end if;
   return v;
 exception when datetime_field_overflow or invalid_datetime_format then

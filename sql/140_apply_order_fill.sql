@@ -59,21 +59,36 @@ begin
   return n;
 end $$;
 
+-- The exchange's PnL figure for size `from_size`, carried over to `to_size` (same direction).
+create or replace function scaled_pnl(pnl numeric, from_size numeric, to_size numeric) returns numeric
+  language sql immutable parallel safe
+  as $$
+    select case when from_size is null or from_size = 0 or from_size = to_size then coalesce(pnl, 0)
+                else div10(coalesce(pnl, 0) * to_size, from_size) end
+  $$;
+
 -- Unrealized PnL from the mark price (R-7, R-8); 0 when flat. A leg whose average the exchange
--- never gave (R-12 without avgPrice) keeps the exchange's figure: there is nothing to recompute.
-create or replace function position_mark(n positions) returns positions
+-- never gave (R-12 without avgPrice) has only the exchange's figure: it is scaled with the
+-- leg's size (a reduction keeps the PnL per contract), as `before` had it.
+-- no default for `before`: a default of a table's row type stops ALTER TABLE on that table
+drop function if exists position_mark(positions);
+drop function if exists position_mark(positions, positions);
+create or replace function position_mark(n positions, before positions) returns positions
   language plpgsql immutable
   as $$
 begin
   if n.mode = 'hedge' then
     n.long_unrealized_pnl := case when n.long_size = 0 then 0
-                                  else coalesce((n.current_price - n.long_avg_price) * n.long_size, n.long_unrealized_pnl, 0) end;
+      when n.long_avg_price is not null then (n.current_price - n.long_avg_price) * n.long_size
+      else scaled_pnl(n.long_unrealized_pnl, before.long_size, n.long_size) end;
     n.short_unrealized_pnl := case when n.short_size = 0 then 0
-                                   else coalesce((n.short_avg_price - n.current_price) * n.short_size, n.short_unrealized_pnl, 0) end;
+      when n.short_avg_price is not null then (n.short_avg_price - n.current_price) * n.short_size
+      else scaled_pnl(n.short_unrealized_pnl, before.short_size, n.short_size) end;
     n := position_hedge_totals(n);
   else
     n.unrealized_pnl := case when n.size = 0 then 0
-                             else coalesce((n.current_price - n.average_entry_price) * n.size, n.unrealized_pnl, 0) end;
+      when n.average_entry_price is not null then (n.current_price - n.average_entry_price) * n.size
+      else scaled_pnl(n.unrealized_pnl, before.size, n.size) end;
   end if;
   return n;
 end $$;
@@ -240,7 +255,7 @@ begin
                               'warning', format('reduce-only fill of %s on the %s leg of a position that does not exist: nothing applied, fee %s not recorded',
                                                 dec_out(q), leg, dec_out(fee)));
   end if;
-  n := position_mark(n);
+  n := position_mark(n, p);
   n := save_position(n, is_new);
 
   insert into position_fills (position_id, asset, mode, kind, leg, side, quantity, price, fee, order_id, execution_id,

@@ -64,8 +64,10 @@ begin
   -- the Gateway's integer mode is Bybit's positionIdx; both given, they must agree (R-10)
   pidx_raw := nullif(report_value(item, array['positionIdx', 'position_idx']) #>> '{}', '');
   if (jsonb_typeof(mode_v) = 'number' or mode_v #>> '{}' ~ '^\d$') then
-    if pidx_raw is not null and pidx_raw <> mode_v #>> '{}' then perform bad_input('mode', 'contradicts positionIdx'); end if;
-    pidx_raw := mode_v #>> '{}';
+    if pidx_raw ~ '^\d+(\.\d+)?$' and pidx_raw::numeric <> (mode_v #>> '{}')::numeric then
+      perform bad_input('mode', 'contradicts positionIdx');
+    end if;
+    pidx_raw := coalesce(pidx_raw, mode_v #>> '{}');
   end if;
   if pidx_raw is not null and pidx_raw !~ '^[012]$' then
     perform bad_input('positionIdx', format('must be 0, 1 or 2, got %s', left(pidx_raw, 40)));

@@ -122,9 +122,10 @@ begin
 
   if fixed then
     if n.current_price is null then n.current_price := coalesce(n.average_entry_price, n.long_avg_price, n.short_avg_price); end if;
-    n := position_mark(n);
-    -- A leg adopted from the exchange takes the PnL its report gave for exactly that state
-    -- (R-13: reports own PnL; TC-002); the mark recomputes it only when the report had none.
+    -- R-17 step 6: the position's unrealized PnL is recomputed as R-7/R-8 say, from the mark,
+    -- except that a leg adopted from the exchange takes the PnL its report gave for exactly
+    -- that state (R-13: reports own PnL; TC-002), the mark only when the report gave none.
+    n := position_mark(n, p);
     foreach leg_name in array adopted loop
       upnl := (p.exchange_state -> leg_name ->> 'unrealized_pnl')::numeric;
       continue when upnl is null;

@@ -45,13 +45,14 @@ export class MetricsCache {
         metrics.cacheRequests.inc({ result: 'miss' });
         return compute();
       }
-      if (generation === this.entries && this.entries.get(key) === hit) {
+      if (generation === this.entries && this.entries.get(key) === hit && Date.now() < hit.expires) {
         metrics.cacheRequests.inc({ result: 'hit' });
         return hit.value as Promise<T>;
       }
     }
     metrics.cacheRequests.inc({ result: 'miss' });
     const generation = this.entries;
+    const computedAt = Date.now();
     const value = compute();
     value.then(
       () => {
@@ -59,7 +60,7 @@ export class MetricsCache {
       },
       () => generation === this.entries && this.entries.delete(key),
     );
-    this.entries.set(key, { expires: this.periodEnd(key, now), value });
+    this.entries.set(key, { expires: this.periodEnd(key, computedAt), value });
     metrics.cacheEntries.set(this.entries.size);
     return value;
   }

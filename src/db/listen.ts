@@ -3,6 +3,11 @@
 // first connection is retried by recreating the subscriber. `connected` is false from the
 // moment the connection is lost until it listens again, so callers can stop trusting
 // notifications (the metrics cache bypasses itself) and fall back to polling.
+//
+// pg-listen's own liveness check queues behind any query on its connection, so a stalled peer
+// (connection open, no bytes moving) went unnoticed until TCP gave up, about 15 minutes. Here
+// every query on the connection is a timed round trip (sync), also every CHECK_INTERVAL_MS,
+// and one without an answer in SYNC_TIMEOUT_MS replaces the subscriber.
 import * as pgListen from 'pg-listen';
 import type { Subscriber, Options } from 'pg-listen';
 import type pg from 'pg';
@@ -15,6 +20,8 @@ const createSubscriber: CreateSubscriber =
 import type { Logger } from '../log.js';
 
 const SYNC_CHANNEL = 'position_manager_listener_sync';
+export const SYNC_TIMEOUT_MS = 2000;
+const CHECK_INTERVAL_MS = 5000;
 
 export type NotificationHandler = (channel: string, payload: unknown) => void;
 
@@ -23,7 +30,8 @@ export interface Listener {
   /**
    * Resolves after a round trip on the listening connection that started after this call, so
    * every notification committed before the call has reached the handlers by then (PostgreSQL
-   * sends pending notifications before it reads the next query). Rejects when not listening.
+   * sends pending notifications before it reads the next query). Rejects when not listening or
+   * when the round trip takes longer than SYNC_TIMEOUT_MS.
    */
   sync(): Promise<void>;
   on(handler: NotificationHandler): void;
@@ -38,12 +46,26 @@ export function listen(connectionString: string, channels: string[], log: Logger
   let closed = false;
   let subscriber: Subscriber | undefined;
   let retryTimer: NodeJS.Timeout | undefined;
+  let inFlight: Promise<void> | undefined;
+  let next: Promise<void> | undefined;
 
   const setState = (value: boolean) => {
     if (connected === value) return;
     connected = value;
     log.info({ channels, connected: value }, value ? 'listening for notifications' : 'notification listener disconnected');
     for (const h of stateHandlers) h(value);
+  };
+
+  // Gives up on a subscriber (its socket may stay open until TCP times out: close is not awaited).
+  const replace = (sub: Subscriber, delayMs: number) => {
+    if (subscriber !== sub) return;
+    subscriber = undefined;
+    inFlight = next = undefined;
+    setState(false);
+    void sub.close().catch(() => undefined);
+    if (closed) return;
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(() => void start(0), delayMs);
   };
 
   const start = async (attempt: number) => {
@@ -54,7 +76,7 @@ export function listen(connectionString: string, channels: string[], log: Logger
         retryLimit: Infinity,
         retryTimeout: 0, // 0 disables pg-listen's give-up timeout
         retryInterval: (n: number) => Math.min(250 * 2 ** n, 5000),
-        paranoidChecking: 5000,
+        paranoidChecking: false, // replaced by the timed round trips below
         parse: (text: string) => {
           try {
             return text ? JSON.parse(text) : null;
@@ -65,28 +87,30 @@ export function listen(connectionString: string, channels: string[], log: Logger
       },
     );
     subscriber = sub;
+    let listening = false; // pg-listen reports `connected` before the first LISTEN is sent
     sub.events.on('notification', (n: { channel: string; payload?: unknown }) => {
       for (const h of handlers) h(n.channel, n.payload);
     });
-    sub.events.on('reconnect', () => setState(false));
-    sub.events.on('connected', () => setState(true));
+    sub.events.on('reconnect', () => subscriber === sub && setState(false));
+    sub.events.on('connected', () => subscriber === sub && listening && setState(true));
     sub.events.on('error', (err: Error) => {
       // Only reached if pg-listen gave up despite the settings above: start over.
       log.warn({ err: err.message }, 'notification listener failed; restarting it');
-      setState(false);
-      void sub.close().catch(() => undefined);
-      retryTimer = setTimeout(() => void start(attempt + 1), 1000);
+      replace(sub, 1000);
     });
     try {
       await sub.connect();
       for (const c of channels) await sub.listenTo(c);
+      if (subscriber !== sub) return;
+      listening = true;
       setState(true);
     } catch (err) {
-      setState(false);
-      void sub.close().catch(() => undefined);
-      if (closed) return;
+      if (subscriber !== sub || closed) return;
       const delay = Math.min(250 * 2 ** attempt, 5000);
       log.debug({ err: (err as Error).message, delay }, 'notification listener cannot connect yet');
+      subscriber = undefined;
+      setState(false);
+      void sub.close().catch(() => undefined);
       retryTimer = setTimeout(() => void start(attempt + 1), delay);
     }
   };
@@ -95,15 +119,22 @@ export function listen(connectionString: string, channels: string[], log: Logger
   // pg-listen gives no access to its connection; toggling LISTEN on a channel nobody notifies
   // is a query on it that writes nothing. Concurrent callers share one round trip: the one in
   // flight if it started after them, else the next one.
-  let inFlight: Promise<void> | undefined;
-  let next: Promise<void> | undefined;
   const roundTrip = (): Promise<void> => {
     const sub = subscriber;
     if (!sub || !connected) return Promise.reject(new Error('not listening'));
     const q = sub.getSubscribedChannels().includes(SYNC_CHANNEL) ? sub.unlisten(SYNC_CHANNEL) : sub.listenTo(SYNC_CHANNEL);
-    const p = Promise.resolve(q).then(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    const p = new Promise<void>((ok, fail) => {
+      timer = setTimeout(() => {
+        fail(new Error(`the listening connection did not answer within ${SYNC_TIMEOUT_MS} ms`));
+        log.warn({ channels }, 'notification listener not answering; reconnecting');
+        replace(sub, 0);
+      }, SYNC_TIMEOUT_MS);
+      Promise.resolve(q).then(() => ok(), fail);
+    });
     inFlight = p;
     const done = () => {
+      clearTimeout(timer);
       if (inFlight === p) inFlight = undefined;
     };
     p.then(done, done);
@@ -120,6 +151,8 @@ export function listen(connectionString: string, channels: string[], log: Logger
     });
     return next;
   };
+  const check = setInterval(() => connected && sync().catch(() => undefined), CHECK_INTERVAL_MS);
+  check.unref();
 
   return {
     get connected() {
@@ -130,9 +163,12 @@ export function listen(connectionString: string, channels: string[], log: Logger
     onStateChange: (h) => void stateHandlers.push(h),
     async close() {
       closed = true;
-      if (retryTimer) clearTimeout(retryTimer);
+      clearInterval(check);
+      clearTimeout(retryTimer);
       setState(false);
-      await subscriber?.close().catch(() => undefined);
+      const sub = subscriber;
+      subscriber = undefined;
+      await sub?.close().catch(() => undefined);
     },
   };
 }

@@ -10,8 +10,17 @@ import type { Logger } from '../log.js';
 import { metrics } from '../metrics.js';
 import { isConnectionError } from '../db/pool.js';
 import { publishDeadLetter } from './dead-letter.js';
-import { checkBody, type Kind } from './schemas.js';
+import { checkBody, type Checked, type Kind } from './schemas.js';
 import { ensureForeignQueue } from './topology.js';
+
+/** A check that throws (a bug) dead-letters the message with the reason, never kills the channel. */
+function safeCheckBody(kind: Kind, raw: Buffer): Checked {
+  try {
+    return checkBody(kind, raw);
+  } catch (err) {
+    return { ok: false, reason: `body: cannot be checked (${(err as Error).message})`, traceId: undefined };
+  }
+}
 
 interface Delivery {
   msg: amqp.ConsumeMessage;
@@ -168,7 +177,7 @@ export class QueueConsumer {
 
   private receive(channel: amqp.Channel, msg: amqp.ConsumeMessage): void {
     const headerTrace = msg.properties.headers?.trace_id;
-    const checked = checkBody(this.o.kind, msg.content);
+    const checked = safeCheckBody(this.o.kind, msg.content);
     const traceId = checked.traceId ?? (typeof headerTrace === 'string' ? headerTrace : randomUUID());
     const d: Delivery = {
       msg,

@@ -99,6 +99,7 @@ function describe(error: z.ZodError): string {
 /** Parses and checks a body; the raw text (not the parsed tree) is what goes to SQL. */
 export function checkBody(kind: Kind, raw: Buffer): Checked {
   if (raw.length > MAX_BODY_BYTES) return { ok: false, reason: `body: larger than ${MAX_BODY_BYTES} bytes`, traceId: undefined };
+  if (nestingDepth(raw) > MAX_DEPTH) return { ok: false, reason: `body: nested deeper than ${MAX_DEPTH} levels`, traceId: undefined };
   let tree: unknown;
   try {
     tree = parse(raw.toString('utf8'));
@@ -108,7 +109,7 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   if (tree === null || typeof tree !== 'object' || Array.isArray(tree))
     return { ok: false, reason: 'body: must be a JSON object', traceId: undefined };
   const obj = tree as Record<string, unknown>;
-  const traceId = typeof obj.trace_id === 'string' && obj.trace_id.length <= 128 ? obj.trace_id : undefined;
+  const traceId = typeof obj.trace_id === 'string' && obj.trace_id.length <= 128 && !unstorable(obj.trace_id) ? obj.trace_id : undefined;
   // only a \u escape can put either into the parsed text
   const bad = raw.includes('\\u') && ESCAPED_UNSTORABLE.test(raw.toString('latin1')) ? unstorablePath(tree) : undefined;
   if (bad) return { ok: false, reason: `${bad.path}: contains ${bad.what}, which cannot be stored`, traceId };
@@ -117,6 +118,27 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   if (!result.success) return { ok: false, reason: describe(result.error), traceId };
   return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined, asset: fillAsset(kind, obj),
            bodyKey: bodyKey(tree) };
+}
+
+// Messages are a few levels deep; a deeply nested one would overflow the stack of the checks
+// below (and of PostgreSQL's parser, whose error is not a data error), so it is refused first.
+const MAX_DEPTH = 64;
+
+/** The deepest nesting of objects and arrays in JSON text (brackets inside strings do not count). */
+function nestingDepth(raw: Buffer): number {
+  let depth = 0;
+  let max = 0;
+  let inString = false;
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i];
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) max = Math.max(max, ++depth);
+    else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return max;
 }
 
 // PostgreSQL's jsonb holds neither U+0000 nor an unpaired UTF-16 surrogate: a message with one

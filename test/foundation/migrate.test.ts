@@ -97,6 +97,8 @@ t.test("Order Manager's DECIMAL(20, 8) tables become unscaled numeric; its hedge
       snapshot_timestamp timestamp not null default now())`);
   await c.query(`insert into positions (asset, mode, size, average_entry_price, unrealized_pnl, realized_pnl)
                  values ('ETHUSDT', 'hedge', -2, 3000, -10, 4), ('SOLUSDT', 'hedge', 0, null, 0, 1)`);
+  await c.query(`insert into positions (asset, mode, size, long_size, long_avg_price, unrealized_pnl, realized_pnl)
+                 values ('ADAUSDT', 'hedge', 1, 2, 0.5, 3, 0)`);
   await migrate(db.url);
   const scaled = (await c.query(`select table_name || '.' || column_name as col from information_schema.columns
                                   where table_name in ('positions', 'position_snapshots') and data_type = 'numeric'
@@ -105,6 +107,8 @@ t.test("Order Manager's DECIMAL(20, 8) tables become unscaled numeric; its hedge
   const h = (await c.query("select * from positions where asset = 'ETHUSDT'")).rows[0];
   t.same([h.long_size, h.short_size, h.short_avg_price, h.average_entry_price, h.short_unrealized_pnl, h.long_unrealized_pnl,
           h.short_realized_pnl].map(Number), [0, 2, 3000, 3000, -10, 0, 4], 'the row is its short leg');
+  const partial = (await c.query("select long_size, short_size, long_unrealized_pnl, short_unrealized_pnl from positions where asset = 'ADAUSDT'")).rows[0];
+  t.same(Object.values(partial).map(Number), [2, 1, 3, 0], 'a missing leg is what the other and the size leave');
   await c.query(`select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"1.0","execution_price":"48000"}')`);
   const p = (await c.query(`select (apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"0.5",
                                                        "execution_price":"50000"}')).average_entry_price`)).rows[0];
@@ -115,6 +119,41 @@ t.test("Order Manager's DECIMAL(20, 8) tables become unscaled numeric; its hedge
   const big = (await c.query(`select (apply_order_fill('{"asset":"BIGUSDT","side":"Sell","execution_quantity":"100000",
                                                         "execution_price":"100000000"}')).realized_pnl`)).rows[0];
   t.equal(big.realized_pnl, '1000000000000', 'a realized PnL of 1e12, beyond DECIMAL(20, 8), is stored');
+});
+
+// A database migrated before migration 1 widened the columns: migration 8 does it, views and all.
+t.test('migration 8 widens DECIMAL(20, 8) columns left by an earlier migration 1', async (t) => {
+  const db = await emptyDatabase(t);
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  t.teardown(() => c.end());
+  await migrate(db.url);
+  // the state an earlier migration 1 left on Order Manager's tables
+  const views = (await c.query('select views from sql_definitions')).rows[0].views as string[];
+  for (const v of [...views].reverse()) {
+    const k = (await c.query('select relkind::text as k from pg_class where oid = to_regclass($1)', [v])).rows[0]?.k;
+    if (k) await c.query(`drop ${k === 'm' ? 'materialized view' : 'view'} ${v}`);
+  }
+  await c.query('alter table positions drop column gross_size');
+  await c.query('alter table positions alter column average_entry_price type decimal(20, 8), alter column size type decimal(20, 8)');
+  await c.query('alter table position_snapshots alter column average_entry_price type decimal(20, 8)');
+  await c.query(`alter table positions add column gross_size numeric generated always as (
+                   case when mode = 'hedge' then coalesce(long_size, 0) + coalesce(short_size, 0) else abs(size) end) stored`);
+  await c.query("delete from pgmigrations where name like '1000000000008%'");
+  await c.query("update sql_definitions set hash = 'old'");
+
+  const again = await migrate(db.url);
+  t.same(again.migrationsApplied, ['1000000000008_unscaled-numeric']);
+  t.equal(again.definitionsApplied, true, 'the views are back');
+  const scaled = (await c.query(`select count(*)::int as n from information_schema.columns where table_name in ('positions', 'position_snapshots')
+                                   and data_type = 'numeric' and numeric_scale is not null`)).rows[0].n;
+  t.equal(scaled, 0, 'no numeric column keeps a scale');
+  t.ok((await c.query("select to_regclass('positions_open_idx') as r")).rows[0].r, 'the open-positions index is back');
+  await c.query(`select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"1.0","execution_price":"48000"}')`);
+  await c.query(`select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"0.5","execution_price":"50000"}')`);
+  const p = (await c.query("select average_entry_price, gross_size from positions_view where asset = 'XRPUSDT'")).rows[0];
+  t.same([p.average_entry_price, p.gross_size], ['48666.6666666667', '1.5']);
+  t.same((await migrate(db.url)).migrationsApplied, [], 'and it stays done');
 });
 
 // The trading database is shared: only the views sql/ defines are dropped and re-created.

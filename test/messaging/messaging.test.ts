@@ -213,16 +213,20 @@ t.test('an unpaired surrogate is dead-lettered naming the field; the log carries
   await broker.publish(REPORTS, '{"event_type":"position","trace_id":"sur-1","payload":{"symbol":"SURUSDT","side":"Buy","size":"1","note":"\\ud800x"}}');
   await broker.publish(FILLS, '{"asset":"SUR2USDT","side":"Buy","execution_quantity":"1","execution_price":"10","trace_id":"sur-2","note":"\\u0000"}');
   await broker.publish(FILLS, '{"asset":"SUR3USDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":"\\ud83d\\ude00"}');
-  const dl = await waitFor(() => deadLetters.messages.length >= before + 2 && deadLetters.messages.slice(before), { what: 'both dead-lettered' });
+  await broker.publish(FILLS, `{"asset":"SUR4USDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":${'['.repeat(65)}${']'.repeat(65)}}`);
+  await broker.publish(FILLS, '{"asset":"SUR5USDT","side":"Buy","execution_quantity":"1","execution_price":"10","trace_id":"bad\\u0000"}');
+  const dl = await waitFor(() => deadLetters.messages.length >= before + 4 && deadLetters.messages.slice(before), { what: 'all dead-lettered' });
   t.match(dl.map((m) => String(m.properties.headers?.['x-dead-letter-reason'])),
-    [/^payload\.note: contains an unpaired UTF-16 surrogate/, /^note: contains U\+0000/]);
+    [/^payload\.note: contains an unpaired UTF-16 surrogate/, /^note: contains U\+0000/, /^body: nested deeper than 64 levels/,
+     /^trace_id: contains U\+0000/]);
+  t.notOk(svc.logs.some((x) => String(x.trace_id).startsWith('bad')), 'an unstorable trace_id is not logged as the trace id');
   const logged = await waitFor(() => {
     const l = svc.logs.filter((x) => x.msg === 'message dead-lettered' && ['sur-1', 'sur-2'].includes(x.trace_id));
     return l.length === 2 && l;
   }, { what: 'both logged with their trace_id' });
   t.ok(logged.every((l) => l.level === 'warn'));
   await waitPosition('SUR3USDT', () => true, 'a paired surrogate (an emoji) is stored');
-  t.equal((await db.query("select count(*) from positions where asset in ('SURUSDT', 'SUR2USDT')")).rows[0].count, '0');
+  t.equal((await db.query("select count(*) from positions where asset in ('SURUSDT', 'SUR2USDT', 'SUR4USDT', 'SUR5USDT')")).rows[0].count, '0');
 });
 
 t.test("the Gateway's symbol and size only under raw are taken from there", async (t) => {

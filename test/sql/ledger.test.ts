@@ -429,6 +429,28 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
       'a fill on the other leg keeps the unknown leg\'s exchange PnL (the new leg: (12 - 10) x 1)');
   });
 
+  await t.test("R-12/R-7: a reduction of a position whose average is unknown scales the exchange's PnL with the size", async (t) => {
+    await report(db, { event_type: 'position', data: { symbol: 'NOAVUSDT', side: 'Buy', size: '2', markPrice: '60', unrealisedPnl: '100' } });
+    const p = await apply(db, fill({ asset: 'NOAVUSDT', side: 'Sell', execution_quantity: '1.5', execution_price: '61' }));
+    t.same([p.size, p.average_entry_price, p.unrealized_pnl].map(dec), ['0.5', null, '25'], '100 x 0.5 / 2');
+    await report(db, { event_type: 'position', data: { symbol: 'NOAVUSDT', positionIdx: 2, side: 'Sell', size: '4', markPrice: '60', unrealisedPnl: '-40' } });
+    const h = await apply(db, fill({ asset: 'NOAVUSDT', mode: 'hedge', side: 'Buy', reduce_only: true, execution_quantity: '3', execution_price: '61' }));
+    t.same([h.short_size, h.short_unrealized_pnl, h.unrealized_pnl].map(dec), ['1', '-10', '-10'], 'the hedge leg alike: -40 x 1 / 4');
+  });
+
+  await t.test('R-17: a validation fix recomputes the position from the mark; the adopted leg takes its report\'s figure', async (t) => {
+    await apply(db, fill({ asset: 'TWOLUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '1', execution_price: '100', executed_at: '2025-03-01T00:00:00Z' }));
+    await apply(db, fill({ asset: 'TWOLUSDT', mode: 'hedge', side: 'Sell', execution_quantity: '1', execution_price: '100', executed_at: '2025-03-01T00:00:00Z' }));
+    await report(db, { event_type: 'position', data: { symbol: 'TWOLUSDT', positionIdx: 1, side: 'Buy', size: '1', markPrice: '110',
+                                                       unrealisedPnl: '10.5', updatedTime: 1740787500000 } });
+    await report(db, { event_type: 'position', data: { symbol: 'TWOLUSDT', positionIdx: 2, side: 'Sell', size: '3', markPrice: '110',
+                                                       unrealisedPnl: '-31', updatedTime: 1740787500000 } });
+    await validate('TWOLUSDT', 'hedge');
+    const p = await row(db, 'TWOLUSDT', 'hedge');
+    t.same([p.long_unrealized_pnl, p.short_size, p.short_unrealized_pnl, p.unrealized_pnl].map(dec), ['10', '3', '-31', '-21'],
+      'long: (110 - 100) x 1 as R-8 says; short: the report\'s -31');
+  });
+
   await t.test('§6.1: report prices with more than 8 places are invalid, naming the field', async (t) => {
     const cases: [string, string][] = [['avgPrice', '100.123456789'], ['markPrice', '101.1234567891'], ['entryPrice', '1.000000001']];
     for (const [field, value] of cases) {
@@ -446,11 +468,13 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
     t.equal((await row(db, 'EMQUSDT')).exchange_state.net.size, 0, 'the exchange reports it flat');
   });
 
-  await t.test('§2 conv. 5: a time beyond the year 9999 is invalid input, naming the field', async (t) => {
+  await t.test('§2 conv. 5: a time outside the years 0001-9999 is invalid input, naming the field', async (t) => {
+    await t.rejects(apply(db, fill({ asset: 'FUTUSDT', side: 'Buy', execution_quantity: '1', execution_price: '1', executed_at: '0001-01-01T00:00:00+05:00' })),
+      { code: '22023', message: /^executed_at: is outside/ }, 'a BC time');
     await t.rejects(apply(db, fill({ asset: 'FUTUSDT', side: 'Buy', execution_quantity: '1', execution_price: '1', executed_at: '2000000000000000' })),
-      { code: '22023', message: /^executed_at: is beyond the year 9999/ });
+      { code: '22023', message: /^executed_at: is outside the years 0001 to 9999/ });
     await t.rejects(report(db, { event_type: 'position', data: { symbol: 'FUTUSDT', side: 'Buy', size: '1', createdTime: '2000000000000000' } }),
-      { code: '22023', message: /^createdTime: is beyond the year 9999/ });
+      { code: '22023', message: /^createdTime: is outside the years 0001 to 9999/ });
     const p = await apply(db, fill({ asset: 'FUTUSDT', side: 'Buy', execution_quantity: '1', execution_price: '1', executed_at: '9999-12-31T23:59:59Z' }));
     t.equal((await json(db, 'FUTUSDT')).opened_at, '9999-12-31T23:59:59.000Z', `the last representable time is kept (${p.asset})`);
   });
@@ -462,6 +486,8 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
         { code: '22023', message: /^mode: contradicts positionIdx/ }, `mode ${mode}`);
     }
     await report(db, { event_type: 'position', payload: { symbol: 'MODEUSDT', side: 'Sell', size: '1', avg_price: '5', mode: 2, raw: { positionIdx: 2 } } });
+    await report(db, { event_type: 'position', payload: { symbol: 'MODEUSDT', side: 'Buy', size: '1', avg_price: '5', mode: 1.0, positionIdx: '1' } });
+    t.equal((await row(db, 'MODEUSDT', 'hedge')).exchange_state.long.size, 1, 'mode 1.0 and positionIdx "1" agree: the long leg');
     t.equal(dec((await row(db, 'MODEUSDT', 'hedge')).short_size), '1', 'agreeing: the short leg');
   });
 
