@@ -44,6 +44,8 @@ interface Outcome {
   version?: number;
   position_id?: string;
   message_key?: string;
+  /** false for a report that left the position as it was */
+  changed?: boolean;
   size_discrepancy?: Record<string, string>;
   /** Something an operator should look at although nothing failed. */
   warning?: string;
@@ -264,11 +266,14 @@ export class QueueConsumer {
           ? 'stale'
           : 'no_op';
     for (const e of entries) {
-      if (e.outcome === 'applied') metrics.positionUpdates.inc({ source: this.o.kind === 'fill' ? 'order_execution' : 'websocket' });
+      // a report that changed nothing (same figures) is applied but is not a position update
+      const updated = e.outcome === 'applied' && e.changed !== false;
+      if (updated) metrics.positionUpdates.inc({ source: this.o.kind === 'fill' ? 'order_execution' : 'websocket' });
       const fields = { trace_id: d.meta.trace_id, queue: this.o.queue, outcome: e.outcome, asset: e.asset, mode: e.mode,
                        message_key: e.message_key, position_id: e.position_id, version: e.version };
       this.o.log.info(fields,
-        e.outcome === 'applied' ? 'position changed' : e.outcome === 'duplicate' ? 'duplicate message ignored' : `message ${e.outcome}`);
+        updated ? 'position changed' : e.outcome === 'applied' ? 'report applied: nothing changed'
+          : e.outcome === 'duplicate' ? 'duplicate message ignored' : `message ${e.outcome}`);
       if (e.warning) this.o.log.warn(fields, e.warning);
       if (e.size_discrepancy)
         this.o.log.warn({ ...fields, ...e.size_discrepancy }, 'size discrepancy: validation scheduled after the grace period');

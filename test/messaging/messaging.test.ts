@@ -229,6 +229,15 @@ t.test('an unpaired surrogate is dead-lettered naming the field; the log carries
   t.equal((await db.query("select count(*) from positions where asset in ('SURUSDT', 'SUR2USDT', 'SUR4USDT', 'SUR5USDT')")).rows[0].count, '0');
 });
 
+t.test('a report that changes nothing is logged as such, not as a position change', async (t) => {
+  await broker.publish(FILLS, { asset: 'SAMEUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10', execution_id: 'same-1' });
+  await waitPosition('SAMEUSDT', () => true, 'the fill');
+  await broker.publish(REPORTS, { event_type: 'position', trace_id: 'same-r', payload: { symbol: 'SAMEUSDT', side: 'Buy', size: '1', avgPrice: '10' } });
+  const line = await waitFor(() => svc.logs.find((l) => l.trace_id === 'same-r' && l.outcome === 'applied'), { what: 'the report logged' });
+  t.equal(line.msg, 'report applied: nothing changed');
+  t.equal((await db.query("select version from positions where asset = 'SAMEUSDT'")).rows[0].version, '1', 'no new version');
+});
+
 t.test("the Gateway's symbol and size only under raw are taken from there", async (t) => {
   await broker.publish(REPORTS, { event_type: 'position', payload: { side: 'Buy', avg_price: '10', raw: { symbol: 'RAWUSDT', size: '3', markPrice: '11' } } });
   const p = await waitPosition('RAWUSDT', () => true, 'report from raw');
