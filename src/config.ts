@@ -123,8 +123,9 @@ const schema = z.object({
   POSITION_MANAGER_PRICE_STALE_SECONDS: int(0, 86_400, 60),
   POSITION_MANAGER_GRAFANA_READER_PASSWORD: optionalText,
   POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS: int(100, 600_000, 10_000),
-  ORDER_MANAGER_URL: url(['http:', 'https:']).default('http://order-manager:4600'),
-  WS_GATEWAY_URL: url(['http:', 'https:']).default('http://ws-gateway:4400'),
+  // empty (as env.example leaves it) means the default, as for every other variable
+  ORDER_MANAGER_URL: url(['http:', 'https:']).transform((s) => s ?? 'http://order-manager:4600'),
+  WS_GATEWAY_URL: url(['http:', 'https:']).transform((s) => s ?? 'http://ws-gateway:4400'),
 });
 
 type Env = z.infer<typeof schema>;

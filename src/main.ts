@@ -43,8 +43,8 @@ async function main(): Promise<void> {
       process.exit(1);
     }, config.shutdownTimeoutMs);
     timer.unref();
-    server?.close();
-    server?.closeAllConnections?.();
+    log.info({ exit_code: exitCode }, 'shutting down');
+    await closeHttp(server, config.shutdownTimeoutMs / 2);
     for (const c of [...components].reverse()) {
       try {
         await c.stop();
@@ -139,3 +139,14 @@ main().catch((err) => {
   process.stderr.write(`position-manager: failed to start: ${e.stack ?? e.message}\n`);
   process.exit(1);
 });
+
+// Stops accepting connections and closes idle ones; requests in flight finish and get their
+// answer (a write may have committed: the client must learn it), for at most graceMs.
+async function closeHttp(server: Server | undefined, graceMs: number): Promise<void> {
+  if (!server) return;
+  const closed = new Promise<void>((ok) => server.close(() => ok()));
+  server.closeIdleConnections();
+  const cut = setTimeout(() => server.closeAllConnections(), graceMs);
+  await closed;
+  clearTimeout(cut);
+}

@@ -226,7 +226,8 @@ export class QueueConsumer {
         if (this.stopped) return;
         if (isTransient(err)) {
           metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' }, batch.length);
-          this.o.log.warn({ err: (err as Error).message, queue: this.o.queue, messages: batch.length, retry_in_ms: backoff },
+          this.o.log.warn({ err: (err as Error).message, queue: this.o.queue, messages: batch.length, retry_in_ms: backoff,
+                            trace_id: batch[0]!.meta.trace_id, trace_ids: batch.map((d) => d.meta.trace_id) },
             'database unavailable; messages stay unacknowledged and are retried');
           await this.sleep(backoff);
           backoff = Math.min(backoff * 2, 30_000);

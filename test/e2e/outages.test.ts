@@ -30,8 +30,10 @@ acceptance('TC-027 database unavailable: 503 problems, /health unhealthy, nothin
   const h = await svc.request('GET', '/health', { key: null });
   t.equal(h.status, 503);
   t.match(h.body, { status: 'unhealthy', database_connected: false });
-  await broker.publish('order-manager.order_executed', { execution_id: 'while-down', asset: 'DBDUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10' });
-  await waitFor(() => svc.logs.some((l) => /database unavailable; messages stay unacknowledged/.test(l.msg)), { what: 'the consumer holds the message', timeoutMs: 10_000 });
+  await broker.publish('order-manager.order_executed', { execution_id: 'while-down', asset: 'DBDUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10',
+                                                        trace_id: 'tr-while-down' });
+  const held = await waitFor(() => svc.logs.find((l) => /database unavailable; messages stay unacknowledged/.test(l.msg)), { what: 'the consumer holds the message', timeoutMs: 10_000 });
+  t.match(held, { trace_id: 'tr-while-down', trace_ids: ['tr-while-down'] }, 'the line names the message by its trace_id (SPEC.md §10)');
   proxy.restore();
   await waitFor(async () => (await svc.request('GET', '/api/v1/positions/DBDUSDT')).body?.size === '1', { what: 'applied after the database is back', timeoutMs: 40_000 });
   t.equal((await svc.request('GET', '/health', { key: null })).status, 200);

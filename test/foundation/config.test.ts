@@ -110,7 +110,7 @@ t.test('the seed variables build the URLs', async (t) => {
   t.equal(loadConfig({ ...base, POSITION_MANAGER_LOG_LEVEL: 'WARNING' }).logLevel, 'warn');
 });
 
-t.test('env.example lists exactly the variables of the config schema', async (t) => {
+t.test('env.example lists exactly the variables of the config schema, and what docker compose alone reads', async (t) => {
   const { readFileSync } = await import('node:fs');
   const { join } = await import('node:path');
   const { ROOT } = await import('../../src/paths.js');
@@ -119,5 +119,11 @@ t.test('env.example lists exactly the variables of the config schema', async (t)
     .split('\n')
     .map((l) => /^([A-Z][A-Z0-9_]+)=/.exec(l)?.[1])
     .filter((v): v is string => v !== undefined);
-  t.same([...documented].sort(), [...CONFIG_VARIABLES].sort());
+  t.same([...documented].sort(), [...CONFIG_VARIABLES, 'GRAFANA_READER_PASSWORD'].sort());
+});
+
+t.test('an empty dependency URL means its default, not a URL that is always down', async (t) => {
+  const c = loadConfig({ POSITION_MANAGER_API_KEY: 'k'.repeat(16), WS_GATEWAY_URL: '', ORDER_MANAGER_URL: ' ' });
+  t.equal(c.wsGatewayUrl, 'http://ws-gateway:4400');
+  t.equal(c.orderManagerUrl, 'http://order-manager:4600');
 });

@@ -1,10 +1,11 @@
 import t from 'tap';
-import { mkdtempSync, statSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, existsSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freshDatabase } from '../helpers/db.js';
 import { freePort, startService } from '../helpers/service.js';
+import { waitFor } from '../helpers/wait.js';
 
 t.test('a bad configuration stops the process with exit code 1 and names the variable', async (t) => {
   const svc = await startService(t, {
@@ -40,6 +41,41 @@ t.test('the service starts on a database, answers /health, and stops on SIGTERM 
   t.equal(health.body.messaging, 'disabled');
   t.equal(await svc.stop('SIGTERM'), 0);
   t.ok(svc.logs.some((l) => l.msg === 'stopped'), 'logs its clean stop');
+});
+
+t.test('SIGTERM lets a request in flight finish with its answer (its write committed) before the exit', async (t) => {
+  const db = await freshDatabase(t);
+  await db.query(`select apply_order_fill('{"asset":"BTCUSDT","side":"Buy","execution_quantity":"1","execution_price":"100"}')`);
+  const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api' } });
+  const locker = await db.pool.connect();
+  t.teardown(() => locker.release());
+  await locker.query('begin');
+  await locker.query('lock table positions in access exclusive mode');
+  const req = svc.request('POST', '/api/v1/positions/BTCUSDT/snapshot');
+  await waitFor(async () => (await db.query(`select count(*)::int as n from pg_stat_activity where datname = current_database()
+                                              and wait_event_type = 'Lock' and query like '%create_position_snapshot%'`)).rows[0].n === 1,
+                { what: 'the request waiting on the lock' });
+  const exit = svc.stop('SIGTERM');
+  await waitFor(() => svc.logs.some((l) => l.msg === 'shutting down'), { what: 'shutdown under way' });
+  await locker.query('commit');
+  const r = await req;
+  t.equal(r.status, 201, 'the client gets its answer');
+  t.equal(await exit, 0);
+  t.equal((await db.query("select count(*)::int as n from position_snapshots where trigger = 'manual'")).rows[0].n, 1);
+});
+
+t.test('embedded: after a kill -9 the PostgreSQL left running is stopped by the next start', async (t) => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'pm-embedded-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const env = { POSITION_MANAGER_DATA_DIR: dataDir, POSITION_MANAGER_ROLES: 'api' };
+  const first = await startService(t, { env, timeoutMs: 120_000 });
+  const pid = Number(readFileSync(join(dataDir, 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0]);
+  await first.stop('SIGKILL');
+  t.doesNotThrow(() => process.kill(pid, 0), 'its PostgreSQL outlived it');
+  const second = await startService(t, { env, timeoutMs: 120_000 });
+  t.ok(second.logs.some((l) => l.msg === 'stopping the embedded PostgreSQL that a killed instance left running' && l.pid === pid));
+  t.equal((await second.request('GET', '/health', { key: null })).body.database_connected, true);
+  t.equal(await second.stop('SIGTERM'), 0);
 });
 
 t.test('a port already taken: the error logged as fatal, exit non-zero, never "listening"', async (t) => {

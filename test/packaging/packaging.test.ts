@@ -59,3 +59,12 @@ t.test('the postgres password comes from .env (POSTGRES_PASSWORD) everywhere, as
   t.match(read('README.md'), /`cp env\.example \.env`, set [^.]*`POSTGRES_PASSWORD`/, 'README: set it in .env');
   t.match(read('env.example'), /^# .*\.env.*\n(# .*\n)*POSTGRES_PASSWORD=/m, 'env.example says where compose takes it from');
 });
+
+t.test('compose: .env overrides env.example in every service container; the scaled form can run alone', async (t) => {
+  const compose = parse(read('docker-compose.yml'), { merge: true });
+  for (const s of ['position-manager', 'position-manager-api', 'position-manager-ingest', 'position-manager-worker'])
+    t.same(compose.services[s].env_file, ['env.example', { path: '.env', required: false }], `${s}: env.example, then .env`);
+  t.notOk('position-manager' in (compose.services.grafana.depends_on ?? {}), 'Grafana does not need the all-in-one service');
+  t.match(read('README.md'), /--profile\s+scaled up --scale position-manager=0/, 'README: how to run the scaled form alone');
+  t.match(read('env.example'), /^GRAFANA_READER_PASSWORD=$/m, 'the compose-only password is listed');
+});
