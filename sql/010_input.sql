@@ -39,6 +39,12 @@ begin
   if max_scale is not null and scale(v) > max_scale and v <> round(v, max_scale) then
     perform bad_input(field, format('at most %s fractional digits', max_scale));
   end if;
+  -- No market has such figures; "9e9999" would put 10,000 digits into every event and total.
+  if abs(v) >= 1e30 then perform bad_input(field, format('is out of range (at least 1e30), got %s', left(raw, 40))); end if;
+  if scale(v) > 30 then
+    if v <> round(v, 30) then perform bad_input(field, 'at most 30 fractional digits'); end if;
+    v := trim_scale(v); -- "0E-9999": only zeros beyond
+  end if;
   return v;
 end $$;
 
@@ -65,7 +71,7 @@ begin
     perform bad_input(field, format('is outside the years 0001 to 9999, got %s', left(raw, 40)));
   end if;
   return v;
-exception when datetime_field_overflow or invalid_datetime_format then
+exception when datetime_field_overflow or invalid_datetime_format or invalid_time_zone_displacement_value then
   perform bad_input(field, format('is not a valid time, got %s', left(raw, 40)));
   return null;
 end $$;
@@ -75,7 +81,8 @@ create or replace function input_asset(raw text, field text default 'asset') ret
   as $$
 begin
   if raw is null then perform bad_input(field, 'is required'); end if;
-  if upper(raw) !~ '^[A-Z0-9]{2,20}$' then
+  -- ASCII before upper(): upper() folds some other letters onto ASCII ones (ſ → S, ı → I)
+  if raw !~ '^[A-Za-z0-9]{2,20}$' then
     perform bad_input(field, format('must be 2-20 letters or digits, got %s', left(raw, 40)));
   end if;
   return upper(raw);

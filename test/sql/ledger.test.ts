@@ -491,6 +491,22 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
     t.equal(dec((await row(db, 'MODEUSDT', 'hedge')).short_size), '1', 'agreeing: the short leg');
   });
 
+  await t.test('fuzz findings: absurd magnitudes, an odd offset and non-ASCII symbols are invalid input, naming the field', async (t) => {
+    const base = { asset: 'FZZUSDT', side: 'Buy', execution_quantity: '1', execution_price: '1' };
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ execution_quantity: '9e9999' }, /^execution_quantity: is out of range/],
+      [{ execution_fees: '1e-9999' }, /^execution_fees: at most 30 fractional digits/],
+      [{ executed_at: '2025-01-15T10:00:00+99:99' }, /^executed_at: is not a valid time/],
+      [{ asset: 'btcu\u017fdt' }, /^asset: must be 2-20 letters or digits/],
+    ];
+    for (const [extra, message] of cases)
+      await t.rejects(apply(db, fill({ ...base, ...extra })), { code: '22023', message }, JSON.stringify(extra));
+    await t.rejects(report(db, { event_type: 'position', data: { symbol: 'FZZUSDT', side: 'Sell', size: '1', unrealisedPnl: '-9e9999' } }),
+      { code: '22023', message: /^unrealisedPnl: is out of range/ });
+    const p = await apply(db, fill({ ...base, execution_fees: '0E-9999' }));
+    t.equal(p.total_fees, '0', 'zeros with a long exponent are zero');
+  });
+
   await t.test('positions_view survives a price time more than 68 years old', async (t) => {
     await apply(db, fill({ asset: 'OLDUSDT', side: 'Buy', execution_quantity: '1', execution_price: '5', executed_at: '1900-01-01T00:00:00Z' }));
     const v = (await db.query("select price_age_seconds from positions_view where asset = 'OLDUSDT'")).rows[0];
