@@ -36,6 +36,11 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
     -- materialized: referenced once, the CTE would otherwise be inlined and the full scan of
     -- positions run again for every snapshot row (quadratic at scale).
     with total as materialized (select portfolio_total_exposure() as exposure),
+    -- the rows are locked in (asset, mode) order, as every other multi-row writer locks them
+    -- (the consumer's sorted batches, validate_all_positions): no deadlock between them
+    locked as materialized (
+      select p.id from positions p join unnest(ids) u(id) on u.id = p.id order by p.asset, p.mode for update of p
+    ),
     shots as (
       insert into position_snapshots (position_id, asset, mode, size, long_size, short_size, average_entry_price,
         current_price, unrealized_pnl, realized_pnl, total_fees, unrealized_pnl_pct, time_held_minutes,
@@ -44,7 +49,7 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
              p.unrealized_pnl, p.realized_pnl, p.total_fees, position_unrealized_pnl_pct(p),
              position_time_held_minutes(p, now()), position_size_norm(p, total.exposure),
              position_json(p, total.exposure, now()), now(), now(), take_snapshots.trigger, take_snapshots.trace_id
-        from positions p join unnest(ids) u(id) on u.id = p.id, total -- a join: `= any(ids)` is quadratic
+        from positions p join locked u on u.id = p.id, total -- a join: `= any(ids)` is quadratic
        order by p.asset, p.mode
       returning *
     ),

@@ -75,6 +75,11 @@ export function errorMapper(log: Logger): ErrorRequestHandler {
       reqLog.error({ err: e.message }, 'database unavailable');
       return sendProblem(res, 503, 'database_unavailable', 'the database cannot be reached; retry later');
     }
+    if (e.code === '40P01' || e.code === '40001') {
+      // still conflicting after the route's retries: busy, not a bug; nothing was written
+      reqLog.warn({ err: e.message }, 'transaction conflict persisted; answered 503');
+      return sendProblem(res, 503, 'database_unavailable', 'the database is busy with conflicting changes; retry later');
+    }
     reqLog.error({ err }, 'unhandled error');
     return sendProblem(res, 500, 'internal_error', 'an unexpected error occurred');
   };

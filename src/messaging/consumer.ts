@@ -31,6 +31,8 @@ interface Delivery {
   firstFailedAt?: Date;
   /** Fills only: the asset, which decides the lane (see PARALLEL_LANES). */
   asset?: string;
+  /** The position row it locks, which orders its transaction (see lockOrder). */
+  lockKey?: string;
 }
 
 interface Outcome {
@@ -66,6 +68,16 @@ const isDataError = (err: unknown) => /^(22|23)/.test((err as { code?: string })
 // position still sees its fills in order. Reports stay one transaction per batch: one report
 // message may name several assets, and lanes sharing them could deadlock.
 const PARALLEL_LANES = 2;
+
+// Several consumers (other instances, the other fill queue) apply batches at the same time; rows
+// locked in different orders deadlock them (each deadlock costs a second and a retry). Every
+// transaction therefore takes its rows in (asset, mode) order, as snapshots and validation do.
+// The sort is stable, so one position's messages keep their order; a batch with a message whose
+// row is unknown (a report array) keeps arrival order.
+export function lockOrder<T extends { lockKey?: string }>(batch: T[]): T[] {
+  if (batch.some((d) => d.lockKey === undefined)) return batch;
+  return [...batch].sort((a, b) => (a.lockKey! < b.lockKey! ? -1 : a.lockKey! > b.lockKey! ? 1 : 0));
+}
 
 export function lanes<T extends { asset?: string }>(batch: T[]): T[][] {
   if (batch.length < 2 || batch.some((d) => d.asset === undefined)) return [batch];
@@ -194,6 +206,7 @@ export class QueueConsumer {
       },
       attempts: 0,
       ...(checked.ok && checked.asset ? { asset: checked.asset } : {}),
+      ...(checked.ok && checked.lockKey ? { lockKey: checked.lockKey } : {}),
     };
     if (!checked.ok) {
       void this.deadLetter(d, checked.reason);
@@ -208,12 +221,13 @@ export class QueueConsumer {
     await new Promise((r) => setImmediate(r));
     while (this.pending.length && !this.stopped) {
       const batch = this.pending.splice(0, this.o.maxBatch);
-      await Promise.all(lanes(batch).map((lane) => this.apply(lane)));
+      await Promise.all(lanes(batch).map((lane) => this.apply(lockOrder(lane))));
     }
   }
 
   private async apply(batch: Delivery[]): Promise<void> {
     let backoff = 1000;
+    let conflicts = 0;
     for (;;) {
       const started = process.hrtime.bigint();
       try {
@@ -224,6 +238,15 @@ export class QueueConsumer {
         return;
       } catch (err) {
         if (this.stopped) return;
+        const code = (err as { code?: string }).code;
+        if ((code === '40P01' || code === '40001') && conflicts++ < 5) {
+          // another transaction held rows this one needed (a deadlock or serialization
+          // conflict): nothing was applied, and at once is the right time to retry
+          metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' }, batch.length);
+          this.o.log.info({ err: (err as Error).message, queue: this.o.queue, messages: batch.length, trace_id: batch[0]!.meta.trace_id },
+            'transaction conflict; batch retried');
+          continue;
+        }
         if (isTransient(err)) {
           metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' }, batch.length);
           this.o.log.warn({ err: (err as Error).message, queue: this.o.queue, messages: batch.length, retry_in_ms: backoff,

@@ -77,7 +77,7 @@ const report = z.union([
 export type Kind = 'fill' | 'report';
 
 export type Checked =
-  | { ok: true; traceId: string | undefined; eventId: string | undefined; asset?: string; bodyKey: string }
+  | { ok: true; traceId: string | undefined; eventId: string | undefined; asset?: string; lockKey?: string; bodyKey: string }
   | { ok: false; reason: string; traceId: string | undefined };
 
 function describe(error: z.ZodError): string {
@@ -117,6 +117,7 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   const result = schema.safeParse(tree);
   if (!result.success) return { ok: false, reason: describe(result.error), traceId };
   return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined, asset: fillAsset(kind, obj),
+           lockKey: lockKey(kind, obj),
            bodyKey: bodyKey(tree) };
 }
 
@@ -172,4 +173,23 @@ function fillAsset(kind: Kind, obj: Record<string, unknown>): string | undefined
   const o = typeof obj.order === 'object' && obj.order !== null ? (obj.order as Record<string, unknown>) : obj;
   const raw = o.asset ?? o.symbol;
   return typeof raw === 'string' ? raw.trim().toUpperCase() : undefined;
+}
+
+/**
+ * The position row a message locks, as "ASSET mode", for ordering a batch (fills: asset and
+ * mode; a report of one position: its symbol); undefined when it cannot be told.
+ */
+function lockKey(kind: Kind, obj: Record<string, unknown>): string | undefined {
+  if (kind === 'fill') {
+    const asset = fillAsset(kind, obj);
+    const o = typeof obj.order === 'object' && obj.order !== null ? (obj.order as Record<string, unknown>) : obj;
+    const mode = typeof o.mode === 'string' ? o.mode.trim().toLowerCase() : 'one-way';
+    return asset === undefined ? undefined : `${asset} ${mode}`;
+  }
+  const p = obj.payload ?? obj.data ?? obj;
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) return undefined;
+  const r = p as Record<string, unknown>;
+  const raw = r.raw !== null && typeof r.raw === 'object' ? (r.raw as Record<string, unknown>) : {};
+  const symbol = r.symbol ?? raw.symbol;
+  return typeof symbol === 'string' ? symbol.trim().toUpperCase() : undefined;
 }

@@ -2,7 +2,7 @@
 // two transactions apply it at once, and every asset's fills stay in one lane in arrival order.
 // The end-to-end effect (positions equal the reference model) is in test/reliability/.
 import t from 'tap';
-import { lanes } from '../../src/messaging/consumer.js';
+import { lanes, lockOrder } from '../../src/messaging/consumer.js';
 import { checkBody } from '../../src/messaging/schemas.js';
 
 const body = (o: unknown) => Buffer.from(JSON.stringify(o));
@@ -30,4 +30,21 @@ t.test('each asset in exactly one lane, arrival order kept; anything without an 
 
   t.same(lanes([{ asset: 'A1USDT' }, { asset: undefined }]), [[{ asset: 'A1USDT' }, { asset: undefined }]], 'a message without an asset: one batch');
   t.same(lanes([{ asset: 'A1USDT' }, { asset: 'A1USDT' }]), [[{ asset: 'A1USDT' }, { asset: 'A1USDT' }]], 'one asset: one lane');
+});
+
+t.test('lock order: each transaction takes its rows by (asset, mode), one position\'s messages in arrival order', async (t) => {
+  const key = (o: unknown, kind: 'fill' | 'report' = 'fill') => {
+    const c = checkBody(kind, body(o));
+    return c.ok ? c.lockKey : 'invalid';
+  };
+  t.equal(key({ asset: ' btcusdt ', side: 'Buy', execution_quantity: '1', execution_price: '2' }), 'BTCUSDT one-way');
+  t.equal(key({ asset: 'btcusdt', mode: 'Hedge', side: 'Buy', execution_quantity: '1', execution_price: '2' }), 'BTCUSDT hedge');
+  t.equal(key({ event_type: 'position', data: { symbol: 'ethusdt', size: '1' } }, 'report'), 'ETHUSDT', 'a report of one position');
+  t.equal(key({ event_type: 'position', payload: { size: '1', raw: { symbol: 'SOLUSDT' } } }, 'report'), 'SOLUSDT', "the Gateway's raw symbol");
+  t.equal(key({ event_type: 'position', payload: [{ symbol: 'A1USDT', size: '1' }] }, 'report'), undefined, 'an array: unknown');
+
+  const batch = ['C one-way', 'A hedge', 'B one-way', 'A one-way', 'C one-way', 'A hedge'].map((lockKey, seq) => ({ lockKey, seq }));
+  t.same(lockOrder(batch).map((d) => d.seq), [1, 5, 3, 2, 0, 4], 'sorted by row, stable within one row');
+  const mixed = [{ lockKey: 'B' }, { lockKey: undefined }, { lockKey: 'A' }];
+  t.same(lockOrder(mixed), mixed, 'a message whose row is unknown: arrival order');
 });
