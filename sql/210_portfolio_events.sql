@@ -92,14 +92,16 @@ begin
   due := portfolio_window_end();
   if only_if_changed and st.last_payload is not distinct from payload and st.last_versions is not distinct from versions then
     outcome := 'unchanged';
-  elsif due > clock_timestamp() then
+  -- now(), not clock_timestamp(): the event's timestamp and calculated_at are now(), and the
+  -- window is measured between those stamps (a lock wait only makes it longer)
+  elsif due > now() then
     outcome := 'deferred';
     perform schedule_portfolio_update(); -- at the end of the window
   else
     outcome := 'published';
     perform enqueue_event('position-manager.portfolio_updated', 'portfolio_updated',
                           payload || jsonb_build_object('calculated_at', m -> 'calculated_at'), trace);
-    update portfolio_publish_state set last_published_at = clock_timestamp(), last_payload = payload, last_versions = versions;
+    update portfolio_publish_state set last_published_at = now(), last_payload = payload, last_versions = versions;
   end if;
   return jsonb_build_object('published', outcome = 'published', 'outcome', outcome,
                             'limit', evaluate_portfolio_limits((m ->> 'total_exposure_usdt')::numeric, trace));

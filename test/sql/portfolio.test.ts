@@ -227,6 +227,22 @@ t.test('R-22: a change that leaves every figure as it was is still announced; a 
   t.match(await publish(), { outcome: 'unchanged' }, 'once');
 });
 
+t.test('R-22: the window is measured between the stamps the events carry (now(), not the clock)', async (t) => {
+  const db = await freshDatabase(t);
+  await fill(db, 'STMPUSDT', 'Buy', '1', '500');
+  t.match((await one(db, 'select publish_portfolio_update() as r')).r, { outcome: 'published' });
+  await fill(db, 'STMPUSDT', 'Buy', '1', '500');
+  const c = await db.pool.connect();
+  t.teardown(() => c.release());
+  await c.query('begin');
+  // the window ends 5 ms after this transaction's now(); the clock is past it when it checks
+  await c.query("update portfolio_publish_state set last_published_at = now() - make_interval(secs => (select portfolio_event_interval_ms from position_manager_settings) / 1000.0) + interval '5 ms'");
+  await c.query('select pg_sleep(0.05)');
+  const r = (await c.query('select publish_portfolio_update(true) as r')).rows[0].r;
+  await c.query('commit');
+  t.match(r, { outcome: 'deferred' }, 'an event stamped now() would be inside the window');
+});
+
 t.test('snapshots (R-26, R-27)', async (t) => {
   const db = await freshDatabase(t);
   await fill(db, 'BTCUSDT', 'Buy', '1.0', '50000');
