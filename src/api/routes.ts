@@ -6,24 +6,11 @@ import type pg from 'pg';
 import type { Logger } from '../log.js';
 import { countValidation, type ValidationOutcome } from '../metrics.js';
 import type { MetricsCache } from './cache.js';
+import { queryOne as one } from './query.js';
 
 const str = (v: unknown): string | null => (v === undefined || v === null ? null : String(v));
 const bool = (v: unknown, fallback: boolean): boolean => (v === undefined ? fallback : v === true || v === 'true');
 const mode = (req: Request): string => (str(req.query.mode) ?? 'one-way').toLowerCase();
-
-// Each call is one statement in its own transaction: after a deadlock or serialization failure
-// (another instance's transaction held a row) nothing was written, so it is simply run again.
-const CONFLICT = new Set(['40P01', '40001']);
-
-async function one(pool: pg.Pool, sql: string, params: unknown[]): Promise<unknown> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return (await pool.query<{ r: unknown }>(sql, params)).rows[0]!.r;
-    } catch (err) {
-      if (attempt >= 3 || !CONFLICT.has((err as { code?: string }).code ?? '')) throw err;
-    }
-  }
-}
 
 export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses: boolean): Router {
   const r = Router();
