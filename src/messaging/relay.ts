@@ -53,6 +53,9 @@ export class OutboxRelay {
   async start(): Promise<void> {
     this.listener = listen(this.o.databaseUrl, ['position_manager_outbox'], this.o.log);
     this.listener.on(() => this.wake());
+    // A NOTIFY sent before LISTEN took effect (at start, or while reconnecting) is lost: a pass
+    // once listening reads whatever committed meanwhile, and later commits notify.
+    this.listener.onStateChange((listening) => listening && this.wake());
     await this.o.broker.onConnected(async (conn) => {
       const ch = await conn.createConfirmChannel();
       ch.on('error', (err: Error) => this.o.log.warn({ err: err.message }, 'relay channel error'));

@@ -160,3 +160,26 @@ t.test('an event committed while the relay is busy goes out at once, not at the 
   await waitFor(() => updated.messages.length >= 2, { what: 'both events received' });
   t.pass('the second event did not wait for the poll');
 });
+
+t.test('an event committed before the relay listens goes out once it listens, not at the next poll', async (t) => {
+  const db = await freshDatabase(t, { poolSize: 3 });
+  const broker = await freshBroker(t);
+  const listenPath = await tcpProxy(t); // only the relay's LISTEN connection goes through it
+  listenPath.cut();
+  const state = { enabled: true, connected: false, detachedConsumers: new Set<string>() };
+  const bus = connectBroker(broker.url, state, log);
+  await bus.onConnected((c) => declareOwnTopology(c, { eventsExchange: EXCHANGE } as Config));
+  const updated = await broker.collect(UPDATED);
+  const relay = new OutboxRelay({ databaseUrl: listenPath.url(db.url), pool: db.pool, broker: bus, exchange: EXCHANGE, log, pollMs: 600_000 });
+  await relay.start();
+  t.teardown(async () => {
+    listenPath.restore();
+    await relay.stop();
+    await bus.close();
+  });
+  await waitFor(() => state.connected, { what: 'the broker' });
+  await db.query(`select apply_order_fill('{"asset":"LATEUSDT","side":"Buy","execution_quantity":"1","execution_price":"10","execution_id":"late-1"}')`);
+  listenPath.restore(); // its NOTIFY went to nobody; now the relay gets to listen
+  await waitFor(() => updated.messages.length >= 1, { what: 'the event, long before the 10-minute poll', timeoutMs: 20_000 });
+  t.equal(JSON.parse(updated.messages[0]!.content.toString()).asset, 'LATEUSDT');
+});
