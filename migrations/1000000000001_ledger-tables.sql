@@ -34,23 +34,17 @@ alter table positions
   add column if not exists version bigint,
   add column if not exists exchange_state jsonb;
 
--- Older writers used `timestamp without time zone` holding UTC, and numeric(p, s) (Order
--- Manager's DECIMAL(20, 8)), which would round every stored amount to its scale: SPEC.md §2
--- keeps averages at 10 places in unscaled numeric.
+-- Older writers used `timestamp without time zone` holding UTC.
 do $$
 declare c record;
 begin
   for c in
-    select column_name, data_type from information_schema.columns
+    select column_name from information_schema.columns
      where table_schema = current_schema() and table_name = 'positions'
-       and (data_type = 'timestamp without time zone' or (data_type = 'numeric' and numeric_precision is not null))
+       and data_type = 'timestamp without time zone'
   loop
-    if c.data_type = 'numeric' then
-      execute format('alter table positions alter column %I type numeric', c.column_name);
-    else
-      execute format('alter table positions alter column %I type timestamptz using %I at time zone ''UTC''',
-                     c.column_name, c.column_name);
-    end if;
+    execute format('alter table positions alter column %I type timestamptz using %I at time zone ''UTC''',
+                   c.column_name, c.column_name);
   end loop;
 end $$;
 

@@ -29,16 +29,12 @@ do $$
 declare c record;
 begin
   for c in
-    select column_name, data_type from information_schema.columns
+    select column_name from information_schema.columns
      where table_schema = current_schema() and table_name = 'position_snapshots'
-       and (data_type = 'timestamp without time zone' or (data_type = 'numeric' and numeric_precision is not null))
+       and data_type = 'timestamp without time zone'
   loop
-    if c.data_type = 'numeric' then
-      execute format('alter table position_snapshots alter column %I type numeric', c.column_name);
-    else
-      execute format('alter table position_snapshots alter column %I type timestamptz using %I at time zone ''UTC''',
-                     c.column_name, c.column_name);
-    end if;
+    execute format('alter table position_snapshots alter column %I type timestamptz using %I at time zone ''UTC''',
+                   c.column_name, c.column_name);
   end loop;
 end $$;
 

@@ -1,10 +1,11 @@
 -- Up Migration
--- Migrations 1 and 2 now turn another writer's numeric(p, s) columns (Order Manager's
--- DECIMAL(20, 8)) into unscaled numeric; a database migrated before keeps them and rounds every
--- stored average to 8 places. Widened here. Our views and the generated gross_size depend on
--- the columns: the views are dropped (migrate re-creates them right after the migrations, as
--- sql_definitions lists them), gross_size and its index are added back as migration 1 has them.
--- A view of another service on one of the columns stops this with its name.
+-- Another writer's numeric(p, s) columns (Order Manager's DECIMAL(20, 8)) would round every
+-- stored average to their scale and overflow at 1e12: SPEC.md §2 keeps amounts unscaled. This
+-- one place widens them, on a database migrated just now as on one migrated long ago. Our views
+-- and the generated gross_size depend on the columns: the views are dropped (migrate
+-- re-creates them right after the migrations, as sql_definitions lists them), gross_size and its
+-- index are added back as migration 1 has them. A view of another service on one of the
+-- columns stops this with its name.
 do $$
 declare
   vs text[];

@@ -3,7 +3,7 @@
 // be reached is 503 with Retry-After. No stack traces or SQL text ever reach a client.
 import { randomUUID } from 'node:crypto';
 import type { ErrorRequestHandler, Request, Response } from 'express';
-import { isConnectionError } from '../db/pool.js';
+import { isConflict, isConnectionError } from '../db/pool.js';
 import type { Logger } from '../log.js';
 import { BadRequest, queryErrors, type FieldError } from './params.js';
 
@@ -75,7 +75,7 @@ export function errorMapper(log: Logger): ErrorRequestHandler {
       reqLog.error({ err: e.message }, 'database unavailable');
       return sendProblem(res, 503, 'database_unavailable', 'the database cannot be reached; retry later');
     }
-    if (e.code === '40P01' || e.code === '40001') {
+    if (isConflict(err)) {
       // still conflicting after the route's retries: busy, not a bug; nothing was written
       reqLog.warn({ err: e.message }, 'transaction conflict persisted; answered 503');
       return sendProblem(res, 503, 'database_unavailable', 'the database is busy with conflicting changes; retry later');

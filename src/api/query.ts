@@ -2,8 +2,8 @@
 // own transaction: after a deadlock or serialization failure (another instance's transaction
 // held a row) nothing was written, so it is simply run again, twice at most.
 import type pg from 'pg';
+import { isConflict } from '../db/pool.js';
 
-const CONFLICT = new Set(['40P01', '40001']);
 export const QUERY_ATTEMPTS = 3;
 
 export async function queryOne(pool: pg.Pool, sql: string, params: unknown[]): Promise<unknown> {
@@ -11,7 +11,7 @@ export async function queryOne(pool: pg.Pool, sql: string, params: unknown[]): P
     try {
       return (await pool.query<{ r: unknown }>(sql, params)).rows[0]!.r;
     } catch (err) {
-      if (attempt >= QUERY_ATTEMPTS || !CONFLICT.has((err as { code?: string }).code ?? '')) throw err;
+      if (attempt >= QUERY_ATTEMPTS || !isConflict(err)) throw err;
     }
   }
 }

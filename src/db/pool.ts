@@ -44,3 +44,12 @@ export function isConnectionError(err: unknown): boolean {
   const msg = e.message ?? '';
   return /Connection terminated|timeout exceeded when trying to connect|connect ECONNREFUSED|Client has encountered a connection error/i.test(msg);
 }
+
+/**
+ * True for a deadlock or serialization failure: another transaction held rows this one needed.
+ * Nothing of the failed transaction was written, so running it again is right.
+ */
+export function isConflict(err: unknown): boolean {
+  const code = (err as { code?: string } | undefined)?.code;
+  return code === '40P01' || code === '40001';
+}

@@ -8,7 +8,7 @@ import type amqp from 'amqplib';
 import type pg from 'pg';
 import type { Logger } from '../log.js';
 import { metrics } from '../metrics.js';
-import { isConnectionError } from '../db/pool.js';
+import { isConflict, isConnectionError } from '../db/pool.js';
 import { publishDeadLetter } from './dead-letter.js';
 import { checkBody, type Checked, type Kind } from './schemas.js';
 import { ensureForeignQueue } from './topology.js';
@@ -238,8 +238,7 @@ export class QueueConsumer {
         return;
       } catch (err) {
         if (this.stopped) return;
-        const code = (err as { code?: string }).code;
-        if ((code === '40P01' || code === '40001') && conflicts++ < 5) {
+        if (isConflict(err) && conflicts++ < 5) {
           // another transaction held rows this one needed (a deadlock or serialization
           // conflict): nothing was applied, and at once is the right time to retry
           metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' }, batch.length);

@@ -168,9 +168,13 @@ function unstorablePath(v: unknown, path: string[] = []): { path: string; what: 
 }
 
 /** A fill's asset as SQL will read it (upper case), so the consumer can keep each asset's fills in order. */
+/** The fields of a fill: the `order` object of Order Manager's enriched event, else the body. */
+const fillFields = (obj: Record<string, unknown>): Record<string, unknown> =>
+  typeof obj.order === 'object' && obj.order !== null ? (obj.order as Record<string, unknown>) : obj;
+
 function fillAsset(kind: Kind, obj: Record<string, unknown>): string | undefined {
   if (kind !== 'fill') return undefined;
-  const o = typeof obj.order === 'object' && obj.order !== null ? (obj.order as Record<string, unknown>) : obj;
+  const o = fillFields(obj);
   const raw = o.asset ?? o.symbol;
   return typeof raw === 'string' ? raw.trim().toUpperCase() : undefined;
 }
@@ -182,7 +186,7 @@ function fillAsset(kind: Kind, obj: Record<string, unknown>): string | undefined
 function lockKey(kind: Kind, obj: Record<string, unknown>): string | undefined {
   if (kind === 'fill') {
     const asset = fillAsset(kind, obj);
-    const o = typeof obj.order === 'object' && obj.order !== null ? (obj.order as Record<string, unknown>) : obj;
+    const o = fillFields(obj);
     const mode = typeof o.mode === 'string' ? o.mode.trim().toLowerCase() : 'one-way';
     return asset === undefined ? undefined : `${asset} ${mode}`;
   }

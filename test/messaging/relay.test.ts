@@ -4,6 +4,7 @@
 // that reason and sends them once the broker answers again: nothing lost, the relay never stuck.
 // The broker is reached through a TCP proxy, so this test can stall or cut it for this process only.
 import amqp from 'amqplib';
+import pg from 'pg';
 import t from 'tap';
 import type { Config } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
@@ -147,9 +148,14 @@ t.test('an event committed while the relay is busy goes out at once, not at the 
   // Taken before the fill: the relay may read the event before this test's next query runs.
   const committed = (await db.query('select clock_timestamp() as at')).rows[0].at;
   await fill('busy-1');
+  // Watched from a connection of its own: a query of this test on the pool the relay uses could
+  // land on the relay's connection and replace the query pg_stat_activity shows for it.
+  const probe = new pg.Client({ connectionString: db.url });
+  await probe.connect();
+  t.teardown(() => probe.end());
   await waitFor(
     async () =>
-      (await db.query(
+      (await probe.query(
         `select 1 from pg_stat_activity where datname = current_database() and state = 'idle'
             and query like 'select id, event_id%' and state_change > $1`, [committed])).rowCount! > 0,
     { what: 'the relay read the first event' },
