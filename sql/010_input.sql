@@ -48,7 +48,7 @@ begin
   return v;
 end $$;
 
--- ISO-8601 with or without offset (no offset = UTC), or epoch milliseconds.
+-- ISO-8601 with or without offset (no offset = UTC), or an epoch in milliseconds or seconds.
 create or replace function input_timestamp(j jsonb, field text) returns timestamptz
   language plpgsql stable
   as $$
@@ -57,10 +57,11 @@ declare
   v timestamptz;
 begin
   if raw is null then return null; end if;
-  if raw ~ '^\d{10,16}(\.\d+)?$' then
-    v := to_timestamp(raw::numeric / 1000);
+  if raw ~ '^\d{1,16}(\.\d+)?$' then
+    -- epoch: milliseconds from 10^11 on (Bybit's updatedTime), seconds below (convention 5)
+    v := to_timestamp(case when raw::numeric >= 1e11 then raw::numeric / 1000 else raw::numeric end);
   elsif raw !~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$' then
-    perform bad_input(field, format('must be an ISO-8601 timestamp or epoch milliseconds, got %s', left(raw, 40)));
+    perform bad_input(field, format('must be an ISO-8601 timestamp or an epoch, got %s', left(raw, 40)));
   elsif raw ~ '(Z|z|[+-]\d{2}(:?\d{2})?)$' and raw ~ 'T|\s\d' then
     v := raw::timestamptz;
   else

@@ -88,6 +88,7 @@ create or replace function position_json(p positions, total_exposure numeric def
       'average_entry_price', dec_out(p.average_entry_price),
       'current_price', dec_out(p.current_price),
       'current_price_at', ts_out(p.current_price_at),
+      'current_price_source', p.current_price_source,
       'unrealized_pnl', dec_out(p.unrealized_pnl),
       'realized_pnl', dec_out(p.realized_pnl),
       'total_fees', dec_out(p.total_fees),

@@ -7,7 +7,7 @@ create view positions_view as
        settings as (select price_stale_seconds from position_manager_settings)
   select p.id, p.asset, p.mode, p.size, p.long_size, p.short_size, p.long_avg_price, p.short_avg_price,
          p.long_unrealized_pnl, p.short_unrealized_pnl, p.long_realized_pnl, p.short_realized_pnl,
-         p.average_entry_price, p.average_entry_price_source, p.current_price, p.current_price_at,
+         p.average_entry_price, p.average_entry_price_source, p.current_price, p.current_price_at, p.current_price_source,
          p.unrealized_pnl, p.realized_pnl, p.total_fees, p.opened_at, p.closed_at, p.created_at,
          p.last_updated, p.last_snapshot_at, p.version, p.gross_size,
          position_side(p) as side,

@@ -52,6 +52,23 @@ begin
   return total;
 end $$;
 
+-- The fields of a position_updated event (SPEC.md §6.2): the flat ones of the seed and the
+-- whole Position object `pos`.
+create or replace function position_updated_fields(after positions, pos jsonb, update_source text, changed text[])
+  returns jsonb
+  language sql immutable
+  as $$
+    select jsonb_build_object(
+      'position_id', after.id, 'asset', after.asset, 'mode', after.mode,
+      'size', pos -> 'size', 'long_size', pos -> 'long_size', 'short_size', pos -> 'short_size',
+      'average_entry_price', pos -> 'average_entry_price', 'average_price', pos -> 'average_entry_price',
+      'current_price', pos -> 'current_price', 'unrealized_pnl', pos -> 'unrealized_pnl',
+      'realized_pnl', pos -> 'realized_pnl', 'total_fees', pos -> 'total_fees',
+      'unrealized_pnl_pct', pos -> 'unrealized_pnl_pct', 'time_held_minutes', pos -> 'time_held_minutes',
+      'position_size_norm', pos -> 'position_size_norm', 'version', pos -> 'version', 'closed_at', pos -> 'closed_at',
+      'update_source', update_source, 'changed_fields', to_jsonb(changed), 'position', pos)
+  $$;
+
 create or replace function record_position_change(
   before positions, after positions, source text, kind text,
   message_key text, trace_id text, details jsonb default null)
@@ -67,16 +84,7 @@ begin
   insert into position_events (position_id, asset, mode, source, kind, before, after, changed_fields, message_key, trace_id, details)
   values (after.id, after.asset, after.mode, source, kind, before_image, after_image, changed, message_key, trace_id, details);
   perform enqueue_event('position-manager.position_updated', 'position_updated',
-    jsonb_build_object(
-      'position_id', after.id, 'asset', after.asset, 'mode', after.mode,
-      'size', pos -> 'size', 'long_size', pos -> 'long_size', 'short_size', pos -> 'short_size',
-      'average_entry_price', pos -> 'average_entry_price', 'average_price', pos -> 'average_entry_price',
-      'current_price', pos -> 'current_price', 'unrealized_pnl', pos -> 'unrealized_pnl',
-      'realized_pnl', pos -> 'realized_pnl', 'total_fees', pos -> 'total_fees',
-      'unrealized_pnl_pct', pos -> 'unrealized_pnl_pct', 'time_held_minutes', pos -> 'time_held_minutes',
-      'position_size_norm', pos -> 'position_size_norm', 'version', pos -> 'version', 'closed_at', pos -> 'closed_at',
-      'update_source', case source when 'manual' then 'validation' else source end,
-      'changed_fields', to_jsonb(changed), 'position', pos),
+    position_updated_fields(after, pos, case source when 'manual' then 'validation' else source end, changed),
     trace_id);
   perform pg_notify('position_manager_changes',
                     json_build_object('asset', after.asset, 'mode', after.mode, 'version', after.version)::text);
@@ -115,14 +123,15 @@ create or replace function save_position(n positions, is_new boolean) returns po
 declare
   r positions;
 begin
+  perform own_positions_write(true);
   if is_new then
     insert into positions (id, asset, mode, size, long_size, short_size, long_avg_price, short_avg_price,
       long_unrealized_pnl, short_unrealized_pnl, long_realized_pnl, short_realized_pnl,
-      average_entry_price, average_entry_price_source, current_price, current_price_at,
+      average_entry_price, average_entry_price_source, current_price, current_price_at, current_price_source,
       unrealized_pnl, realized_pnl, total_fees, opened_at, closed_at, created_at, last_updated, version, exchange_state)
     values (n.id, n.asset, n.mode, n.size, n.long_size, n.short_size, n.long_avg_price, n.short_avg_price,
       n.long_unrealized_pnl, n.short_unrealized_pnl, n.long_realized_pnl, n.short_realized_pnl,
-      n.average_entry_price, n.average_entry_price_source, n.current_price, n.current_price_at,
+      n.average_entry_price, n.average_entry_price_source, n.current_price, n.current_price_at, n.current_price_source,
       n.unrealized_pnl, n.realized_pnl, n.total_fees, n.opened_at, n.closed_at, now(), now(), 1, n.exchange_state)
     returning * into r;
   else
@@ -133,12 +142,14 @@ begin
       long_realized_pnl = n.long_realized_pnl, short_realized_pnl = n.short_realized_pnl,
       average_entry_price = n.average_entry_price, average_entry_price_source = n.average_entry_price_source,
       current_price = n.current_price, current_price_at = n.current_price_at,
+      current_price_source = n.current_price_source,
       unrealized_pnl = n.unrealized_pnl, realized_pnl = n.realized_pnl, total_fees = n.total_fees,
       opened_at = n.opened_at, closed_at = n.closed_at, exchange_state = n.exchange_state,
       last_updated = now(), version = positions.version + 1
     where id = n.id
     returning * into r;
   end if;
+  perform own_positions_write(false);
   return r;
 end $$;
 

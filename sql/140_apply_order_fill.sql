@@ -143,7 +143,8 @@ begin
   v_order_id := input_bounded_text(o, 'order_id', 100);
   if enriched then
     cum_q := input_decimal(o, 'filled_quantity', 8);
-    price := input_decimal(o, 'average_price', 8);
+    -- an order's average fill price is computed, so it may have up to 30 places (§6.1)
+    price := input_decimal(o, 'average_price', 30);
     fee := coalesce(input_decimal(o, 'fees'), 0);
     exec_at := coalesce(input_timestamp(o, 'executed_at'), input_timestamp(body, 'timestamp'), received);
     if v_order_id is null then perform bad_input('order.order_id', 'is required'); end if;
@@ -157,7 +158,9 @@ begin
   else
     q := coalesce(input_decimal(o, 'execution_quantity', 8), input_decimal(o, 'filled_quantity', 8));
     cum_q := coalesce(input_decimal(o, 'filled_quantity', 8), q);
-    price := coalesce(input_decimal(o, 'execution_price', 8), input_decimal(o, 'price', 8));
+    -- without an execution id but with an order id the price is the order's average (R-6.2)
+    price := coalesce(input_decimal(o, 'execution_price', case when exec_id is null and v_order_id is not null then 30 else 8 end),
+                      input_decimal(o, 'price', case when exec_id is null and v_order_id is not null then 30 else 8 end));
     fee := coalesce(input_decimal(o, 'execution_fees'), input_decimal(o, 'fee'), 0);
     exec_at := coalesce(input_timestamp(o, 'executed_at'), received);
     if q is null then perform bad_input('execution_quantity', 'is required'); end if;
@@ -172,6 +175,10 @@ begin
       pidx := input_text(o, 'position_idx')::integer;
     end if;
     reduce_only := coalesce(input_bool(o, 'reduce_only'), false);
+    if reduce_only and pidx = (case d when 1 then 1 else 2 end) then
+      perform bad_input('reduce_only', format('a reduce-only %s cannot act on the %s leg: it would add to it',
+                                              case d when 1 then 'Buy' else 'Sell' end, case pidx when 1 then 'long' else 'short' end));
+    end if;
     leg := case when pidx = 1 then 'long' when pidx = 2 then 'short'
                 when (d = 1) <> reduce_only then 'long' else 'short' end;
     leg_dir := case leg when 'long' then 1 else -1 end;
@@ -189,6 +196,23 @@ begin
     update inbox set outcome = 'no_op', position_id = p.id where source = src and message_key = mkey;
     return jsonb_build_object('outcome', 'duplicate', 'message_key', mkey, 'asset', a, 'mode', m,
                               'position_id', p.id, 'version', p.version);
+  end if;
+
+  if v_order_id is not null and exists (
+       select 1 from position_fills f
+        where f.order_id = v_order_id and f.asset = a and f.mode = m and f.kind = 'fill'
+          and (f.execution_id is null) <> (exec_id is null)) then
+    -- R-6 (4): the order is counted in the shape first applied for it; the exchange settles the rest.
+    update inbox set outcome = 'other_shape', position_id = p.id where source = src and message_key = mkey;
+    raise warning 'order % of % %: a % arrived for an order counted as %: not applied, validation scheduled',
+      v_order_id, a, m, case when exec_id is null then 'cumulative statement' else 'execution ' || exec_id end,
+      case when exec_id is null then 'executions' else 'cumulative statements' end;
+    perform schedule_validation(a, m);
+    return jsonb_build_object('outcome', 'other_shape', 'message_key', mkey, 'asset', a, 'mode', m,
+                              'position_id', p.id, 'version', p.version,
+                              'warning', format('order %s is counted as %s; this %s was not applied', v_order_id,
+                                                case when exec_id is null then 'executions' else 'cumulative statements' end,
+                                                case when exec_id is null then 'cumulative statement' else 'execution' end));
   end if;
 
   if exec_id is null and v_order_id is not null then
@@ -239,22 +263,14 @@ begin
   end if;
   n.total_fees := n.total_fees + fee;
   if n.current_price is null then
-    n.current_price := price; n.current_price_at := exec_at;
+    n.current_price := price; n.current_price_at := exec_at; n.current_price_source := 'fill';
   end if;
   if gross_before = 0 and gross_after > 0 or r.opened and leg_dir = 0 then
     n.opened_at := exec_at; n.closed_at := null;
   end if;
-  if gross_before > 0 and gross_after = 0 then n.closed_at := exec_at; end if;
-  if is_new and gross_after = 0 then
-    -- A reduce-only hedge fill with nothing to reduce: a row that was never open must not exist
-    -- (SPEC.md §3.1), so nothing is stored; the exchange's report creates the row if it has one.
-    update inbox set outcome = 'no_op' where source = src and message_key = mkey;
-    raise warning 'position % %: reduction of % on the % leg of a position that does not exist: nothing applied (fee % not recorded)',
-      a, m, q, leg, fee;
-    return jsonb_build_object('outcome', 'no_op', 'message_key', mkey, 'asset', a, 'mode', m,
-                              'warning', format('reduce-only fill of %s on the %s leg of a position that does not exist: nothing applied, fee %s not recorded',
-                                                dec_out(q), leg, dec_out(fee)));
-  end if;
+  -- A hedge reduction that arrived before its leg opened (R-8) creates the row flat: the fee was
+  -- paid and the ledger keeps the fill; the validation it schedules settles the size.
+  if gross_before > 0 and gross_after = 0 or is_new and gross_after = 0 then n.closed_at := exec_at; end if;
   n := position_mark(n, p);
   n := save_position(n, is_new);
 

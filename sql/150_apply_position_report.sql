@@ -38,6 +38,9 @@ declare
   st jsonb; reported numeric; stored numeric; old_avg numeric; diff numeric;
   changed text[]; details jsonb := '{}';
   avg_replaced boolean := false;
+  adopt boolean;
+  leg_name text;
+  at_price timestamptz;
 begin
   if jsonb_typeof(item) <> 'object' then perform bad_input('payload', 'each report must be a JSON object'); end if;
   select * into settings from position_manager_settings;
@@ -138,6 +141,7 @@ begin
     n.average_entry_price_source := 'exchange';
     n.current_price := mark;
     n.current_price_at := case when mark is not null then coalesce(exch_ts, received) end;
+    n.current_price_source := case when mark is not null then 'report' end;
     n.opened_at := coalesce(created_ts, exch_ts, received);
     n.exchange_state := jsonb_build_object(leg, st);
     n := save_position(n, true);
@@ -166,8 +170,32 @@ begin
   end if;
 
   n := p;
-  -- R-13: PnL and mark price from the exchange (a flat row keeps unrealized 0).
-  if mark is not null then n.current_price := mark; n.current_price_at := coalesce(exch_ts, received); end if;
+  -- R-12 per leg: a hedge leg that never held anything (no ledger row, no accepted report) is
+  -- the exchange's to give, at once; the Gateway sends the two legs of one update as two messages.
+  leg_name := leg;
+  adopt := leg <> 'net' and rsize > 0 and not coalesce(p.exchange_state ? leg, false)
+           and not exists (select 1 from position_fills f where f.position_id = p.id and f.leg = leg_name);
+  if adopt then
+    if leg = 'long' then n.long_size := rsize; n.long_avg_price := avg_new;
+    else n.short_size := rsize; n.short_avg_price := avg_new; end if;
+    n.average_entry_price_source := 'exchange';
+    if p.gross_size = 0 then
+      n.opened_at := coalesce(created_ts, exch_ts, received); n.closed_at := null;
+    end if;
+    insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at,
+                                message_key, trace_id, reason)
+    values (n.id, a, m, 'reset', leg, rsize, avg_new, coalesce(exch_ts, received), mkey, trace, 'report_created');
+    details := details || jsonb_build_object('leg_adopted', leg);
+  end if;
+  -- R-13: PnL and mark price from the exchange (a flat row keeps unrealized 0); a mark older than
+  -- the one held (a ticker's, R-31) is not taken.
+  at_price := coalesce(exch_ts, received);
+  if mark is not null and (n.current_price_at is null or at_price >= n.current_price_at) then
+    n.current_price := mark; n.current_price_at := at_price; n.current_price_source := 'report';
+    insert into mark_prices as mp (symbol, price, at, source) values (a, mark, at_price, 'report')
+    on conflict (symbol) do update set price = excluded.price, at = excluded.at, source = excluded.source, updated_at = now()
+     where mp.at <= excluded.at;
+  end if;
   if leg = 'net' then
     if upnl is not null and n.gross_size > 0 then n.unrealized_pnl := upnl; end if;
     if rpnl is not null then n.realized_pnl := rpnl; end if;
@@ -187,7 +215,7 @@ begin
   end if;
 
   -- R-14: the exchange's average replaces ours only beyond the threshold (strictly).
-  if avg_new is not null and stored <> 0 and (
+  if not adopt and avg_new is not null and stored <> 0 and (
        (old_avg is null)
        or (settings.use_ws_avg_price and div10(abs(avg_new - old_avg), old_avg) > settings.avg_price_diff_threshold)) then
     avg_replaced := true;
@@ -200,10 +228,22 @@ begin
     values (n.id, a, m, 'reset', leg, stored, avg_new, coalesce(exch_ts, received), mkey, trace, 'avg_price_from_report');
     raise log 'average entry price of % % (%) replaced by the exchange''s: % -> %', a, m, leg, old_avg, avg_new;
     details := details || jsonb_build_object('avg_price_replaced', jsonb_build_object('old', dec_out(old_avg), 'new', dec_out(avg_new)));
-  elsif avg_new is not null then
+  elsif avg_new is not null and not adopt then
     details := details || jsonb_build_object('avg_price_kept', jsonb_build_object('stored', dec_out(old_avg), 'reported', dec_out(avg_new)));
   end if;
-  if m = 'hedge' then n := position_hedge_totals(n); end if;
+  if m = 'hedge' then
+    -- R-13: the mark belongs to the row; a leg the report gave no PnL for is marked to it too, so
+    -- the row's unrealized PnL is never a mix of two prices.
+    if n.current_price is not null and n.current_price is distinct from p.current_price or adopt then
+      if (leg <> 'long' or upnl is null) and n.long_size > 0 and n.long_avg_price is not null then
+        n.long_unrealized_pnl := (n.current_price - n.long_avg_price) * n.long_size;
+      end if;
+      if (leg <> 'short' or upnl is null) and n.short_size > 0 and n.short_avg_price is not null then
+        n.short_unrealized_pnl := (n.short_avg_price - n.current_price) * n.short_size;
+      end if;
+    end if;
+    n := position_hedge_totals(n);
+  end if;
   n.exchange_state := coalesce(n.exchange_state, '{}') || jsonb_build_object(leg, st);
 
   -- R-15: a size that disagrees is checked by validation after the grace period.
@@ -219,7 +259,9 @@ begin
 
   changed := position_changed_fields(p, n);
   if cardinality(changed) = 0 then
+    perform own_positions_write(true);
     update positions set exchange_state = n.exchange_state where id = n.id;
+    perform own_positions_write(false);
     update inbox set position_id = p.id where source = src and message_key = mkey;
     return jsonb_build_object('outcome', 'applied', 'message_key', mkey, 'asset', a, 'mode', m,
                               'position_id', p.id, 'version', p.version, 'changed', false)
@@ -227,7 +269,8 @@ begin
   end if;
   n := save_position(n, false);
   update inbox set position_id = n.id where source = src and message_key = mkey;
-  perform record_position_change(p, n, 'websocket', 'report', mkey, trace, details || jsonb_build_object('leg', leg));
+  perform record_position_change(p, n, 'websocket', case when adopt and p.gross_size = 0 then 'reopened' else 'report' end,
+                                 mkey, trace, details || jsonb_build_object('leg', leg));
   return jsonb_build_object('outcome', 'applied', 'message_key', mkey, 'asset', a, 'mode', m,
                             'position_id', n.id, 'version', n.version, 'changed', true)
          || (details - 'report');

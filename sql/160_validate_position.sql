@@ -33,14 +33,14 @@ end $$;
 
 -- trace_id: the job run's or request's (SPEC §6.2), carried into the ledger, audit rows and events.
 drop function if exists validate_position(text, text, boolean);
-create or replace function validate_position(asset text, mode text default 'one-way', fix boolean default true,
+create or replace function validate_position(asset text, mode text default null, fix boolean default true,
                                              trace_id text default null)
   returns jsonb
   language plpgsql
   as $$
 declare
   a text := input_asset(asset);
-  m text := input_mode(mode);
+  m text := position_mode_for(a, mode);
   settings position_manager_settings;
   p positions; n positions;
   leg_name text;
@@ -121,7 +121,10 @@ begin
   end loop;
 
   if fixed then
-    if n.current_price is null then n.current_price := coalesce(n.average_entry_price, n.long_avg_price, n.short_avg_price); end if;
+    if n.current_price is null then
+      n.current_price := coalesce(n.average_entry_price, n.long_avg_price, n.short_avg_price);
+      n.current_price_source := 'fill';
+    end if;
     -- R-17 step 6: the position's unrealized PnL is recomputed as R-7/R-8 say, from the mark,
     -- except that a leg adopted from the exchange takes the PnL its report gave for exactly
     -- that state (R-13: reports own PnL; TC-002), the mark only when the report gave none.
@@ -150,9 +153,10 @@ begin
   return jsonb_build_object(
     'is_valid', jsonb_array_length(discrepancies) = 0,
     'error_message', case when jsonb_array_length(discrepancies) > 0 then
-      (select string_agg(format('%s %s differs from %s %s %s', d ->> 'field', d ->> 'stored',
+      -- format() renders a null as '': an unknown value is written as null
+      (select string_agg(format('%s %s differs from %s %s %s', d ->> 'field', coalesce(d ->> 'stored', 'null'),
                                 case d ->> 'authority' when 'exchange' then 'exchange' else 'ledger' end,
-                                replace(d ->> 'field', '_', ' '), d ->> 'expected'), '; ')
+                                replace(d ->> 'field', '_', ' '), coalesce(d ->> 'expected', 'null')), '; ')
          from jsonb_array_elements(discrepancies) d) end,
     'discrepancies', discrepancies,
     'updated_position', case when fixed then position_json(n) end,

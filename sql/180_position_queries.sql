@@ -1,13 +1,13 @@
 -- Read functions behind the REST API (SPEC.md §5.1), so that a psql call returns exactly what
 -- the API returns. Bad parameters raise 22023 naming the field; a missing row raises P0002.
 
--- The (asset, mode) row, or P0002 position_not_found (HTTP 404).
-create or replace function require_position(asset text, mode text default 'one-way') returns positions
+-- The (asset, mode) row (without a mode: convention 2), or P0002 position_not_found (HTTP 404).
+create or replace function require_position(asset text, mode text default null) returns positions
   language plpgsql stable
   as $$
 declare
   a text := input_asset(asset);
-  m text := input_mode(coalesce(mode, 'one-way'));
+  m text := position_mode_for(a, mode);
   p positions;
 begin
   select * into p from positions where positions.asset = a and positions.mode = m;
@@ -17,7 +17,7 @@ begin
   return p;
 end $$;
 
-create or replace function get_position(asset text, mode text default 'one-way') returns jsonb
+create or replace function get_position(asset text, mode text default null) returns jsonb
   language sql stable
   as $$ select position_json(require_position(asset, mode)) $$;
 

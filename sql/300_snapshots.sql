@@ -33,6 +33,8 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
   returns setof position_snapshots
   language sql
   as $$
+    -- setting last_snapshot_at below is this service's write (R-32); callers close the window
+    select own_positions_write(true);
     -- materialized: referenced once, the CTE would otherwise be inlined and the full scan of
     -- positions run again for every snapshot row (quadratic at scale).
     with total as materialized (select portfolio_total_exposure() as exposure),
@@ -75,7 +77,7 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
 
 -- Returns the row (DESIGN.md's SQL contract); snapshot_json(row) is the REST API's Snapshot.
 drop function if exists create_position_snapshot(text, text, text, text);
-create or replace function create_position_snapshot(asset text, mode text default 'one-way',
+create or replace function create_position_snapshot(asset text, mode text default null,
                                                     trigger text default 'manual', trace_id text default null)
   returns position_snapshots
   language plpgsql
@@ -84,6 +86,7 @@ declare
   s position_snapshots;
 begin
   select * into s from take_snapshots(array[(require_position(asset, mode)).id], trigger, coalesce(trace_id, gen_random_uuid()::text));
+  perform own_positions_write(false);
   perform pg_notify('position_manager_outbox', '');
   -- last_snapshot_at changed: cached responses that embed positions are dropped (R-21)
   perform pg_notify('position_manager_changes', json_build_object('asset', s.asset, 'mode', s.mode, 'snapshot', true)::text);
@@ -109,6 +112,7 @@ begin
                                                              from position_snapshots s where s.position_id = p.id
                                                             order by s.snapshot_timestamp desc, s.id desc limit 1), p.version)),
                         'scheduled', coalesce(trace_id, gen_random_uuid()::text));
+  perform own_positions_write(false);
   if n > 0 then
     perform pg_notify('position_manager_outbox', '');
     perform pg_notify('position_manager_changes', json_build_object('snapshot', true)::text);
@@ -116,7 +120,7 @@ begin
   return n;
 end $$;
 
-create or replace function list_position_snapshots(asset text, mode text default 'one-way',
+create or replace function list_position_snapshots(asset text, mode text default null,
                                                    "limit" integer default 100, "offset" integer default 0)
   returns jsonb
   language plpgsql stable

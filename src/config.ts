@@ -126,6 +126,23 @@ const schema = z.object({
   // empty (as env.example leaves it) means the default, as for every other variable
   ORDER_MANAGER_URL: url(['http:', 'https:']).transform((s) => s ?? 'http://order-manager:4600'),
   WS_GATEWAY_URL: url(['http:', 'https:']).transform((s) => s ?? 'http://ws-gateway:4400'),
+  WS_GATEWAY_API_KEY: optionalText,
+  BYBIT_ENVIRONMENT: z
+    .string()
+    .trim()
+    .toLowerCase()
+    .default('mainnet')
+    .refine((s) => ['mainnet', 'testnet'].includes(s), { message: 'must be mainnet or testnet' }),
+  // unset: Bybit's own, chosen by BYBIT_ENVIRONMENT (see priceApiUrl below)
+  POSITION_MANAGER_PRICE_API_URL: url(['http:', 'https:']),
+  POSITION_MANAGER_PRICE_REFRESH_INTERVAL: int(0, 3600, 10),
+  POSITION_MANAGER_PRICE_API_TIMEOUT: int(1, 60, 5),
+  POSITION_MANAGER_PRICE_API_RETRIES: int(0, 10, 3),
+  BYBIT_API_KEY: optionalText,
+  BYBIT_API_SECRET: optionalText,
+  POSITION_MANAGER_RECONCILE_INTERVAL: int(0, 86_400, 300).refine((n) => n === 0 || n >= 10, {
+    message: 'must be 0 (off) or a whole number between 10 and 86400',
+  }),
 });
 
 type Env = z.infer<typeof schema>;
@@ -169,11 +186,24 @@ export interface Config {
   shutdownTimeoutMs: number;
   orderManagerUrl: string;
   wsGatewayUrl: string;
+  /** Undefined: no subscription at the Gateway (R-30). */
+  wsGatewayApiKey: string | undefined;
+  bybitEnvironment: string;
+  priceApiUrl: string;
+  /** 0: mark prices are not refreshed (R-31). */
+  priceRefreshIntervalSeconds: number;
+  priceApiTimeoutSeconds: number;
+  priceApiRetries: number;
+  /** Read-only exchange key for reconciliation (R-34); both unset: off. */
+  bybitApiKey: string | undefined;
+  bybitApiSecret: string | undefined;
+  /** 0, or no Bybit key: no reconciliation. */
+  reconcileIntervalSeconds: number;
 }
 
 export class ConfigError extends Error {}
 
-const SECRET = /PASSWORD|API_KEY/;
+const SECRET = /PASSWORD|API_KEY|SECRET/;
 
 function masked(name: string, value: unknown): string {
   if (value === undefined) return '(unset)';
@@ -237,6 +267,10 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
     throw new ConfigError(lines.join('\n'));
   }
   const env = parsed.data;
+  if (Boolean(env.BYBIT_API_KEY) !== Boolean(env.BYBIT_API_SECRET)) {
+    const missing = env.BYBIT_API_KEY ? 'BYBIT_API_SECRET' : 'BYBIT_API_KEY';
+    throw new ConfigError(`${missing} is required with ${missing === 'BYBIT_API_KEY' ? 'BYBIT_API_SECRET' : 'BYBIT_API_KEY'} (reconciliation needs both), got (unset)`);
+  }
   const dbUrl = databaseUrl(env);
   if (env.POSITION_MANAGER_ROLES.includes('api') && dbUrl !== undefined && !env.POSITION_MANAGER_API_KEY) {
     throw new ConfigError(
@@ -279,6 +313,17 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
     shutdownTimeoutMs: env.POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS,
     orderManagerUrl: env.ORDER_MANAGER_URL,
     wsGatewayUrl: env.WS_GATEWAY_URL,
+    wsGatewayApiKey: env.WS_GATEWAY_API_KEY,
+    bybitEnvironment: env.BYBIT_ENVIRONMENT,
+    priceApiUrl:
+      env.POSITION_MANAGER_PRICE_API_URL ??
+      (env.BYBIT_ENVIRONMENT === 'testnet' ? 'https://api-testnet.bybit.com' : 'https://api.bybit.com'),
+    priceRefreshIntervalSeconds: env.POSITION_MANAGER_PRICE_REFRESH_INTERVAL,
+    priceApiTimeoutSeconds: env.POSITION_MANAGER_PRICE_API_TIMEOUT,
+    priceApiRetries: env.POSITION_MANAGER_PRICE_API_RETRIES,
+    bybitApiKey: env.BYBIT_API_KEY,
+    bybitApiSecret: env.BYBIT_API_SECRET,
+    reconcileIntervalSeconds: env.BYBIT_API_KEY && env.BYBIT_API_SECRET ? env.POSITION_MANAGER_RECONCILE_INTERVAL : 0,
   });
 }
 export const CONFIG_VARIABLES: readonly string[] = Object.freeze(Object.keys(schema.shape));

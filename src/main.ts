@@ -12,7 +12,7 @@ import { createApp, type HttpApp } from './api/app.js';
 import { answerClientErrors } from './api/problem.js';
 import { startMessaging } from './messaging/index.js';
 import { startWorker } from './jobs/index.js';
-import type { Component, Runtime } from './runtime.js';
+import { initialChecks, type Component, type Runtime } from './runtime.js';
 
 async function main(): Promise<void> {
   let config;
@@ -88,6 +88,7 @@ async function main(): Promise<void> {
       databaseUrl,
       apiKey,
       broker: { enabled: messaging, connected: false, detachedConsumers: new Set() },
+      checks: initialChecks(),
     };
     if (config.amqpUrl === undefined) log.warn('no AMQP configuration: consumers and relay are off, events wait in the outbox');
 

@@ -27,6 +27,17 @@ async function collectFigures(): Promise<void> {
   metrics.outboxOldestAge.set(f.outboxOldestAgeSeconds);
 }
 
+// The audit rows of R-32 count every foreign write, whichever process heard of it, so every
+// process reports the same total (aggregate with max(), not sum()). A counter: it only rises
+// by what the database has added since the last scrape.
+let foreignWritesSeen = 0;
+async function collectForeignWrites(this: client.Counter): Promise<void> {
+  const f = await readFigures?.();
+  if (!f || f.foreignWrites <= foreignWritesSeen) return;
+  this.inc(f.foreignWrites - foreignWritesSeen);
+  foreignWritesSeen = f.foreignWrites;
+}
+
 const PREFIX = 'position_manager_';
 export const BROKER_UP = `${PREFIX}broker_up`;
 const m = <T>(metric: T): T => metric;
@@ -63,6 +74,26 @@ export const metrics = {
   ),
   eventsPublished: m(new client.Counter({ name: `${PREFIX}events_published_total`, help: 'Events confirmed by the broker', labelNames: ['event_type'], registers: [registry] })),
   jobRuns: m(new client.Counter({ name: `${PREFIX}job_runs_total`, help: 'Job runs', labelNames: ['task', 'outcome'], registers: [registry] })),
+  foreignWrites: m(
+    new client.Counter({
+      name: `${PREFIX}foreign_writes_total`,
+      help: "Writes of other services to positions that were not applied (R-32; position_events kind 'foreign_write')",
+      registers: [registry],
+      collect: collectForeignWrites,
+    }),
+  ),
+  priceRefreshes: m(
+    new client.Counter({ name: `${PREFIX}price_refresh_total`, help: 'Mark-price refreshes (R-31) by outcome', labelNames: ['outcome'], registers: [registry] }),
+  ),
+  markPricesSkipped: m(
+    new client.Counter({ name: `${PREFIX}mark_prices_skipped_total`, help: 'Ticker prices skipped as not a positive decimal', registers: [registry] }),
+  ),
+  reconcileRuns: m(
+    new client.Counter({ name: `${PREFIX}reconcile_runs_total`, help: 'Reconciliations with the exchange (R-34) by outcome', labelNames: ['outcome'], registers: [registry] }),
+  ),
+  reconcileDiscrepancies: m(
+    new client.Counter({ name: `${PREFIX}reconcile_discrepancies_total`, help: 'Positions whose size the exchange reported otherwise during reconciliation', registers: [registry] }),
+  ),
   databaseUp: m(new client.Gauge({ name: `${PREFIX}database_up`, help: '1 when the database answers', registers: [registry] })),
   brokerUp: m(new client.Gauge({ name: BROKER_UP, help: '1 when connected to the broker', registers: [registry] })),
 };

@@ -15,6 +15,30 @@ export interface BrokerState {
   detachedConsumers: Set<string>;
 }
 
+/** R-30: the Gateway subscription as the consumer role last saw it ('off' in other processes). */
+export type SubscriptionState = 'ok' | 'pending' | 'failing' | 'off';
+
+/** An outside source a job of this process reads (R-31 prices, R-34 the exchange's positions). */
+export interface SourceState {
+  state: 'ok' | 'failing' | 'off';
+  lastSuccessAt: string | null;
+}
+
+/** The outside services whose state /health shows in `checks` (SPEC.md §5.2). */
+export interface Checks {
+  wsGatewaySubscription: SubscriptionState;
+  prices: SourceState;
+  exchangeReconcile: SourceState;
+}
+
+export function initialChecks(): Checks {
+  return {
+    wsGatewaySubscription: 'off',
+    prices: { state: 'off', lastSuccessAt: null },
+    exchangeReconcile: { state: 'off', lastSuccessAt: null },
+  };
+}
+
 export interface Runtime {
   config: Readonly<Config>;
   log: Logger;
@@ -23,6 +47,7 @@ export interface Runtime {
   /** The API key in force (configured, or generated in embedded mode). */
   apiKey: string | undefined;
   broker: BrokerState;
+  checks: Checks;
 }
 
 /** A started component; stop() finishes in-flight work and releases its resources. */

@@ -39,20 +39,40 @@ export function healthHandler(rt: Runtime, monitor: Monitor, dependencies: Recor
     // Rows waiting over 60 s mean no relay is publishing, whichever process is asked; without any
     // AMQP configuration they cannot leave by design, so there it is no fault.
     const outboxStuck = rt.config.amqpUrl !== undefined && (figures?.outboxOldestAgeSeconds ?? 0) > 60;
-    const status = !up ? 'unhealthy' : (broker.enabled && !queueConnected) || outboxStuck ? 'degraded' : 'healthy';
+    const { checks } = rt;
+    // An outside service that keeps failing degrades the service; it never makes it unhealthy.
+    const outsideFailing =
+      checks.wsGatewaySubscription === 'failing' || checks.prices.state === 'failing' || checks.exchangeReconcile.state === 'failing';
+    const status = !up
+      ? 'unhealthy'
+      : (broker.enabled && !queueConnected) || outboxStuck || outsideFailing
+        ? 'degraded'
+        : 'healthy';
+    // SPEC.md §5.2: "disabled" means no AMQP configuration; a process whose roles use no broker
+    // holds no connection, so it has no queue_connected to report.
+    const brokerRoles = rt.config.roles.includes('consumer') || rt.config.roles.includes('relay');
+    const messaging = rt.config.amqpUrl === undefined ? 'disabled' : brokerRoles ? 'enabled' : 'not_in_this_process';
     res.status(up ? 200 : 503).json({
       status,
       service: rt.config.serviceName,
       database_connected: up,
-      queue_connected: queueConnected,
-      // SPEC.md §5.2: "disabled" means no AMQP configuration, not "this process's roles use none".
-      messaging: rt.config.amqpUrl !== undefined ? 'enabled' : 'disabled',
+      ...(messaging === 'not_in_this_process' ? {} : { queue_connected: queueConnected }),
+      messaging,
       positions_count: figures ? figures.open['one-way'] + figures.open.hedge : null,
       roles: rt.config.roles,
       outbox_pending: figures ? figures.outboxPending : null,
       oldest_outbox_age_seconds: figures ? Math.floor(figures.outboxOldestAgeSeconds) : null,
       timestamp: new Date().toISOString(),
       dependencies,
+      checks: {
+        ws_gateway_subscription: checks.wsGatewaySubscription,
+        prices: {
+          source: checks.prices.state,
+          last_success_at: checks.prices.lastSuccessAt,
+          stale_open_positions: figures ? figures.staleOpen : null,
+        },
+        exchange_reconcile: { state: checks.exchangeReconcile.state, last_success_at: checks.exchangeReconcile.lastSuccessAt },
+      },
     });
   };
 }

@@ -10,7 +10,8 @@ import { queryOne as one } from './query.js';
 
 const str = (v: unknown): string | null => (v === undefined || v === null ? null : String(v));
 const bool = (v: unknown, fallback: boolean): boolean => (v === undefined ? fallback : v === true || v === 'true');
-const mode = (req: Request): string => (str(req.query.mode) ?? 'one-way').toLowerCase();
+// Absent: lists cover both modes, a single position is resolved in SQL (SPEC.md §2 convention 2).
+const mode = (req: Request): string | null => str(req.query.mode)?.toLowerCase() ?? null;
 
 export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses: boolean): Router {
   const r = Router();

@@ -101,6 +101,8 @@ export async function migrate(connectionString: string, log: (msg: string) => vo
   const client = new pg.Client({ connectionString, application_name: 'position-manager-migrate' });
   await client.connect();
   try {
+    // Migrations are this service's own writes: the guard of R-32 (sql/105) lets them through.
+    await client.query("select set_config('position_manager.writer', 'on', false)");
     await client.query('select pg_advisory_lock($1)', [MIGRATE_LOCK]);
     const applied = await runner({
       dbClient: client,

@@ -10,6 +10,10 @@ export interface Figures {
   open: { 'one-way': number; hedge: number };
   outboxPending: number;
   outboxOldestAgeSeconds: number;
+  /** Open positions whose mark price is older than POSITION_MANAGER_PRICE_STALE_SECONDS (R-31). */
+  staleOpen: number;
+  /** Writes of other services to `positions` that were not applied, ever (R-32: audit rows). */
+  foreignWrites: number;
 }
 
 export interface Monitor {
@@ -54,18 +58,23 @@ export function createMonitor(connectionString: string, applicationName: string)
 
   const ping = shared(async () => (await pool.query('select 1'), true), PING_MS, false);
   const figures = shared<Figures | undefined>(async () => {
-    const r = await pool.query<{ one_way: string; hedge: string; pending: string; age: string | null }>(
-      `select p.one_way, p.hedge, o.pending, o.age
-         from (select count(*) filter (where mode = 'one-way') as one_way, count(*) filter (where mode = 'hedge') as hedge
-                 from positions where gross_size > 0) p,
+    const r = await pool.query<{ one_way: string; hedge: string; stale: string; pending: string; age: string | null; foreign_writes: string }>(
+      `select p.one_way, p.hedge, p.stale, o.pending, o.age, f.foreign_writes
+         from (select count(*) filter (where mode = 'one-way') as one_way, count(*) filter (where mode = 'hedge') as hedge,
+                      count(*) filter (where current_price_at < now() - make_interval(secs => s.price_stale_seconds)) as stale
+                 from positions, position_manager_settings s where gross_size > 0) p,
               (select count(*) as pending, extract(epoch from now() - min(created_at))::text as age
-                 from outbox where sent_at is null) o`,
+                 from outbox where sent_at is null) o,
+              -- an index-only count on the partial index position_events_foreign_write_idx
+              (select count(*) as foreign_writes from position_events where kind = 'foreign_write') f`,
     );
     const row = r.rows[0]!;
     return {
       open: { 'one-way': Number(row.one_way), hedge: Number(row.hedge) },
+      staleOpen: Number(row.stale),
       outboxPending: Number(row.pending),
       outboxOldestAgeSeconds: row.age === null ? 0 : Number(row.age),
+      foreignWrites: Number(row.foreign_writes),
     };
   }, FIGURES_MS, undefined);
 

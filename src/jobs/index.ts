@@ -4,6 +4,7 @@
 import { Logger as WorkerLogger, run, type LogFunctionFactory } from 'graphile-worker';
 import { listen } from '../db/listen.js';
 import type { Component, Runtime } from '../runtime.js';
+import { FOREIGN_WRITE_CHANNEL, watchForeignWrites } from './foreign-writes.js';
 import { keepPeriodicJobs } from './keeper.js';
 import { periodicTasks, taskList } from './tasks.js';
 
@@ -32,7 +33,7 @@ export async function startWorker(rt: Runtime): Promise<Component[]> {
     // Batched (even with no delay), completing or failing a job is awaited by the shutdown;
     // unbatched it is fire-and-forget, and an exit right after a run leaves its job locked.
     preset: { worker: { completeJobBatchDelay: 0, failJobBatchDelay: 0 } },
-    taskList: taskList(pool, config, log),
+    taskList: taskList(pool, config, log, rt.checks),
     logger: new WorkerLogger(logFactory),
   });
 
@@ -41,10 +42,12 @@ export async function startWorker(rt: Runtime): Promise<Component[]> {
   const keeper = setInterval(() => void keep(), KEEPER_MS);
 
   // Changes arrive as NOTIFY; at most one schedule call per tick, after the change committed,
-  // so the job that runs next sees it (the trailing event of a burst).
+  // so the job that runs next sees it (the trailing event of a burst). The same connection
+  // hears of the writes of other services that were not applied, for the log.
   let dirty = false;
-  const changes = listen(rt.databaseUrl, ['position_manager_changes'], log);
-  changes.on(() => (dirty = true));
+  const changes = listen(rt.databaseUrl, ['position_manager_changes', FOREIGN_WRITE_CHANNEL], log);
+  changes.on((channel) => channel === 'position_manager_changes' && (dirty = true));
+  const foreignWrites = watchForeignWrites(changes, log);
   changes.onStateChange((up) => up && (dirty = true));
   const ticker = setInterval(() => {
     if (!dirty) return;
@@ -62,6 +65,7 @@ export async function startWorker(rt: Runtime): Promise<Component[]> {
       async stop() {
         clearInterval(keeper);
         clearInterval(ticker);
+        foreignWrites.stop();
         await changes.close();
         await runner.stop();
       },

@@ -7,7 +7,10 @@ import type pg from 'pg';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import { countValidation, metrics, type ValidationOutcome } from '../metrics.js';
+import type { Checks } from '../runtime.js';
 import { withRunConnection, type Query } from './connection.js';
+import { markPriceRefresher } from './mark-prices.js';
+import { exchangeReconciler } from './reconcile.js';
 
 type Work = (payload: Record<string, unknown>, traceId: string, q: Query) => Promise<unknown>;
 
@@ -54,10 +57,16 @@ export function periodicTasks(config: Config): Periodic[] {
     { task: 'prune_snapshots', intervalSeconds: 86_400 },
     { task: 'prune_inbox_outbox', intervalSeconds: 3_600 },
     { task: 'prune_job_history', intervalSeconds: 86_400 },
+    ...(config.priceRefreshIntervalSeconds > 0
+      ? [{ task: 'refresh_mark_prices', intervalSeconds: config.priceRefreshIntervalSeconds }]
+      : []),
+    ...(config.reconcileIntervalSeconds > 0
+      ? [{ task: 'reconcile_with_exchange', intervalSeconds: config.reconcileIntervalSeconds }]
+      : []),
   ];
 }
 
-export function taskList(pool: pg.Pool, config: Config, log: Logger): TaskList {
+export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Checks): TaskList {
   const work: Record<string, Work> = {
     snapshot_all_positions: async (_p, trace, q) => ({ snapshots: await q('select snapshot_all_positions($1) as r', [trace]) }),
     validate_all_positions: async (_p, trace, q) => {
@@ -94,6 +103,8 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger): TaskList {
     prune_snapshots: async (_p, _t, q) => ({ deleted: await q('select prune_snapshots($1) as r', [config.snapshotRetentionDays]) }),
     prune_inbox_outbox: (_p, _t, q) => q('select prune_inbox_outbox($1, $2) as r', [config.inboxRetentionDays, config.outboxRetentionHours]),
     prune_job_history: async (_p, _t, q) => ({ deleted: await q('select prune_job_history($1) as r', [config.jobHistoryRetentionDays]) }),
+    refresh_mark_prices: markPriceRefresher(config, checks.prices, log),
+    reconcile_with_exchange: exchangeReconciler(config, checks.exchangeReconcile, log),
   };
   // a crossing is logged at warn, the way back at info.
   const limitLog = (r: unknown, traceId: string) => {

@@ -2,6 +2,7 @@
 // self-reconnecting broker connection. Topology is (re)declared on every connection.
 import type amqp from 'amqplib';
 import type { Component, Runtime } from '../runtime.js';
+import { startGatewaySubscription } from '../outside/gateway-subscription.js';
 import { connectBroker } from './broker.js';
 import { QueueConsumer } from './consumer.js';
 import { OutboxRelay } from './relay.js';
@@ -43,9 +44,14 @@ export async function startMessaging(rt: Runtime, roles: { consumer: boolean; re
       for (const c of consumers) await c.attach(conn, config.consumerPrefetch);
     });
     log.info({ queues: [...config.orderEventsQueues, config.positionEventsQueue] }, 'consumers started');
+    // subscribed at start and after every reconnect; kick() does not wait for the Gateway,
+    // so a slow or failing Gateway never holds up (or fails) the broker setup.
+    const subscription = startGatewaySubscription(rt);
+    await broker.onConnected(async () => subscription.kick());
     consumersComponent = {
       name: 'consumers',
       async stop() {
+        subscription.stop();
         await Promise.all(consumers.map((c) => c.stop()));
       },
     };

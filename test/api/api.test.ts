@@ -3,7 +3,7 @@
 // database is cut off. Every response is also checked against openapi.yaml by the service
 // itself (NODE_ENV=test makes a non-conforming response a 500, which these tests would see).
 import t from 'tap';
-import { freshDatabase } from '../helpers/db.js';
+import { freshDatabase, writePositionsDirectly } from '../helpers/db.js';
 import { tcpProxy } from '../helpers/proxy.js';
 import { startService, TEST_API_KEY } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
@@ -125,7 +125,7 @@ t.test('TC-014, TC-015, TC-021: validate, snapshot, snapshot history', async (t)
   t.equal(v.status, 200);
   t.match(v.body, { is_valid: true, discrepancies: [], error_message: null, checked_at: String });
   t.equal((await post('/api/v1/positions/NOPEUSDT/validate')).status, 404);
-  await db.query("update positions set size = 5 where asset = 'SOLUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 5 where asset = 'SOLUSDT'");
   const fixed = await svc.request('POST', '/api/v1/positions/SOLUSDT/validate?fix_discrepancies=true', { headers: { 'x-trace-id': 'fix-trace-1' } });
   t.match(fixed.body, { is_valid: false, discrepancies: [{ field: 'size', stored: '5', expected: '100', authority: 'ledger' }], updated_position: { size: '100' } });
   const audit = (await db.query("select trace_id from position_events where asset = 'SOLUSDT' and kind = 'validation_fix'")).rows;
@@ -151,7 +151,7 @@ t.test('TC-011 cache: hits inside the TTL, dropped by a change made through anot
   const b = await get('/api/v1/portfolio');
   t.equal(b.body.calculated_at, a.body.calculated_at, 'served from cache');
   // A change through the other instance: its snapshot does not change metrics, a validation fix does.
-  await db.query("update positions set size = 7 where asset = 'SOLUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 7 where asset = 'SOLUSDT'");
   const fix = await other.request('POST', '/api/v1/positions/SOLUSDT/validate');
   t.equal(fix.body.is_valid, false);
   const c = await waitFor(async () => {
@@ -210,4 +210,24 @@ t.test('without response validation a cache hit sends the text serialized once, 
   t.same(b.body, a.body, 'the same document, served from the cache');
   const checked = (await get('/api/v1/portfolio/exposure')).body; // from the instance that validates responses
   t.same({ ...b.body, calculated_at: null }, { ...checked, calculated_at: null }, 'the same figures as the validated instance');
+});
+
+t.test('convention 2 over REST: without mode, the list covers both modes and a lookup finds a hedge-only asset', async (t) => {
+  await fill('HDGUSDT', 'Buy', '1', '10', { mode: 'hedge' });
+  await fill('HDGUSDT', 'Sell', '2', '11', { mode: 'hedge' });
+  const rest = (await get('/api/v1/positions')).body.positions.map((p: any) => `${p.asset}/${p.mode}`);
+  t.ok(rest.includes('HDGUSDT/hedge'), 'the hedge row is listed');
+  const psql = (await db.query('select list_positions() as l')).rows[0].l.positions.map((p: any) => `${p.asset}/${p.mode}`);
+  t.same(rest, psql, 'REST and psql return the same rows');
+  const one = await get('/api/v1/positions/HDGUSDT');
+  t.equal(one.status, 200, 'not 404 for an asset held in hedge mode');
+  t.match(one.body, { asset: 'HDGUSDT', mode: 'hedge', long_size: '1', short_size: '2', size: '-1' });
+  t.same(one.body, (await db.query("select get_position('HDGUSDT') as j")).rows[0].j, 'the same object as psql');
+  t.equal((await get('/api/v1/positions/HDGUSDT?mode=one-way')).status, 404, 'a mode given is a mode');
+  const v = await post('/api/v1/positions/HDGUSDT/validate');
+  t.match(v, { status: 200, body: { is_valid: true } });
+  const s = await post('/api/v1/positions/HDGUSDT/snapshot');
+  t.equal(s.status, 201);
+  t.equal(s.headers.get('location'), '/api/v1/positions/HDGUSDT/snapshots?mode=hedge');
+  t.equal((await get('/api/v1/positions/HDGUSDT/snapshots')).body.total, 1);
 });

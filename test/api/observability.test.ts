@@ -2,7 +2,7 @@
 // the scaled docker-compose form: what it reports about the broker it does not use, the database
 // when it is slow rather than down, the outbox it does not drain, and the service label.
 import t from 'tap';
-import { freshDatabase } from '../helpers/db.js';
+import { freshDatabase, writePositionsDirectly } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -29,10 +29,13 @@ const sample = (text: string, name: string, labels = '') => {
 };
 const unsent = async () => Number((await db.query('select count(*) as n from outbox where sent_at is null')).rows[0].n);
 
-t.test('roles=api with AMQP_URL set: healthy, messaging enabled (configured), not connected, no broker gauge', async (t) => {
+t.test('roles=api with AMQP_URL set: healthy, messaging not in this process, no queue_connected, no broker gauge', async (t) => {
   const h = await health();
   t.equal(h.status, 200);
-  t.match(h.body, { status: 'healthy', service: SERVICE, database_connected: true, queue_connected: false, messaging: 'enabled', roles: ['api'] });
+  t.match(h.body, { status: 'healthy', service: SERVICE, database_connected: true, messaging: 'not_in_this_process', roles: ['api'] });
+  t.notOk('queue_connected' in h.body, 'SPEC.md §5.2: no queue_connected without a broker role');
+  t.match(h.body.checks, { ws_gateway_subscription: 'off', prices: { source: 'off', last_success_at: null }, exchange_reconcile: { state: 'off' } },
+    'a process that does not run a check reports off');
   const text = await scrape();
   t.notMatch(text, /position_manager_broker_up/, 'no broker to report, so no 0 that reads as an outage');
   t.equal(sample(text, 'position_manager_database_up'), 1);
@@ -99,13 +102,13 @@ t.test('a slow database is not a down one: /health and /metrics while positions 
 t.test('a validation fix through the API counts as a position update from validation', async (t) => {
   const updates = async () => sample(await scrape(), 'position_manager_position_updates_total', 'source="validation"') ?? 0;
   t.equal(await updates(), 0);
-  await db.query("update positions set size = 7 where asset = 'ETHUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 7 where asset = 'ETHUSDT'");
   const fix = await svc.request('POST', '/api/v1/positions/ETHUSDT/validate');
   t.match(fix.body, { is_valid: false, updated_position: { size: '2' } });
   t.equal(await updates(), 1);
   const again = await svc.request('POST', '/api/v1/positions/ETHUSDT/validate');
   t.match(again.body, { is_valid: true, updated_position: null });
-  await db.query("update positions set size = 5 where asset = 'ETHUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 5 where asset = 'ETHUSDT'");
   const dry = await svc.request('POST', '/api/v1/positions/ETHUSDT/validate?fix_discrepancies=false');
   t.match(dry.body, { is_valid: false, updated_position: null });
   t.equal(await updates(), 1, 'neither a valid position nor a report without a fix changes anything');

@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
-import { freshDatabase } from '../helpers/db.js';
+import { freshDatabase, writePositionsDirectly } from '../helpers/db.js';
 import { tcpProxy } from '../helpers/proxy.js';
 import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
@@ -57,7 +57,7 @@ acceptance('TC-028 broker unavailable: degraded, REST changes commit, their even
   const snap = await svc.request('POST', '/api/v1/positions/BRKUSDT/snapshot');
   t.equal(snap.status, 201, 'a snapshot through REST commits');
   // A validation fix through REST: a stored size the ledger disagrees with (only an operator can make one) is corrected.
-  await db.query("update positions set size = 5 where asset = 'BRKUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 5 where asset = 'BRKUSDT'");
   const fix = await svc.request('POST', '/api/v1/positions/BRKUSDT/validate');
   t.equal(fix.status, 200);
   t.match(fix.body, { is_valid: false, updated_position: { size: '1' } });

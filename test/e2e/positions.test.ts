@@ -2,6 +2,7 @@
 // (one stack, one asset per case): messages in, HTTP, events and logs out.
 import { Decimal } from 'decimal.js';
 import t, { type Test } from 'tap';
+import { writePositionsDirectly } from '../helpers/db.js';
 import { startStack, acceptanceSummary } from '../helpers/stack.js';
 import { TEST_API_KEY } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
@@ -140,7 +141,7 @@ acceptance('TC-014 validation through the API', async (t) => {
   t.equal(r.status, 200);
   t.match(r.body, { is_valid: true, error_message: null, discrepancies: [], updated_position: null, checked_at: String });
   // A stored size the ledger disagrees with, which only an operator can create by hand.
-  await s.db.query("update positions set size = 5 where asset = 'TC014USDT'");
+  await writePositionsDirectly(s.db, "update positions set size = 5 where asset = 'TC014USDT'");
   const bad = await s.post('/api/v1/positions/TC014USDT/validate');
   t.equal(bad.status, 200);
   t.match(bad.body, { is_valid: false, error_message: /\bsize\b.*\b5\b.*\b1\b/, discrepancies: [{ field: 'size', stored: '5', expected: '1', authority: 'ledger' }],

@@ -1,5 +1,6 @@
 // TC-025 and TC-026: periodic validation and validation through the API, black-box.
 import t, { type Test } from 'tap';
+import { writePositionsDirectly } from '../helpers/db.js';
 import { startStack, acceptanceSummary } from '../helpers/stack.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -13,7 +14,7 @@ acceptance('TC-025 periodic validation: every open position validated, the disag
     await s.until(asset, (p) => p.size === qty, `given ${asset}`);
   }
   // The precondition an operator can only create by hand: a stored size the ledger disagrees with.
-  await s.db.query("update positions set size = 5 where asset = 'VA2USDT'");
+  await writePositionsDirectly(s.db, "update positions set size = 5 where asset = 'VA2USDT'");
   await s.until('VA2USDT', (p) => p.size === '2', 'fixed from the ledger');
   const warn = await s.log((l) => l.msg === 'periodic validation fixed a discrepancy' && l.asset === 'VA2USDT', 'discrepancy logged');
   t.match(warn, { level: 'warn', discrepancies: [{ field: 'size', stored: '5', expected: '2', authority: 'ledger' }] });

@@ -139,11 +139,12 @@ t.test('migration 8 widens DECIMAL(20, 8) columns left by an earlier migration 1
   await c.query('alter table position_snapshots alter column average_entry_price type decimal(20, 8)');
   await c.query(`alter table positions add column gross_size numeric generated always as (
                    case when mode = 'hedge' then coalesce(long_size, 0) + coalesce(short_size, 0) else abs(size) end) stored`);
-  await c.query("delete from pgmigrations where name like '1000000000008%'");
+  // migrated before migration 8 was written, so before every later one too
+  await c.query("delete from pgmigrations where name >= '1000000000008'");
   await c.query("update sql_definitions set hash = 'old'");
 
   const again = await migrate(db.url);
-  t.same(again.migrationsApplied, ['1000000000008_unscaled-numeric']);
+  t.same(again.migrationsApplied.slice(0, 1), ['1000000000008_unscaled-numeric']);
   t.equal(again.definitionsApplied, true, 'the views are back');
   const scaled = (await c.query(`select count(*)::int as n from information_schema.columns where table_name in ('positions', 'position_snapshots')
                                    and data_type = 'numeric' and numeric_scale is not null`)).rows[0].n;

@@ -113,3 +113,31 @@ export async function freshDatabase(t: Teardown, options: { prefix?: string; poo
   });
   return { url, name, pool, query: (sql, params) => pool.query(sql, params as unknown[]) };
 }
+
+/**
+ * Writes `positions` directly, as only this service's own SQL functions may (SPEC.md R-32): the
+ * statement runs in a transaction of its own on one client of the pool, after
+ * `own_positions_write(true)` opens the window (transaction-local, so it closes at commit).
+ * For tests and benchmarks that simulate a corrupted row; any other direct write is ignored
+ * and audited as a `foreign_write`.
+ */
+export async function writePositionsDirectly<R extends pg.QueryResultRow = any>(
+  db: { pool: pg.Pool } | pg.Pool,
+  sql: string,
+  params: unknown[] = [],
+): Promise<pg.QueryResult<R>> {
+  const pool = db instanceof pg.Pool ? db : db.pool;
+  const c = await pool.connect();
+  try {
+    await c.query('begin');
+    await c.query('select own_positions_write(true)');
+    const r = await c.query<R>(sql, params);
+    await c.query('commit');
+    return r;
+  } catch (err) {
+    await c.query('rollback').catch(() => undefined);
+    throw err;
+  } finally {
+    c.release();
+  }
+}

@@ -49,6 +49,8 @@ export async function startService(
     POSITION_MANAGER_API_KEY: TEST_API_KEY,
     POSITION_MANAGER_LOG_LEVEL: 'debug',
     NODE_ENV: 'test',
+    // nothing in the tests reaches the internet: a test that wants prices points at a local Bybit
+    POSITION_MANAGER_PRICE_REFRESH_INTERVAL: '0',
     ...(options.databaseUrl ? { DATABASE_URL: options.databaseUrl } : {}),
     ...(options.amqpUrl ? { AMQP_URL: options.amqpUrl } : {}),
     ...options.env,

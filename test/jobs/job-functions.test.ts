@@ -3,7 +3,7 @@
 // periodic-chain keeper (dead workers, lowered intervals).
 import t from 'tap';
 import pg from 'pg';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { freshDatabase, type TestDb, writePositionsDirectly } from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
 
 let seq = 0;
@@ -28,7 +28,7 @@ t.test('validate_all_positions commits in chunks and validates every due positio
   await fill(db, 'OLDUSDT', 'Sell', '1', '100');
   const since = (await one(db, 'select clock_timestamp() as at')).at;
   // every open position now disagrees with its ledger; the closed one is not due (unchanged since)
-  await db.query("update positions set size = size + 1 where asset <> 'OLDUSDT'");
+  await writePositionsDirectly(db, "update positions set size = size + 1 where asset <> 'OLDUSDT'");
   const trace = 'job-trace-chunks';
   const r = (await one(db, 'call validate_all_positions($1, $2, 2, null)', [since, trace])).result;
   t.match(r, { validated: 5, invalid: 5, fixed: 5, skipped_busy: 0, chunks: 3 }, 'counts summed over the chunks');
@@ -52,12 +52,12 @@ t.test('validate_all_positions commits in chunks and validates every due positio
 t.test('validate_position carries the trace_id it is given', async (t) => {
   const db = await freshDatabase(t);
   await fill(db, 'BTCUSDT', 'Buy', '1', '100');
-  await db.query("update positions set size = 3 where asset = 'BTCUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 3 where asset = 'BTCUSDT'");
   await db.query("select validate_position('BTCUSDT', 'one-way', true, 'run-trace-1')");
   t.equal((await one(db, "select trace_id from position_events where kind = 'validation_fix'")).trace_id, 'run-trace-1');
   t.equal((await one(db, "select trace_id from outbox where event_type = 'position_updated' order by id desc limit 1")).trace_id,
     'run-trace-1', 'and so does its event');
-  await db.query("update positions set size = 4 where asset = 'BTCUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 4 where asset = 'BTCUSDT'");
   await db.query("select validate_position('BTCUSDT')");
   t.match((await one(db, "select trace_id from position_events where kind = 'validation_fix' order by id desc limit 1")).trace_id,
     /^validation:/, 'psql without one: a trace of its own');

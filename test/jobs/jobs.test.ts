@@ -4,7 +4,7 @@
 // validation fixes carry the job run's trace_id.
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
-import { freshDatabase } from '../helpers/db.js';
+import { freshDatabase, writePositionsDirectly } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -61,7 +61,7 @@ t.test('TC-020 and TC-024: scheduled snapshots, events, job_runs; two workers, o
 });
 
 t.test('TC-025 periodic validation fixes a position that disagrees with its ledger', async (t) => {
-  await db.query("update positions set size = 3 where asset = 'ETHUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 3 where asset = 'ETHUSDT'");
   await waitFor(async () => (await db.query("select size from positions where asset = 'ETHUSDT'")).rows[0].size === '10',
     { what: 'fixed from the ledger', timeoutMs: 15_000 });
   const run = await waitFor(async () =>

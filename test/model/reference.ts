@@ -315,15 +315,15 @@ export class ModelBook {
   }
 
   /**
-   * A fill creates the row when it does not exist — unless nothing of it applies (a hedge
-   * reduction with no leg to reduce): a row that was never open does not exist (SPEC.md §3.1).
+   * A fill creates the row when it does not exist, also a hedge reduction with no leg to reduce
+   * (SPEC.md R-8): the row is then created flat, its fee charged, and validation settles the size.
    */
   fill(asset: string, f: FillInput): FillOutcome {
     const existing = this.get(asset, f.mode);
     if (existing) return existing.fill(f);
     const p = new PositionModel(f.mode);
     const outcome = p.fill(f);
-    if (p.isOpen) this.positions.set(ModelBook.key(asset, f.mode), p);
+    this.positions.set(ModelBook.key(asset, f.mode), p);
     return outcome;
   }
 

@@ -1,7 +1,7 @@
 // The ledger's SQL functions against the real PostgreSQL: ACCOUNTING.md's worked examples and
 // the processing rules of SPEC.md §4, with the exact numbers the documents give.
 import t from 'tap';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { freshDatabase, type TestDb, writePositionsDirectly } from '../helpers/db.js';
 
 let seq = 0;
 const fill = (f: Record<string, unknown>) => ({ execution_id: `x-${++seq}`, ...f });
@@ -178,12 +178,11 @@ t.test('reports (SPEC.md R-10..R-15)', async (t) => {
       ],
     })])).rows[0].r;
     t.same(res.map((r: any) => r.outcome), ['applied', 'applied'], 'both positions of one event_id are applied');
-    let p = await row(db, 'ETHUSDT', 'hedge');
-    t.same([p.long_size, p.short_size, p.size, p.current_price], ['2', '0', '2', '3005'], 'a report never writes a size of an existing row');
+    const p = await row(db, 'ETHUSDT', 'hedge');
+    t.same([p.long_size, p.short_size, p.size, p.short_avg_price, p.current_price], ['2', '1', '1', '3100', '3005'],
+      'R-12 per leg: the second leg, which never held anything, is adopted at once');
     const v = (await db.query("select validate_position('ETHUSDT', 'hedge') as v")).rows[0].v;
-    t.same(v.discrepancies.map((d: any) => [d.field, d.authority]), [['short_size', 'exchange'], ['short_avg_price', 'exchange']]);
-    p = await row(db, 'ETHUSDT', 'hedge');
-    t.same([p.long_size, p.short_size, p.size, p.short_avg_price], ['2', '1', '1', '3100'], 'validation adopts the newer exchange leg');
+    t.same(v.discrepancies, [], 'nothing left for validation');
   });
 
   await t.test('TC-029 invalid input names the field and leaves nothing behind', async (t) => {
@@ -264,7 +263,7 @@ t.test('validation (R-17): TC-026, TC-007 and fixes from the ledger', async (t) 
   t.equal((await row(db, 'ETHUSDT')).size, '1.3');
 
   // a stored size that disagrees with the ledger is fixed from the ledger
-  await db.query("update positions set size = 5, unrealized_pnl = 0 where asset = 'ETHUSDT'");
+  await writePositionsDirectly(db, "update positions set size = 5, unrealized_pnl = 0 where asset = 'ETHUSDT'");
   const fix = (await db.query("select validate_position('ETHUSDT') as v")).rows[0].v;
   t.same(fix.discrepancies[0], { field: 'size', stored: '5', expected: '1.3', authority: 'ledger' });
   t.equal((await row(db, 'ETHUSDT')).size, '1.3');
@@ -294,13 +293,33 @@ t.test('review findings: sides, lifecycles and event times', async (t) => {
     t.equal(dec((await row(db, 'SHRTUSDT')).size), '-1');
   });
 
-  await t.test('R-8/§3.1: a reduce-only hedge fill on no position creates no row', async (t) => {
+  await t.test('R-8: a reduce-only hedge fill before its leg opened is kept: the row is created flat, the fee charged', async (t) => {
     const r = (await db.query('select ingest_order_fill($1::jsonb) as r', [JSON.stringify(fill({
       asset: 'NEWHUSDT', mode: 'hedge', side: 'Sell', reduce_only: true, execution_quantity: '1', execution_price: '100', execution_fees: '0.5',
+      executed_at: '2025-01-15T10:00:00Z',
     }))])).rows[0].r;
-    t.match(r, { outcome: 'no_op', warning: /does not exist/ });
-    t.equal(await row(db, 'NEWHUSDT', 'hedge'), undefined, 'no row');
-    t.same(await events('position_updated', 'NEWHUSDT'), [], 'no event');
+    t.match(r, { outcome: 'applied', size_discrepancy: { leg: 'long', requested: '1', applied: '0', excess: '1' } });
+    const p = await row(db, 'NEWHUSDT', 'hedge');
+    t.same([p.size, p.long_size, p.short_size, p.total_fees, p.long_realized_pnl, p.realized_pnl].map(dec), ['0', '0', '0', '0.5', '-0.5', '-0.5'],
+      'flat, the fee paid is charged to the leg and the row');
+    t.equal((p.closed_at as Date).toISOString(), '2025-01-15T10:00:00.000Z', 'a flat row is closed');
+    t.equal(p.opened_at, null, 'it was never open');
+    const ledger = (await db.query("select kind, leg, side, quantity from position_fills where asset = 'NEWHUSDT'")).rows;
+    t.match(ledger, [{ kind: 'fill', leg: 'long', side: 'Sell', quantity: '1' }], 'the ledger keeps the fill');
+    const kinds = (await db.query("select kind from position_events where asset = 'NEWHUSDT' order by id")).rows.map((x) => x.kind);
+    t.same(kinds, ['created', 'size_discrepancy']);
+    const job = (await db.query("select key from graphile_worker.jobs where key = 'validate:NEWHUSDT:hedge'")).rows;
+    t.equal(job.length, 1, 'a validation is scheduled');
+    t.equal((await events('position_updated', 'NEWHUSDT')).length, 1, 'one event');
+  });
+
+  await t.test('R-8: a reduce-only fill whose position_idx names the leg its side would add to is invalid', async (t) => {
+    for (const [side, idx, leg] of [['Sell', 2, 'short'], ['Buy', 1, 'long']] as const) {
+      await t.rejects(apply(db, fill({ asset: 'ROADDUSDT', mode: 'hedge', side, reduce_only: true, position_idx: idx,
+                                       execution_quantity: '1', execution_price: '100' })),
+        { code: '22023', message: new RegExp(`^reduce_only: a reduce-only ${side} cannot act on the ${leg} leg`) });
+    }
+    t.equal(await row(db, 'ROADDUSDT', 'hedge'), undefined, 'nothing applied');
   });
 
   await t.test('a reduce-only fill on a closed hedge row leaves it closed, kind fill', async (t) => {
