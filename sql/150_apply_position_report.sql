@@ -41,6 +41,8 @@ declare
   adopt boolean;
   leg_name text;
   at_price timestamptz;
+  -- reconciliation's reports (R-34) are audited under their own source
+  audit_source text := case when src = 'exchange_rest' then 'exchange_rest' else 'websocket' end;
 begin
   if jsonb_typeof(item) <> 'object' then perform bad_input('payload', 'each report must be a JSON object'); end if;
   select * into settings from position_manager_settings;
@@ -149,9 +151,9 @@ begin
                                 message_key, trace_id, reason)
     values (n.id, a, m, 'reset', leg, (st ->> 'size')::numeric, avg_new, coalesce(exch_ts, received), mkey, trace, 'report_created');
     update inbox set position_id = n.id where source = src and message_key = mkey;
-    perform record_position_change(null, n, 'websocket', 'created', mkey, trace, jsonb_build_object('report', item));
+    perform record_position_change(null, n, audit_source, 'created', mkey, trace, jsonb_build_object('report', item));
     return jsonb_build_object('outcome', 'applied', 'message_key', mkey, 'asset', a, 'mode', m,
-                              'position_id', n.id, 'version', n.version);
+                              'position_id', n.id, 'version', n.version, 'created', true);
   end if;
 
   -- R-11: an older report than the last accepted one for this leg changes nothing.
@@ -161,7 +163,7 @@ begin
            and exch_ts is not null and (p.exchange_state -> leg ->> 'exchange_ts') is not null
            and exch_ts < (p.exchange_state -> leg ->> 'exchange_ts')::timestamptz) then
       update inbox set outcome = 'stale', position_id = p.id where source = src and message_key = mkey;
-      perform record_position_note(p, 'websocket', 'report_stale', mkey, trace,
+      perform record_position_note(p, audit_source, 'report_stale', mkey, trace,
         jsonb_build_object('leg', leg, 'seq', seq, 'exchange_ts', exch_ts, 'last_accepted', p.exchange_state -> leg));
       raise log 'stale report for % % (%): ignored', a, m, leg;
       return jsonb_build_object('outcome', 'stale', 'message_key', mkey, 'asset', a, 'mode', m,
@@ -249,7 +251,7 @@ begin
   -- R-15: a size that disagrees is checked by validation after the grace period.
   diff := rel_diff(stored, reported);
   if diff > settings.size_validation_threshold then
-    perform record_position_note(n, 'websocket', 'size_discrepancy', mkey, trace,
+    perform record_position_note(n, audit_source, 'size_discrepancy', mkey, trace,
       jsonb_build_object('leg', leg, 'stored', stored, 'reported', reported, 'relative_difference', round(diff, 10)));
     raise warning 'size discrepancy on % % (%): stored %, exchange reports %', a, m, leg, stored, reported;
     perform schedule_validation(a, m);
@@ -269,7 +271,7 @@ begin
   end if;
   n := save_position(n, false);
   update inbox set position_id = n.id where source = src and message_key = mkey;
-  perform record_position_change(p, n, 'websocket', case when adopt and p.gross_size = 0 then 'reopened' else 'report' end,
+  perform record_position_change(p, n, audit_source, case when adopt and p.gross_size = 0 then 'reopened' else 'report' end,
                                  mkey, trace, details || jsonb_build_object('leg', leg));
   return jsonb_build_object('outcome', 'applied', 'message_key', mkey, 'asset', a, 'mode', m,
                             'position_id', n.id, 'version', n.version, 'changed', true)

@@ -41,12 +41,14 @@ t.test('R-21: a snapshot drops cached responses that embed last_snapshot_at', as
   t.equal(after.positions[0].last_snapshot_at, r.body.created_at, 'the new snapshot time, not the cached null');
 });
 
-t.test('§2 convention 2: GET /positions lists one-way positions unless mode says otherwise', async (t) => {
+t.test('§2 convention 2: GET /positions without mode lists both modes; mode narrows it', async (t) => {
   await fill('ETHUSDT', 'Buy', '2', '10');
   await fill('ETHUSDT', 'Sell', '3', '11', { mode: 'hedge' });
   const pick = (b: any) => b.positions.map((p: any) => `${p.asset}/${p.mode}`);
-  t.same(pick(await get('/api/v1/positions?asset=ETHUSDT')), ['ETHUSDT/one-way'], 'default one-way');
+  t.same(pick(await get('/api/v1/positions?asset=ETHUSDT')), ['ETHUSDT/hedge', 'ETHUSDT/one-way'], 'both modes');
   t.same(pick(await get('/api/v1/positions?asset=ETHUSDT&mode=HEDGE')), ['ETHUSDT/hedge']);
-  t.same(pick(await get('/api/v1/positions')), ['BTCUSDT/one-way', 'ETHUSDT/one-way']);
+  t.same(pick(await get('/api/v1/positions?asset=ETHUSDT&mode=one-way')), ['ETHUSDT/one-way']);
+  t.same(pick(await get('/api/v1/positions')), ['BTCUSDT/one-way', 'ETHUSDT/hedge', 'ETHUSDT/one-way']);
+  t.match(await get('/api/v1/positions/ETHUSDT'), { mode: 'one-way' }, 'a single lookup: the one-way row when both are open');
   t.match(await get('/api/v1/portfolio?asset=ETHUSDT'), { open_positions_count: 2 }, 'the portfolio still counts both modes (R-20)');
 });
