@@ -16,6 +16,7 @@
 // and, median of --snapshot-runs runs without a warm-up (each committed, as the scheduled job
 // does, so each run writes a snapshot and an event per position):
 //   select snapshot_all_positions()
+// and apply_mark_prices with a ticker answer for every open position (median of --runs),
 // printing the time per size and the growth factor per 10× positions (linear = 10). Every
 // statement runs under statement_timeout = --timeout seconds; a timeout prints "> timeout".
 import { writePositionsDirectly } from '../test/helpers/db.js';
@@ -30,6 +31,10 @@ const FPP = Number(opt['fills-per-position']);
 const RUNS = Number(opt.runs);
 const SNAP_RUNS = Number(opt['snapshot-runs']);
 
+const MARK_ALL = `select apply_mark_prices(jsonb_build_object('retCode', 0, 'time', (extract(epoch from clock_timestamp()) * 1000)::bigint,
+  'result', jsonb_build_object('list', (select jsonb_agg(jsonb_build_object('symbol', asset,
+    'markPrice', round(current_price * (1 + (random() - 0.5) / 100), 4)::text)) from positions where gross_size > 0))))`;
+
 const QUERIES: { name: string; sql: string; runs: () => number; warmUp?: false }[] = [
   { name: 'portfolio_metrics()', sql: 'select portfolio_metrics()', runs: () => RUNS },
   // the same totals without the per-asset JSON (how much of portfolio_metrics() is aggregation)
@@ -37,6 +42,9 @@ const QUERIES: { name: string; sql: string; runs: () => number; warmUp?: false }
   { name: 'count(*) from positions_view', sql: 'select count(*) from positions_view', runs: () => RUNS },
   { name: "validate_position(asset, 'one-way', false)", sql: "select validate_position('P1USDT', 'one-way', false)", runs: () => RUNS },
   { name: 'snapshot_all_positions()', sql: 'select snapshot_all_positions()', runs: () => SNAP_RUNS, warmUp: false },
+  // R-31: one ticker answer naming every open position's symbol with a moved price (each run a
+  // newer time and other prices, so every open position gets a version and an event)
+  { name: 'apply_mark_prices(answer for all)', sql: MARK_ALL, runs: () => RUNS },
 ];
 
 async function populate(pool: import('pg').Pool, n: number): Promise<{ insertSeconds: number; fillsSeconds: number }> {

@@ -31,10 +31,12 @@ begin
   if leg_dir = -1 then size := -size; end if;
 end $$;
 
--- trace_id: the job run's or request's (SPEC §6.2), carried into the ledger, audit rows and events.
+-- trace_id: the job run's or request's (SPEC §6.2), carried into the ledger, audit rows and events;
+-- client: the name of the API key that asked for it (R-33), kept in the audit row of a fix.
 drop function if exists validate_position(text, text, boolean);
+drop function if exists validate_position(text, text, boolean, text);
 create or replace function validate_position(asset text, mode text default null, fix boolean default true,
-                                             trace_id text default null)
+                                             trace_id text default null, client text default null)
   returns jsonb
   language plpgsql
   as $$
@@ -145,7 +147,8 @@ begin
     end if;
     n := save_position(n, false);
     perform record_position_change(p, n, 'validation', 'validation_fix', null, trace,
-                                   jsonb_build_object('discrepancies', discrepancies));
+                                   jsonb_build_object('discrepancies', discrepancies)
+                                   || case when client is not null then jsonb_build_object('client', client) else '{}' end);
   end if;
   if jsonb_array_length(discrepancies) > 0 then
     raise warning 'validation of % %: %', a, m, discrepancies;

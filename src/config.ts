@@ -5,6 +5,13 @@ import { z } from 'zod';
 export const ROLES = ['api', 'consumer', 'relay', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
 
+/** A client's key (SPEC.md R-33): `read` may GET, `write` may do everything. */
+export interface ApiKey {
+  name: string;
+  key: string;
+  scope: 'read' | 'write';
+}
+
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
 // SPEC §8 bounds thresholds and the exposure limit only below (≥ 0); PostgreSQL's numeric
 // takes any size, so the text goes to the settings table as it is.
@@ -140,6 +147,10 @@ const schema = z.object({
   POSITION_MANAGER_PRICE_API_RETRIES: int(0, 10, 3),
   BYBIT_API_KEY: optionalText,
   BYBIT_API_SECRET: optionalText,
+  POSITION_MANAGER_API_KEYS: optionalText,
+  POSITION_MANAGER_RATE_LIMIT_ENABLED: bool(true),
+  POSITION_MANAGER_RATE_LIMIT_DEFAULT: int(1, 1_000_000, 6000),
+  POSITION_MANAGER_RATE_LIMIT_OVERRIDES: optionalText,
   POSITION_MANAGER_RECONCILE_INTERVAL: int(0, 86_400, 300).refine((n) => n === 0 || n >= 10, {
     message: 'must be 0 (off) or a whole number between 10 and 86400',
   }),
@@ -150,6 +161,10 @@ type Env = z.infer<typeof schema>;
 export interface Config {
   port: number;
   apiKey: string | undefined;
+  /** Every configured key: POSITION_MANAGER_API_KEY as `default` (write), then POSITION_MANAGER_API_KEYS. */
+  apiKeys: ApiKey[];
+  /** Requests per minute per key name (R-33); undefined when limits are off. */
+  rateLimit: { perMinute: number; overrides: Record<string, number> } | undefined;
   logLevel: string;
   serviceName: string;
   /** Undefined means: run the embedded PostgreSQL in dataDir. */
@@ -233,6 +248,46 @@ export function redactCredentials(text: string): string {
   return text.replace(USERINFO, '$1$2:***@');
 }
 
+const KEY_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+// `name:key:scope,...` beside the single key (named `default`, scope write). A bad entry stops the
+// process naming the variable and the entry by its place and name, never by its key.
+function apiKeys(env: Env): ApiKey[] {
+  const keys: ApiKey[] = env.POSITION_MANAGER_API_KEY ? [{ name: 'default', key: env.POSITION_MANAGER_API_KEY, scope: 'write' }] : [];
+  const bad = (what: string) => {
+    throw new ConfigError(`POSITION_MANAGER_API_KEYS ${what}; expected name:key:scope,... (scope read or write, keys of 16 characters or more), got "***"`);
+  };
+  const entries = (env.POSITION_MANAGER_API_KEYS ?? '').split(',').map((e) => e.trim()).filter(Boolean);
+  entries.forEach((entry, i) => {
+    const parts = entry.split(':');
+    if (parts.length !== 3) bad(`entry ${i + 1} does not have three parts`);
+    const [name, key, scope] = parts.map((x) => x.trim()) as [string, string, string];
+    if (!KEY_NAME.test(name)) bad(`entry ${i + 1} has a name that is not 1-64 letters, digits, '_', '.' or '-'`);
+    if (key.length < 16) bad(`key "${name}" is shorter than 16 characters`);
+    if (scope !== 'read' && scope !== 'write') bad(`key "${name}" has scope "${scope.slice(0, 20)}"`);
+    if (keys.some((k) => k.name === name)) bad(`names "${name}" twice${name === 'default' ? ' (POSITION_MANAGER_API_KEY is "default")' : ''}`);
+    if (keys.some((k) => k.key === key)) bad(`gives key "${name}" the same key as "${keys.find((k) => k.key === key)!.name}"`);
+    keys.push({ name, key, scope: scope as ApiKey['scope'] });
+  });
+  return keys;
+}
+
+// `name:limit,...`, each name one of the keys'.
+function rateOverrides(env: Env, keys: ApiKey[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const entry of (env.POSITION_MANAGER_RATE_LIMIT_OVERRIDES ?? '').split(',').map((e) => e.trim()).filter(Boolean)) {
+    const [name = '', limit = '', ...rest] = entry.split(':').map((x) => x.trim());
+    const fail = (what: string) => {
+      throw new ConfigError(`POSITION_MANAGER_RATE_LIMIT_OVERRIDES ${what}; expected name:limit,... (limit 1-1000000 per minute), got ${JSON.stringify(env.POSITION_MANAGER_RATE_LIMIT_OVERRIDES)}`);
+    };
+    if (rest.length || !/^\d+$/.test(limit) || Number(limit) < 1 || Number(limit) > 1_000_000) fail(`entry "${entry.slice(0, 80)}" is not name:limit`);
+    if (!keys.some((k) => k.name === name)) fail(`names "${name}", which is not a configured key`);
+    if (name in out) fail(`names "${name}" twice`);
+    out[name] = Number(limit);
+  }
+  return out;
+}
+
 function databaseUrl(env: Env): string | undefined {
   if (env.DATABASE_URL) return env.DATABASE_URL;
   if (!env.POSTGRES_HOST) return undefined;
@@ -272,14 +327,19 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
     throw new ConfigError(`${missing} is required with ${missing === 'BYBIT_API_KEY' ? 'BYBIT_API_SECRET' : 'BYBIT_API_KEY'} (reconciliation needs both), got (unset)`);
   }
   const dbUrl = databaseUrl(env);
-  if (env.POSITION_MANAGER_ROLES.includes('api') && dbUrl !== undefined && !env.POSITION_MANAGER_API_KEY) {
+  const keys = apiKeys(env);
+  if (env.POSITION_MANAGER_ROLES.includes('api') && dbUrl !== undefined && keys.length === 0) {
     throw new ConfigError(
-      'POSITION_MANAGER_API_KEY is required with the api role when a database is configured, got (unset)',
+      'POSITION_MANAGER_API_KEY is required with the api role when a database is configured (or POSITION_MANAGER_API_KEYS), got (unset)',
     );
   }
   return Object.freeze({
     port: env.POSITION_MANAGER_PORT,
     apiKey: env.POSITION_MANAGER_API_KEY,
+    apiKeys: keys,
+    rateLimit: env.POSITION_MANAGER_RATE_LIMIT_ENABLED
+      ? { perMinute: env.POSITION_MANAGER_RATE_LIMIT_DEFAULT, overrides: rateOverrides(env, keys) }
+      : undefined,
     logLevel: env.POSITION_MANAGER_LOG_LEVEL,
     serviceName: env.POSITION_MANAGER_SERVICE_NAME,
     databaseUrl: dbUrl,

@@ -61,17 +61,17 @@ async function main(): Promise<void> {
   let http: HttpApp;
   try {
     let databaseUrl = config.databaseUrl;
-    let apiKey = config.apiKey;
+    let apiKeys = config.apiKeys;
     if (databaseUrl === undefined) {
       embedded = await startEmbedded(config.dataDir, log);
       databaseUrl = embedded.url;
-      if (apiKey === undefined && has('api')) {
+      if (apiKeys.length === 0 && has('api')) {
         const key = persistentSecret(config.dataDir, 'api-key');
-        apiKey = key.value;
+        apiKeys = [{ name: 'default', key: key.value, scope: 'write' }];
         log.info({ api_key_file: key.path }, 'generated API key stored in the data folder');
       }
     }
-    if (apiKey !== undefined && apiKey.length < 16) log.warn('POSITION_MANAGER_API_KEY is shorter than 16 characters');
+    if (config.apiKey !== undefined && config.apiKey.length < 16) log.warn('POSITION_MANAGER_API_KEY is shorter than 16 characters');
 
     await migrate(databaseUrl, (m) => log.info(m));
     pool = createPool(databaseUrl, config.dbPoolSize, config.serviceName);
@@ -86,7 +86,7 @@ async function main(): Promise<void> {
       log,
       pool,
       databaseUrl,
-      apiKey,
+      apiKeys,
       broker: { enabled: messaging, connected: false, detachedConsumers: new Set() },
       checks: initialChecks(),
     };

@@ -54,6 +54,9 @@ export const metrics = {
       registers: [registry],
     }),
   ),
+  httpRequests: m(
+    new client.Counter({ name: `${PREFIX}http_requests_total`, help: 'HTTP requests by the API key name that made them (R-33)', labelNames: ['method', 'route', 'status', 'client'], registers: [registry] }),
+  ),
   cacheEntries: m(new client.Gauge({ name: `${PREFIX}metrics_cache_entries`, help: 'Portfolio metrics cache entries', registers: [registry] })),
   cacheRequests: m(new client.Counter({ name: `${PREFIX}metrics_cache_requests_total`, help: 'Portfolio metrics cache lookups', labelNames: ['result'], registers: [registry] })),
   validationDiscrepancies: m(new client.Counter({ name: `${PREFIX}validation_discrepancies_total`, help: 'Discrepancies found by validation', labelNames: ['field'], registers: [registry] })),

@@ -1,7 +1,7 @@
 // What every role of one process shares: configuration, logger, pool, and the live state
 // that /health and /metrics report.
 import type pg from 'pg';
-import type { Config } from './config.js';
+import type { ApiKey, Config } from './config.js';
 import type { Logger } from './log.js';
 
 export interface BrokerState {
@@ -44,8 +44,8 @@ export interface Runtime {
   log: Logger;
   pool: pg.Pool;
   databaseUrl: string;
-  /** The API key in force (configured, or generated in embedded mode). */
-  apiKey: string | undefined;
+  /** The API keys in force (configured, or one generated in embedded mode). */
+  apiKeys: ApiKey[];
   broker: BrokerState;
   checks: Checks;
 }

@@ -9,12 +9,14 @@ import { createMonitor } from '../db/monitor.js';
 import { BROKER_UP, metrics, readFiguresAtScrape, registry } from '../metrics.js';
 import { OPENAPI_PATH } from '../paths.js';
 import type { Component, Runtime } from '../runtime.js';
-import { requireApiKey } from './auth.js';
+import { authenticate } from './auth.js';
 import { MetricsCache } from './cache.js';
 import { contractChecks } from './contract.js';
+import { docsRoutes } from './docs.js';
 import { healthHandler, probeDependencies } from './health.js';
 import { errorMapper, notFound } from './problem.js';
-import { apiRoutes } from './routes.js';
+import { failedAuthLimiter, keyLimiter } from './rate-limits.js';
+import { apiRoutes, responseCompression } from './routes.js';
 
 const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -39,17 +41,12 @@ function traceAndTiming(rt: Runtime): RequestHandler {
       const route = routeLabel(req);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.httpDuration.observe({ method: req.method, route, status: String(res.statusCode) }, seconds);
+      metrics.httpRequests.inc({ method: req.method, route, status: String(res.statusCode), client: (res.locals.client as string) ?? 'anonymous' });
       (res.locals.log as Runtime['log']).debug({ method: req.method, route, status: res.statusCode, ms: seconds * 1000 }, 'request');
     });
     next();
   };
 }
-
-const DOCS_HTML = `<!doctype html><html><head><meta charset="utf-8"><title>Position Manager API</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head><body>
-<redoc spec-url="/openapi.yaml"></redoc>
-<noscript>The contract is at <a href="/openapi.yaml">/openapi.yaml</a>.</noscript>
-<script src="https://cdn.redoc.ly/redoc/v2.1.5/bundles/redoc.standalone.js"></script></body></html>`;
 
 export interface HttpApp {
   app: express.Express;
@@ -65,6 +62,7 @@ export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
   Object.defineProperty(app.request, 'fresh', { configurable: true, get: () => false });
   app.set('query parser', 'simple');
   app.use(traceAndTiming(rt));
+  app.use(responseCompression());
   const dependencies = probeDependencies(rt);
   const components: Component[] = [{ name: 'dependency probe', stop: async () => dependencies.stop() }];
 
@@ -84,7 +82,7 @@ export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
   if (options.api) {
     const spec = readFileSync(OPENAPI_PATH, 'utf8');
     app.get('/openapi.yaml', (_req, res) => void res.type('application/yaml').send(spec));
-    app.get('/docs', (_req, res) => void res.type('html').send(DOCS_HTML));
+    app.use(docsRoutes());
     let listener: Listener | undefined;
     if (rt.config.metricsCacheTtlSeconds > 0) {
       listener = listen(rt.databaseUrl, ['position_manager_changes'], rt.log);
@@ -97,7 +95,9 @@ export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
       res.setHeader('Cache-Control', 'no-store');
       next();
     });
-    app.use('/api/v1', requireApiKey(rt.apiKey ?? '', rt.log));
+    const limits = rt.config.rateLimit;
+    app.use('/api/v1', authenticate(rt.apiKeys, rt.log, limits ? failedAuthLimiter(rt.log) : undefined));
+    if (limits) app.use('/api/v1', keyLimiter(limits, rt.log));
     app.use(contractChecks(validateResponses));
     app.use('/api/v1', apiRoutes(rt.pool, cache, validateResponses));
   }

@@ -5,7 +5,7 @@
 // on a seeded database. Asserted: no 500 at all; every error response is a problem document
 // (application/problem+json with type, title, status, code, trace_id); every request to /api/v1
 // without a valid key gets 401; nothing but the open paths answers 2xx without a valid key.
-// Plus a unit test of keyMatches (constant-time key comparison cannot be timed reliably here).
+// Plus a unit test of matchKey (constant-time key comparison cannot be timed reliably here).
 //
 // Sizes: RELIABILITY_HTTP_REQUESTS (default 2000), RELIABILITY_SEED.
 import { createHash } from 'node:crypto';
@@ -14,34 +14,38 @@ import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import t from 'tap';
 import { parse } from 'yaml';
-import { keyMatches } from '../../src/api/auth.js';
+import { matchKey } from '../../src/api/auth.js';
 import { ROOT } from '../../src/paths.js';
 import { freshDatabase } from '../helpers/db.js';
 import { TEST_API_KEY, startService } from '../helpers/service.js';
 import { between, envInt, rng, seedFromEnv } from './lib.js';
 
 const REQUESTS = envInt('RELIABILITY_HTTP_REQUESTS', 2000);
+const READ_KEY = 'fuzz-read-only-key-0123456789';
 const CONCURRENCY = 16;
 const seed = seedFromEnv();
 
-t.test('keyMatches: only the exact key matches', async (t) => {
+t.test('matchKey: only the exact key matches, among several', async (t) => {
   const key = TEST_API_KEY;
-  const expected = createHash('sha256').update(key, 'utf8').digest();
-  t.equal(keyMatches(expected, key), true, 'the right key');
+  const entry = (k: string, name: string, scope: 'read' | 'write') =>
+    ({ digest: createHash('sha256').update(k, 'utf8').digest(), key: { name, key: k, scope } });
+  const known = [entry(key, 'default', 'write'), entry(READ_KEY, 'ui', 'read')];
+  const name = (given: string | undefined) => matchKey(known, given)?.name;
+  t.equal(name(key), 'default', 'the right key');
+  t.equal(name(READ_KEY), 'ui', 'the other key, with its own name');
   const sameLength = key.slice(0, -1) + (key.endsWith('f') ? 'e' : 'f');
   t.equal(sameLength.length, key.length);
-  t.equal(keyMatches(expected, sameLength), false, 'same length, last character wrong');
-  t.equal(keyMatches(expected, 'X' + key.slice(1)), false, 'same length, first character wrong');
-  t.equal(keyMatches(expected, key.toUpperCase()), false, 'different case');
-  t.equal(keyMatches(expected, key.slice(0, -1)), false, 'a prefix');
-  t.equal(keyMatches(expected, key.slice(0, 1)), false, 'one character');
-  t.equal(keyMatches(expected, key + 'x'), false, 'longer');
-  t.equal(keyMatches(expected, key + key), false, 'twice');
-  t.equal(keyMatches(expected, ` ${key}`), false, 'leading space');
-  t.equal(keyMatches(expected, ''), false, 'empty');
-  t.equal(keyMatches(expected, undefined), false, 'absent');
-  const emptyExpected = createHash('sha256').update('', 'utf8').digest();
-  t.equal(keyMatches(emptyExpected, undefined), false, 'an absent header never matches, not even an empty key');
+  t.equal(name(sameLength), undefined, 'same length, last character wrong');
+  t.equal(name('X' + key.slice(1)), undefined, 'same length, first character wrong');
+  t.equal(name(key.toUpperCase()), undefined, 'different case');
+  t.equal(name(key.slice(0, -1)), undefined, 'a prefix');
+  t.equal(name(key.slice(0, 1)), undefined, 'one character');
+  t.equal(name(key + 'x'), undefined, 'longer');
+  t.equal(name(key + key), undefined, 'twice');
+  t.equal(name(` ${key}`), undefined, 'leading space');
+  t.equal(name(''), undefined, 'empty');
+  t.equal(name(undefined), undefined, 'absent');
+  t.equal(matchKey([entry('', 'empty', 'write')], undefined), undefined, 'an absent header never matches, not even an empty key');
 });
 
 // ---------------------------------------------------------------- the fuzzed service
@@ -109,7 +113,7 @@ interface Req {
   path: string;
   headers: Record<string, string | string[]>;
   body?: string;
-  keyState: 'valid' | 'missing' | 'wrong';
+  keyState: 'valid' | 'missing' | 'wrong' | 'read';
   kind: string;
 }
 
@@ -232,7 +236,8 @@ t.test(`${REQUESTS} fuzzed requests: no 500, problem bodies, 401 without a valid
   ];
   for (const f of fills) await db.query('select apply_order_fill($1::jsonb)', [JSON.stringify(f)]);
   await db.query("select snapshot_all_positions('scheduled')").catch(() => undefined);
-  const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api' } });
+  // rate limits on, as in production: past 30 failed authentications a minute an address gets 429
+  const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api', POSITION_MANAGER_API_KEYS: `ui:${READ_KEY}:read` } });
   t.equal((await svc.request('GET', '/api/v1/positions/BTCUSDT')).status, 200, 'seeded');
 
   const ops = operations();
@@ -240,8 +245,8 @@ t.test(`${REQUESTS} fuzzed requests: no 500, problem bodies, 401 without a valid
   const reqs = Array.from({ length: REQUESTS }, () => generate(r, ops));
   // Every operation at least once with each key state.
   for (const op of ops)
-    for (const keyState of ['valid', 'missing', 'wrong'] as const)
-      reqs.push({ method: op.method, path: op.path.replace('{asset}', 'BTCUSDT'), headers: keyState === 'valid' ? { 'x-api-key': TEST_API_KEY } : keyState === 'wrong' ? { 'x-api-key': 'wrong-key-0123456789abcdef00' } : {}, keyState, kind: 'baseline' });
+    for (const keyState of ['valid', 'missing', 'wrong', 'read'] as const)
+      reqs.push({ method: op.method, path: op.path.replace('{asset}', 'BTCUSDT'), headers: keyState === 'valid' ? { 'x-api-key': TEST_API_KEY } : keyState === 'wrong' ? { 'x-api-key': 'wrong-key-0123456789abcdef00' } : keyState === 'read' ? { 'x-api-key': READ_KEY } : {}, keyState, kind: 'baseline' });
 
   const statuses = new Map<number, number>();
   const kinds = new Map<string, number>();
@@ -263,8 +268,11 @@ t.test(`${REQUESTS} fuzzed requests: no 500, problem bodies, 401 without a valid
       if (res.status >= 500) failures.push(`${where}: ${res.text.slice(0, 300)}`);
       const rawPath = req.path.split('?')[0]!;
       const toApi = /^\/api\/v1(\/|$)/.test(rawPath);
-      if (toApi && req.keyState !== 'valid' && res.status !== 401) failures.push(`${where}: expected 401 without a valid key`);
-      if (req.keyState !== 'valid' && res.status < 300 && !OPEN.test(req.path)) failures.push(`${where}: success without a valid key`);
+      const noKey = req.keyState === 'missing' || req.keyState === 'wrong';
+      if (toApi && noKey && res.status !== 401 && res.status !== 429) failures.push(`${where}: expected 401 (or 429 past the failure limit) without a valid key`);
+      if (noKey && res.status < 300 && !OPEN.test(req.path)) failures.push(`${where}: success without a valid key`);
+      if (toApi && req.keyState === 'read' && (req.method === 'POST') !== (res.status === 403))
+        failures.push(`${where}: a read key gets 403 exactly for POST`);
       if (res.status >= 400 && req.method !== 'HEAD') {
         const ct = String(res.headers['content-type'] ?? '');
         let body: any;
@@ -280,6 +288,8 @@ t.test(`${REQUESTS} fuzzed requests: no 500, problem bodies, 401 without a valid
           if (body.status !== res.status) failures.push(`${where}: problem status ${body.status}`);
           if (body.trace_id !== res.headers['x-trace-id']) failures.push(`${where}: trace_id differs from X-Trace-Id`);
           if (res.status === 401 && body.code !== 'unauthorized') failures.push(`${where}: 401 with code ${body.code}`);
+          if (res.status === 429 && (body.code !== 'rate_limited' || !res.headers['retry-after'])) failures.push(`${where}: 429 without rate_limited and Retry-After`);
+          if (res.status === 403 && body.code !== 'forbidden') failures.push(`${where}: 403 with code ${body.code}`);
           if (/\bat [\w.<>]+ \(|node_modules|\.ts:\d+|\bselect\b.*\bfrom\b|syntax error/i.test(res.text)) failures.push(`${where}: stack trace or SQL in the error: ${res.text.slice(0, 300)}`);
         }
       }
@@ -298,7 +308,7 @@ t.test(`${REQUESTS} fuzzed requests: no 500, problem bodies, 401 without a valid
   const health = await svc.request('GET', '/health', { key: null });
   t.equal(health.status, 200, 'the service is healthy after the fuzz');
   t.equal(svc.child.exitCode, null, 'the service process is still running');
-  t.notOk(svc.logs.some((l) => JSON.stringify(l).includes(TEST_API_KEY)), 'the API key never appears in the logs');
+  t.notOk(svc.logs.some((l) => JSON.stringify(l).includes(TEST_API_KEY) || JSON.stringify(l).includes(READ_KEY)), 'no API key ever appears in the logs');
 });
 
 // Requests that Node's HTTP parser rejects before the application sees them: a raw non-ASCII
