@@ -123,7 +123,9 @@ create or replace function save_position(n positions, is_new boolean) returns po
 declare
   r positions;
 begin
-  perform own_positions_write(true);
+  -- own_positions_write(true), written out: every fill passes here, and from PL/pgSQL a call of
+  -- the SQL function is planned anew each time
+  perform set_config('position_manager.writer', 'on', true);
   if is_new then
     insert into positions (id, asset, mode, size, long_size, short_size, long_avg_price, short_avg_price,
       long_unrealized_pnl, short_unrealized_pnl, long_realized_pnl, short_realized_pnl,
@@ -149,7 +151,7 @@ begin
     where id = n.id
     returning * into r;
   end if;
-  perform own_positions_write(false);
+  perform set_config('position_manager.writer', '', true);
   return r;
 end $$;
 

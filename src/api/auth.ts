@@ -39,9 +39,10 @@ export function authenticate(keys: ApiKey[], log: Logger, limitFailures?: Reques
       return limitFailures ? void limitFailures(req, res, refuse) : refuse();
     }
     res.locals.client = key.name;
-    res.locals.log = rlog.child({ client: key.name });
+    // the request's own child logger (app.ts) gains the name: no second child per request
+    if (res.locals.log) rlog.setBindings({ client: key.name });
     if (key.scope === 'read' && !READ_METHODS.has(req.method)) {
-      (res.locals.log as Logger).warn({ method: req.method, path: req.path }, 'forbidden: the key may only read');
+      rlog.warn({ method: req.method, path: req.path }, 'forbidden: the key may only read');
       return sendProblem(res, 403, 'forbidden', `the key "${key.name}" has scope read: ${req.method} needs scope write`);
     }
     next();
