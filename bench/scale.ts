@@ -33,7 +33,7 @@ const SNAP_RUNS = Number(opt['snapshot-runs']);
 
 const MARK_ALL = `select apply_mark_prices(jsonb_build_object('retCode', 0, 'time', (extract(epoch from clock_timestamp()) * 1000)::bigint,
   'result', jsonb_build_object('list', (select jsonb_agg(jsonb_build_object('symbol', asset,
-    'markPrice', round(current_price * (1 + (random() - 0.5) / 100), 4)::text)) from positions where gross_size > 0))))`;
+    'markPrice', round(current_price * (1 + (random()::numeric - 0.5) / 100), 4)::text)) from positions where gross_size > 0))))`;
 
 const QUERIES: { name: string; sql: string; runs: () => number; warmUp?: false }[] = [
   { name: 'portfolio_metrics()', sql: 'select portfolio_metrics()', runs: () => RUNS },
