@@ -141,3 +141,17 @@ export async function writePositionsDirectly<R extends pg.QueryResultRow = any>(
     c.release();
   }
 }
+
+/** The stored (asset, mode) row, or undefined. */
+export async function positionRow(db: TestDb, asset: string, mode = 'one-way'): Promise<any> {
+  return (await db.query('select * from positions where asset = $1 and mode = $2', [asset, mode])).rows[0];
+}
+
+/** Canonical decimal text (trailing zeros removed), so values compare exactly, never as floats. */
+export const canonical = (s: string | null): string | null =>
+  s === null ? null : s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s;
+
+/** How many graphile-worker jobs have this key (e.g. a scheduled validate:<asset>:<mode>). */
+export async function jobsWithKey(db: TestDb, key: string): Promise<number> {
+  return Number((await db.query('select count(*) from graphile_worker.jobs where key = $1', [key])).rows[0].count);
+}

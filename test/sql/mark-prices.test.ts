@@ -2,19 +2,18 @@
 // PostgreSQL, with worked numbers: one ticker answer moves every open position it names, both
 // hedge legs, newer prices only, no audit row, one position_updated per new version.
 import t from 'tap';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { canonical, freshDatabase, positionRow, type TestDb } from '../helpers/db.js';
 
 let seq = 0;
 const fill = (f: Record<string, unknown>) => ({ execution_id: `mp-${++seq}`, ...f });
 const apply = (db: TestDb, f: Record<string, unknown>) => db.query('select apply_order_fill($1::jsonb)', [JSON.stringify(fill(f))]);
 const report = (db: TestDb, r: Record<string, unknown>) =>
   db.query('select ingest_position_report($1::jsonb) as r', [JSON.stringify({ event_type: 'position', event_id: `ev-${++seq}`, payload: r })]);
-const row = async (db: TestDb, asset: string, mode = 'one-way') =>
-  (await db.query('select * from positions where asset = $1 and mode = $2', [asset, mode])).rows[0];
+const row = positionRow;
 /** An hour ago in whole seconds: prices must not be from the future (R-31 rejects > 5 min ahead). */
 const base = () => Math.floor(Date.now() / 1000) * 1000 - 3_600_000;
 const iso = (ms: number) => new Date(ms).toISOString();
-const dec = (s: string | null) => (s === null ? null : s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s);
+const dec = canonical;
 
 /** A Bybit V5 /v5/market/tickers answer; `list` entries as Bybit sends them (strings). */
 function tickers(time: number, list: Record<string, unknown>[]) {

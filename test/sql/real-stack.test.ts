@@ -3,7 +3,7 @@
 // one shape per order (R-6.4), computed order averages (§6.1), epoch seconds (convention 5),
 // mode defaults (convention 2) and error messages without empty values (R-17).
 import t from 'tap';
-import { freshDatabase, writePositionsDirectly, type TestDb } from '../helpers/db.js';
+import { canonical, freshDatabase, jobsWithKey, positionRow, writePositionsDirectly, type TestDb } from '../helpers/db.js';
 
 let seq = 0;
 const ingestFill = async (db: TestDb, f: Record<string, unknown>) =>
@@ -12,11 +12,9 @@ const report = async (db: TestDb, payload: Record<string, unknown>) =>
   (await db.query('select ingest_position_report($1::jsonb) as r', [
     JSON.stringify({ event_type: 'position', event_id: `rs-${++seq}`, payload }),
   ])).rows[0].r;
-const row = async (db: TestDb, asset: string, mode = 'one-way') =>
-  (await db.query('select * from positions where asset = $1 and mode = $2', [asset, mode])).rows[0];
-const dec = (s: string | null) => (s === null ? null : s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s);
-const jobs = async (db: TestDb, key: string) =>
-  Number((await db.query('select count(*) from graphile_worker.jobs where key = $1', [key])).rows[0].count);
+const row = positionRow;
+const dec = canonical;
+const jobs = jobsWithKey;
 
 t.test('R-12 per leg: the Gateway sends the two legs of one hedge update as two messages; both are right at once', async (t) => {
   const db = await freshDatabase(t);

@@ -3,7 +3,7 @@
 // finds. The scenarios of the issue: a fill lost on the way, a position never seen here, one
 // open here and flat or absent there; and a re-read of an unchanged account changes nothing.
 import t from 'tap';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { canonical, freshDatabase, jobsWithKey, positionRow, type TestDb } from '../helpers/db.js';
 
 let seq = 0;
 const fill = (db: TestDb, f: Record<string, unknown>) =>
@@ -14,11 +14,9 @@ const reconcile = async (db: TestDb, pages: unknown[]) =>
   (await db.query('select reconcile_positions($1::jsonb, $2) as r', [JSON.stringify(pages), 'rc-trace'])).rows[0].r;
 const validate = async (db: TestDb, asset: string, mode = 'one-way') =>
   (await db.query('select validate_position($1, $2, true, $3) as v', [asset, mode, 'rc-validation'])).rows[0].v;
-const row = async (db: TestDb, asset: string, mode = 'one-way') =>
-  (await db.query('select * from positions where asset = $1 and mode = $2', [asset, mode])).rows[0];
-const dec = (s: string | null) => (s === null ? null : s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s);
-const jobs = async (db: TestDb, key: string) =>
-  Number((await db.query('select count(*) from graphile_worker.jobs where key = $1', [key])).rows[0].count);
+const row = positionRow;
+const dec = canonical;
+const jobs = jobsWithKey;
 
 t.test('a fill lost on the way: reconciliation finds it, validation brings the position to the exchange\'s size', async (t) => {
   const db = await freshDatabase(t);
