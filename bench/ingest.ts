@@ -15,7 +15,7 @@
 // Baseline, same run, separate fresh database: `select apply_order_fill($1::jsonb)` per fill from
 // --concurrency pg clients (--single: also from one client), over the first --direct-n fills of
 // the same stream (a rate needs no more, and it keeps `npm run bench` under 10 minutes). For reference also
-// the service's own batched path (`select ingest_messages($1::jsonb)`, 200 messages per call,
+// the service's own batched path (`select ingest_messages(kind, metas, bodies)`, 200 messages per call,
 // one client, as the consumer calls it) without the broker.
 //
 // Then latency below saturation: fills at a steady rate (--paced-rate, default half the
@@ -90,10 +90,8 @@ async function directBatched(t: Teardown, stream: FillStream, batch = 200): Prom
   const started = now();
   for (let i = 0; i < stream.fills.length; i += batch) {
     const part = stream.fills.slice(i, i + batch);
-    const text = `[${part
-      .map((f) => `{"kind":"fill","meta":${JSON.stringify({ source: FILLS_QUEUE, received_at: new Date().toISOString(), trace_id: f.trace_id })},"body":${JSON.stringify(f)}}`)
-      .join(',')}]`;
-    await c.query('select ingest_messages($1::jsonb)', [text]);
+    const metas = part.map((f) => JSON.stringify({ source: FILLS_QUEUE, received_at: new Date().toISOString(), trace_id: f.trace_id }));
+    await c.query('select ingest_messages($1, $2::jsonb[], $3::jsonb[])', ['fill', metas, part.map((f) => JSON.stringify(f))]);
   }
   const seconds = (now() - started) / 1000;
   c.release();

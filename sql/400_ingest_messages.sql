@@ -2,25 +2,30 @@
 -- block nor lose the others). Each message runs in its own subtransaction: a data error
 -- (class 22 or 23) rolls back that message only and is returned as its outcome, for the
 -- consumer to dead-letter; any other error aborts the batch, which the consumer retries.
---   messages: [{"kind": "fill"|"report", "meta": {source, message_key, received_at, trace_id}, "body": <as received>}, ...]
---   returns:  one element per message: the ingest outcome, or {"outcome": "error", ...}
-create or replace function ingest_messages(messages jsonb) returns jsonb
+--   kind:   'fill' or 'report' (a batch comes from one queue)
+--   metas:  per message {source, message_key, body_key, received_at, trace_id}
+--   bodies: per message, the body as received
+--   returns one element per message: the ingest outcome, or {"outcome": "error", ...}
+create or replace function ingest_messages(kind text, metas jsonb[], bodies jsonb[]) returns jsonb
   language plpgsql
   as $$
 declare
-  msg jsonb;
+  i integer;
   body jsonb;
   res jsonb := '[]';
   one jsonb;
   err_state text; err_msg text; err_col text;
 begin
-  for msg in select value from jsonb_array_elements(messages) loop
+  if coalesce(cardinality(metas), 0) <> coalesce(cardinality(bodies), 0) then
+    perform bad_input('metas', 'must have one element per body');
+  end if;
+  for i in 1 .. coalesce(cardinality(bodies), 0) loop
     begin
-      body := msg -> 'body';
-      if jsonb_typeof(body) = 'object' and jsonb_typeof(msg -> 'meta') = 'object' then
-        body := body || jsonb_build_object('_meta', msg -> 'meta');
+      body := bodies[i];
+      if jsonb_typeof(body) = 'object' and jsonb_typeof(metas[i]) = 'object' then
+        body := body || jsonb_build_object('_meta', metas[i]);
       end if;
-      one := case msg ->> 'kind'
+      one := case ingest_messages.kind
                when 'fill' then ingest_order_fill(body)
                when 'report' then jsonb_build_object('reports', ingest_position_report(body))
              end;

@@ -231,8 +231,11 @@ export class QueueConsumer {
     for (;;) {
       const started = process.hrtime.bigint();
       try {
-        const text = `[${batch.map((d) => `{"kind":"${this.o.kind}","meta":${JSON.stringify(d.meta)},"body":${d.raw}}`).join(',')}]`;
-        const res = await this.o.pool.query<{ r: Outcome[] }>('select ingest_messages($1::jsonb) as r', [text]);
+        const res = await this.o.pool.query<{ r: Outcome[] }>('select ingest_messages($1, $2::jsonb[], $3::jsonb[]) as r', [
+          this.o.kind,
+          batch.map((d) => JSON.stringify(d.meta)),
+          batch.map((d) => d.raw),
+        ]);
         metrics.messageApplyDuration.observe({ queue: this.o.queue }, Number(process.hrtime.bigint() - started) / 1e9);
         await Promise.all(res.rows[0]!.r.map((outcome, i) => this.settle(batch[i]!, outcome)));
         return;
