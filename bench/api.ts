@@ -29,8 +29,20 @@ import { writePositionsDirectly } from '../test/helpers/db.js';
 import { freePort, startService, type RunningService } from '../test/helpers/service.js';
 import { waitFor } from '../test/helpers/wait.js';
 import {
-  args, assetName, benchDatabase, httpLoad, int, median, ms, now, ratio, runBench, summary, table,
-  type LoadResult, type Teardown,
+  args,
+  assetName,
+  benchDatabase,
+  httpLoad,
+  int,
+  median,
+  ms,
+  now,
+  ratio,
+  runBench,
+  summary,
+  table,
+  type LoadResult,
+  type Teardown,
 } from './lib.js';
 
 const opt = args({ positions: 1000, connections: 10, duration: 10, rounds: 5, sequential: 1000 });
@@ -53,21 +65,32 @@ async function seed(pool: import('pg').Pool, n: number): Promise<void> {
     [n],
   );
   // direct writes: only inside the window of R-32, else the guard trigger ignores them
-  await writePositionsDirectly(pool, "update positions set current_price = current_price * 1.01, current_price_at = now()");
-  await writePositionsDirectly(pool, `update positions set unrealized_pnl = (current_price - average_entry_price) * size`);
+  await writePositionsDirectly(
+    pool,
+    'update positions set current_price = current_price * 1.01, current_price_at = now()',
+  );
+  await writePositionsDirectly(
+    pool,
+    `update positions set unrealized_pnl = (current_price - average_entry_price) * size`,
+  );
 }
 
 async function cacheCounts(svc: RunningService): Promise<{ hit: number; miss: number }> {
   const res = await fetch(`${svc.url}/metrics`);
   const text = await res.text();
   const get = (r: string) => {
-    const m = new RegExp(`^position_manager_metrics_cache_requests_total\\{result="${r}"[^}]*\\} (\\d+(?:\\.\\d+)?)`, 'm').exec(text);
+    const m = new RegExp(
+      `^position_manager_metrics_cache_requests_total\\{result="${r}"[^}]*\\} (\\d+(?:\\.\\d+)?)`,
+      'm',
+    ).exec(text);
     return m ? Number(m[1]) : 0;
   };
   return { hit: get('hit'), miss: get('miss') };
 }
 
-async function tc032(svc: RunningService): Promise<{ mean: number; p50: number; p99: number; hitRatio: number; non200: number }> {
+async function tc032(
+  svc: RunningService,
+): Promise<{ mean: number; p50: number; p99: number; hitRatio: number; non200: number }> {
   const before = await cacheCounts(svc);
   const lat: number[] = [];
   let non200 = 0;
@@ -92,9 +115,13 @@ async function startBare(t: Teardown, portfolioBody: string, positionBody: strin
   writeFileSync(join(dir, 'position.json'), positionBody);
   const port = await freePort();
   const script = fileURLToPath(new URL('./bare-express.mjs', import.meta.url));
-  const child = spawn(process.execPath, [script, String(port), join(dir, 'portfolio.json'), join(dir, 'position.json')], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    [script, String(port), join(dir, 'portfolio.json'), join(dir, 'position.json')],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   const exited = new Promise((r) => child.once('exit', r));
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) {
@@ -113,18 +140,26 @@ type Baseline = 'portfolio' | 'portfolio gzip' | 'position';
 const GZIP = { 'accept-encoding': 'gzip' };
 
 /** Content-Encoding and size of one response: a gzip case that is not gzip measures nothing. */
-function encodingOf(port: number, path: string, headers: Record<string, string>): Promise<{ encoding: string; bytes: number }> {
+function encodingOf(
+  port: number,
+  path: string,
+  headers: Record<string, string>,
+): Promise<{ encoding: string; bytes: number }> {
   return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path, headers }, (res) => {
-      let bytes = 0;
-      res.on('data', (c: Buffer) => (bytes += c.length));
-      res.on('end', () => resolve({ encoding: String(res.headers['content-encoding'] ?? 'identity'), bytes }));
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port, path, headers }, (res) => {
+        let bytes = 0;
+        res.on('data', (c: Buffer) => (bytes += c.length));
+        res.on('end', () => resolve({ encoding: String(res.headers['content-encoding'] ?? 'identity'), bytes }));
+      })
+      .on('error', reject);
   });
 }
 
 function problems(svc: RunningService): string[] {
-  const out = svc.logs.filter((l) => typeof l.level === 'number' && l.level >= 40).map((l) => `${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg} ${l.err ?? ''}`);
+  const out = svc.logs
+    .filter((l) => typeof l.level === 'number' && l.level >= 40)
+    .map((l) => `${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg} ${l.err ?? ''}`);
   const err = svc.stderr.join('').trim();
   if (err) out.push(`stderr: ${err.slice(0, 500)}`);
   return out;
@@ -133,7 +168,8 @@ function problems(svc: RunningService): string[] {
 runBench(async (t) => {
   const db = await benchDatabase(t, 'pm_bench_api', 4);
   await seed(db.pool, POSITIONS);
-  const open = (await db.pool.query<{ n: string }>('select count(*) as n from positions where gross_size > 0')).rows[0]!.n;
+  const open = (await db.pool.query<{ n: string }>('select count(*) as n from positions where gross_size > 0')).rows[0]!
+    .n;
   console.log(`# api: ${open} open positions, ${C} connections, ${D} s per case (+1 s warm-up) in ${ROUNDS} round(s)`);
 
   const assets = Array.from({ length: POSITIONS }, (_, i) => assetName(i));
@@ -148,7 +184,13 @@ runBench(async (t) => {
   const variants: { cache: string; ttl: number; env?: Record<string, string>; cases: Baseline[]; tc032: boolean }[] = [
     { cache: 'cache on (TTL 10 s)', ttl: 10, cases: ['portfolio', 'portfolio gzip', 'position'], tc032: true },
     { cache: 'cache off (TTL 0)', ttl: 0, cases: ['portfolio', 'position'], tc032: true },
-    { cache: 'cache on, rate limit off', ttl: 10, env: { POSITION_MANAGER_RATE_LIMIT_ENABLED: 'false' }, cases: ['portfolio', 'portfolio gzip'], tc032: false },
+    {
+      cache: 'cache on, rate limit off',
+      ttl: 10,
+      env: { POSITION_MANAGER_RATE_LIMIT_ENABLED: 'false' },
+      cases: ['portfolio', 'portfolio gzip'],
+      tc032: false,
+    },
   ];
 
   // Every service and the bare baseline run side by side, idle but for the case being measured.
@@ -178,36 +220,64 @@ runBench(async (t) => {
     gzipBytes = gz.bytes;
     for (const c of cases) {
       const paths = c === 'position' ? assets.map((a) => `/api/v1/positions/${a}`) : ['/api/v1/portfolio'];
-      const label = c === 'position' ? 'GET /api/v1/positions/{asset}' : `GET /api/v1/portfolio${c === 'portfolio gzip' ? ', gzip' : ''}`;
-      jobs.push({ label: `${label}, ${cache}`, baseline: c, target: { host: '127.0.0.1', port: svc.port, paths, headers: c === 'portfolio gzip' ? { ...key, ...GZIP } : key } });
+      const label =
+        c === 'position'
+          ? 'GET /api/v1/positions/{asset}'
+          : `GET /api/v1/portfolio${c === 'portfolio gzip' ? ', gzip' : ''}`;
+      jobs.push({
+        label: `${label}, ${cache}`,
+        baseline: c,
+        target: {
+          host: '127.0.0.1',
+          port: svc.port,
+          paths,
+          headers: c === 'portfolio gzip' ? { ...key, ...GZIP } : key,
+        },
+      });
     }
   }
 
   const barePort = await startBare(t, portfolioBody, positionBody);
   const bareGz = await encodingOf(barePort, '/portfolio', GZIP);
-  if (bareGz.encoding !== 'gzip') throw new Error(`bare Express answered Accept-Encoding: gzip with ${bareGz.encoding}`);
-  const bareTarget = (path: string, headers?: Record<string, string>) => ({ host: '127.0.0.1', port: barePort, paths: [path], headers });
+  if (bareGz.encoding !== 'gzip')
+    throw new Error(`bare Express answered Accept-Encoding: gzip with ${bareGz.encoding}`);
+  const bareTarget = (path: string, headers?: Record<string, string>) => ({
+    host: '127.0.0.1',
+    port: barePort,
+    paths: [path],
+    headers,
+  });
   jobs.push({ label: 'bare portfolio', baseline: null, target: bareTarget('/portfolio') });
   jobs.push({ label: 'bare portfolio gzip', baseline: null, target: bareTarget('/portfolio', GZIP) });
   jobs.push({ label: 'bare position', baseline: null, target: bareTarget('/position') });
 
   const rounds = new Map<string, LoadResult[]>(jobs.map((j) => [j.label, []]));
   for (let round = 0; round < ROUNDS; round++)
-    for (const j of jobs) rounds.get(j.label)!.push(await httpLoad(j.label, j.target, C, D / ROUNDS, round === 0 ? 1 : 0.2));
+    for (const j of jobs)
+      rounds.get(j.label)!.push(await httpLoad(j.label, j.target, C, D / ROUNDS, round === 0 ? 1 : 0.2));
   const merged = (label: string): LoadResult => {
     const rs = rounds.get(label)!;
     const total = (f: (r: LoadResult) => number) => rs.reduce((a, r) => a + f(r), 0);
     const requests = total((r) => r.requests);
     const seconds = total((r) => r.seconds);
     return {
-      label, requests, seconds, errors: total((r) => r.errors), non2xx: total((r) => r.non2xx), rps: requests / seconds,
-      p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)),
-      mean: total((r) => r.mean * r.requests) / requests, bytes: total((r) => r.bytes * r.requests) / requests,
+      label,
+      requests,
+      seconds,
+      errors: total((r) => r.errors),
+      non2xx: total((r) => r.non2xx),
+      rps: requests / seconds,
+      p50: median(rs.map((r) => r.p50)),
+      p99: median(rs.map((r) => r.p99)),
+      mean: total((r) => r.mean * r.requests) / requests,
+      bytes: total((r) => r.bytes * r.requests) / requests,
     };
   };
   for (const j of jobs) if (j.baseline) results.push({ label: j.label, r: merged(j.label), baseline: j.baseline });
   const bare: Record<Baseline, LoadResult> = {
-    portfolio: merged('bare portfolio'), 'portfolio gzip': merged('bare portfolio gzip'), position: merged('bare position'),
+    portfolio: merged('bare portfolio'),
+    'portfolio gzip': merged('bare portfolio gzip'),
+    position: merged('bare position'),
   };
   for (const { cache, svc, tc032: sequential } of services) {
     if (sequential) seq[cache] = await tc032(svc);
@@ -216,8 +286,18 @@ runBench(async (t) => {
   }
 
   console.log();
-  console.log(`response sizes: portfolio ${int(Buffer.byteLength(portfolioBody))} B (gzip level 1: ${int(gzipBytes)} B, bare Express ${int(bareGz.bytes)} B), position ${int(Buffer.byteLength(positionBody))} B`);
-  const row = (label: string, r: LoadResult, rel: string) => [label, int(r.rps), ms(r.p50), ms(r.p99), int(r.bytes), `${r.errors}/${r.non2xx}`, rel];
+  console.log(
+    `response sizes: portfolio ${int(Buffer.byteLength(portfolioBody))} B (gzip level 1: ${int(gzipBytes)} B, bare Express ${int(bareGz.bytes)} B), position ${int(Buffer.byteLength(positionBody))} B`,
+  );
+  const row = (label: string, r: LoadResult, rel: string) => [
+    label,
+    int(r.rps),
+    ms(r.p50),
+    ms(r.p99),
+    int(r.bytes),
+    `${r.errors}/${r.non2xx}`,
+    rel,
+  ];
   table([
     ['case', 'req/s', 'p50 ms', 'p99 ms', 'B/response', 'errors/non-2xx', 'ratio to bare Express'],
     ...results.map(({ label, r, baseline }) => row(label, r, ratio(r.rps / bare[baseline].rps))),
@@ -231,17 +311,43 @@ runBench(async (t) => {
   const off = find('GET /api/v1/portfolio, cache on, rate limit off');
   const offGz = find('GET /api/v1/portfolio, gzip, cache on, rate limit off');
   console.log();
-  console.log(`gzip / identity, req/s: service ${ratio(onGz.rps / on.rps)} (rate limit off: ${ratio(offGz.rps / off.rps)}), ` +
-    `bare Express ${ratio(bare['portfolio gzip'].rps / bare.portfolio.rps)}`);
-  console.log(`rate limit on / off, req/s: identity ${ratio(on.rps / off.rps)}, gzip ${ratio(onGz.rps / offGz.rps)}; ` +
-    `p99 ${ms(on.p99)} / ${ms(off.p99)} ms, gzip ${ms(onGz.p99)} / ${ms(offGz.p99)} ms`);
+  console.log(
+    `gzip / identity, req/s: service ${ratio(onGz.rps / on.rps)} (rate limit off: ${ratio(offGz.rps / off.rps)}), ` +
+      `bare Express ${ratio(bare['portfolio gzip'].rps / bare.portfolio.rps)}`,
+  );
+  console.log(
+    `rate limit on / off, req/s: identity ${ratio(on.rps / off.rps)}, gzip ${ratio(onGz.rps / offGz.rps)}; ` +
+      `p99 ${ms(on.p99)} / ${ms(off.p99)} ms, gzip ${ms(onGz.p99)} / ${ms(offGz.p99)} ms`,
+  );
   console.log();
   for (const [cache, s] of Object.entries(seq))
-    console.log(`TC-032 (${cache}): ${SEQ} sequential GET /api/v1/portfolio: mean ${ms(s.mean)} ms, p50 ${ms(s.p50)} ms, p99 ${ms(s.p99)} ms, ` +
-      `cache hit ratio ${Number.isFinite(s.hitRatio) ? (s.hitRatio * 100).toFixed(1) + ' %' : 'n/a'}, non-200 ${s.non200} → ${s.mean < 100 && s.non200 === 0 ? 'pass' : 'FAIL'}`);
-  for (const [what, r, b] of [['identity', on, bare.portfolio], ['gzip', onGz, bare['portfolio gzip']]] as const)
-    console.log(`target p99 ≤ 10 ms (portfolio, cache on, ${what}, ${C} connections): ${r.p99 <= 10 ? 'met' : `missed (${ms(r.p99)} ms)`}; ` +
-      `≥ 0.5 × bare Express: ${r.rps >= 0.5 * b.rps ? 'met' : `missed (${ratio(r.rps / b.rps)})`}`);
-  console.log(`service warnings/errors: ${logProblems.length ? '\n  ' + logProblems.slice(0, 20).join('\n  ') : 'none'}`);
-  console.log('RESULT ' + JSON.stringify({ bench: 'api', positions: POSITIONS, connections: C, duration: D, results, bare, seq, problems: logProblems, id: randomBytes(3).toString('hex') }));
+    console.log(
+      `TC-032 (${cache}): ${SEQ} sequential GET /api/v1/portfolio: mean ${ms(s.mean)} ms, p50 ${ms(s.p50)} ms, p99 ${ms(s.p99)} ms, ` +
+        `cache hit ratio ${Number.isFinite(s.hitRatio) ? (s.hitRatio * 100).toFixed(1) + ' %' : 'n/a'}, non-200 ${s.non200} → ${s.mean < 100 && s.non200 === 0 ? 'pass' : 'FAIL'}`,
+    );
+  for (const [what, r, b] of [
+    ['identity', on, bare.portfolio],
+    ['gzip', onGz, bare['portfolio gzip']],
+  ] as const)
+    console.log(
+      `target p99 ≤ 10 ms (portfolio, cache on, ${what}, ${C} connections): ${r.p99 <= 10 ? 'met' : `missed (${ms(r.p99)} ms)`}; ` +
+        `≥ 0.5 × bare Express: ${r.rps >= 0.5 * b.rps ? 'met' : `missed (${ratio(r.rps / b.rps)})`}`,
+    );
+  console.log(
+    `service warnings/errors: ${logProblems.length ? '\n  ' + logProblems.slice(0, 20).join('\n  ') : 'none'}`,
+  );
+  console.log(
+    'RESULT ' +
+      JSON.stringify({
+        bench: 'api',
+        positions: POSITIONS,
+        connections: C,
+        duration: D,
+        results,
+        bare,
+        seq,
+        problems: logProblems,
+        id: randomBytes(3).toString('hex'),
+      }),
+  );
 });

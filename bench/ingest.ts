@@ -31,14 +31,40 @@ import { Decimal } from 'decimal.js';
 import { freshBroker } from '../test/helpers/amqp.js';
 import { startService } from '../test/helpers/service.js';
 import {
-  args, benchDatabase, checkSizes, fillStream, int, ms, now, ratio, runBench, sleep, summary, table,
-  type Fill, type FillStream, type Teardown,
+  args,
+  benchDatabase,
+  checkSizes,
+  fillStream,
+  int,
+  ms,
+  now,
+  ratio,
+  runBench,
+  sleep,
+  summary,
+  table,
+  type Fill,
+  type FillStream,
+  type Teardown,
 } from './lib.js';
 
 const FILLS_QUEUE = 'order-manager.order_executed';
 const EVENTS_QUEUE = 'position-manager.position_updated';
 
-const opt = args({ n: 50_000, assets: 200, concurrency: 10, window: 2000, seed: 42, 'direct-n': 10_000, 'skip-direct': false, 'skip-tc031': false, single: false, timeout: 900, 'paced-seconds': 15, 'paced-rate': 0 });
+const opt = args({
+  n: 50_000,
+  assets: 200,
+  concurrency: 10,
+  window: 2000,
+  seed: 42,
+  'direct-n': 10_000,
+  'skip-direct': false,
+  'skip-tc031': false,
+  single: false,
+  timeout: 900,
+  'paced-seconds': 15,
+  'paced-rate': 0,
+});
 const N = Number(opt.n);
 const ASSETS = Number(opt.assets);
 const CONCURRENCY = Number(opt.concurrency);
@@ -63,13 +89,20 @@ async function directPerFill(t: Teardown, stream: FillStream, concurrency: numbe
   const started = now();
   await Promise.all(
     clients.map(async (c) => {
-      for (let i = next++; i < bodies.length; i = next++) await c.query('select apply_order_fill($1::jsonb)', [bodies[i]]);
+      for (let i = next++; i < bodies.length; i = next++)
+        await c.query('select apply_order_fill($1::jsonb)', [bodies[i]]);
     }),
   );
   const seconds = (now() - started) / 1000;
   clients.forEach((c) => c.release());
   const bad = await checkSizes(db.pool, stream.expected);
-  const events = Number((await db.pool.query<{ n: string }>("select count(*) as n from outbox where routing_key = 'position-manager.position_updated'")).rows[0]!.n);
+  const events = Number(
+    (
+      await db.pool.query<{ n: string }>(
+        "select count(*) as n from outbox where routing_key = 'position-manager.position_updated'",
+      )
+    ).rows[0]!.n,
+  );
   if (bad.length) console.log(`  direct SQL c=${concurrency}: ${bad.length} size mismatches, first: ${bad[0]}`);
   return {
     label: `direct SQL apply_order_fill, ${concurrency} client(s)`,
@@ -90,8 +123,14 @@ async function directBatched(t: Teardown, stream: FillStream, batch = 200): Prom
   const started = now();
   for (let i = 0; i < stream.fills.length; i += batch) {
     const part = stream.fills.slice(i, i + batch);
-    const metas = part.map((f) => JSON.stringify({ source: FILLS_QUEUE, received_at: new Date().toISOString(), trace_id: f.trace_id }));
-    await c.query('select ingest_messages($1, $2::jsonb[], $3::jsonb[])', ['fill', metas, part.map((f) => JSON.stringify(f))]);
+    const metas = part.map((f) =>
+      JSON.stringify({ source: FILLS_QUEUE, received_at: new Date().toISOString(), trace_id: f.trace_id }),
+    );
+    await c.query('select ingest_messages($1, $2::jsonb[], $3::jsonb[])', [
+      'fill',
+      metas,
+      part.map((f) => JSON.stringify(f)),
+    ]);
   }
   const seconds = (now() - started) / 1000;
   c.release();
@@ -101,10 +140,21 @@ async function directBatched(t: Teardown, stream: FillStream, batch = 200): Prom
        from pg_stat_user_functions order by self_time desc limit 12`,
     [stream.fills.length],
   );
-  console.log(`  where the time of ingest_messages goes, per fill (µs; self = in the function itself, total = with callees):`);
-  for (const r of prof.rows) console.log(`    ${r.funcname.padEnd(30)} self ${r.self.padStart(7)}  total ${r.total.padStart(7)}  calls ${r.calls}`);
+  console.log(
+    `  where the time of ingest_messages goes, per fill (µs; self = in the function itself, total = with callees):`,
+  );
+  for (const r of prof.rows)
+    console.log(
+      `    ${r.funcname.padEnd(30)} self ${r.self.padStart(7)}  total ${r.total.padStart(7)}  calls ${r.calls}`,
+    );
   const bad = await checkSizes(db.pool, stream.expected);
-  return { label: `direct SQL ingest_messages, batches of ${batch}, 1 client`, applied: stream.unique, seconds, rate: stream.unique / seconds, exact: bad.length === 0 };
+  return {
+    label: `direct SQL ingest_messages, batches of ${batch}, 1 client`,
+    applied: stream.unique,
+    seconds,
+    rate: stream.unique / seconds,
+    exact: bad.length === 0,
+  };
 }
 
 interface E2E extends Rate {
@@ -116,7 +166,12 @@ interface E2E extends Rate {
 }
 
 /** Publishes fills on a confirm channel with at most `window` unconfirmed; resolves when all are confirmed. */
-async function publishAll(ch: amqp.ConfirmChannel, fills: Fill[], window: number, published: Map<string, number>): Promise<void> {
+async function publishAll(
+  ch: amqp.ConfirmChannel,
+  fills: Fill[],
+  window: number,
+  published: Map<string, number>,
+): Promise<void> {
   let inFlight = 0;
   let failed: Error | undefined;
   let wake: (() => void) | undefined;
@@ -131,10 +186,15 @@ async function publishAll(ch: amqp.ConfirmChannel, fills: Fill[], window: number
     if (failed) throw failed;
     if (!published.has(f.trace_id)) published.set(f.trace_id, now());
     inFlight++;
-    const ok = ch.sendToQueue(FILLS_QUEUE, Buffer.from(JSON.stringify(f)), { persistent: true, contentType: 'application/json' }, (err) => {
-      if (err) failed = err instanceof Error ? err : new Error(String(err));
-      settle();
-    });
+    const ok = ch.sendToQueue(
+      FILLS_QUEUE,
+      Buffer.from(JSON.stringify(f)),
+      { persistent: true, contentType: 'application/json' },
+      (err) => {
+        if (err) failed = err instanceof Error ? err : new Error(String(err));
+        settle();
+      },
+    );
     if (!ok) await new Promise<void>((r) => ch.once('drain', r));
   }
   while (inFlight > 0) await new Promise<void>((r) => (wake = r));
@@ -206,7 +266,14 @@ async function sinkEvents(conn: amqp.ChannelModel): Promise<EventSink> {
 async function endToEnd(
   t: Teardown,
   stream: FillStream,
-): Promise<{ e2e: E2E; paced?: Paced; tc031?: { seconds: number; received: number; exact: boolean }; peakRssMb?: number; logs: any[]; stderr: string[] }> {
+): Promise<{
+  e2e: E2E;
+  paced?: Paced;
+  tc031?: { seconds: number; received: number; exact: boolean };
+  peakRssMb?: number;
+  logs: any[];
+  stderr: string[];
+}> {
   const db = await benchDatabase(t, 'pm_bench_e2e', 4);
   const broker = await freshBroker(t);
   const svc = await startService(t, {
@@ -246,7 +313,9 @@ async function endToEnd(
   }
   const bad = await checkSizes(db.pool, stream.expected);
   if (bad.length) console.log(`  end to end: ${bad.length} size mismatches, first: ${bad.slice(0, 3).join('; ')}`);
-  const fillsRows = Number((await db.pool.query<{ n: string }>("select count(*) as n from position_fills where kind = 'fill'")).rows[0]!.n);
+  const fillsRows = Number(
+    (await db.pool.query<{ n: string }>("select count(*) as n from position_fills where kind = 'fill'")).rows[0]!.n,
+  );
   const e2e: E2E = {
     label: 'end to end (AMQP in → commit → AMQP out)',
     applied: sink.events.size,
@@ -272,7 +341,13 @@ async function endToEnd(
   if (pacedSeconds > 0 && complete) {
     // Latency below saturation: a steady rate of half the measured end-to-end throughput.
     const rate = Math.max(10, Math.floor(Number(opt['paced-rate']) || e2e.rate / 2));
-    const pStream = fillStream(rate * pacedSeconds, ASSETS, Number(opt.seed) + 1, `paced-${Date.now().toString(36)}`, 0);
+    const pStream = fillStream(
+      rate * pacedSeconds,
+      ASSETS,
+      Number(opt.seed) + 1,
+      `paced-${Date.now().toString(36)}`,
+      0,
+    );
     const pPublished = new Map<string, number>();
     const before = sink.events.size;
     const t0 = now();
@@ -282,7 +357,10 @@ async function endToEnd(
       for (; i < due; i++) {
         const f = pStream.fills[i]!;
         pPublished.set(f.trace_id, now());
-        ch.sendToQueue(FILLS_QUEUE, Buffer.from(JSON.stringify(f)), { persistent: true, contentType: 'application/json' });
+        ch.sendToQueue(FILLS_QUEUE, Buffer.from(JSON.stringify(f)), {
+          persistent: true,
+          contentType: 'application/json',
+        });
       }
       await sleep(5);
     }
@@ -294,7 +372,13 @@ async function endToEnd(
       if (at !== undefined) lat.push(at - p);
     }
     addExpected(pStream.expected);
-    paced = { rate, fills: pStream.fills.length, received: sink.events.size - before, complete: ok, latency: summary(lat) };
+    paced = {
+      rate,
+      fills: pStream.fills.length,
+      received: sink.events.size - before,
+      complete: ok,
+      latency: summary(lat),
+    };
   }
 
   let tc031: { seconds: number; received: number; exact: boolean } | undefined;
@@ -327,7 +411,12 @@ function peakRss(pid: number | undefined): number | undefined {
 function reportLogs(logs: any[], stderr: string[]): string[] {
   const problems = logs.filter((l) => typeof l.level === 'number' && l.level >= 40);
   const byMsg = new Map<string, number>();
-  for (const l of problems) byMsg.set(`${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg}${l.err ? ` (${String(l.err).slice(0, 160)})` : ''}`, (byMsg.get(`${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg}${l.err ? ` (${String(l.err).slice(0, 160)})` : ''}`) ?? 0) + 1);
+  for (const l of problems)
+    byMsg.set(
+      `${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg}${l.err ? ` (${String(l.err).slice(0, 160)})` : ''}`,
+      (byMsg.get(`${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg}${l.err ? ` (${String(l.err).slice(0, 160)})` : ''}`) ??
+        0) + 1,
+    );
   const lines = [...byMsg].map(([m, n]) => `${n} × ${m}`);
   const err = stderr.join('').trim();
   if (err) lines.push(`stderr: ${err.slice(0, 500)}`);
@@ -337,14 +426,24 @@ function reportLogs(logs: any[], stderr: string[]): string[] {
 runBench(async (t) => {
   const prefix = `bench-${Date.now().toString(36)}`;
   const stream = fillStream(N, ASSETS, Number(opt.seed), prefix);
-  console.log(`# ingest: ${int(N)} fills over ${ASSETS} assets (${int(stream.unique)} unique, ${stream.duplicates} duplicates)`);
-  console.log(`  mix: ${Object.entries(stream.mix).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  console.log(
+    `# ingest: ${int(N)} fills over ${ASSETS} assets (${int(stream.unique)} unique, ${stream.duplicates} duplicates)`,
+  );
+  console.log(
+    `  mix: ${Object.entries(stream.mix)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
+  );
 
   const rows: Rate[] = [];
   let direct: Rate | undefined;
   if (opt['skip-direct'] !== 'true') {
-    const base = Math.min(N, Number(opt['direct-n'])) === N ? stream : fillStream(Number(opt['direct-n']), ASSETS, Number(opt.seed), prefix);
-    if (base !== stream) console.log(`  direct SQL baselines over the first ${int(base.fills.length)} fills of the same stream`);
+    const base =
+      Math.min(N, Number(opt['direct-n'])) === N
+        ? stream
+        : fillStream(Number(opt['direct-n']), ASSETS, Number(opt.seed), prefix);
+    if (base !== stream)
+      console.log(`  direct SQL baselines over the first ${int(base.fills.length)} fills of the same stream`);
     direct = await directPerFill(t, base, CONCURRENCY);
     rows.push(direct);
     console.log(`  ${direct.label}: ${int(direct.rate)} fills/s`);
@@ -367,22 +466,41 @@ runBench(async (t) => {
     ...rows.map((r) => [r.label, int(r.applied), r.seconds.toFixed(2), int(r.rate), r.exact ? 'yes' : 'no']),
   ]);
   console.log();
-  console.log(`end to end: publishing took ${e2e.publishSeconds.toFixed(2)} s (${int(N / e2e.publishSeconds)} msg/s confirmed); ` +
-    `${int(e2e.received)} of ${int(stream.unique)} events received, ${e2e.missing} missing, ${e2e.extraEvents} redelivered`);
-  console.log(`end to end latency publish → position_updated received (saturated, queue backlog included): ` +
-    `p50 ${ms(e2e.latency.p50)} ms, p99 ${ms(e2e.latency.p99)} ms, max ${ms(e2e.latency.max)} ms`);
-  if (direct) console.log(`ratio end to end / direct SQL (${CONCURRENCY} clients): ${ratio(e2e.rate / direct.rate)}` +
-    `; / ingest_messages batched: ${ratio(e2e.rate / rows[rows.length - 1]!.rate)}`);
-  console.log(`target ≥ 5,000 events/s: ${e2e.rate >= 5000 ? 'met' : `missed (${ratio(e2e.rate / 5000)} × target)`}` +
-    (direct ? `; target ≥ 0.8 × direct SQL: ${e2e.rate >= 0.8 * direct.rate ? 'met' : 'missed'}` : ''));
+  console.log(
+    `end to end: publishing took ${e2e.publishSeconds.toFixed(2)} s (${int(N / e2e.publishSeconds)} msg/s confirmed); ` +
+      `${int(e2e.received)} of ${int(stream.unique)} events received, ${e2e.missing} missing, ${e2e.extraEvents} redelivered`,
+  );
+  console.log(
+    `end to end latency publish → position_updated received (saturated, queue backlog included): ` +
+      `p50 ${ms(e2e.latency.p50)} ms, p99 ${ms(e2e.latency.p99)} ms, max ${ms(e2e.latency.max)} ms`,
+  );
+  if (direct)
+    console.log(
+      `ratio end to end / direct SQL (${CONCURRENCY} clients): ${ratio(e2e.rate / direct.rate)}` +
+        `; / ingest_messages batched: ${ratio(e2e.rate / rows[rows.length - 1]!.rate)}`,
+    );
+  console.log(
+    `target ≥ 5,000 events/s: ${e2e.rate >= 5000 ? 'met' : `missed (${ratio(e2e.rate / 5000)} × target)`}` +
+      (direct ? `; target ≥ 0.8 × direct SQL: ${e2e.rate >= 0.8 * direct.rate ? 'met' : 'missed'}` : ''),
+  );
   console.log(`exact: ${e2e.exact ? 'yes' : 'no'}`);
-  console.log(`service peak RSS through the run: ${peakRssMb ?? '?'} MB (target < 256 MB: ${peakRssMb === undefined ? 'unknown' : peakRssMb < 256 ? 'met' : 'missed'})`);
+  console.log(
+    `service peak RSS through the run: ${peakRssMb ?? '?'} MB (target < 256 MB: ${peakRssMb === undefined ? 'unknown' : peakRssMb < 256 ? 'met' : 'missed'})`,
+  );
   if (paced)
-    console.log(`end to end latency at a steady ${int(paced.rate)} fills/s for ${opt['paced-seconds']} s (below saturation): ` +
-      `p50 ${ms(paced.latency.p50)} ms, p99 ${ms(paced.latency.p99)} ms, max ${ms(paced.latency.max)} ms; ` +
-      `${int(paced.received)} of ${int(paced.fills)} events${paced.complete ? '' : ' (INCOMPLETE)'}`);
-  if (tc031) console.log(`TC-031: 100 concurrent fills processed in ${tc031.seconds.toFixed(2)} s, ${tc031.received} events, exact ${tc031.exact ? 'yes' : 'no'} → ${tc031.seconds < 5 && tc031.exact ? 'pass' : 'FAIL'}`);
+    console.log(
+      `end to end latency at a steady ${int(paced.rate)} fills/s for ${opt['paced-seconds']} s (below saturation): ` +
+        `p50 ${ms(paced.latency.p50)} ms, p99 ${ms(paced.latency.p99)} ms, max ${ms(paced.latency.max)} ms; ` +
+        `${int(paced.received)} of ${int(paced.fills)} events${paced.complete ? '' : ' (INCOMPLETE)'}`,
+    );
+  if (tc031)
+    console.log(
+      `TC-031: 100 concurrent fills processed in ${tc031.seconds.toFixed(2)} s, ${tc031.received} events, exact ${tc031.exact ? 'yes' : 'no'} → ${tc031.seconds < 5 && tc031.exact ? 'pass' : 'FAIL'}`,
+    );
   const problems = reportLogs(logs, stderr);
   console.log(`service warnings/errors: ${problems.length ? '\n  ' + problems.join('\n  ') : 'none'}`);
-  console.log('RESULT ' + JSON.stringify({ bench: 'ingest', n: N, unique: stream.unique, rows, e2e, paced, tc031, peakRssMb, problems }));
+  console.log(
+    'RESULT ' +
+      JSON.stringify({ bench: 'ingest', n: N, unique: stream.unique, rows, e2e, paced, tc031, peakRssMb, problems }),
+  );
 });

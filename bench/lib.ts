@@ -59,7 +59,10 @@ export function runBench(main: (t: Teardown) => Promise<void>): void {
   };
   process.once('SIGINT', () => void finish(130));
   process.once('SIGTERM', () => void finish(143));
-  const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
+  const load = () =>
+    loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ');
   console.log(`(load average before: ${load()})`);
   main(t).then(
     () => {
@@ -75,7 +78,6 @@ export function runBench(main: (t: Teardown) => Promise<void>): void {
 
 // ---------------------------------------------------------------------------------------------
 // databases
-
 
 export interface BenchDb {
   name: string;
@@ -117,10 +119,14 @@ export function summary(values: number[]): { n: number; mean: number; p50: numbe
 }
 
 export function median(values: number[]): number {
-  return percentile([...values].sort((a, b) => a - b), 50);
+  return percentile(
+    [...values].sort((a, b) => a - b),
+    50,
+  );
 }
 
-export const ms = (x: number) => (Number.isFinite(x) ? (x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : x.toFixed(0)) : 'n/a');
+export const ms = (x: number) =>
+  Number.isFinite(x) ? (x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : x.toFixed(0)) : 'n/a';
 export const int = (x: number) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : 'n/a');
 export const ratio = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
 
@@ -221,7 +227,6 @@ export async function httpLoad(
 // fills: a deterministic pseudo-random stream over many assets with opens, adds, reduces,
 // closes, flips and re-sent duplicates; the expected net size of every asset is kept exactly.
 
-
 export interface Fill {
   execution_id: string;
   asset: string;
@@ -308,7 +313,11 @@ export function fillStream(n: number, assets: number, seed: number, prefix: stri
 
 /** Compares positions.size with the expected net sizes exactly; returns the mismatches. */
 export async function checkSizes(pool: pg.Pool, expected: Map<string, Decimal>): Promise<string[]> {
-  const rows = (await pool.query<{ asset: string; size: string }>("select asset, size::text as size from positions where mode = 'one-way'")).rows;
+  const rows = (
+    await pool.query<{ asset: string; size: string }>(
+      "select asset, size::text as size from positions where mode = 'one-way'",
+    )
+  ).rows;
   const actual = new Map(rows.map((r) => [r.asset, new Decimal(r.size)]));
   const bad: string[] = [];
   for (const [asset, want] of expected) {

@@ -15,7 +15,16 @@ import { cpus, loadavg, totalmem } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { args, pgVersion, sleep } from './lib.js';
 
-const opt = args({ quick: false, n: 50_000, duration: 10, connections: 10, max: 100_000, 'no-build': false, 'quiet-load': 1.0, 'quiet-wait': 30 });
+const opt = args({
+  quick: false,
+  n: 50_000,
+  duration: 10,
+  connections: 10,
+  max: 100_000,
+  'no-build': false,
+  'quiet-load': 1.0,
+  'quiet-wait': 30,
+});
 const quick = opt.quick === 'true';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const LOADER = './node_modules/@tapjs/typescript/dist/esm/import.mjs';
@@ -30,19 +39,35 @@ function run(cmd: string, argv: string[]): Promise<number> {
 async function quiet(): Promise<void> {
   const limit = Number(opt['quiet-load']);
   const deadline = Date.now() + Number(opt['quiet-wait']) * 1000;
-  if (loadavg()[0]! >= limit) console.log(`(waiting for the 1-minute load average ${loadavg()[0]!.toFixed(2)} to fall below ${limit})`);
+  if (loadavg()[0]! >= limit)
+    console.log(`(waiting for the 1-minute load average ${loadavg()[0]!.toFixed(2)} to fall below ${limit})`);
   while (loadavg()[0]! >= limit && Date.now() < deadline) await sleep(5000);
-  console.log(`load average at start: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  console.log(
+    `load average at start: ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
 }
 
 const benches: [string, string[]][] = [
   ['bench/ingest.ts', quick ? ['--n', '5000', '--paced-seconds', '5'] : ['--n', opt.n!]],
-  ['bench/api.ts', ['--duration', quick ? '5' : opt.duration!, '--connections', opt.connections!, ...(quick ? ['--sequential', '300'] : [])]],
+  [
+    'bench/api.ts',
+    [
+      '--duration',
+      quick ? '5' : opt.duration!,
+      '--connections',
+      opt.connections!,
+      ...(quick ? ['--sequential', '300'] : []),
+    ],
+  ],
   ['bench/scale.ts', quick ? ['--max', '10000', '--timeout', '60'] : ['--max', opt.max!]],
 ];
 
 const benchStarted = Date.now();
-console.log(`# machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}`);
+console.log(
+  `# machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}`,
+);
 console.log(`# ${await pgVersion()}`);
 if (opt['no-build'] !== 'true') {
   const code = await run('npm', ['run', 'build', '--silent']);
@@ -57,8 +82,14 @@ for (const [file, argv] of benches) {
   await quiet();
   const started = Date.now();
   const code = await run(process.execPath, [`--import=${LOADER}`, file, ...argv]);
-  console.log(`(${file} exited ${code} after ${((Date.now() - started) / 1000).toFixed(0)} s; load average now ${loadavg().map((x) => x.toFixed(2)).join(' ')})`);
+  console.log(
+    `(${file} exited ${code} after ${((Date.now() - started) / 1000).toFixed(0)} s; load average now ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')})`,
+  );
   if (code !== 0) failed++;
 }
-console.log(`\n# npm run bench took ${((Date.now() - benchStarted) / 60_000).toFixed(1)} min${failed ? `; ${failed} benchmark(s) failed` : ''}`);
+console.log(
+  `\n# npm run bench took ${((Date.now() - benchStarted) / 60_000).toFixed(1)} min${failed ? `; ${failed} benchmark(s) failed` : ''}`,
+);
 process.exit(failed ? 1 : 0);

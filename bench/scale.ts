@@ -20,9 +20,7 @@
 // printing the time per size and the growth factor per 10× positions (linear = 10). Every
 // statement runs under statement_timeout = --timeout seconds; a timeout prints "> timeout".
 import { writePositionsDirectly } from '../test/helpers/db.js';
-import {
-  args, benchDatabase, int, median, ms, now, ratio, runBench, table, type Teardown,
-} from './lib.js';
+import { args, benchDatabase, int, median, ms, now, ratio, runBench, table, type Teardown } from './lib.js';
 
 const opt = args({ max: 100_000, 'fills-per-position': 10, runs: 5, 'snapshot-runs': 1, explain: true, timeout: 300 });
 const TIMEOUT_MS = Number(opt.timeout) * 1000;
@@ -40,7 +38,11 @@ const QUERIES: { name: string; sql: string; runs: () => number; warmUp?: false }
   // the same totals without the per-asset JSON (how much of portfolio_metrics() is aggregation)
   { name: '(ref) select * from portfolio_metrics_view', sql: 'select * from portfolio_metrics_view', runs: () => RUNS },
   { name: 'count(*) from positions_view', sql: 'select count(*) from positions_view', runs: () => RUNS },
-  { name: "validate_position(asset, 'one-way', false)", sql: "select validate_position('P1USDT', 'one-way', false)", runs: () => RUNS },
+  {
+    name: "validate_position(asset, 'one-way', false)",
+    sql: "select validate_position('P1USDT', 'one-way', false)",
+    runs: () => RUNS,
+  },
   { name: 'snapshot_all_positions()', sql: 'select snapshot_all_positions()', runs: () => SNAP_RUNS, warmUp: false },
   // R-31: one ticker answer naming every open position's symbol with a moved price (each run a
   // newer time and other prices, so every open position gets a version and an event)
@@ -95,7 +97,12 @@ async function populate(pool: import('pg').Pool, n: number): Promise<{ insertSec
  * 30 s counts as the only run; a run hitting --timeout (statement_timeout) is reported as
  * Infinity ("> timeout").
  */
-async function timeQuery(pool: import('pg').Pool, sql: string, runs: number, warmUp = true): Promise<{ median: number; all: number[]; note?: string }> {
+async function timeQuery(
+  pool: import('pg').Pool,
+  sql: string,
+  runs: number,
+  warmUp = true,
+): Promise<{ median: number; all: number[]; note?: string }> {
   const c = await pool.connect();
   const timed = async () => {
     const t0 = now();
@@ -150,12 +157,17 @@ runBench(async (t: Teardown) => {
     const fills = Number((await db.pool.query<{ n: string }>('select count(*) as n from position_fills')).rows[0]!.n);
     load[n] = `insert ${insertSeconds.toFixed(2)} s, ${int(fills)} fills ${fillsSeconds.toFixed(2)} s`;
     console.log(`# ${int(n)} positions (${load[n]})`);
-    const check = await db.pool.query<{ r: { is_valid: boolean } }>("select validate_position('P1USDT', 'one-way', false) as r");
-    if (FPP > 0 && !check.rows[0]!.r.is_valid) console.log(`  note: validate_position reports a discrepancy: ${JSON.stringify(check.rows[0]!.r)}`);
+    const check = await db.pool.query<{ r: { is_valid: boolean } }>(
+      "select validate_position('P1USDT', 'one-way', false) as r",
+    );
+    if (FPP > 0 && !check.rows[0]!.r.is_valid)
+      console.log(`  note: validate_position reports a discrepancy: ${JSON.stringify(check.rows[0]!.r)}`);
     for (const q of QUERIES) {
       const r = await timeQuery(db.pool, q.sql, q.runs(), q.warmUp ?? true);
       (table1[q.name] ??= {})[n] = r.median;
-      console.log(`  ${q.name}: median ${fmt(r.median)} ms (runs: ${r.all.map(fmt).join(', ')}${r.note ? `; ${r.note}` : ''})`);
+      console.log(
+        `  ${q.name}: median ${fmt(r.median)} ms (runs: ${r.all.map(fmt).join(', ')}${r.note ? `; ${r.note}` : ''})`,
+      );
     }
     if (opt.explain === 'true' && n === SIZES[SIZES.length - 1]) plan = await explainMain(db.pool);
     await t.run(); // drop this size's database before the next one
@@ -175,8 +187,12 @@ runBench(async (t: Teardown) => {
     const pm = table1['portfolio_metrics()']![100_000]!;
     const snap = table1['snapshot_all_positions()']![100_000]!;
     console.log();
-    console.log(`target portfolio_metrics() ≤ 50 ms at 100k: ${pm <= 50 ? 'met' : `missed (${ms(pm)} ms, ${ratio(pm / 50)} × target)`}`);
-    console.log(`target snapshot_all_positions() ≤ 2 s at 100k: ${snap <= 2000 ? 'met' : `missed (${fmt(snap)} ms, ${ratio(snap / 2000)} × target)`}`);
+    console.log(
+      `target portfolio_metrics() ≤ 50 ms at 100k: ${pm <= 50 ? 'met' : `missed (${ms(pm)} ms, ${ratio(pm / 50)} × target)`}`,
+    );
+    console.log(
+      `target snapshot_all_positions() ≤ 2 s at 100k: ${snap <= 2000 ? 'met' : `missed (${fmt(snap)} ms, ${ratio(snap / 2000)} × target)`}`,
+    );
   }
   if (plan) {
     console.log();

@@ -28,7 +28,11 @@ const int = (min: number, max: number, def: number) =>
     .transform(Number);
 
 const decimal = (def: string) =>
-  z.string().trim().default(def).refine((s) => DECIMAL.test(s), { message: 'must be a non-negative decimal' });
+  z
+    .string()
+    .trim()
+    .default(def)
+    .refine((s) => DECIMAL.test(s), { message: 'must be a non-negative decimal' });
 
 const bool = (def: boolean) =>
   z
@@ -91,7 +95,14 @@ const schema = z.object({
     .string()
     .trim()
     .default(ROLES.join(','))
-    .transform((s) => [...new Set(s.split(',').map((r) => r.trim().toLowerCase()).filter(Boolean))])
+    .transform((s) => [
+      ...new Set(
+        s
+          .split(',')
+          .map((r) => r.trim().toLowerCase())
+          .filter(Boolean),
+      ),
+    ])
     .refine((rs) => rs.length > 0 && rs.every((r) => (ROLES as readonly string[]).includes(r)), {
       message: `must be a comma-separated subset of ${ROLES.join(', ')}`,
     })
@@ -99,7 +110,12 @@ const schema = z.object({
   POSITION_MANAGER_ORDER_EVENTS_QUEUE: z
     .string()
     .default('order-manager.order_executed,order-manager.order_events')
-    .transform((s) => s.split(',').map((q) => q.trim()).filter(Boolean))
+    .transform((s) =>
+      s
+        .split(',')
+        .map((q) => q.trim())
+        .filter(Boolean),
+    )
     .refine((qs) => qs.length > 0, { message: 'must name at least one queue' }),
   POSITION_MANAGER_POSITION_EVENTS_QUEUE: z.string().trim().min(1).default('ws-gateway.position'),
   POSITION_MANAGER_EVENTS_EXCHANGE: z.string().trim().min(1).default('position-manager.events'),
@@ -253,11 +269,18 @@ const KEY_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 // `name:key:scope,...` beside the single key (named `default`, scope write). A bad entry stops the
 // process naming the variable and the entry by its place and name, never by its key.
 function apiKeys(env: Env): ApiKey[] {
-  const keys: ApiKey[] = env.POSITION_MANAGER_API_KEY ? [{ name: 'default', key: env.POSITION_MANAGER_API_KEY, scope: 'write' }] : [];
+  const keys: ApiKey[] = env.POSITION_MANAGER_API_KEY
+    ? [{ name: 'default', key: env.POSITION_MANAGER_API_KEY, scope: 'write' }]
+    : [];
   const bad = (what: string) => {
-    throw new ConfigError(`POSITION_MANAGER_API_KEYS ${what}; expected name:key:scope,... (scope read or write, keys of 16 characters or more), got "***"`);
+    throw new ConfigError(
+      `POSITION_MANAGER_API_KEYS ${what}; expected name:key:scope,... (scope read or write, keys of 16 characters or more), got "***"`,
+    );
   };
-  const entries = (env.POSITION_MANAGER_API_KEYS ?? '').split(',').map((e) => e.trim()).filter(Boolean);
+  const entries = (env.POSITION_MANAGER_API_KEYS ?? '')
+    .split(',')
+    .map((e) => e.trim())
+    .filter(Boolean);
   entries.forEach((entry, i) => {
     const parts = entry.split(':');
     if (parts.length !== 3) bad(`entry ${i + 1} does not have three parts`);
@@ -265,8 +288,10 @@ function apiKeys(env: Env): ApiKey[] {
     if (!KEY_NAME.test(name)) bad(`entry ${i + 1} has a name that is not 1-64 letters, digits, '_', '.' or '-'`);
     if (key.length < 16) bad(`key "${name}" is shorter than 16 characters`);
     if (scope !== 'read' && scope !== 'write') bad(`key "${name}" has scope "${scope.slice(0, 20)}"`);
-    if (keys.some((k) => k.name === name)) bad(`names "${name}" twice${name === 'default' ? ' (POSITION_MANAGER_API_KEY is "default")' : ''}`);
-    if (keys.some((k) => k.key === key)) bad(`gives key "${name}" the same key as "${keys.find((k) => k.key === key)!.name}"`);
+    if (keys.some((k) => k.name === name))
+      bad(`names "${name}" twice${name === 'default' ? ' (POSITION_MANAGER_API_KEY is "default")' : ''}`);
+    if (keys.some((k) => k.key === key))
+      bad(`gives key "${name}" the same key as "${keys.find((k) => k.key === key)!.name}"`);
     keys.push({ name, key, scope: scope as ApiKey['scope'] });
   });
   return keys;
@@ -275,12 +300,18 @@ function apiKeys(env: Env): ApiKey[] {
 // `name:limit,...`, each name one of the keys'.
 function rateOverrides(env: Env, keys: ApiKey[]): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const entry of (env.POSITION_MANAGER_RATE_LIMIT_OVERRIDES ?? '').split(',').map((e) => e.trim()).filter(Boolean)) {
+  for (const entry of (env.POSITION_MANAGER_RATE_LIMIT_OVERRIDES ?? '')
+    .split(',')
+    .map((e) => e.trim())
+    .filter(Boolean)) {
     const [name = '', limit = '', ...rest] = entry.split(':').map((x) => x.trim());
     const fail = (what: string) => {
-      throw new ConfigError(`POSITION_MANAGER_RATE_LIMIT_OVERRIDES ${what}; expected name:limit,... (limit 1-1000000 per minute), got ${JSON.stringify(env.POSITION_MANAGER_RATE_LIMIT_OVERRIDES)}`);
+      throw new ConfigError(
+        `POSITION_MANAGER_RATE_LIMIT_OVERRIDES ${what}; expected name:limit,... (limit 1-1000000 per minute), got ${JSON.stringify(env.POSITION_MANAGER_RATE_LIMIT_OVERRIDES)}`,
+      );
     };
-    if (rest.length || !/^\d+$/.test(limit) || Number(limit) < 1 || Number(limit) > 1_000_000) fail(`entry "${entry.slice(0, 80)}" is not name:limit`);
+    if (rest.length || !/^\d+$/.test(limit) || Number(limit) < 1 || Number(limit) > 1_000_000)
+      fail(`entry "${entry.slice(0, 80)}" is not name:limit`);
     if (!keys.some((k) => k.name === name)) fail(`names "${name}", which is not a configured key`);
     if (name in out) fail(`names "${name}" twice`);
     out[name] = Number(limit);
@@ -324,7 +355,9 @@ export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Co
   const env = parsed.data;
   if (Boolean(env.BYBIT_API_KEY) !== Boolean(env.BYBIT_API_SECRET)) {
     const missing = env.BYBIT_API_KEY ? 'BYBIT_API_SECRET' : 'BYBIT_API_KEY';
-    throw new ConfigError(`${missing} is required with ${missing === 'BYBIT_API_KEY' ? 'BYBIT_API_SECRET' : 'BYBIT_API_KEY'} (reconciliation needs both), got (unset)`);
+    throw new ConfigError(
+      `${missing} is required with ${missing === 'BYBIT_API_KEY' ? 'BYBIT_API_SECRET' : 'BYBIT_API_KEY'} (reconciliation needs both), got (unset)`,
+    );
   }
   const dbUrl = databaseUrl(env);
   const keys = apiKeys(env);

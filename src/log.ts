@@ -36,10 +36,13 @@ export function safeError(err: unknown): Error {
   for (const key of Object.getOwnPropertyNames(err)) {
     const value = (err as unknown as Record<string, unknown>)[key];
     copy[key] =
-      typeof value === 'string' ? redactCredentials(value)
-      : value instanceof Error ? safeError(value)
-      : Array.isArray(value) ? value.map((v) => (v instanceof Error ? safeError(v) : v))
-      : value;
+      typeof value === 'string'
+        ? redactCredentials(value)
+        : value instanceof Error
+          ? safeError(value)
+          : Array.isArray(value)
+            ? value.map((v) => (v instanceof Error ? safeError(v) : v))
+            : value;
   }
   return copy as unknown as Error;
 }

@@ -71,7 +71,8 @@ async function main(): Promise<void> {
         log.info({ api_key_file: key.path }, 'generated API key stored in the data folder');
       }
     }
-    if (config.apiKey !== undefined && config.apiKey.length < 16) log.warn('POSITION_MANAGER_API_KEY is shorter than 16 characters');
+    if (config.apiKey !== undefined && config.apiKey.length < 16)
+      log.warn('POSITION_MANAGER_API_KEY is shorter than 16 characters');
 
     await migrate(databaseUrl, (m) => log.info(m));
     pool = createPool(databaseUrl, config.dbPoolSize, config.serviceName);
@@ -79,7 +80,10 @@ async function main(): Promise<void> {
     // Only the consumer and relay roles use the broker: an api or worker process with AMQP_URL
     // set has no connection to keep, so its health must not hinge on one.
     const messaging = config.amqpUrl !== undefined && (has('consumer') || has('relay'));
-    log.info({ database: redactUrl(databaseUrl), roles: config.roles, messaging: messaging ? 'enabled' : 'disabled' }, 'starting');
+    log.info(
+      { database: redactUrl(databaseUrl), roles: config.roles, messaging: messaging ? 'enabled' : 'disabled' },
+      'starting',
+    );
 
     const rt: Runtime = {
       config,
@@ -90,7 +94,8 @@ async function main(): Promise<void> {
       broker: { enabled: messaging, connected: false, detachedConsumers: new Set() },
       checks: initialChecks(),
     };
-    if (config.amqpUrl === undefined) log.warn('no AMQP configuration: consumers and relay are off, events wait in the outbox');
+    if (config.amqpUrl === undefined)
+      log.warn('no AMQP configuration: consumers and relay are off, events wait in the outbox');
 
     if (messaging) components.push(...(await startMessaging(rt, { consumer: has('consumer'), relay: has('relay') })));
     if (has('worker')) components.push(...(await startWorker(rt)));

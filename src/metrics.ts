@@ -43,8 +43,23 @@ export const BROKER_UP = `${PREFIX}broker_up`;
 const m = <T>(metric: T): T => metric;
 
 export const metrics = {
-  positionsOpen: m(new client.Gauge({ name: `${PREFIX}positions_open`, help: 'Open positions', labelNames: ['mode'], registers: [registry], collect: collectFigures })),
-  positionUpdates: m(new client.Counter({ name: `${PREFIX}position_updates_total`, help: 'Position changes applied', labelNames: ['source'], registers: [registry] })),
+  positionsOpen: m(
+    new client.Gauge({
+      name: `${PREFIX}positions_open`,
+      help: 'Open positions',
+      labelNames: ['mode'],
+      registers: [registry],
+      collect: collectFigures,
+    }),
+  ),
+  positionUpdates: m(
+    new client.Counter({
+      name: `${PREFIX}position_updates_total`,
+      help: 'Position changes applied',
+      labelNames: ['source'],
+      registers: [registry],
+    }),
+  ),
   httpDuration: m(
     new client.Histogram({
       name: `${PREFIX}http_request_duration_seconds`,
@@ -55,13 +70,52 @@ export const metrics = {
     }),
   ),
   httpRequests: m(
-    new client.Counter({ name: `${PREFIX}http_requests_total`, help: 'HTTP requests by the API key name that made them (R-33)', labelNames: ['method', 'route', 'status', 'client'], registers: [registry] }),
+    new client.Counter({
+      name: `${PREFIX}http_requests_total`,
+      help: 'HTTP requests by the API key name that made them (R-33)',
+      labelNames: ['method', 'route', 'status', 'client'],
+      registers: [registry],
+    }),
   ),
-  cacheEntries: m(new client.Gauge({ name: `${PREFIX}metrics_cache_entries`, help: 'Portfolio metrics cache entries', registers: [registry] })),
-  cacheRequests: m(new client.Counter({ name: `${PREFIX}metrics_cache_requests_total`, help: 'Portfolio metrics cache lookups', labelNames: ['result'], registers: [registry] })),
-  validationDiscrepancies: m(new client.Counter({ name: `${PREFIX}validation_discrepancies_total`, help: 'Discrepancies found by validation', labelNames: ['field'], registers: [registry] })),
-  validationRuns: m(new client.Counter({ name: `${PREFIX}validation_runs_total`, help: 'Validation runs', labelNames: ['trigger', 'outcome'], registers: [registry] })),
-  messages: m(new client.Counter({ name: `${PREFIX}messages_total`, help: 'Consumed messages by outcome', labelNames: ['queue', 'outcome'], registers: [registry] })),
+  cacheEntries: m(
+    new client.Gauge({
+      name: `${PREFIX}metrics_cache_entries`,
+      help: 'Portfolio metrics cache entries',
+      registers: [registry],
+    }),
+  ),
+  cacheRequests: m(
+    new client.Counter({
+      name: `${PREFIX}metrics_cache_requests_total`,
+      help: 'Portfolio metrics cache lookups',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+  ),
+  validationDiscrepancies: m(
+    new client.Counter({
+      name: `${PREFIX}validation_discrepancies_total`,
+      help: 'Discrepancies found by validation',
+      labelNames: ['field'],
+      registers: [registry],
+    }),
+  ),
+  validationRuns: m(
+    new client.Counter({
+      name: `${PREFIX}validation_runs_total`,
+      help: 'Validation runs',
+      labelNames: ['trigger', 'outcome'],
+      registers: [registry],
+    }),
+  ),
+  messages: m(
+    new client.Counter({
+      name: `${PREFIX}messages_total`,
+      help: 'Consumed messages by outcome',
+      labelNames: ['queue', 'outcome'],
+      registers: [registry],
+    }),
+  ),
   messageApplyDuration: m(
     new client.Histogram({
       name: `${PREFIX}message_apply_duration_seconds`,
@@ -71,12 +125,38 @@ export const metrics = {
       registers: [registry],
     }),
   ),
-  outboxPending: m(new client.Gauge({ name: `${PREFIX}outbox_pending`, help: 'Unsent outbox rows', registers: [registry], collect: collectFigures })),
-  outboxOldestAge: m(
-    new client.Gauge({ name: `${PREFIX}outbox_oldest_age_seconds`, help: 'Age of the oldest unsent outbox row', registers: [registry], collect: collectFigures }),
+  outboxPending: m(
+    new client.Gauge({
+      name: `${PREFIX}outbox_pending`,
+      help: 'Unsent outbox rows',
+      registers: [registry],
+      collect: collectFigures,
+    }),
   ),
-  eventsPublished: m(new client.Counter({ name: `${PREFIX}events_published_total`, help: 'Events confirmed by the broker', labelNames: ['event_type'], registers: [registry] })),
-  jobRuns: m(new client.Counter({ name: `${PREFIX}job_runs_total`, help: 'Job runs', labelNames: ['task', 'outcome'], registers: [registry] })),
+  outboxOldestAge: m(
+    new client.Gauge({
+      name: `${PREFIX}outbox_oldest_age_seconds`,
+      help: 'Age of the oldest unsent outbox row',
+      registers: [registry],
+      collect: collectFigures,
+    }),
+  ),
+  eventsPublished: m(
+    new client.Counter({
+      name: `${PREFIX}events_published_total`,
+      help: 'Events confirmed by the broker',
+      labelNames: ['event_type'],
+      registers: [registry],
+    }),
+  ),
+  jobRuns: m(
+    new client.Counter({
+      name: `${PREFIX}job_runs_total`,
+      help: 'Job runs',
+      labelNames: ['task', 'outcome'],
+      registers: [registry],
+    }),
+  ),
   foreignWrites: m(
     new client.Counter({
       name: `${PREFIX}foreign_writes_total`,
@@ -86,18 +166,38 @@ export const metrics = {
     }),
   ),
   priceRefreshes: m(
-    new client.Counter({ name: `${PREFIX}price_refresh_total`, help: 'Mark-price refreshes (R-31) by outcome', labelNames: ['outcome'], registers: [registry] }),
+    new client.Counter({
+      name: `${PREFIX}price_refresh_total`,
+      help: 'Mark-price refreshes (R-31) by outcome',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
   ),
   markPricesSkipped: m(
-    new client.Counter({ name: `${PREFIX}mark_prices_skipped_total`, help: 'Ticker prices skipped as not a positive decimal', registers: [registry] }),
+    new client.Counter({
+      name: `${PREFIX}mark_prices_skipped_total`,
+      help: 'Ticker prices skipped as not a positive decimal',
+      registers: [registry],
+    }),
   ),
   reconcileRuns: m(
-    new client.Counter({ name: `${PREFIX}reconcile_runs_total`, help: 'Reconciliations with the exchange (R-34) by outcome', labelNames: ['outcome'], registers: [registry] }),
+    new client.Counter({
+      name: `${PREFIX}reconcile_runs_total`,
+      help: 'Reconciliations with the exchange (R-34) by outcome',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
   ),
   reconcileDiscrepancies: m(
-    new client.Counter({ name: `${PREFIX}reconcile_discrepancies_total`, help: 'Positions whose size the exchange reported otherwise during reconciliation', registers: [registry] }),
+    new client.Counter({
+      name: `${PREFIX}reconcile_discrepancies_total`,
+      help: 'Positions whose size the exchange reported otherwise during reconciliation',
+      registers: [registry],
+    }),
   ),
-  databaseUp: m(new client.Gauge({ name: `${PREFIX}database_up`, help: '1 when the database answers', registers: [registry] })),
+  databaseUp: m(
+    new client.Gauge({ name: `${PREFIX}database_up`, help: '1 when the database answers', registers: [registry] }),
+  ),
   brokerUp: m(new client.Gauge({ name: BROKER_UP, help: '1 when connected to the broker', registers: [registry] })),
 };
 

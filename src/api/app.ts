@@ -41,8 +41,16 @@ function traceAndTiming(rt: Runtime): RequestHandler {
       const route = routeLabel(req);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.httpDuration.observe({ method: req.method, route, status: String(res.statusCode) }, seconds);
-      metrics.httpRequests.inc({ method: req.method, route, status: String(res.statusCode), client: (res.locals.client as string) ?? 'anonymous' });
-      (res.locals.log as Runtime['log']).debug({ method: req.method, route, status: res.statusCode, ms: seconds * 1000 }, 'request');
+      metrics.httpRequests.inc({
+        method: req.method,
+        route,
+        status: String(res.statusCode),
+        client: (res.locals.client as string) ?? 'anonymous',
+      });
+      (res.locals.log as Runtime['log']).debug(
+        { method: req.method, route, status: res.statusCode, ms: seconds * 1000 },
+        'request',
+      );
     });
     next();
   };

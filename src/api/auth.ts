@@ -34,7 +34,12 @@ export function authenticate(keys: ApiKey[], log: Logger, limitFailures?: Reques
     if (key === undefined) {
       const refuse = () => {
         rlog.warn({ client: req.ip, path: req.path, key_present: given !== undefined }, 'authentication failed');
-        sendProblem(res, 401, 'unauthorized', given === undefined ? 'X-API-Key header is required' : 'X-API-Key is not valid');
+        sendProblem(
+          res,
+          401,
+          'unauthorized',
+          given === undefined ? 'X-API-Key header is required' : 'X-API-Key is not valid',
+        );
       };
       return limitFailures ? void limitFailures(req, res, refuse) : refuse();
     }
@@ -43,7 +48,12 @@ export function authenticate(keys: ApiKey[], log: Logger, limitFailures?: Reques
     if (res.locals.log) rlog.setBindings({ client: key.name });
     if (key.scope === 'read' && !READ_METHODS.has(req.method)) {
       rlog.warn({ method: req.method, path: req.path }, 'forbidden: the key may only read');
-      return sendProblem(res, 403, 'forbidden', `the key "${key.name}" has scope read: ${req.method} needs scope write`);
+      return sendProblem(
+        res,
+        403,
+        'forbidden',
+        `the key "${key.name}" has scope read: ${req.method} needs scope write`,
+      );
     }
     next();
   };

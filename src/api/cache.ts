@@ -17,7 +17,10 @@ export class MetricsCache {
   private entries = new Map<string, { expires: number; value: Promise<unknown> }>();
   private anchors = new Map<string, number>();
 
-  constructor(private readonly ttlMs: number, private readonly listener: Listener | undefined) {
+  constructor(
+    private readonly ttlMs: number,
+    private readonly listener: Listener | undefined,
+  ) {
     listener?.on(() => this.clear());
     listener?.onStateChange(() => this.clear());
   }

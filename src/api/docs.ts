@@ -34,7 +34,11 @@ export function docsRoutes(): Router {
   const dist = dirname(require.resolve('swagger-ui-dist/package.json'));
   const version = (JSON.parse(readFileSync(join(dist, 'package.json'), 'utf8')) as { version: string }).version;
   // The vendor files change only with the package: the version in their URL lets a browser keep them.
-  const vendor = (file: string, type: string): Asset => ({ type, body: readFileSync(join(dist, file)), cacheControl: 'public, max-age=86400' });
+  const vendor = (file: string, type: string): Asset => ({
+    type,
+    body: readFileSync(join(dist, file)),
+    cacheControl: 'public, max-age=86400',
+  });
   const assets: Record<string, Asset> = {
     'swagger-ui.css': vendor('swagger-ui.css', 'text/css; charset=utf-8'),
     'swagger-ui-bundle.js': vendor('swagger-ui-bundle.js', 'text/javascript; charset=utf-8'),

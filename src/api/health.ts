@@ -42,7 +42,9 @@ export function healthHandler(rt: Runtime, monitor: Monitor, dependencies: Recor
     const { checks } = rt;
     // An outside service that keeps failing degrades the service; it never makes it unhealthy.
     const outsideFailing =
-      checks.wsGatewaySubscription === 'failing' || checks.prices.state === 'failing' || checks.exchangeReconcile.state === 'failing';
+      checks.wsGatewaySubscription === 'failing' ||
+      checks.prices.state === 'failing' ||
+      checks.exchangeReconcile.state === 'failing';
     const status = !up
       ? 'unhealthy'
       : (broker.enabled && !queueConnected) || outboxStuck || outsideFailing
@@ -71,7 +73,10 @@ export function healthHandler(rt: Runtime, monitor: Monitor, dependencies: Recor
           last_success_at: checks.prices.lastSuccessAt,
           stale_open_positions: figures ? figures.staleOpen : null,
         },
-        exchange_reconcile: { state: checks.exchangeReconcile.state, last_success_at: checks.exchangeReconcile.lastSuccessAt },
+        exchange_reconcile: {
+          state: checks.exchangeReconcile.state,
+          last_success_at: checks.exchangeReconcile.lastSuccessAt,
+        },
       },
     });
   };

@@ -48,11 +48,19 @@ export function queryErrors(req: Request): FieldError[] {
       // ajv takes "1e3", "0x10" or " 5" for integers, and 20 digits lose precision as a float.
       const { minimum = 0, maximum = Number.MAX_SAFE_INTEGER } = schema;
       if (!/^\d+$/.test(value)) bad(name, 'must be decimal digits');
-      else if (BigInt(value) < BigInt(minimum) || BigInt(value) > BigInt(maximum)) bad(name, `must be between ${minimum} and ${maximum}`);
+      else if (BigInt(value) < BigInt(minimum) || BigInt(value) > BigInt(maximum))
+        bad(name, `must be between ${minimum} and ${maximum}`);
     }
   }
   const { size_min: min, size_max: max } = query;
-  if (known.has('size_min') && typeof min === 'string' && typeof max === 'string' && DECIMAL.test(min) && DECIMAL.test(max) && sortable(min) > sortable(max))
+  if (
+    known.has('size_min') &&
+    typeof min === 'string' &&
+    typeof max === 'string' &&
+    DECIMAL.test(min) &&
+    DECIMAL.test(max) &&
+    sortable(min) > sortable(max)
+  )
     bad('size_min', 'must not be greater than size_max');
   return errors;
 }

@@ -8,8 +8,14 @@ import type { Logger } from '../log.js';
 import { BadRequest, queryErrors, type FieldError } from './params.js';
 
 const TITLES: Record<number, string> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 429: 'Too Many Requests',
-  500: 'Internal Server Error', 503: 'Service Unavailable',
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  409: 'Conflict',
+  429: 'Too Many Requests',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
 };
 
 export function sendProblem(res: Response, status: number, code: string, detail: string, errors?: FieldError[]): void {
@@ -17,15 +23,17 @@ export function sendProblem(res: Response, status: number, code: string, detail:
   res
     .status(status)
     .type('application/problem+json')
-    .send(JSON.stringify({
-      type: 'about:blank',
-      title: TITLES[status] ?? 'Error',
-      status,
-      code,
-      detail,
-      ...(errors ? { errors } : {}),
-      trace_id: res.locals.traceId,
-    }));
+    .send(
+      JSON.stringify({
+        type: 'about:blank',
+        title: TITLES[status] ?? 'Error',
+        status,
+        code,
+        detail,
+        ...(errors ? { errors } : {}),
+        trace_id: res.locals.traceId,
+      }),
+    );
 }
 
 /** An unknown path, or a method the path does not serve (the contract has no 405). */
@@ -53,17 +61,25 @@ export function errorMapper(log: Logger): ErrorRequestHandler {
     const e = err as ValidatorError & { code?: string; column?: string; message?: string; type?: string };
     const reqLog = (res.locals.log as Logger | undefined) ?? log;
     if (err instanceof BadRequest) return sendProblem(res, 400, 'invalid_parameter', err.message, err.errors);
-    if (e.type === 'entity.parse.failed' || e.type === 'entity.too.large') return sendProblem(res, 400, 'invalid_parameter', 'the request body is ignored and must be small');
+    if (e.type === 'entity.parse.failed' || e.type === 'entity.too.large')
+      return sendProblem(res, 400, 'invalid_parameter', 'the request body is ignored and must be small');
     if (e.status === 400 && e.errors) {
       // The validator stops before our own checks run: add theirs for the fields it did not name.
       const errors = validatorFieldErrors(e);
       const named = new Set(errors.map((x) => `${x.location}/${x.field}`));
       errors.push(...queryErrors(req).filter((x) => !named.has(`${x.location}/${x.field}`)));
-      return sendProblem(res, 400, 'invalid_parameter', errors.map((x) => `${x.field}: ${x.message}`).join('; '), errors);
+      return sendProblem(
+        res,
+        400,
+        'invalid_parameter',
+        errors.map((x) => `${x.field}: ${x.message}`).join('; '),
+        errors,
+      );
     }
     if ((e.status === 404 || e.status === 405) && e.errors) return notFound(req, res);
     if (e.code === 'P0002') return sendProblem(res, 404, 'position_not_found', 'no position for this asset and mode');
-    if (e.code === '55P03') return sendProblem(res, 409, 'validation_in_progress', 'a validation of this position is already running');
+    if (e.code === '55P03')
+      return sendProblem(res, 409, 'validation_in_progress', 'a validation of this position is already running');
     if (typeof e.code === 'string' && /^22/.test(e.code)) {
       const field = e.column || 'request';
       const message = (e.message ?? '').replace(new RegExp(`^${field}: `), '');
@@ -78,7 +94,12 @@ export function errorMapper(log: Logger): ErrorRequestHandler {
     if (isConflict(err)) {
       // still conflicting after the route's retries: busy, not a bug; nothing was written
       reqLog.warn({ err: e.message }, 'transaction conflict persisted; answered 503');
-      return sendProblem(res, 503, 'database_unavailable', 'the database is busy with conflicting changes; retry later');
+      return sendProblem(
+        res,
+        503,
+        'database_unavailable',
+        'the database is busy with conflicting changes; retry later',
+      );
     }
     reqLog.error({ err }, 'unhandled error');
     return sendProblem(res, 500, 'internal_error', 'an unexpected error occurred');
@@ -96,7 +117,10 @@ export function answerClientErrors(server: import('node:http').Server): void {
     const title = status === 431 ? 'Request Header Fields Too Large' : 'Bad Request';
     const traceId = randomUUID();
     const body = JSON.stringify({
-      type: 'about:blank', title, status, code: 'invalid_parameter',
+      type: 'about:blank',
+      title,
+      status,
+      code: 'invalid_parameter',
       detail: status === 431 ? 'the request line or headers are too large' : 'the request could not be parsed',
       trace_id: traceId,
     });

@@ -14,7 +14,10 @@ const FAILED_AUTH_PER_MINUTE = 30;
 function refused(log: Logger, what: (req: Request, res: Response) => string): RequestHandler {
   return (req, res) => {
     const detail = what(req, res);
-    ((res.locals.log as Logger | undefined) ?? log).warn({ client: res.locals.client ?? req.ip, path: req.path }, `rate limited: ${detail}`);
+    ((res.locals.log as Logger | undefined) ?? log).warn(
+      { client: res.locals.client ?? req.ip, path: req.path },
+      `rate limited: ${detail}`,
+    );
     sendProblem(res, 429, 'rate_limited', detail);
   };
 }
@@ -27,7 +30,10 @@ export function failedAuthLimiter(log: Logger): RequestHandler {
     standardHeaders: 'draft-7',
     legacyHeaders: false,
     keyGenerator: (req) => ipKeyGenerator(req.ip ?? ''),
-    handler: refused(log, () => `more than ${FAILED_AUTH_PER_MINUTE} failed authentications a minute from this address`),
+    handler: refused(
+      log,
+      () => `more than ${FAILED_AUTH_PER_MINUTE} failed authentications a minute from this address`,
+    ),
   });
 }
 
@@ -40,6 +46,9 @@ export function keyLimiter(limits: NonNullable<Config['rateLimit']>, log: Logger
     standardHeaders: 'draft-7',
     legacyHeaders: false,
     keyGenerator: (_req, res) => `key:${res.locals.client as string}`,
-    handler: refused(log, (_req, res) => `more than ${limitOf(res)} requests a minute for the key "${res.locals.client as string}"`),
+    handler: refused(
+      log,
+      (_req, res) => `more than ${limitOf(res)} requests a minute for the key "${res.locals.client as string}"`,
+    ),
   });
 }

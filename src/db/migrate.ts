@@ -36,7 +36,8 @@ export function definitionsHash(): string {
 // service owns, in creation order (a view only depends on views created before it).
 export function definedViews(texts: string[]): string[] {
   const names: string[] = [];
-  const re = /^\s*create\s+(?:or\s+replace\s+)?(?:materialized\s+)?view\s+(?:if\s+not\s+exists\s+)?(?:public\.)?([a-z_][a-z0-9_]*)/gim;
+  const re =
+    /^\s*create\s+(?:or\s+replace\s+)?(?:materialized\s+)?view\s+(?:if\s+not\s+exists\s+)?(?:public\.)?([a-z_][a-z0-9_]*)/gim;
   for (const text of texts)
     for (const m of text.replace(/--[^\n]*/g, '').matchAll(re)) {
       const name = m[1]!.toLowerCase();
@@ -50,8 +51,12 @@ export function definedViews(texts: string[]): string[] {
 // on one of ours stops the migration with its name rather than being silently dropped.
 async function dropOwnViews(client: pg.ClientBase, names: string[]): Promise<void> {
   for (const name of names) {
-    const kind = (await client.query<{ k: string }>(
-      "select c.relkind::text as k from pg_class c where c.oid = to_regclass('public.' || quote_ident($1))", [name])).rows[0]?.k;
+    const kind = (
+      await client.query<{ k: string }>(
+        "select c.relkind::text as k from pg_class c where c.oid = to_regclass('public.' || quote_ident($1))",
+        [name],
+      )
+    ).rows[0]?.k;
     if (kind !== 'v' && kind !== 'm') continue;
     try {
       await client.query(`drop ${kind === 'm' ? 'materialized view' : 'view'} public.${client.escapeIdentifier(name)}`);
@@ -69,14 +74,19 @@ async function applyDefinitions(client: pg.ClientBase): Promise<boolean> {
   );
   // The views the last apply created: one that a newer sql/ no longer defines is dropped too.
   await client.query('alter table sql_definitions add column if not exists views text[]');
-  const current = await client.query<{ hash: string; views: string[] | null }>('select hash, views from sql_definitions');
+  const current = await client.query<{ hash: string; views: string[] | null }>(
+    'select hash, views from sql_definitions',
+  );
   if (current.rows[0]?.hash === hash) return false;
   const definitions = sqlDefinitions();
   const views = definedViews(definitions.map((d) => d.text));
   const previous = current.rows[0]?.views ?? [];
   await client.query('begin');
   try {
-    await dropOwnViews(client, [...previous].reverse().concat([...views].reverse().filter((v) => !previous.includes(v))));
+    await dropOwnViews(
+      client,
+      [...previous].reverse().concat([...views].reverse().filter((v) => !previous.includes(v))),
+    );
     for (const { name, text } of definitions) {
       try {
         await client.query(text);
@@ -97,7 +107,10 @@ async function applyDefinitions(client: pg.ClientBase): Promise<boolean> {
   return true;
 }
 
-export async function migrate(connectionString: string, log: (msg: string) => void = () => undefined): Promise<MigrateResult> {
+export async function migrate(
+  connectionString: string,
+  log: (msg: string) => void = () => undefined,
+): Promise<MigrateResult> {
   const client = new pg.Client({ connectionString, application_name: 'position-manager-migrate' });
   await client.connect();
   try {

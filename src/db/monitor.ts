@@ -57,9 +57,17 @@ export function createMonitor(connectionString: string, applicationName: string)
   pool.on('error', () => undefined);
 
   const ping = shared(async () => (await pool.query('select 1'), true), PING_MS, false);
-  const figures = shared<Figures | undefined>(async () => {
-    const r = await pool.query<{ one_way: string; hedge: string; stale: string; pending: string; age: string | null; foreign_writes: string }>(
-      `select p.one_way, p.hedge, p.stale, o.pending, o.age, f.foreign_writes
+  const figures = shared<Figures | undefined>(
+    async () => {
+      const r = await pool.query<{
+        one_way: string;
+        hedge: string;
+        stale: string;
+        pending: string;
+        age: string | null;
+        foreign_writes: string;
+      }>(
+        `select p.one_way, p.hedge, p.stale, o.pending, o.age, f.foreign_writes
          from (select count(*) filter (where mode = 'one-way') as one_way, count(*) filter (where mode = 'hedge') as hedge,
                       count(*) filter (where current_price_at < now() - make_interval(secs => s.price_stale_seconds)) as stale
                  from positions, position_manager_settings s where gross_size > 0) p,
@@ -67,16 +75,19 @@ export function createMonitor(connectionString: string, applicationName: string)
                  from outbox where sent_at is null) o,
               -- an index-only count on the partial index position_events_foreign_write_idx
               (select count(*) as foreign_writes from position_events where kind = 'foreign_write') f`,
-    );
-    const row = r.rows[0]!;
-    return {
-      open: { 'one-way': Number(row.one_way), hedge: Number(row.hedge) },
-      staleOpen: Number(row.stale),
-      outboxPending: Number(row.pending),
-      outboxOldestAgeSeconds: row.age === null ? 0 : Number(row.age),
-      foreignWrites: Number(row.foreign_writes),
-    };
-  }, FIGURES_MS, undefined);
+      );
+      const row = r.rows[0]!;
+      return {
+        open: { 'one-way': Number(row.one_way), hedge: Number(row.hedge) },
+        staleOpen: Number(row.stale),
+        outboxPending: Number(row.pending),
+        outboxOldestAgeSeconds: row.age === null ? 0 : Number(row.age),
+        foreignWrites: Number(row.foreign_writes),
+      };
+    },
+    FIGURES_MS,
+    undefined,
+  );
 
   return { ping, figures, close: () => pool.end() };
 }

@@ -36,13 +36,18 @@ export function isConnectionError(err: unknown): boolean {
   const e = err as { code?: string; message?: string; severity?: string } | undefined;
   if (!e) return false;
   const code = e.code ?? '';
-  if (UNAVAILABLE.test(code) || ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', 'EPIPE'].includes(code))
+  if (
+    UNAVAILABLE.test(code) ||
+    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', 'EPIPE'].includes(code)
+  )
     return true;
   // 55000 is FATAL at connection time when the database does not accept connections
   // (ALTER DATABASE ... ALLOW_CONNECTIONS false); as a query ERROR it is a bug, not an outage.
   if (code === '55000' && e.severity === 'FATAL') return true;
   const msg = e.message ?? '';
-  return /Connection terminated|timeout exceeded when trying to connect|connect ECONNREFUSED|Client has encountered a connection error/i.test(msg);
+  return /Connection terminated|timeout exceeded when trying to connect|connect ECONNREFUSED|Client has encountered a connection error/i.test(
+    msg,
+  );
 }
 
 /**

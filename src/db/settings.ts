@@ -20,7 +20,8 @@ export async function writeSettings(pool: pg.Pool, config: Config): Promise<void
     ],
   );
   if (config.grafanaReaderPassword !== undefined) {
-    const literal = (await pool.query<{ q: string }>('select quote_literal($1) as q', [config.grafanaReaderPassword])).rows[0]!.q;
+    const literal = (await pool.query<{ q: string }>('select quote_literal($1) as q', [config.grafanaReaderPassword]))
+      .rows[0]!.q;
     await pool.query(`alter role grafana_reader login password ${literal}`);
   }
 }

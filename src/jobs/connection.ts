@@ -14,7 +14,11 @@ export class RunCancelled extends Error {
   }
 }
 
-export async function withRunConnection<T>(pool: pg.Pool, signal: AbortSignal, fn: (q: Query) => Promise<T>): Promise<T> {
+export async function withRunConnection<T>(
+  pool: pg.Pool,
+  signal: AbortSignal,
+  fn: (q: Query) => Promise<T>,
+): Promise<T> {
   if (signal.aborted) throw new RunCancelled();
   const client = await pool.connect();
   const pid = (client as pg.PoolClient & { processID: number }).processID;

@@ -21,7 +21,9 @@ export async function keepPeriodicJobs(pool: pg.Pool, log: Logger, periodic: Per
   }
   for (const p of periodic) {
     try {
-      const done = (await pool.query<{ r: string | null }>('select ensure_periodic_job($1, $2) as r', [p.task, p.intervalSeconds])).rows[0]!.r;
+      const done = (
+        await pool.query<{ r: string | null }>('select ensure_periodic_job($1, $2) as r', [p.task, p.intervalSeconds])
+      ).rows[0]!.r;
       const m = done === null ? undefined : MESSAGES[done];
       if (m) log[m.level]({ task: p.task, interval_seconds: p.intervalSeconds }, m.msg);
     } catch (err) {

@@ -10,12 +10,13 @@ import type { Query } from './connection.js';
 import { trackSource } from './outside-source.js';
 
 export function markPriceRefresher(config: Readonly<Config>, state: SourceState, log: Logger) {
-  const source = config.priceRefreshIntervalSeconds > 0
-    ? trackSource(state, log, metrics.priceRefreshes, {
-        failing: 'mark prices cannot be refreshed; positions keep their last price',
-        recovered: 'mark prices are refreshed again',
-      })
-    : undefined;
+  const source =
+    config.priceRefreshIntervalSeconds > 0
+      ? trackSource(state, log, metrics.priceRefreshes, {
+          failing: 'mark prices cannot be refreshed; positions keep their last price',
+          recovered: 'mark prices are refreshed again',
+        })
+      : undefined;
 
   return async (_payload: Record<string, unknown>, traceId: string, q: Query): Promise<unknown> => {
     if (!source) return { outcome: 'off' };
@@ -35,7 +36,8 @@ export function markPriceRefresher(config: Readonly<Config>, state: SourceState,
       result = (await q('select apply_mark_prices($1::jsonb, $2)', [answer, traceId])) as typeof result;
     } catch (err) {
       // an answer SQL rejects (no time, no list) is the source's failure, not the database's
-      if ((err as { code?: string }).code === '22023') return source.failed(`the answer was rejected: ${(err as Error).message}`, traceId);
+      if ((err as { code?: string }).code === '22023')
+        return source.failed(`the answer was rejected: ${(err as Error).message}`, traceId);
       throw err;
     }
     source.succeeded(traceId);

@@ -28,7 +28,10 @@ export function trackSource(
       runs.inc({ outcome: 'failure' });
       failuresSinceWarn++;
       if (Date.now() - lastWarnAt >= WARN_EVERY_MS) {
-        log.warn({ trace_id: traceId, failures: failuresSinceWarn, last_success_at: state.lastSuccessAt, reason }, messages.failing);
+        log.warn(
+          { trace_id: traceId, failures: failuresSinceWarn, last_success_at: state.lastSuccessAt, reason },
+          messages.failing,
+        );
         lastWarnAt = Date.now();
         failuresSinceWarn = 0;
       }

@@ -39,7 +39,8 @@ export function exchangeReconciler(config: Readonly<Config>, state: SourceState,
     try {
       result = (await q('select reconcile_positions($1::jsonb, $2)', [`[${pages.join(',')}]`, traceId])) as Reconciled;
     } catch (err) {
-      if ((err as { code?: string }).code === '22023') return source.failed(`the answer was rejected: ${(err as Error).message}`, traceId);
+      if ((err as { code?: string }).code === '22023')
+        return source.failed(`the answer was rejected: ${(err as Error).message}`, traceId);
       throw err;
     }
     source.succeeded(traceId);

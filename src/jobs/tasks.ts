@@ -24,7 +24,12 @@ function recorded(name: string, pool: pg.Pool, log: Logger, work: Work, next?: (
     const job = helpers.job;
     const p = (payload ?? {}) as Record<string, unknown>;
     const runId = (await sql(pool, 'select job_run_start($1, $2, $3, $4, $5, $6) as r', [
-      name, job.id, job.key ?? null, JSON.stringify(p), job.attempts, traceId,
+      name,
+      job.id,
+      job.key ?? null,
+      JSON.stringify(p),
+      job.attempts,
+      traceId,
     ])) as string;
     const jlog = log.child({ trace_id: traceId, task: name, job_id: job.id, attempt: job.attempts });
     try {
@@ -68,16 +73,26 @@ export function periodicTasks(config: Config): Periodic[] {
 
 export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Checks): TaskList {
   const work: Record<string, Work> = {
-    snapshot_all_positions: async (_p, trace, q) => ({ snapshots: await q('select snapshot_all_positions($1) as r', [trace]) }),
+    snapshot_all_positions: async (_p, trace, q) => ({
+      snapshots: await q('select snapshot_all_positions($1) as r', [trace]),
+    }),
     validate_all_positions: async (_p, trace, q) => {
-      const since = await q("select max(started_at)::text from job_runs where task = 'validate_all_positions' and outcome = 'success'");
-      const r = (await q('call validate_all_positions(since => $1, trace_id => $2, result => null)', [since, trace])) as {
+      const since = await q(
+        "select max(started_at)::text from job_runs where task = 'validate_all_positions' and outcome = 'success'",
+      );
+      const r = (await q('call validate_all_positions(since => $1, trace_id => $2, result => null)', [
+        since,
+        trace,
+      ])) as {
         invalid: number;
         fixed: number;
         discrepancies: { asset: string; mode: string; discrepancies: { field: string }[] }[];
       };
       for (const d of r.discrepancies) {
-        log.warn({ trace_id: trace, asset: d.asset, mode: d.mode, discrepancies: d.discrepancies }, 'periodic validation fixed a discrepancy');
+        log.warn(
+          { trace_id: trace, asset: d.asset, mode: d.mode, discrepancies: d.discrepancies },
+          'periodic validation fixed a discrepancy',
+        );
         for (const x of d.discrepancies) metrics.validationDiscrepancies.inc({ field: x.field });
       }
       metrics.validationRuns.inc({ trigger: 'periodic', outcome: r.invalid ? 'discrepancy' : 'valid' });
@@ -86,23 +101,41 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Che
     },
     validate_position: async (p, trace, q) => {
       try {
-        const r = (await q('select validate_position($1, $2, true, $3) as r', [p.asset, p.mode ?? 'one-way', trace])) as ValidationOutcome;
+        const r = (await q('select validate_position($1, $2, true, $3) as r', [
+          p.asset,
+          p.mode ?? 'one-way',
+          trace,
+        ])) as ValidationOutcome;
         countValidation('discrepancy', r);
         if (!r.is_valid)
-          log.warn({ trace_id: trace, asset: p.asset, mode: p.mode, discrepancies: r.discrepancies }, 'validation after a size discrepancy');
-        else log.info({ trace_id: trace, asset: p.asset, mode: p.mode }, 'validation after a size discrepancy: the position is valid');
+          log.warn(
+            { trace_id: trace, asset: p.asset, mode: p.mode, discrepancies: r.discrepancies },
+            'validation after a size discrepancy',
+          );
+        else
+          log.info(
+            { trace_id: trace, asset: p.asset, mode: p.mode },
+            'validation after a size discrepancy: the position is valid',
+          );
         return r;
       } catch (err) {
         if ((err as { code?: string }).code === 'P0002') return { is_valid: null, error_message: 'position_not_found' };
         throw err;
       }
     },
-    publish_portfolio_update: async (_p, trace, q) => limitLog(await q('select publish_portfolio_update(true, $1) as r', [trace]), trace),
-    sample_portfolio_metrics: async (_p, trace, q) => limitLog(await q('select sample_portfolio_metrics($1) as r', [trace]), trace),
+    publish_portfolio_update: async (_p, trace, q) =>
+      limitLog(await q('select publish_portfolio_update(true, $1) as r', [trace]), trace),
+    sample_portfolio_metrics: async (_p, trace, q) =>
+      limitLog(await q('select sample_portfolio_metrics($1) as r', [trace]), trace),
     refresh_materialized_views: (_p, _t, q) => q('select refresh_materialized_views() as r'),
-    prune_snapshots: async (_p, _t, q) => ({ deleted: await q('select prune_snapshots($1) as r', [config.snapshotRetentionDays]) }),
-    prune_inbox_outbox: (_p, _t, q) => q('select prune_inbox_outbox($1, $2) as r', [config.inboxRetentionDays, config.outboxRetentionHours]),
-    prune_job_history: async (_p, _t, q) => ({ deleted: await q('select prune_job_history($1) as r', [config.jobHistoryRetentionDays]) }),
+    prune_snapshots: async (_p, _t, q) => ({
+      deleted: await q('select prune_snapshots($1) as r', [config.snapshotRetentionDays]),
+    }),
+    prune_inbox_outbox: (_p, _t, q) =>
+      q('select prune_inbox_outbox($1, $2) as r', [config.inboxRetentionDays, config.outboxRetentionHours]),
+    prune_job_history: async (_p, _t, q) => ({
+      deleted: await q('select prune_job_history($1) as r', [config.jobHistoryRetentionDays]),
+    }),
     refresh_mark_prices: markPriceRefresher(config, checks.prices, log),
     reconcile_with_exchange: exchangeReconciler(config, checks.exchangeReconcile, log),
   };
@@ -110,17 +143,30 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Che
   const limitLog = (r: unknown, traceId: string) => {
     const limit = (r as { limit?: { transition: string | null; limit_value: string; current_value: string } }).limit;
     if (limit?.transition === 'exceeded')
-      log.warn({ trace_id: traceId, limit_value: limit.limit_value, current_value: limit.current_value }, 'portfolio exposure limit exceeded');
+      log.warn(
+        { trace_id: traceId, limit_value: limit.limit_value, current_value: limit.current_value },
+        'portfolio exposure limit exceeded',
+      );
     else if (limit?.transition === 'cleared')
-      log.info({ trace_id: traceId, limit_value: limit.limit_value, current_value: limit.current_value }, 'portfolio exposure back within the limit');
+      log.info(
+        { trace_id: traceId, limit_value: limit.limit_value, current_value: limit.current_value },
+        'portfolio exposure back within the limit',
+      );
     return r;
   };
   const periodic = new Map(periodicTasks(config).map((p) => [p.task, p.intervalSeconds]));
   const list: TaskList = {};
   for (const [name, fn] of Object.entries(work)) {
     const interval = periodic.get(name);
-    list[name] = recorded(name, pool, log, fn,
-      interval === undefined ? undefined : async () => void (await pool.query('select schedule_next_run($1, $2)', [name, interval])));
+    list[name] = recorded(
+      name,
+      pool,
+      log,
+      fn,
+      interval === undefined
+        ? undefined
+        : async () => void (await pool.query('select schedule_next_run($1, $2)', [name, interval])),
+    );
   }
   return list;
 }

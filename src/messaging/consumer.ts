@@ -136,7 +136,9 @@ export class QueueConsumer {
 
   private async consume(connection: amqp.ChannelModel): Promise<void> {
     const channel = await connection.createChannel();
-    channel.on('error', (err: Error) => this.o.log.warn({ err: err.message, queue: this.o.queue }, 'consumer channel error'));
+    channel.on('error', (err: Error) =>
+      this.o.log.warn({ err: err.message, queue: this.o.queue }, 'consumer channel error'),
+    );
     channel.on('close', () => this.lost(channel, 'consumer channel closed'));
     await channel.prefetch(this.prefetch);
     // A null message is the broker cancelling the consumer: the queue was deleted, or its node failed over.
@@ -183,7 +185,10 @@ export class QueueConsumer {
       } catch (err) {
         if (this.stopped || this.connection !== connection) return;
         const next = Math.min(delayMs * 2, REATTACH_MAX_MS);
-        this.o.log.warn({ err: (err as Error).message, queue: this.o.queue, retry_in_ms: next }, 'cannot consume yet; retrying');
+        this.o.log.warn(
+          { err: (err as Error).message, queue: this.o.queue, retry_in_ms: next },
+          'cannot consume yet; retrying',
+        );
         this.reattach(connection, next);
       }
     }, delayMs);
@@ -231,11 +236,10 @@ export class QueueConsumer {
     for (;;) {
       const started = process.hrtime.bigint();
       try {
-        const res = await this.o.pool.query<{ r: Outcome[] }>('select ingest_messages($1, $2::jsonb[], $3::jsonb[]) as r', [
-          this.o.kind,
-          batch.map((d) => JSON.stringify(d.meta)),
-          batch.map((d) => d.raw),
-        ]);
+        const res = await this.o.pool.query<{ r: Outcome[] }>(
+          'select ingest_messages($1, $2::jsonb[], $3::jsonb[]) as r',
+          [this.o.kind, batch.map((d) => JSON.stringify(d.meta)), batch.map((d) => d.raw)],
+        );
         metrics.messageApplyDuration.observe({ queue: this.o.queue }, Number(process.hrtime.bigint() - started) / 1e9);
         await Promise.all(res.rows[0]!.r.map((outcome, i) => this.settle(batch[i]!, outcome)));
         return;
@@ -245,15 +249,30 @@ export class QueueConsumer {
           // another transaction held rows this one needed (a deadlock or serialization
           // conflict): nothing was applied, and at once is the right time to retry
           metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' }, batch.length);
-          this.o.log.info({ err: (err as Error).message, queue: this.o.queue, messages: batch.length, trace_id: batch[0]!.meta.trace_id },
-            'transaction conflict; batch retried');
+          this.o.log.info(
+            {
+              err: (err as Error).message,
+              queue: this.o.queue,
+              messages: batch.length,
+              trace_id: batch[0]!.meta.trace_id,
+            },
+            'transaction conflict; batch retried',
+          );
           continue;
         }
         if (isTransient(err)) {
           metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' }, batch.length);
-          this.o.log.warn({ err: (err as Error).message, queue: this.o.queue, messages: batch.length, retry_in_ms: backoff,
-                            trace_id: batch[0]!.meta.trace_id, trace_ids: batch.map((d) => d.meta.trace_id) },
-            'database unavailable; messages stay unacknowledged and are retried');
+          this.o.log.warn(
+            {
+              err: (err as Error).message,
+              queue: this.o.queue,
+              messages: batch.length,
+              retry_in_ms: backoff,
+              trace_id: batch[0]!.meta.trace_id,
+              trace_ids: batch.map((d) => d.meta.trace_id),
+            },
+            'database unavailable; messages stay unacknowledged and are retried',
+          );
           await this.sleep(backoff);
           backoff = Math.min(backoff * 2, 30_000);
           continue;
@@ -266,12 +285,17 @@ export class QueueConsumer {
         const d = batch[0]!;
         d.firstFailedAt ??= new Date();
         if (isDataError(err) || ++d.attempts >= this.o.maxDeliveryAttempts) {
-          await this.deadLetter(d, `${(err as Error).message}${isDataError(err) ? '' : ` (after ${d.attempts} attempts)`}`);
+          await this.deadLetter(
+            d,
+            `${(err as Error).message}${isDataError(err) ? '' : ` (after ${d.attempts} attempts)`}`,
+          );
           return;
         }
         metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' });
-        this.o.log.error({ err: (err as Error).message, queue: this.o.queue, trace_id: d.meta.trace_id, attempt: d.attempts },
-          'message failed; retrying');
+        this.o.log.error(
+          { err: (err as Error).message, queue: this.o.queue, trace_id: d.meta.trace_id, attempt: d.attempts },
+          'message failed; retrying',
+        );
         await this.sleep(backoff);
         backoff = Math.min(backoff * 2, 30_000);
       }
@@ -295,20 +319,42 @@ export class QueueConsumer {
       // a report that changed nothing (same figures) is applied but is not a position update
       const updated = e.outcome === 'applied' && e.changed !== false;
       if (updated) metrics.positionUpdates.inc({ source: this.o.kind === 'fill' ? 'order_execution' : 'websocket' });
-      const fields = { trace_id: d.meta.trace_id, queue: this.o.queue, outcome: e.outcome, asset: e.asset, mode: e.mode,
-                       message_key: e.message_key, position_id: e.position_id, version: e.version };
-      this.o.log.info(fields,
-        updated ? 'position changed' : e.outcome === 'applied' ? 'report applied: nothing changed'
-          : e.outcome === 'duplicate' ? 'duplicate message ignored' : `message ${e.outcome}`);
+      const fields = {
+        trace_id: d.meta.trace_id,
+        queue: this.o.queue,
+        outcome: e.outcome,
+        asset: e.asset,
+        mode: e.mode,
+        message_key: e.message_key,
+        position_id: e.position_id,
+        version: e.version,
+      };
+      this.o.log.info(
+        fields,
+        updated
+          ? 'position changed'
+          : e.outcome === 'applied'
+            ? 'report applied: nothing changed'
+            : e.outcome === 'duplicate'
+              ? 'duplicate message ignored'
+              : `message ${e.outcome}`,
+      );
       if (e.warning) this.o.log.warn(fields, e.warning);
       if (e.size_discrepancy)
-        this.o.log.warn({ ...fields, ...e.size_discrepancy }, 'size discrepancy: validation scheduled after the grace period');
+        this.o.log.warn(
+          { ...fields, ...e.size_discrepancy },
+          'size discrepancy: validation scheduled after the grace period',
+        );
       if (e.avg_price_replaced)
-        this.o.log.warn({ ...fields, old_avg_price: e.avg_price_replaced.old, new_avg_price: e.avg_price_replaced.new },
-          'average entry price replaced by the exchange');
+        this.o.log.warn(
+          { ...fields, old_avg_price: e.avg_price_replaced.old, new_avg_price: e.avg_price_replaced.new },
+          'average entry price replaced by the exchange',
+        );
       if (e.avg_price_kept)
-        this.o.log.info({ ...fields, stored_avg_price: e.avg_price_kept.stored, reported_avg_price: e.avg_price_kept.reported },
-          'average entry price kept: the difference is within the threshold');
+        this.o.log.info(
+          { ...fields, stored_avg_price: e.avg_price_kept.stored, reported_avg_price: e.avg_price_kept.reported },
+          'average entry price kept: the difference is within the threshold',
+        );
     }
     metrics.messages.inc({ queue: this.o.queue, outcome });
     this.ack(d);
@@ -320,12 +366,16 @@ export class QueueConsumer {
       if (!channel) throw new Error('no dead-letter channel');
       await publishDeadLetter(channel, d.msg, this.o.queue, reason, d.firstFailedAt ?? new Date());
       metrics.messages.inc({ queue: this.o.queue, outcome: 'dead_lettered' });
-      this.o.log.warn({ trace_id: d.meta.trace_id, queue: this.o.queue, reason, message_id: d.msg.properties.messageId },
-        'message dead-lettered');
+      this.o.log.warn(
+        { trace_id: d.meta.trace_id, queue: this.o.queue, reason, message_id: d.msg.properties.messageId },
+        'message dead-lettered',
+      );
       this.ack(d);
     } catch (err) {
-      this.o.log.error({ err: (err as Error).message, trace_id: d.meta.trace_id, queue: this.o.queue },
-        'dead-lettering failed; message requeued');
+      this.o.log.error(
+        { err: (err as Error).message, trace_id: d.meta.trace_id, queue: this.o.queue },
+        'dead-lettering failed; message requeued',
+      );
       try {
         d.channel.nack(d.msg, false, true);
       } catch {

@@ -58,12 +58,22 @@ export async function startMessaging(rt: Runtime, roles: { consumer: boolean; re
   }
 
   if (roles.relay) {
-    const relay = new OutboxRelay({ databaseUrl: rt.databaseUrl, pool: rt.pool, broker, exchange: config.eventsExchange, log });
+    const relay = new OutboxRelay({
+      databaseUrl: rt.databaseUrl,
+      pool: rt.pool,
+      broker,
+      exchange: config.eventsExchange,
+      log,
+    });
     await relay.start();
     components.push({ name: 'relay', stop: () => relay.stop() });
   }
 
   // Stopped in reverse: consumers first (no new intake, the last batch committed and acked),
   // then the relay (which publishes that batch's events), then the connection.
-  return [{ name: 'broker', stop: () => broker.close() }, ...components, ...(consumersComponent ? [consumersComponent] : [])];
+  return [
+    { name: 'broker', stop: () => broker.close() },
+    ...components,
+    ...(consumersComponent ? [consumersComponent] : []),
+  ];
 }

@@ -92,7 +92,11 @@ export class OutboxRelay {
   /** True while this process holds the relay lock (reacquired after a lost session). */
   private async holdLock(): Promise<boolean> {
     if (this.lockClient) return true;
-    const c = new pg.Client({ connectionString: this.o.databaseUrl, application_name: 'position-manager-relay', connectionTimeoutMillis: 3000 });
+    const c = new pg.Client({
+      connectionString: this.o.databaseUrl,
+      application_name: 'position-manager-relay',
+      connectionTimeoutMillis: 3000,
+    });
     c.on('error', () => undefined);
     try {
       await c.connect();
@@ -156,7 +160,9 @@ export class OutboxRelay {
       this.o.confirmTimeoutMs,
     );
     // basic.return arrives before the confirm of the same message.
-    const results = confirmed.map((error, i) => error ?? (this.returned.has(rows[i]!.event_id) ? 'returned: unroutable' : null));
+    const results = confirmed.map(
+      (error, i) => error ?? (this.returned.has(rows[i]!.event_id) ? 'returned: unroutable' : null),
+    );
     for (const row of rows) this.returned.delete(row.event_id);
     // A confirmed event that follows a failed one with the same key is not marked sent: it goes
     // out again after the failed one (a duplicate, which consumers drop by event_id), so events
@@ -168,9 +174,10 @@ export class OutboxRelay {
     });
     const failed = rows.map((row, i) => ({ row, error: results[i] })).filter((x) => x.error !== null);
     if (sent.length)
-      await this.o.pool.query('update outbox set sent_at = now(), attempts = attempts + 1 where id = any($1::bigint[])', [
-        sent.map((r) => r.id),
-      ]);
+      await this.o.pool.query(
+        'update outbox set sent_at = now(), attempts = attempts + 1 where id = any($1::bigint[])',
+        [sent.map((r) => r.id)],
+      );
     for (const r of sent) metrics.eventsPublished.inc({ event_type: r.event_type });
     if (failed.length) {
       await this.o.pool.query(
@@ -178,7 +185,10 @@ export class OutboxRelay {
            from unnest($1::bigint[], $2::text[]) f(id, error) where o.id = f.id`,
         [failed.map((f) => f.row.id), failed.map((f) => f.error)],
       );
-      this.o.log.warn({ failed: failed.length, first_error: failed[0]!.error }, 'events not confirmed; they stay in the outbox');
+      this.o.log.warn(
+        { failed: failed.length, first_error: failed[0]!.error },
+        'events not confirmed; they stay in the outbox',
+      );
       return false;
     }
     return rows.length === BATCH;

@@ -13,8 +13,10 @@ export const MAX_BODY_BYTES = 1024 * 1024;
 const decimal = z
   .union([
     z.string().max(40, 'at most 40 characters'),
-    z.custom((v) => isLosslessNumber(v) && v.value.length <= 40 && !/[eE][+-]?0*\d{4,}$/.test(v.value),
-      'must be a decimal of at most 40 characters and an exponent below 1000'),
+    z.custom(
+      (v) => isLosslessNumber(v) && v.value.length <= 40 && !/[eE][+-]?0*\d{4,}$/.test(v.value),
+      'must be a decimal of at most 40 characters and an exponent below 1000',
+    ),
   ])
   .nullish();
 const text = (max: number) => z.string().max(max, `at most ${max} characters`).nullish();
@@ -77,7 +79,14 @@ const report = z.union([
 export type Kind = 'fill' | 'report';
 
 export type Checked =
-  | { ok: true; traceId: string | undefined; eventId: string | undefined; asset?: string; lockKey?: string; bodyKey: string }
+  | {
+      ok: true;
+      traceId: string | undefined;
+      eventId: string | undefined;
+      asset?: string;
+      lockKey?: string;
+      bodyKey: string;
+    }
   | { ok: false; reason: string; traceId: string | undefined };
 
 function describe(error: z.ZodError): string {
@@ -90,7 +99,8 @@ function describe(error: z.ZodError): string {
       ? i.errors.flat().flatMap((x) => flatten(x, [...base, ...i.path]))
       : [{ ...i, path: [...base, ...i.path] } as z.core.$ZodIssue];
   const candidates = flatten(issue, []);
-  const rank = (i: z.core.$ZodIssue) => (i.code === 'invalid_type' || i.code === 'invalid_union' ? 1000 : 0) - i.path.length;
+  const rank = (i: z.core.$ZodIssue) =>
+    (i.code === 'invalid_type' || i.code === 'invalid_union' ? 1000 : 0) - i.path.length;
   const inner = [...candidates].sort((a, b) => rank(a) - rank(b))[0] ?? issue;
   const path = inner.path.length ? inner.path.join('.') : 'body';
   return `${path}: ${inner.message}`;
@@ -98,8 +108,10 @@ function describe(error: z.ZodError): string {
 
 /** Parses and checks a body; the raw text (not the parsed tree) is what goes to SQL. */
 export function checkBody(kind: Kind, raw: Buffer): Checked {
-  if (raw.length > MAX_BODY_BYTES) return { ok: false, reason: `body: larger than ${MAX_BODY_BYTES} bytes`, traceId: undefined };
-  if (nestingDepth(raw) > MAX_DEPTH) return { ok: false, reason: `body: nested deeper than ${MAX_DEPTH} levels`, traceId: undefined };
+  if (raw.length > MAX_BODY_BYTES)
+    return { ok: false, reason: `body: larger than ${MAX_BODY_BYTES} bytes`, traceId: undefined };
+  if (nestingDepth(raw) > MAX_DEPTH)
+    return { ok: false, reason: `body: nested deeper than ${MAX_DEPTH} levels`, traceId: undefined };
   let tree: unknown;
   try {
     tree = parse(raw.toString('utf8'));
@@ -109,16 +121,25 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   if (tree === null || typeof tree !== 'object' || Array.isArray(tree))
     return { ok: false, reason: 'body: must be a JSON object', traceId: undefined };
   const obj = tree as Record<string, unknown>;
-  const traceId = typeof obj.trace_id === 'string' && obj.trace_id.length <= 128 && !unstorable(obj.trace_id) ? obj.trace_id : undefined;
+  const traceId =
+    typeof obj.trace_id === 'string' && obj.trace_id.length <= 128 && !unstorable(obj.trace_id)
+      ? obj.trace_id
+      : undefined;
   // only a \u escape can put either into the parsed text
   const bad = raw.includes('\\u') && ESCAPED_UNSTORABLE.test(raw.toString('latin1')) ? unstorablePath(tree) : undefined;
   if (bad) return { ok: false, reason: `${bad.path}: contains ${bad.what}, which cannot be stored`, traceId };
-  const schema = kind === 'report' ? report : typeof obj.order === 'object' && obj.order !== null ? enrichedFill : flatFill;
+  const schema =
+    kind === 'report' ? report : typeof obj.order === 'object' && obj.order !== null ? enrichedFill : flatFill;
   const result = schema.safeParse(tree);
   if (!result.success) return { ok: false, reason: describe(result.error), traceId };
-  return { ok: true, traceId, eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined, asset: fillAsset(kind, obj),
-           lockKey: lockKey(kind, obj),
-           bodyKey: bodyKey(tree) };
+  return {
+    ok: true,
+    traceId,
+    eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined,
+    asset: fillAsset(kind, obj),
+    lockKey: lockKey(kind, obj),
+    bodyKey: bodyKey(tree),
+  };
 }
 
 // Messages are a few levels deep; a deeply nested one would overflow the stack of the checks
@@ -133,7 +154,8 @@ function nestingDepth(raw: Buffer): number {
   for (let i = 0; i < raw.length; i++) {
     const c = raw[i];
     if (inString) {
-      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      if (c === 0x5c)
+        i++; // backslash: skip the escaped byte
       else if (c === 0x22) inString = false;
     } else if (c === 0x22) inString = true;
     else if (c === 0x7b || c === 0x5b) max = Math.max(max, ++depth);
@@ -161,7 +183,9 @@ function unstorablePath(v: unknown, path: string[] = []): { path: string; what: 
   if (v === null || typeof v !== 'object' || isLosslessNumber(v)) return undefined;
   for (const [k, x] of Array.isArray(v) ? v.entries() : Object.entries(v)) {
     const inKey = unstorable(String(k));
-    const found = inKey ? { path: [...path, String(k)].join('.'), what: inKey } : unstorablePath(x, [...path, String(k)]);
+    const found = inKey
+      ? { path: [...path, String(k)].join('.'), what: inKey }
+      : unstorablePath(x, [...path, String(k)]);
     if (found) return found;
   }
   return undefined;

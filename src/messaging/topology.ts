@@ -14,7 +14,10 @@ export const PUBLISHED_QUEUES = [
 ] as const;
 
 const OWNER_ARGUMENTS: Record<string, amqp.Options.AssertQueue> = {
-  'ws-gateway.position': { durable: true, arguments: { 'x-message-ttl': 86_400_000, 'x-max-length': 100_000, 'x-overflow': 'drop-head' } },
+  'ws-gateway.position': {
+    durable: true,
+    arguments: { 'x-message-ttl': 86_400_000, 'x-max-length': 100_000, 'x-overflow': 'drop-head' },
+  },
 };
 
 /** Checks a queue someone else owns; declares it with its owner's arguments when missing. */

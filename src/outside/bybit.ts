@@ -20,12 +20,25 @@ interface Credentials {
   secret: string;
 }
 
-export function signBybit(secret: string, timestamp: string, apiKey: string, recvWindow: string, query: string): string {
-  return createHmac('sha256', secret).update(timestamp + apiKey + recvWindow + query).digest('hex');
+export function signBybit(
+  secret: string,
+  timestamp: string,
+  apiKey: string,
+  recvWindow: string,
+  query: string,
+): string {
+  return createHmac('sha256', secret)
+    .update(timestamp + apiKey + recvWindow + query)
+    .digest('hex');
 }
 
 /** One GET with retCode 0, after at most 1 + POSITION_MANAGER_PRICE_API_RETRIES tries. */
-async function bybitGet(config: Readonly<Config>, path: string, query: string, credentials?: Credentials): Promise<string> {
+async function bybitGet(
+  config: Readonly<Config>,
+  path: string,
+  query: string,
+  credentials?: Credentials,
+): Promise<string> {
   const url = new URL(`${path}?${query}`, config.priceApiUrl);
   let last: unknown;
   for (let attempt = 0; attempt <= config.priceApiRetries; attempt++) {

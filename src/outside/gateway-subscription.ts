@@ -32,7 +32,9 @@ export function startGatewaySubscription(
   // Wanted but not yet done (the broker may still be down at start, so no attempt yet).
   checks.wsGatewaySubscription = key === undefined ? 'off' : 'pending';
   if (key === undefined) {
-    log.info('WS_GATEWAY_API_KEY is unset: no subscription at the WS Gateway; position reports arrive only if another service subscribed');
+    log.info(
+      'WS_GATEWAY_API_KEY is unset: no subscription at the WS Gateway; position reports arrive only if another service subscribed',
+    );
     return { kick() {}, stop() {} };
   }
   const body = JSON.stringify({ channel_type: 'position', requesting_service: config.serviceName });
@@ -68,7 +70,9 @@ export function startGatewaySubscription(
       {
         status: answer?.status,
         // A Gateway may echo the request back: the key is cut out of whatever it answered.
-        answer: describeFailure(answer ?? error).split(key).join('[redacted]'),
+        answer: describeFailure(answer ?? error)
+          .split(key)
+          .join('[redacted]'),
         ...(cause ? { cause: cause.code ?? cause.message } : {}),
         retry_in_ms: delay,
       },

@@ -17,7 +17,12 @@ interface Raw {
   body: Buffer;
 }
 
-function get(svc: RunningService, path: string, acceptEncoding?: string, key: string | null = TEST_API_KEY): Promise<Raw> {
+function get(
+  svc: RunningService,
+  path: string,
+  acceptEncoding?: string,
+  key: string | null = TEST_API_KEY,
+): Promise<Raw> {
   const headers: Record<string, string> = {};
   if (acceptEncoding !== undefined) headers['accept-encoding'] = acceptEncoding;
   if (key !== null) headers['x-api-key'] = key;
@@ -32,18 +37,27 @@ function get(svc: RunningService, path: string, acceptEncoding?: string, key: st
         const body = enc === 'gzip' ? gunzipSync(bytes) : enc === 'br' ? brotliDecompressSync(bytes) : bytes;
         resolve({ status: res.statusCode ?? 0, headers: res.headers, bytes, body });
       });
-    }).on('error', reject).end();
+    })
+      .on('error', reject)
+      .end();
   });
 }
 
 const cacheHits = async (svc: RunningService) =>
-  Number(/^position_manager_metrics_cache_requests_total\{result="hit"[^}]*\} (\d+)/m.exec((await svc.request('GET', '/metrics', { key: null })).body)?.[1] ?? 0);
+  Number(
+    /^position_manager_metrics_cache_requests_total\{result="hit"[^}]*\} (\d+)/m.exec(
+      (await svc.request('GET', '/metrics', { key: null })).body,
+    )?.[1] ?? 0,
+  );
 
 const db = await freshDatabase(t);
 // 300 open positions: the portfolio with positions is ~250 KB, far above the 1 KB threshold.
 const fills = Array.from({ length: 300 }, (_, i) => ({
-  execution_id: `gz-${i}`, asset: `GZ${i}USDT`, side: i % 2 ? 'Sell' : 'Buy',
-  execution_quantity: String(1 + (i % 7)), execution_price: String(100 + i),
+  execution_id: `gz-${i}`,
+  asset: `GZ${i}USDT`,
+  side: i % 2 ? 'Sell' : 'Buy',
+  execution_quantity: String(1 + (i % 7)),
+  execution_price: String(100 + i),
 }));
 await db.query('select apply_order_fill(f) from jsonb_array_elements($1::jsonb) f', [JSON.stringify(fills)]);
 
@@ -75,12 +89,17 @@ for (const nodeEnv of ['test', 'production']) {
       t.ok(gz.bytes.length < plain.bytes.length / 3, `compressed to ${gz.bytes.length} bytes`);
       t.ok(gz.body.equals(plain.bytes), 'gunzipped bytes equal the identity response, byte for byte (same entry)');
       t.equal(JSON.parse(gz.body.toString('utf8')).calculated_at, doc.calculated_at, 'same calculated_at');
-      if (validating) t.equal(gz.headers['content-length'], undefined, 'compressed by the middleware as the validator passed it');
-      else t.equal(Number(gz.headers['content-length']), gz.bytes.length, "the entry's ready-made gzip copy, sent whole");
+      if (validating)
+        t.equal(gz.headers['content-length'], undefined, 'compressed by the middleware as the validator passed it');
+      else
+        t.equal(Number(gz.headers['content-length']), gz.bytes.length, "the entry's ready-made gzip copy, sent whole");
 
       const again = await get(svc, path, 'gzip, deflate, br');
-      t.equal(again.headers['content-encoding'], validating ? 'br' : 'gzip',
-        validating ? 'the middleware prefers br' : 'the cached copy is gzip, which the client accepts');
+      t.equal(
+        again.headers['content-encoding'],
+        validating ? 'br' : 'gzip',
+        validating ? 'the middleware prefers br' : 'the cached copy is gzip, which the client accepts',
+      );
       t.ok(again.body.equals(plain.bytes), 'a second read, still the same bytes');
       if (!validating) t.ok(again.bytes.equals(gz.bytes), 'the same compressed bytes');
       t.ok((await cacheHits(svc)) >= hitsBefore + 2, 'both were cache hits');
@@ -88,7 +107,8 @@ for (const nodeEnv of ['test', 'production']) {
       for (const ae of ['gzip;q=0', 'identity', 'br;q=1, gzip;q=0, identity;q=0.5', '']) {
         const r = await get(svc, path, ae);
         t.not(r.headers['content-encoding'], 'gzip', `Accept-Encoding "${ae}": not gzip`);
-        if (ae !== 'br;q=1, gzip;q=0, identity;q=0.5') t.equal(r.headers['content-encoding'], undefined, `"${ae}": identity`);
+        if (ae !== 'br;q=1, gzip;q=0, identity;q=0.5')
+          t.equal(r.headers['content-encoding'], undefined, `"${ae}": identity`);
         t.ok(r.body.equals(plain.bytes), `"${ae}": same bytes`);
         t.match(r.headers.vary, /Accept-Encoding/i);
       }
@@ -102,8 +122,10 @@ for (const nodeEnv of ['test', 'production']) {
         t.match(gz.headers.vary, /Accept-Encoding/i, `${path}: Vary`);
         t.match(plain.headers.vary, /Accept-Encoding/i, `${path}: Vary without Accept-Encoding too`);
         t.equal(plain.headers['content-encoding'], undefined);
-        if (gz.body.length >= 1024) t.equal(gz.headers['content-encoding'], 'gzip', `${path}: ${gz.body.length} bytes, gzip`);
-        else t.equal(gz.headers['content-encoding'], undefined, `${path}: ${gz.body.length} bytes, below the threshold`);
+        if (gz.body.length >= 1024)
+          t.equal(gz.headers['content-encoding'], 'gzip', `${path}: ${gz.body.length} bytes, gzip`);
+        else
+          t.equal(gz.headers['content-encoding'], undefined, `${path}: ${gz.body.length} bytes, below the threshold`);
         t.ok(gz.body.equals(plain.bytes), `${path}: same bytes`);
       }
     });
@@ -116,7 +138,11 @@ for (const nodeEnv of ['test', 'production']) {
         t.equal(gz.headers['content-encoding'], 'gzip', `${path}: gzip`);
         t.match(gz.headers.vary, /Accept-Encoding/i);
         t.equal(plain.headers['content-encoding'], undefined, `${path}: identity when not asked`);
-        t.equal((await get(svc, path, 'gzip;q=0')).headers['content-encoding'], undefined, `${path}: gzip;q=0 is honoured`);
+        t.equal(
+          (await get(svc, path, 'gzip;q=0')).headers['content-encoding'],
+          undefined,
+          `${path}: gzip;q=0 is honoured`,
+        );
         if (path !== '/metrics') t.ok(gz.body.equals(plain.bytes), `${path}: same bytes`);
       }
       const positions = await get(svc, '/api/v1/positions', 'gzip');
@@ -147,7 +173,11 @@ for (const nodeEnv of ['test', 'production']) {
         const bad = await get(svc, path, 'gzip');
         t.equal(bad.status, 400, path.slice(0, 40));
         t.match(bad.headers['content-type'], /application\/problem\+json/);
-        t.equal(bad.headers['content-encoding'], bad.body.length >= 1024 ? 'gzip' : undefined, `${bad.body.length} bytes`);
+        t.equal(
+          bad.headers['content-encoding'],
+          bad.body.length >= 1024 ? 'gzip' : undefined,
+          `${bad.body.length} bytes`,
+        );
         t.match(JSON.parse(bad.body.toString('utf8')), { status: 400, code: 'invalid_parameter', errors: Array });
       }
       const notFound = await get(svc, '/api/v1/positions/NOPEUSDT', 'gzip');
@@ -156,7 +186,12 @@ for (const nodeEnv of ['test', 'production']) {
     });
 
     t.test('no errors logged', async (t) => {
-      t.same(svc.logs.filter((l) => l.level === 'error' || l.level === 'fatal' || (typeof l.level === 'number' && l.level >= 50)), []);
+      t.same(
+        svc.logs.filter(
+          (l) => l.level === 'error' || l.level === 'fatal' || (typeof l.level === 'number' && l.level >= 50),
+        ),
+        [],
+      );
       t.equal(svc.stderr.join(''), '');
     });
   });

@@ -29,7 +29,9 @@ const origin = new URL(svc.url).origin;
 
 /** Every absolute or protocol-relative URL in a text that points anywhere but the service. */
 function foreignUrls(text: string): string[] {
-  const absolute = [...text.matchAll(/https?:\/\/[^\s"'`<>()]+/gi)].map((m) => m[0]).filter((u) => new URL(u).origin !== origin);
+  const absolute = [...text.matchAll(/https?:\/\/[^\s"'`<>()]+/gi)]
+    .map((m) => m[0])
+    .filter((u) => new URL(u).origin !== origin);
   const protocolRelative = [...text.matchAll(/["'(=]\s*(\/\/[^\s"'`<>()]+)/g)].map((m) => m[1]!);
   return [...absolute, ...protocolRelative];
 }
@@ -37,8 +39,10 @@ function foreignUrls(text: string): string[] {
 // Swagger UI shows an operation's path in <span class="opblock-summary-path" data-path="...">,
 // its text broken with <wbr> before each slash.
 const visible = (dom: string) => dom.replace(/\u200b|&#8203;|<wbr\s*\/?>/g, '');
-const renderedPath = (dom: string, path: string) => dom.includes(`data-path="${path}"`) && visible(dom).includes(`>${path}<`);
-const renderedTitle = (dom: string) => new RegExp(`<h[12][^>]*class="title"[^>]*>\\s*${TITLE.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`).test(dom);
+const renderedPath = (dom: string, path: string) =>
+  dom.includes(`data-path="${path}"`) && visible(dom).includes(`>${path}<`);
+const renderedTitle = (dom: string) =>
+  new RegExp(`<h[12][^>]*class="title"[^>]*>\\s*${TITLE.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`).test(dom);
 
 t.test('/docs and its assets: open, local, typed, under a strict CSP', async (t) => {
   const page = await fetch(`${svc.url}/docs`);
@@ -57,7 +61,10 @@ t.test('/docs and its assets: open, local, typed, under a strict CSP', async (t)
   t.notOk(renderedTitle(html), 'nor the rendered title');
 
   const refs = [...html.matchAll(/\s(?:src|href)="([^"]+)"/g)].map((m) => m[1]!);
-  t.ok(refs.some((r) => /\.css(\?|$)/.test(r)) && refs.filter((r) => /\.js(\?|$)/.test(r)).length >= 2, `a stylesheet and scripts: ${refs.join(' ')}`);
+  t.ok(
+    refs.some((r) => /\.css(\?|$)/.test(r)) && refs.filter((r) => /\.js(\?|$)/.test(r)).length >= 2,
+    `a stylesheet and scripts: ${refs.join(' ')}`,
+  );
   for (const ref of refs) {
     t.ok(ref.startsWith('/') && !ref.startsWith('//'), `${ref} is a path on the service`);
     const res = await fetch(new URL(ref, svc.url));
@@ -75,7 +82,12 @@ t.test('/docs and its assets: open, local, typed, under a strict CSP', async (t)
       t.match(body, /url:\s*'\/openapi\.yaml'/, 'init.js loads the contract from the service');
     }
   }
-  for (const path of ['/docs/assets/nope.js', '/docs/assets/package.json', '/docs/assets/..%2Fpackage.json', '/docs/assets/swagger-ui-bundle.js.map']) {
+  for (const path of [
+    '/docs/assets/nope.js',
+    '/docs/assets/package.json',
+    '/docs/assets/..%2Fpackage.json',
+    '/docs/assets/swagger-ui-bundle.js.map',
+  ]) {
     t.equal((await fetch(`${svc.url}${path}`)).status, 404, `${path} is not served`);
   }
 });
@@ -92,14 +104,29 @@ async function render(url: string, budgetMs: number, deadProxyPort: number): Pro
   const dir = mkdtempSync(join(tmpdir(), 'pm-docs-chromium-'));
   const netLog = join(dir, 'net-log.json');
   const args = [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-quic', '--no-first-run',
-    '--no-default-browser-check', '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--disable-extensions', '--disable-default-apps', `--user-data-dir=${join(dir, 'profile')}`,
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-dev-shm-usage',
+    '--disable-quic',
+    '--no-first-run',
+    '--no-default-browser-check',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-extensions',
+    '--disable-default-apps',
+    `--user-data-dir=${join(dir, 'profile')}`,
     // Nothing but the service is reachable: names do not resolve, and what would go through a proxy meets a closed port.
     '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-    `--proxy-server=http://127.0.0.1:${deadProxyPort}`, '--proxy-bypass-list=127.0.0.1',
-    `--log-net-log=${netLog}`, '--enable-logging=stderr', '--v=0',
-    '--dump-dom', `--virtual-time-budget=${budgetMs}`, url,
+    `--proxy-server=http://127.0.0.1:${deadProxyPort}`,
+    '--proxy-bypass-list=127.0.0.1',
+    `--log-net-log=${netLog}`,
+    '--enable-logging=stderr',
+    '--v=0',
+    '--dump-dom',
+    `--virtual-time-budget=${budgetMs}`,
+    url,
   ];
   // A process group of its own: a hung run is killed with all its helper processes.
   const child = spawn(CHROMIUM, args, {
@@ -135,9 +162,13 @@ async function render(url: string, budgetMs: number, deadProxyPort: number): Pro
       };
       const startJob = log.constants.logEventTypes.URL_REQUEST_START_JOB;
       const site = `${new URL(url).protocol}//${new URL(url).hostname}`;
-      requested = [...new Set(log.events
-        .filter((e) => e.type === startJob && (e.params?.network_isolation_key ?? '').split(' ').includes(site))
-        .map((e) => e.params!.url!))];
+      requested = [
+        ...new Set(
+          log.events
+            .filter((e) => e.type === startJob && (e.params?.network_isolation_key ?? '').split(' ').includes(site))
+            .map((e) => e.params!.url!),
+        ),
+      ];
     } catch (err) {
       stderr += `\n(net log unreadable: ${(err as Error).message})`;
     }
@@ -151,7 +182,9 @@ async function render(url: string, budgetMs: number, deadProxyPort: number): Pro
 
 t.test('headless Chromium renders every path of the contract, with other hosts unreachable', async (t) => {
   if (!existsSync(CHROMIUM)) {
-    t.fail(`${CHROMIUM} is missing: this test needs Debian's chromium. CI's .ci/run installs it when it is missing; locally run apt-get install -y chromium`);
+    t.fail(
+      `${CHROMIUM} is missing: this test needs Debian's chromium. CI's .ci/run installs it when it is missing; locally run apt-get install -y chromium`,
+    );
     return;
   }
   const deadProxyPort = await freePort(); // nothing listens there
@@ -171,9 +204,23 @@ t.test('headless Chromium renders every path of the contract, with other hosts u
   const diagnostics = { exit: r.code, attempts, stderr: r.stderr.slice(-3000), dom: r.dom.slice(0, 2000) };
   t.ok(r.dom.includes('id="swagger-ui"'), 'Chromium dumped the page', diagnostics);
   for (const path of PATHS) t.ok(renderedPath(r.dom, path), `${path} rendered`, diagnostics);
-  for (const path of ['/api/v1/positions', '/api/v1/portfolio/exposure', '/api/v1/positions/{asset}/validate']) t.ok(PATHS.includes(path), `${path} is in the contract`);
+  for (const path of ['/api/v1/positions', '/api/v1/portfolio/exposure', '/api/v1/positions/{asset}/validate'])
+    t.ok(PATHS.includes(path), `${path} is in the contract`);
   t.ok(renderedTitle(r.dom), `the title "${TITLE}" rendered`, diagnostics);
-  t.notMatch(r.stderr, /Refused to (load|execute|apply|connect)|Content Security Policy/i, 'nothing blocked by the CSP');
-  t.ok(r.requested.some((u) => u.startsWith(`${origin}/docs/assets/`)) && r.requested.includes(`${origin}/openapi.yaml`), 'the net log shows the page loading the assets and the contract', { requested: r.requested });
-  t.same(r.requested.filter((u) => new URL(u).origin !== origin), [], 'and nothing from any other origin', { requested: r.requested });
+  t.notMatch(
+    r.stderr,
+    /Refused to (load|execute|apply|connect)|Content Security Policy/i,
+    'nothing blocked by the CSP',
+  );
+  t.ok(
+    r.requested.some((u) => u.startsWith(`${origin}/docs/assets/`)) && r.requested.includes(`${origin}/openapi.yaml`),
+    'the net log shows the page loading the assets and the contract',
+    { requested: r.requested },
+  );
+  t.same(
+    r.requested.filter((u) => new URL(u).origin !== origin),
+    [],
+    'and nothing from any other origin',
+    { requested: r.requested },
+  );
 });

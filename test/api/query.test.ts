@@ -12,7 +12,7 @@ await db.query(`create function flaky(code text, failures int) returns int langu
     if nextval('flaky_calls') <= failures then raise exception 'flaky %', code using errcode = code; end if;
     return 1;
   end $$`);
-const reset = () => db.query("drop sequence if exists flaky_calls; create sequence flaky_calls");
+const reset = () => db.query('drop sequence if exists flaky_calls; create sequence flaky_calls');
 const calls = async () => Number((await db.query('select last_value from flaky_calls')).rows[0].last_value);
 
 t.test('a deadlock or serialization failure is run again, up to three attempts', async (t) => {

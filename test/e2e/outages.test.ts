@@ -18,10 +18,15 @@ acceptance('TC-027 database unavailable: 503 problems, /health unhealthy, nothin
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
   const proxy = await tcpProxy(t);
-  const svc = await startService(t, { databaseUrl: proxy.url(db.url), amqpUrl: broker.url, env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' } });
+  const svc = await startService(t, {
+    databaseUrl: proxy.url(db.url),
+    amqpUrl: broker.url,
+    env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' },
+  });
   await rolesStarted(svc, ['consumer']);
   t.teardown(() => {
-    if (svc.child.exitCode !== null) t.comment(`service exited ${svc.child.exitCode}: ${svc.stderr.join('')} ${JSON.stringify(svc.logs.slice(-5))}`);
+    if (svc.child.exitCode !== null)
+      t.comment(`service exited ${svc.child.exitCode}: ${svc.stderr.join('')} ${JSON.stringify(svc.logs.slice(-5))}`);
   });
   proxy.cut();
   const r = await svc.request('GET', '/api/v1/positions');
@@ -30,12 +35,28 @@ acceptance('TC-027 database unavailable: 503 problems, /health unhealthy, nothin
   const h = await svc.request('GET', '/health', { key: null });
   t.equal(h.status, 503);
   t.match(h.body, { status: 'unhealthy', database_connected: false });
-  await broker.publish('order-manager.order_executed', { execution_id: 'while-down', asset: 'DBDUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10',
-                                                        trace_id: 'tr-while-down' });
-  const held = await waitFor(() => svc.logs.find((l) => /database unavailable; messages stay unacknowledged/.test(l.msg)), { what: 'the consumer holds the message', timeoutMs: 10_000 });
-  t.match(held, { trace_id: 'tr-while-down', trace_ids: ['tr-while-down'] }, 'the line names the message by its trace_id (SPEC.md §10)');
+  await broker.publish('order-manager.order_executed', {
+    execution_id: 'while-down',
+    asset: 'DBDUSDT',
+    side: 'Buy',
+    execution_quantity: '1',
+    execution_price: '10',
+    trace_id: 'tr-while-down',
+  });
+  const held = await waitFor(
+    () => svc.logs.find((l) => /database unavailable; messages stay unacknowledged/.test(l.msg)),
+    { what: 'the consumer holds the message', timeoutMs: 10_000 },
+  );
+  t.match(
+    held,
+    { trace_id: 'tr-while-down', trace_ids: ['tr-while-down'] },
+    'the line names the message by its trace_id (SPEC.md §10)',
+  );
   proxy.restore();
-  await waitFor(async () => (await svc.request('GET', '/api/v1/positions/DBDUSDT')).body?.size === '1', { what: 'applied after the database is back', timeoutMs: 40_000 });
+  await waitFor(async () => (await svc.request('GET', '/api/v1/positions/DBDUSDT')).body?.size === '1', {
+    what: 'applied after the database is back',
+    timeoutMs: 40_000,
+  });
   t.equal((await svc.request('GET', '/health', { key: null })).status, 200);
 });
 
@@ -43,13 +64,21 @@ acceptance('TC-028 broker unavailable: degraded, REST changes commit, their even
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
   const user = new URL(broker.url).username || 'guest';
-  const svc = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' } });
+  const svc = await startService(t, {
+    databaseUrl: db.url,
+    amqpUrl: broker.url,
+    env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' },
+  });
   await waitFor(() => svc.logs.some((l) => l.msg === 'outbox relay active'), { what: 'relay' });
-  await db.query(`select apply_order_fill('{"execution_id":"b1","asset":"BRKUSDT","side":"Buy","execution_quantity":"1","execution_price":"10"}')`);
+  await db.query(
+    `select apply_order_fill('{"execution_id":"b1","asset":"BRKUSDT","side":"Buy","execution_quantity":"1","execution_price":"10"}')`,
+  );
   // "RabbitMQ is stopped" for this service: its permissions go and its connections are closed.
   await run('rabbitmqctl', ['-q', 'clear_permissions', '-p', broker.vhost, user]);
   await run('rabbitmqctl', ['-q', 'close_all_connections', '-p', broker.vhost, 'test: broker down']);
-  await waitFor(async () => (await svc.request('GET', '/health', { key: null })).body.status === 'degraded', { what: 'degraded' });
+  await waitFor(async () => (await svc.request('GET', '/health', { key: null })).body.status === 'degraded', {
+    what: 'degraded',
+  });
   const h = await svc.request('GET', '/health', { key: null });
   t.equal(h.status, 200);
   t.match(h.body, { status: 'degraded', queue_connected: false, database_connected: true });
@@ -61,12 +90,25 @@ acceptance('TC-028 broker unavailable: degraded, REST changes commit, their even
   const fix = await svc.request('POST', '/api/v1/positions/BRKUSDT/validate');
   t.equal(fix.status, 200);
   t.match(fix.body, { is_valid: false, updated_position: { size: '1' } });
-  t.equal((await svc.request('GET', '/api/v1/positions/BRKUSDT')).body.size, '1', 'a validation fix through REST commits');
+  t.equal(
+    (await svc.request('GET', '/api/v1/positions/BRKUSDT')).body.size,
+    '1',
+    'a validation fix through REST commits',
+  );
   const waiting = (await db.query('select event_type, payload from outbox where sent_at is null')).rows;
-  t.ok(waiting.some((r) => r.event_type === 'position_snapshot_created' && r.payload.snapshot_id === snap.body.id), 'the snapshot event waits in the outbox');
-  t.ok(waiting.some((r) => r.event_type === 'position_updated' && r.payload.update_source === 'validation'), 'the fix event waits in the outbox');
+  t.ok(
+    waiting.some((r) => r.event_type === 'position_snapshot_created' && r.payload.snapshot_id === snap.body.id),
+    'the snapshot event waits in the outbox',
+  );
+  t.ok(
+    waiting.some((r) => r.event_type === 'position_updated' && r.payload.update_source === 'validation'),
+    'the fix event waits in the outbox',
+  );
   await run('rabbitmqctl', ['-q', 'set_permissions', '-p', broker.vhost, user, '.*', '.*', '.*']);
-  await waitFor(async () => (await svc.request('GET', '/health', { key: null })).body.status === 'healthy', { what: 'reconnected', timeoutMs: 60_000 });
+  await waitFor(async () => (await svc.request('GET', '/health', { key: null })).body.status === 'healthy', {
+    what: 'reconnected',
+    timeoutMs: 60_000,
+  });
   const amqp = (await import('amqplib')).default;
   const c = await amqp.connect(broker.url);
   t.teardown(() => c.close().catch(() => undefined));
@@ -74,7 +116,17 @@ acceptance('TC-028 broker unavailable: degraded, REST changes commit, their even
   const got: any[] = [];
   for (const queue of ['position-manager.position_snapshot_created', 'position-manager.position_updated'])
     await ch.consume(queue, (m) => m && (got.push(JSON.parse(m.content.toString())), ch.ack(m)));
-  await waitFor(() => got.find((b) => b.snapshot_id === snap.body.id), { what: 'the snapshot event published after', timeoutMs: 20_000 });
-  await waitFor(() => got.find((b) => b.asset === 'BRKUSDT' && b.update_source === 'validation' && b.size === '1'), { what: 'the fix event published after', timeoutMs: 20_000 });
-  t.equal((await db.query('select count(*) from outbox where sent_at is null')).rows[0].count, '0', 'the outbox drained');
+  await waitFor(() => got.find((b) => b.snapshot_id === snap.body.id), {
+    what: 'the snapshot event published after',
+    timeoutMs: 20_000,
+  });
+  await waitFor(() => got.find((b) => b.asset === 'BRKUSDT' && b.update_source === 'validation' && b.size === '1'), {
+    what: 'the fix event published after',
+    timeoutMs: 20_000,
+  });
+  t.equal(
+    (await db.query('select count(*) from outbox where sent_at is null')).rows[0].count,
+    '0',
+    'the outbox drained',
+  );
 });

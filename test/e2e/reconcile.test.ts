@@ -20,48 +20,122 @@ t.test('reconciliation with the exchange, end to end', async (t) => {
     POSITION_MANAGER_PRICE_API_RETRIES: '0',
   });
   const health = async () => (await s.get('/health')).body;
-  const first = await waitFor(async () => {
-    const h = await health();
-    return h.checks.exchange_reconcile.last_success_at && h;
-  }, { what: 'the first reconciliation at start', timeoutMs: 20_000 });
+  const first = await waitFor(
+    async () => {
+      const h = await health();
+      return h.checks.exchange_reconcile.last_success_at && h;
+    },
+    { what: 'the first reconciliation at start', timeoutMs: 20_000 },
+  );
   t.match(first.checks.exchange_reconcile, { state: 'ok' });
-  t.ok(account.requests.every((r) => r.signed === 'ok'), 'signed as Bybit checks it');
+  t.ok(
+    account.requests.every((r) => r.signed === 'ok'),
+    'signed as Bybit checks it',
+  );
 
   // Order Manager published the first fill of BTCUSDT; the second (0.5 @ 51000) never arrived
   const executed = Date.now() - 60_000;
-  await s.fill({ execution_id: 'rc-1', asset: 'BTCUSDT', side: 'Buy', execution_quantity: '1', execution_price: '50000',
-                 executed_at: new Date(executed).toISOString() });
+  await s.fill({
+    execution_id: 'rc-1',
+    asset: 'BTCUSDT',
+    side: 'Buy',
+    execution_quantity: '1',
+    execution_price: '50000',
+    executed_at: new Date(executed).toISOString(),
+  });
   await s.until('BTCUSDT', (p) => p.size === '1', 'the published fill');
-  account.set({ kind: 'positions', pageSize: 1, list: [
-    { symbol: 'BTCUSDT', positionIdx: 0, side: 'Buy', size: '1.5', avgPrice: '50333.33333333', markPrice: '50400',
-      unrealisedPnl: '100', cumRealisedPnl: '0', updatedTime: String(executed + 30_000), createdTime: String(executed), seq: 7 },
-    { symbol: 'SOLUSDT', positionIdx: 0, side: 'Sell', size: '10', avgPrice: '150', markPrice: '149', unrealisedPnl: '10',
-      cumRealisedPnl: '0', updatedTime: String(executed), createdTime: String(executed) },
-  ] });
-  const sol = await s.until('SOLUSDT', (p) => p.size === '-10', 'the position never seen here, adopted', 'one-way', 25_000);
+  account.set({
+    kind: 'positions',
+    pageSize: 1,
+    list: [
+      {
+        symbol: 'BTCUSDT',
+        positionIdx: 0,
+        side: 'Buy',
+        size: '1.5',
+        avgPrice: '50333.33333333',
+        markPrice: '50400',
+        unrealisedPnl: '100',
+        cumRealisedPnl: '0',
+        updatedTime: String(executed + 30_000),
+        createdTime: String(executed),
+        seq: 7,
+      },
+      {
+        symbol: 'SOLUSDT',
+        positionIdx: 0,
+        side: 'Sell',
+        size: '10',
+        avgPrice: '150',
+        markPrice: '149',
+        unrealisedPnl: '10',
+        cumRealisedPnl: '0',
+        updatedTime: String(executed),
+        createdTime: String(executed),
+      },
+    ],
+  });
+  const sol = await s.until(
+    'SOLUSDT',
+    (p) => p.size === '-10',
+    'the position never seen here, adopted',
+    'one-way',
+    25_000,
+  );
   t.match(sol, { average_entry_price: '150', unrealized_pnl: '10', current_price: '149' });
-  const btc = await s.until('BTCUSDT', (p) => p.size === '1.5', 'validation after the grace period adopts the exchange\'s size', 'one-way', 25_000);
+  const btc = await s.until(
+    'BTCUSDT',
+    (p) => p.size === '1.5',
+    "validation after the grace period adopts the exchange's size",
+    'one-way',
+    25_000,
+  );
   t.match(btc, { average_entry_price: '50333.33333333' });
-  const fix = (await s.db.query("select source, kind, before->>'size' as b, after->>'size' as a from position_events where asset = 'BTCUSDT' and kind in ('size_discrepancy', 'validation_fix') order by id")).rows;
-  t.match(fix, [{ source: 'exchange_rest', kind: 'size_discrepancy' }, { source: 'validation', kind: 'validation_fix', b: '1', a: '1.5' }],
-    'the audit trail says what was seen and what was done');
-  const warned = await s.log((l) => l.msg === 'the exchange disagrees: validation scheduled after the grace period' && l.asset === 'BTCUSDT', 'the discrepancy logged');
+  const fix = (
+    await s.db.query(
+      "select source, kind, before->>'size' as b, after->>'size' as a from position_events where asset = 'BTCUSDT' and kind in ('size_discrepancy', 'validation_fix') order by id",
+    )
+  ).rows;
+  t.match(
+    fix,
+    [
+      { source: 'exchange_rest', kind: 'size_discrepancy' },
+      { source: 'validation', kind: 'validation_fix', b: '1', a: '1.5' },
+    ],
+    'the audit trail says what was seen and what was done',
+  );
+  const warned = await s.log(
+    (l) => l.msg === 'the exchange disagrees: validation scheduled after the grace period' && l.asset === 'BTCUSDT',
+    'the discrepancy logged',
+  );
   t.match(warned, { level: 'warn', stored: '1', reported: '1.5' });
-  t.ok(account.requests.some((r) => r.query.get('cursor') === '1'), 'the second page was read by its cursor');
+  t.ok(
+    account.requests.some((r) => r.query.get('cursor') === '1'),
+    'the second page was read by its cursor',
+  );
   const metrics = (await s.get('/metrics')).body as string;
   t.match(metrics, /position_manager_reconcile_runs_total\{[^}]*outcome="ok"[^}]*\} [1-9]/);
   t.match(metrics, /position_manager_reconcile_discrepancies_total\{[^}]*\} [1-9]/);
 
   // the exchange refuses the key (the secret was rotated there): failing, degraded, warned once
   credentials.secret = 'rotated-on-the-exchange';
-  const failing = await waitFor(async () => {
-    const h = await health();
-    return h.checks.exchange_reconcile.state === 'failing' && h;
-  }, { what: 'reconciliation failing', timeoutMs: 25_000 });
+  const failing = await waitFor(
+    async () => {
+      const h = await health();
+      return h.checks.exchange_reconcile.state === 'failing' && h;
+    },
+    { what: 'reconciliation failing', timeoutMs: 25_000 },
+  );
   t.equal(failing.status, 'degraded');
   t.equal(account.requests.at(-1)!.signed, 'bad_sign');
-  const warn = await s.log((l) => l.msg === 'cannot read positions from the exchange; reconciliation is behind', 'the warning');
+  const warn = await s.log(
+    (l) => l.msg === 'cannot read positions from the exchange; reconciliation is behind',
+    'the warning',
+  );
   t.match(warn, { level: 'warn', reason: /retCode 10004/ });
   const all = JSON.stringify(s.svc.logs) + s.svc.stderr.join('');
-  t.notOk(all.includes('e2e-read-only-key') || all.includes('e2e-secret-abcdef0123456789'), 'never the key or the secret');
+  t.notOk(
+    all.includes('e2e-read-only-key') || all.includes('e2e-secret-abcdef0123456789'),
+    'never the key or the secret',
+  );
 });

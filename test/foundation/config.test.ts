@@ -32,27 +32,50 @@ t.test('defaults follow SPEC.md §8', async (t) => {
 });
 
 t.test('bad values are rejected with the variable, the value and what is allowed', async (t) => {
-  t.match(rejection({ POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: 'abc' }), /POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD must be a non-negative decimal, got "abc"/);
-  t.match(rejection({ POSITION_MANAGER_PORT: '70000' }), /POSITION_MANAGER_PORT must be a whole number between 1 and 65535, got "70000"/);
+  t.match(
+    rejection({ POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: 'abc' }),
+    /POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD must be a non-negative decimal, got "abc"/,
+  );
+  t.match(
+    rejection({ POSITION_MANAGER_PORT: '70000' }),
+    /POSITION_MANAGER_PORT must be a whole number between 1 and 65535, got "70000"/,
+  );
   t.match(rejection({ POSITION_MANAGER_PORT: 'http' }), /POSITION_MANAGER_PORT .*got "http"/);
-  t.match(rejection({ POSITION_MANAGER_ROLES: 'api,cron' }), /POSITION_MANAGER_ROLES must be a comma-separated subset of api, consumer, relay, worker, got "api,cron"/);
+  t.match(
+    rejection({ POSITION_MANAGER_ROLES: 'api,cron' }),
+    /POSITION_MANAGER_ROLES must be a comma-separated subset of api, consumer, relay, worker, got "api,cron"/,
+  );
   t.match(rejection({ POSITION_MANAGER_LOG_LEVEL: 'loud' }), /POSITION_MANAGER_LOG_LEVEL must be one of/);
-  t.match(rejection({ POSITION_MANAGER_USE_WS_AVG_PRICE: 'maybe' }), /POSITION_MANAGER_USE_WS_AVG_PRICE must be true or false/);
+  t.match(
+    rejection({ POSITION_MANAGER_USE_WS_AVG_PRICE: 'maybe' }),
+    /POSITION_MANAGER_USE_WS_AVG_PRICE must be true or false/,
+  );
   t.match(rejection({ POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: '50' }), /between 100 and 60000/);
   t.match(rejection({ AMQP_URL: 'http://rabbit' }), /AMQP_URL must be a URL with scheme amqp or amqps/);
   t.match(rejection({ DATABASE_URL: 'not a url' }), /DATABASE_URL must be a URL/);
-  t.match(rejection({ POSITION_MANAGER_MAX_EXPOSURE_USDT: '-5' }), /POSITION_MANAGER_MAX_EXPOSURE_USDT must be a non-negative decimal/);
+  t.match(
+    rejection({ POSITION_MANAGER_MAX_EXPOSURE_USDT: '-5' }),
+    /POSITION_MANAGER_MAX_EXPOSURE_USDT must be a non-negative decimal/,
+  );
 });
 
 t.test('SPEC §8: thresholds are any decimal ≥ 0 and the exposure limit has no digit cap', async (t) => {
-  const c = loadConfig({ ...base, POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: '1.5', POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: '25',
-                         POSITION_MANAGER_MAX_EXPOSURE_USDT: '1234567890123456789.123456789' });
+  const c = loadConfig({
+    ...base,
+    POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: '1.5',
+    POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: '25',
+    POSITION_MANAGER_MAX_EXPOSURE_USDT: '1234567890123456789.123456789',
+  });
   t.equal(c.avgPriceDiffThreshold, '1.5');
   t.equal(c.sizeValidationThreshold, '25');
   t.equal(c.maxExposureUsdt, '1234567890123456789.123456789', 'kept as text, exactly');
   t.equal(loadConfig({ ...base, POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: '0' }).sizeValidationThreshold, '0');
   for (const bad of ['-0.1', '1e3', '.5', '1.', 'NaN', 'Infinity'])
-    t.match(rejection({ POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: bad }), /POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD must be a non-negative decimal/, bad);
+    t.match(
+      rejection({ POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: bad }),
+      /POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD must be a non-negative decimal/,
+      bad,
+    );
 });
 
 t.test('several bad values are all reported', async (t) => {
@@ -62,7 +85,11 @@ t.test('several bad values are all reported', async (t) => {
 });
 
 t.test('secrets are masked in rejection messages', async (t) => {
-  const msg = rejection({ POSITION_MANAGER_GRAFANA_READER_PASSWORD: 'x', POSITION_MANAGER_PORT: 'bad', DATABASE_URL: 'ftp://u:hunter2@h/db' });
+  const msg = rejection({
+    POSITION_MANAGER_GRAFANA_READER_PASSWORD: 'x',
+    POSITION_MANAGER_PORT: 'bad',
+    DATABASE_URL: 'ftp://u:hunter2@h/db',
+  });
   t.notMatch(msg, /hunter2/);
   t.equal(redactUrl('postgres://u:hunter2@h:5432/db'), 'postgres://u:***@h:5432/db');
 });
@@ -77,14 +104,23 @@ t.test('a URL that does not parse is still shown without its password', async (t
   t.notMatch(rejection({ ORDER_MANAGER_URL: 'http://u:p@ss@h:x/' }), /p@ss/, 'a password with @ is hidden whole');
   t.notMatch(rejection({ DATABASE_URL: 'postgres//u:pa/ss@h/db' }), /pa\/ss/, 'a password with / is hidden whole');
   t.equal(redactUrl('amqp://u:hunter2@h:abc/v'), 'amqp://u:***@h:abc/v');
-  t.equal(redactCredentials('connect to postgres://u:pw@h:1/db failed; see x:y'), 'connect to postgres://u:***@h:1/db failed; see x:y');
-  t.equal(redactCredentials('connect ECONNREFUSED 127.0.0.1:5432'), 'connect ECONNREFUSED 127.0.0.1:5432', 'nothing to hide');
+  t.equal(
+    redactCredentials('connect to postgres://u:pw@h:1/db failed; see x:y'),
+    'connect to postgres://u:***@h:1/db failed; see x:y',
+  );
+  t.equal(
+    redactCredentials('connect ECONNREFUSED 127.0.0.1:5432'),
+    'connect ECONNREFUSED 127.0.0.1:5432',
+    'nothing to hide',
+  );
 });
 
 t.test('errors logged at start carry no password, and keep their type and code', async (t) => {
   class DriverError extends Error {}
   const err = Object.assign(new DriverError('cannot reach postgres://u:hunter2@db/x'), {
-    code: '28P01', cause: new Error('via amqp://u:hunter2@mq'), errors: [new Error('u:hunter2@h')],
+    code: '28P01',
+    cause: new Error('via amqp://u:hunter2@mq'),
+    errors: [new Error('u:hunter2@h')],
   });
   const safe = safeError(err) as DriverError & { code: string; cause: Error; errors: Error[] };
   t.ok(safe instanceof DriverError, 'the type is kept');
@@ -104,23 +140,31 @@ t.test('a missing API key with a configured database is an error', async (t) => 
 });
 
 t.test('the seed variables build the URLs', async (t) => {
-  const c = loadConfig({ POSTGRES_HOST: 'pg', POSTGRES_PASSWORD: 'pw', RABBITMQ_HOST: 'mq', POSITION_MANAGER_API_KEY: base.POSITION_MANAGER_API_KEY });
+  const c = loadConfig({
+    POSTGRES_HOST: 'pg',
+    POSTGRES_PASSWORD: 'pw',
+    RABBITMQ_HOST: 'mq',
+    POSITION_MANAGER_API_KEY: base.POSITION_MANAGER_API_KEY,
+  });
   t.equal(c.databaseUrl, 'postgresql://ytrader:pw@pg:5432/ytrader');
   t.equal(c.amqpUrl, 'amqp://guest:guest@mq:5672');
   t.equal(loadConfig({ ...base, POSITION_MANAGER_LOG_LEVEL: 'WARNING' }).logLevel, 'warn');
 });
 
-t.test('env.example lists exactly the variables of the config schema, and what docker compose alone reads', async (t) => {
-  const { readFileSync } = await import('node:fs');
-  const { join } = await import('node:path');
-  const { ROOT } = await import('../../src/paths.js');
-  const { CONFIG_VARIABLES } = await import('../../src/config.js');
-  const documented = readFileSync(join(ROOT, 'env.example'), 'utf8')
-    .split('\n')
-    .map((l) => /^([A-Z][A-Z0-9_]+)=/.exec(l)?.[1])
-    .filter((v): v is string => v !== undefined);
-  t.same([...documented].sort(), [...CONFIG_VARIABLES, 'GRAFANA_READER_PASSWORD'].sort());
-});
+t.test(
+  'env.example lists exactly the variables of the config schema, and what docker compose alone reads',
+  async (t) => {
+    const { readFileSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const { ROOT } = await import('../../src/paths.js');
+    const { CONFIG_VARIABLES } = await import('../../src/config.js');
+    const documented = readFileSync(join(ROOT, 'env.example'), 'utf8')
+      .split('\n')
+      .map((l) => /^([A-Z][A-Z0-9_]+)=/.exec(l)?.[1])
+      .filter((v): v is string => v !== undefined);
+    t.same([...documented].sort(), [...CONFIG_VARIABLES, 'GRAFANA_READER_PASSWORD'].sort());
+  },
+);
 
 t.test('an empty dependency URL means its default, not a URL that is always down', async (t) => {
   const c = loadConfig({ POSITION_MANAGER_API_KEY: 'k'.repeat(16), WS_GATEWAY_URL: '', ORDER_MANAGER_URL: ' ' });

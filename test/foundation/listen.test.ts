@@ -28,30 +28,36 @@ t.test('sync(): a notification committed before the call has reached the handler
   t.equal(together.length, 20, 'concurrent callers all resolve');
 });
 
-t.test('a stalled connection: sync() fails within the timeout, the cache computes, and the listener comes back', async (t) => {
-  const proxy = await tcpProxy(t);
-  const l = listen(proxy.url(db.url), ['pm_listen_test'], log);
-  t.teardown(() => l.close());
-  await waitFor(() => l.connected, { what: 'listening' });
-  const cache = new MetricsCache(60_000, l);
-  let computed = 0;
-  const compute = async () => ++computed;
-  t.equal(await cache.get('k', compute), 1);
-  t.equal(await cache.get('k', compute), 1, 'a hit');
+t.test(
+  'a stalled connection: sync() fails within the timeout, the cache computes, and the listener comes back',
+  async (t) => {
+    const proxy = await tcpProxy(t);
+    const l = listen(proxy.url(db.url), ['pm_listen_test'], log);
+    t.teardown(() => l.close());
+    await waitFor(() => l.connected, { what: 'listening' });
+    const cache = new MetricsCache(60_000, l);
+    let computed = 0;
+    const compute = async () => ++computed;
+    t.equal(await cache.get('k', compute), 1);
+    t.equal(await cache.get('k', compute), 1, 'a hit');
 
-  proxy.hold();
-  const started = Date.now();
-  t.equal(await cache.get('k', compute), 2, 'computed instead of waiting on the stalled connection');
-  const waited = Date.now() - started;
-  t.ok(waited < SYNC_TIMEOUT_MS + 1000, `answered after ${waited} ms`);
-  t.ok(lines.some((x) => x.msg === 'notification listener not answering; reconnecting'), 'logged');
+    proxy.hold();
+    const started = Date.now();
+    t.equal(await cache.get('k', compute), 2, 'computed instead of waiting on the stalled connection');
+    const waited = Date.now() - started;
+    t.ok(waited < SYNC_TIMEOUT_MS + 1000, `answered after ${waited} ms`);
+    t.ok(
+      lines.some((x) => x.msg === 'notification listener not answering; reconnecting'),
+      'logged',
+    );
 
-  // a new connection through the same proxy works: the listener replaces the stalled one
-  await waitFor(() => l.connected, { what: 'listening again', timeoutMs: 10_000 });
-  const seen: unknown[] = [];
-  l.on((_c, p) => seen.push(p));
-  await db.query("select pg_notify('pm_listen_test', 'after')");
-  await l.sync();
-  t.same(seen, ['after'], 'notifications flow on the new connection');
-  proxy.release();
-});
+    // a new connection through the same proxy works: the listener replaces the stalled one
+    await waitFor(() => l.connected, { what: 'listening again', timeoutMs: 10_000 });
+    const seen: unknown[] = [];
+    l.on((_c, p) => seen.push(p));
+    await db.query("select pg_notify('pm_listen_test', 'after')");
+    await l.sync();
+    t.same(seen, ['after'], 'notifications flow on the new connection');
+    proxy.release();
+  },
+);

@@ -57,25 +57,46 @@ t.test('pre-existing positions of another writer are extended in place', async (
                         ('ETHUSDT', 0, 3000, 0, 5, '2025-01-15 11:00:00', '2025-01-15 09:00:00'),
                         ('SOLUSDT', 0, 0, 0, 0, '2025-01-15 11:00:00', '2025-01-15 09:00:00')`);
   await migrate(db.url);
-  const rows = (await c.query(`select asset, size, unrealized_pnl, realized_pnl, version, closed_at, opened_at, last_updated
-                                 from positions order by asset`)).rows;
+  const rows = (
+    await c.query(`select asset, size, unrealized_pnl, realized_pnl, version, closed_at, opened_at, last_updated
+                                 from positions order by asset`)
+  ).rows;
   t.equal(rows[0].asset, 'BTCUSDT');
   t.equal(rows[0].size, '1.5');
   t.equal(rows[0].unrealized_pnl, '0', 'null PnL is read as 0');
   t.equal(rows[0].closed_at, null);
   t.equal((rows[0].last_updated as Date).toISOString(), '2025-01-15T10:00:00.000Z', 'old timestamps read as UTC');
-  t.equal((rows[1].closed_at as Date).toISOString(), '2025-01-15T11:00:00.000Z', 'flat rows get closed_at = last_updated');
+  t.equal(
+    (rows[1].closed_at as Date).toISOString(),
+    '2025-01-15T11:00:00.000Z',
+    'flat rows get closed_at = last_updated',
+  );
   t.equal(rows[1].unrealized_pnl, '0');
   const prices = (await c.query('select asset, average_entry_price, current_price from positions order by asset')).rows;
-  t.same(prices.map((r) => [r.asset, r.average_entry_price, r.current_price]),
-    [['BTCUSDT', '50000', '50100'], ['ETHUSDT', '3000', null], ['SOLUSDT', null, null]], "Bybit's 0 for no price becomes null");
-  const uniques = (await c.query(`select count(*)::int as n from pg_index where indrelid = 'positions'::regclass and indisunique
-                                    and not indisprimary`)).rows[0].n;
+  t.same(
+    prices.map((r) => [r.asset, r.average_entry_price, r.current_price]),
+    [
+      ['BTCUSDT', '50000', '50100'],
+      ['ETHUSDT', '3000', null],
+      ['SOLUSDT', null, null],
+    ],
+    "Bybit's 0 for no price becomes null",
+  );
+  const uniques = (
+    await c.query(`select count(*)::int as n from pg_index where indrelid = 'positions'::regclass and indisunique
+                                    and not indisprimary`)
+  ).rows[0].n;
   t.equal(uniques, 1, 'the existing unique (asset, mode) is reused, not duplicated');
-  const resets = (await c.query(`select asset, kind, leg, reset_size, reset_avg_price from position_fills order by asset`)).rows;
+  const resets = (
+    await c.query(`select asset, kind, leg, reset_size, reset_avg_price from position_fills order by asset`)
+  ).rows;
   t.same(
     resets.map((r) => [r.asset, r.kind, r.leg, r.reset_size]),
-    [['BTCUSDT', 'reset', 'net', '1.5'], ['ETHUSDT', 'reset', 'net', '0'], ['SOLUSDT', 'reset', 'net', '0']],
+    [
+      ['BTCUSDT', 'reset', 'net', '1.5'],
+      ['ETHUSDT', 'reset', 'net', '0'],
+      ['SOLUSDT', 'reset', 'net', '0'],
+    ],
     'a reset ledger row for every pre-existing position',
   );
 });
@@ -100,24 +121,49 @@ t.test("Order Manager's DECIMAL(20, 8) tables become unscaled numeric; its hedge
   await c.query(`insert into positions (asset, mode, size, long_size, long_avg_price, unrealized_pnl, realized_pnl)
                  values ('ADAUSDT', 'hedge', 1, 2, 0.5, 3, 0)`);
   await migrate(db.url);
-  const scaled = (await c.query(`select table_name || '.' || column_name as col from information_schema.columns
+  const scaled = (
+    await c.query(`select table_name || '.' || column_name as col from information_schema.columns
                                   where table_name in ('positions', 'position_snapshots') and data_type = 'numeric'
-                                    and numeric_scale is not null`)).rows.map((r) => r.col);
+                                    and numeric_scale is not null`)
+  ).rows.map((r) => r.col);
   t.same(scaled, [], 'no numeric column keeps a scale');
   const h = (await c.query("select * from positions where asset = 'ETHUSDT'")).rows[0];
-  t.same([h.long_size, h.short_size, h.short_avg_price, h.average_entry_price, h.short_unrealized_pnl, h.long_unrealized_pnl,
-          h.short_realized_pnl].map(Number), [0, 2, 3000, 3000, -10, 0, 4], 'the row is its short leg');
-  const partial = (await c.query("select long_size, short_size, long_unrealized_pnl, short_unrealized_pnl from positions where asset = 'ADAUSDT'")).rows[0];
+  t.same(
+    [
+      h.long_size,
+      h.short_size,
+      h.short_avg_price,
+      h.average_entry_price,
+      h.short_unrealized_pnl,
+      h.long_unrealized_pnl,
+      h.short_realized_pnl,
+    ].map(Number),
+    [0, 2, 3000, 3000, -10, 0, 4],
+    'the row is its short leg',
+  );
+  const partial = (
+    await c.query(
+      "select long_size, short_size, long_unrealized_pnl, short_unrealized_pnl from positions where asset = 'ADAUSDT'",
+    )
+  ).rows[0];
   t.same(Object.values(partial).map(Number), [2, 1, 3, 0], 'a missing leg is what the other and the size leave');
-  await c.query(`select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"1.0","execution_price":"48000"}')`);
-  const p = (await c.query(`select (apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"0.5",
-                                                       "execution_price":"50000"}')).average_entry_price`)).rows[0];
+  await c.query(
+    `select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"1.0","execution_price":"48000"}')`,
+  );
+  const p = (
+    await c.query(`select (apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"0.5",
+                                                       "execution_price":"50000"}')).average_entry_price`)
+  ).rows[0];
   t.equal(p.average_entry_price, '48666.6666666667', 'stored at 10 places (TC-004)');
   const snap = (await c.query("select (create_position_snapshot('XRPUSDT')).average_entry_price")).rows[0];
   t.equal(snap.average_entry_price, '48666.6666666667', 'and so is its snapshot');
-  await c.query(`select apply_order_fill('{"asset":"BIGUSDT","side":"Buy","execution_quantity":"100000","execution_price":"90000000"}')`);
-  const big = (await c.query(`select (apply_order_fill('{"asset":"BIGUSDT","side":"Sell","execution_quantity":"100000",
-                                                        "execution_price":"100000000"}')).realized_pnl`)).rows[0];
+  await c.query(
+    `select apply_order_fill('{"asset":"BIGUSDT","side":"Buy","execution_quantity":"100000","execution_price":"90000000"}')`,
+  );
+  const big = (
+    await c.query(`select (apply_order_fill('{"asset":"BIGUSDT","side":"Sell","execution_quantity":"100000",
+                                                        "execution_price":"100000000"}')).realized_pnl`)
+  ).rows[0];
   t.equal(big.realized_pnl, '1000000000000', 'a realized PnL of 1e12, beyond DECIMAL(20, 8), is stored');
 });
 
@@ -135,7 +181,9 @@ t.test('migration 8 widens DECIMAL(20, 8) columns left by an earlier migration 1
     if (k) await c.query(`drop ${k === 'm' ? 'materialized view' : 'view'} ${v}`);
   }
   await c.query('alter table positions drop column gross_size');
-  await c.query('alter table positions alter column average_entry_price type decimal(20, 8), alter column size type decimal(20, 8)');
+  await c.query(
+    'alter table positions alter column average_entry_price type decimal(20, 8), alter column size type decimal(20, 8)',
+  );
   await c.query('alter table position_snapshots alter column average_entry_price type decimal(20, 8)');
   await c.query(`alter table positions add column gross_size numeric generated always as (
                    case when mode = 'hedge' then coalesce(long_size, 0) + coalesce(short_size, 0) else abs(size) end) stored`);
@@ -146,13 +194,20 @@ t.test('migration 8 widens DECIMAL(20, 8) columns left by an earlier migration 1
   const again = await migrate(db.url);
   t.same(again.migrationsApplied.slice(0, 1), ['1000000000008_unscaled-numeric']);
   t.equal(again.definitionsApplied, true, 'the views are back');
-  const scaled = (await c.query(`select count(*)::int as n from information_schema.columns where table_name in ('positions', 'position_snapshots')
-                                   and data_type = 'numeric' and numeric_scale is not null`)).rows[0].n;
+  const scaled = (
+    await c.query(`select count(*)::int as n from information_schema.columns where table_name in ('positions', 'position_snapshots')
+                                   and data_type = 'numeric' and numeric_scale is not null`)
+  ).rows[0].n;
   t.equal(scaled, 0, 'no numeric column keeps a scale');
   t.ok((await c.query("select to_regclass('positions_open_idx') as r")).rows[0].r, 'the open-positions index is back');
-  await c.query(`select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"1.0","execution_price":"48000"}')`);
-  await c.query(`select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"0.5","execution_price":"50000"}')`);
-  const p = (await c.query("select average_entry_price, gross_size from positions_view where asset = 'XRPUSDT'")).rows[0];
+  await c.query(
+    `select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"1.0","execution_price":"48000"}')`,
+  );
+  await c.query(
+    `select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"0.5","execution_price":"50000"}')`,
+  );
+  const p = (await c.query("select average_entry_price, gross_size from positions_view where asset = 'XRPUSDT'"))
+    .rows[0];
   t.same([p.average_entry_price, p.gross_size], ['48666.6666666667', '1.5']);
   t.same((await migrate(db.url)).migrationsApplied, [], 'and it stays done');
 });
@@ -167,8 +222,11 @@ t.test("another service's views survive migrations, on the first run and when th
   await c.query("insert into risk_limits values ('max_leverage', 5)");
   await c.query('create view risk_limits_view as select name, value from risk_limits');
   await c.query('create materialized view risk_limits_total as select sum(value) as total from risk_limits');
-  const foreign = async () => (await c.query(`select relname from pg_class where relname in ('risk_limits_view', 'risk_limits_total')
-                                                order by relname`)).rows.map((r) => r.relname);
+  const foreign = async () =>
+    (
+      await c.query(`select relname from pg_class where relname in ('risk_limits_view', 'risk_limits_total')
+                                                order by relname`)
+    ).rows.map((r) => r.relname);
   t.equal((await migrate(db.url)).definitionsApplied, true);
   t.same(await foreign(), ['risk_limits_total', 'risk_limits_view'], 'first run');
   const ours = (await c.query('select views from sql_definitions')).rows[0].views as string[];
@@ -180,27 +238,42 @@ t.test("another service's views survive migrations, on the first run and when th
   await c.query("update sql_definitions set hash = 'changed', views = views || '{position_legacy_view}'");
   t.equal((await migrate(db.url)).definitionsApplied, true, 'definitions re-applied');
   t.same(await foreign(), ['risk_limits_total', 'risk_limits_view'], 'after a change of the definitions');
-  t.equal((await c.query("select count(*)::int as n from risk_limits_total")).rows[0].n, 1, 'with its data');
-  t.equal((await c.query("select to_regclass('position_legacy_view') as r")).rows[0].r, null, 'our obsolete view is dropped');
+  t.equal((await c.query('select count(*)::int as n from risk_limits_total')).rows[0].n, 1, 'with its data');
+  t.equal(
+    (await c.query("select to_regclass('position_legacy_view') as r")).rows[0].r,
+    null,
+    'our obsolete view is dropped',
+  );
   t.ok((await c.query("select to_regclass('positions_view') as r")).rows[0].r, 'ours are re-created');
 
   // Theirs built on one of ours: stop with its name rather than drop it along.
   await c.query('create view risk_positions as select asset from positions_view');
   await c.query("update sql_definitions set hash = 'changed again'");
-  await t.rejects(migrate(db.url), /cannot re-create view positions_view.*risk_positions/, 'the migration names the dependent view');
+  await t.rejects(
+    migrate(db.url),
+    /cannot re-create view positions_view.*risk_positions/,
+    'the migration names the dependent view',
+  );
   t.ok((await c.query("select to_regclass('risk_positions') as r")).rows[0].r, 'which is still there');
 });
 
-const scratchServer = (u: URL) => u.hostname === '127.0.0.1' && (u.port || '5432') === '5432' && u.username === 'postgres';
-t.test('scripts/scratch-db.sh creates the database the service would create', {
-  skip: !scratchServer(new URL(process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres')) && 'the script uses postgres@127.0.0.1:5432',
-}, async (t) => {
-  const db = await emptyDatabase(t, 'pm_scratch');
-  const { execFile } = await import('node:child_process');
-  const { promisify } = await import('node:util');
-  const { ROOT } = await import('../../src/paths.js');
-  await promisify(execFile)('bash', ['scripts/scratch-db.sh', '--no-build', db.name], { cwd: ROOT });
-  const again = await migrate(db.url);
-  t.same(again.migrationsApplied, [], 'every migration is recorded in pgmigrations');
-  t.equal(again.definitionsApplied, false, 'the sql/ definitions are recorded as applied');
-});
+const scratchServer = (u: URL) =>
+  u.hostname === '127.0.0.1' && (u.port || '5432') === '5432' && u.username === 'postgres';
+t.test(
+  'scripts/scratch-db.sh creates the database the service would create',
+  {
+    skip:
+      !scratchServer(new URL(process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres')) &&
+      'the script uses postgres@127.0.0.1:5432',
+  },
+  async (t) => {
+    const db = await emptyDatabase(t, 'pm_scratch');
+    const { execFile } = await import('node:child_process');
+    const { promisify } = await import('node:util');
+    const { ROOT } = await import('../../src/paths.js');
+    await promisify(execFile)('bash', ['scripts/scratch-db.sh', '--no-build', db.name], { cwd: ROOT });
+    const again = await migrate(db.url);
+    t.same(again.migrationsApplied, [], 'every migration is recorded in pgmigrations');
+    t.equal(again.definitionsApplied, false, 'the sql/ definitions are recorded as applied');
+  },
+);

@@ -24,10 +24,17 @@ t.test('a database that cannot be reached at start: one fatal JSON line without 
   const code = await new Promise<number | null>((ok) => svc.child.once('exit', ok));
   t.equal(code, 1);
   const fatal = svc.logs.find((l) => l.level === 'fatal');
-  t.match(fatal, { msg: 'failed to start', service: 'position-manager', err: { type: String, message: String } }, 'logged as JSON at fatal');
+  t.match(
+    fatal,
+    { msg: 'failed to start', service: 'position-manager', err: { type: String, message: String } },
+    'logged as JSON at fatal',
+  );
   t.match(JSON.stringify(fatal.err), /ECONNREFUSED/, 'with the cause');
   t.same(svc.stderr, [], 'nothing on stderr: no plain-text stack');
-  t.notOk(svc.logs.some((l) => l.raw !== undefined), 'every stdout line is JSON');
+  t.notOk(
+    svc.logs.some((l) => l.raw !== undefined),
+    'every stdout line is JSON',
+  );
   t.notMatch(JSON.stringify(svc.logs), /hunter2/, 'no password');
 });
 
@@ -40,21 +47,31 @@ t.test('the service starts on a database, answers /health, and stops on SIGTERM 
   t.equal(health.body.database_connected, true);
   t.equal(health.body.messaging, 'disabled');
   t.equal(await svc.stop('SIGTERM'), 0);
-  t.ok(svc.logs.some((l) => l.msg === 'stopped'), 'logs its clean stop');
+  t.ok(
+    svc.logs.some((l) => l.msg === 'stopped'),
+    'logs its clean stop',
+  );
 });
 
 t.test('SIGTERM lets a request in flight finish with its answer (its write committed) before the exit', async (t) => {
   const db = await freshDatabase(t);
-  await db.query(`select apply_order_fill('{"asset":"BTCUSDT","side":"Buy","execution_quantity":"1","execution_price":"100"}')`);
+  await db.query(
+    `select apply_order_fill('{"asset":"BTCUSDT","side":"Buy","execution_quantity":"1","execution_price":"100"}')`,
+  );
   const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api' } });
   const locker = await db.pool.connect();
   t.teardown(() => locker.release());
   await locker.query('begin');
   await locker.query('lock table positions in access exclusive mode');
   const req = svc.request('POST', '/api/v1/positions/BTCUSDT/snapshot');
-  await waitFor(async () => (await db.query(`select count(*)::int as n from pg_stat_activity where datname = current_database()
-                                              and wait_event_type = 'Lock' and query like '%create_position_snapshot%'`)).rows[0].n === 1,
-                { what: 'the request waiting on the lock' });
+  await waitFor(
+    async () =>
+      (
+        await db.query(`select count(*)::int as n from pg_stat_activity where datname = current_database()
+                                              and wait_event_type = 'Lock' and query like '%create_position_snapshot%'`)
+      ).rows[0].n === 1,
+    { what: 'the request waiting on the lock' },
+  );
   const exit = svc.stop('SIGTERM');
   await waitFor(() => svc.logs.some((l) => l.msg === 'shutting down'), { what: 'shutdown under way' });
   await locker.query('commit');
@@ -73,7 +90,11 @@ t.test('embedded: after a kill -9 the PostgreSQL left running is stopped by the 
   await first.stop('SIGKILL');
   t.doesNotThrow(() => process.kill(pid, 0), 'its PostgreSQL outlived it');
   const second = await startService(t, { env, timeoutMs: 120_000 });
-  t.ok(second.logs.some((l) => l.msg === 'stopping the embedded PostgreSQL that a killed instance left running' && l.pid === pid));
+  t.ok(
+    second.logs.some(
+      (l) => l.msg === 'stopping the embedded PostgreSQL that a killed instance left running' && l.pid === pid,
+    ),
+  );
   t.equal((await second.request('GET', '/health', { key: null })).body.database_connected, true);
   t.equal(await second.stop('SIGTERM'), 0);
 });
@@ -84,16 +105,29 @@ t.test('a port already taken: the error logged as fatal, exit non-zero, never "l
   await new Promise<void>((ok) => taken.listen(0, ok)); // all interfaces, as the service binds
   t.teardown(() => new Promise((ok) => taken.close(ok)));
   const port = String((taken.address() as { port: number }).port);
-  const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api,worker', POSITION_MANAGER_PORT: port }, waitHealthy: false });
+  const svc = await startService(t, {
+    databaseUrl: db.url,
+    env: { POSITION_MANAGER_ROLES: 'api,worker', POSITION_MANAGER_PORT: port },
+    waitHealthy: false,
+  });
   const code = await Promise.race([
     new Promise<number | null>((ok) => svc.child.once('exit', ok)),
     new Promise<string>((ok) => setTimeout(() => ok('still running after 30 s'), 30_000)),
   ]);
   t.not(code, 0, 'a non-zero exit');
   t.type(code, 'number', 'the process exited');
-  t.ok(svc.logs.some((l) => l.level === 'fatal' && /EADDRINUSE/.test(JSON.stringify(l.err))), 'the bind error logged as fatal');
-  t.notOk(svc.logs.some((l) => l.msg === 'listening'), 'no "listening" line');
-  t.ok(svc.logs.some((l) => l.msg === 'stopped'), 'what it started was stopped first');
+  t.ok(
+    svc.logs.some((l) => l.level === 'fatal' && /EADDRINUSE/.test(JSON.stringify(l.err))),
+    'the bind error logged as fatal',
+  );
+  t.notOk(
+    svc.logs.some((l) => l.msg === 'listening'),
+    'no "listening" line',
+  );
+  t.ok(
+    svc.logs.some((l) => l.msg === 'stopped'),
+    'what it started was stopped first',
+  );
 });
 
 t.test('with no database configured it runs an embedded PostgreSQL in the data folder', async (t) => {
@@ -109,6 +143,9 @@ t.test('with no database configured it runs an embedded PostgreSQL in the data f
   t.ok(existsSync(join(dataDir, 'postgres', 'PG_VERSION')), 'the data lives in POSITION_MANAGER_DATA_DIR');
   const keyFile = join(dataDir, 'api-key');
   t.equal(statSync(keyFile).mode & 0o777, 0o600, 'the generated API key is private');
-  t.ok(svc.logs.some((l) => l.api_key_file === keyFile), 'its path (not the key) is logged');
+  t.ok(
+    svc.logs.some((l) => l.api_key_file === keyFile),
+    'its path (not the key) is logged',
+  );
   t.equal(await svc.stop('SIGTERM'), 0);
 });

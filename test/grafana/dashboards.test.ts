@@ -6,14 +6,27 @@ import t from 'tap';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 
 const DASHBOARDS_DIR = join(import.meta.dirname, '..', '..', 'grafana', 'dashboards');
-const EXPECTED_FILES = ['portfolio-management.json', 'position-manager-jobs.json', 'positions.json', 'validation-audit.json'];
+const EXPECTED_FILES = [
+  'portfolio-management.json',
+  'position-manager-jobs.json',
+  'positions.json',
+  'validation-audit.json',
+];
 const DATASOURCE_UID = 'position-manager';
 
 // The relations grafana_reader may select (sql/900_grafana_grants.sql).
 const VIEWS = new Set([
-  'positions_view', 'portfolio_metrics_view', 'portfolio_by_asset_view', 'portfolio_asset_totals_view',
-  'position_snapshots_view', 'portfolio_metrics_history_view', 'portfolio_pnl_hourly', 'position_pnl_hourly',
-  'position_events_view', 'job_history_view', 'job_queue_view',
+  'positions_view',
+  'portfolio_metrics_view',
+  'portfolio_by_asset_view',
+  'portfolio_asset_totals_view',
+  'position_snapshots_view',
+  'portfolio_metrics_history_view',
+  'portfolio_pnl_hourly',
+  'position_pnl_hourly',
+  'position_events_view',
+  'job_history_view',
+  'job_queue_view',
 ]);
 const BASE_TABLE =
   /\b(from|join)\s+(positions|position_fills|position_events|position_snapshots|inbox|outbox|job_runs|portfolio_metrics_history|graphile_worker\.)\b/i;
@@ -55,8 +68,13 @@ interface Dashboard {
   templating: { list: Variable[] };
 }
 
-const files = readdirSync(DASHBOARDS_DIR).filter((f) => f.endsWith('.json')).sort();
-const dashboards = files.map((file) => ({ file, d: JSON.parse(readFileSync(join(DASHBOARDS_DIR, file), 'utf8')) as Dashboard }));
+const files = readdirSync(DASHBOARDS_DIR)
+  .filter((f) => f.endsWith('.json'))
+  .sort();
+const dashboards = files.map((file) => ({
+  file,
+  d: JSON.parse(readFileSync(join(DASHBOARDS_DIR, file), 'utf8')) as Dashboard,
+}));
 
 /** Every panel, including the panels of collapsed rows. */
 function allPanels(panels: Panel[]): Panel[] {
@@ -167,20 +185,46 @@ const MAY_BE_EMPTY = (dashboard: string, panel: string, values: Record<string, s
   dashboard === 'Positions' && panel === 'Closed Positions' && values.asset === 'BTCUSDT';
 
 async function seed(db: TestDb) {
-  const fill = (body: Record<string, unknown>) => db.query('select apply_order_fill($1::jsonb)', [JSON.stringify(body)]);
-  const report = (body: Record<string, unknown>) => db.query('select apply_position_report($1::jsonb)', [JSON.stringify(body)]);
+  const fill = (body: Record<string, unknown>) =>
+    db.query('select apply_order_fill($1::jsonb)', [JSON.stringify(body)]);
+  const report = (body: Record<string, unknown>) =>
+    db.query('select apply_position_report($1::jsonb)', [JSON.stringify(body)]);
   // One-way BTCUSDT long, marked by a report.
   await fill({ execution_id: 'g1', asset: 'BTCUSDT', side: 'Buy', execution_quantity: '1', execution_price: '50000' });
-  await report({ event_type: 'position', event_id: 'r1', data: { symbol: 'BTCUSDT', side: 'Buy', size: '1', markPrice: '50100', unrealisedPnl: '100' } });
+  await report({
+    event_type: 'position',
+    event_id: 'r1',
+    data: { symbol: 'BTCUSDT', side: 'Buy', size: '1', markPrice: '50100', unrealisedPnl: '100' },
+  });
   // Hedge ETHUSDT: a long and a short leg.
-  await fill({ execution_id: 'g2', asset: 'ETHUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '2', execution_price: '3000', position_idx: 1 });
-  await fill({ execution_id: 'g3', asset: 'ETHUSDT', mode: 'hedge', side: 'Sell', execution_quantity: '1', execution_price: '3010', position_idx: 2 });
+  await fill({
+    execution_id: 'g2',
+    asset: 'ETHUSDT',
+    mode: 'hedge',
+    side: 'Buy',
+    execution_quantity: '2',
+    execution_price: '3000',
+    position_idx: 1,
+  });
+  await fill({
+    execution_id: 'g3',
+    asset: 'ETHUSDT',
+    mode: 'hedge',
+    side: 'Sell',
+    execution_quantity: '1',
+    execution_price: '3010',
+    position_idx: 2,
+  });
   // SOLUSDT opened and closed: a closed position with realized PnL.
   await fill({ execution_id: 'g4', asset: 'SOLUSDT', side: 'Buy', execution_quantity: '10', execution_price: '100' });
   await fill({ execution_id: 'g5', asset: 'SOLUSDT', side: 'Sell', execution_quantity: '10', execution_price: '110' });
   // XRPUSDT short; the exchange reports another size (size_discrepancy), validation adopts it (validation_fix).
   await fill({ execution_id: 'g6', asset: 'XRPUSDT', side: 'Sell', execution_quantity: '100', execution_price: '0.5' });
-  await report({ event_type: 'position', event_id: 'r2', data: { symbol: 'XRPUSDT', side: 'Sell', size: '150', markPrice: '0.49' } });
+  await report({
+    event_type: 'position',
+    event_id: 'r2',
+    data: { symbol: 'XRPUSDT', side: 'Sell', size: '150', markPrice: '0.49' },
+  });
   await db.query("select validate_position('XRPUSDT', 'one-way', true)");
 
   await db.query("select create_position_snapshot('BTCUSDT')");
@@ -202,7 +246,11 @@ async function seed(db: TestDb) {
 }
 
 t.test('the four dashboards exist with unique uids and the common settings', async (t) => {
-  t.same(EXPECTED_FILES.filter((f) => !files.includes(f)), [], 'every expected dashboard file exists');
+  t.same(
+    EXPECTED_FILES.filter((f) => !files.includes(f)),
+    [],
+    'every expected dashboard file exists',
+  );
   const uids = dashboards.map(({ d }) => d.uid);
   t.equal(new Set(uids).size, uids.length, `unique uids: ${uids.join(', ')}`);
   for (const { file, d } of dashboards) {
@@ -213,14 +261,24 @@ t.test('the four dashboards exist with unique uids and the common settings', asy
     const ids = allPanels(d.panels).map((p) => p.id);
     t.equal(new Set(ids).size, ids.length, `${d.title}: unique panel ids`);
   }
-  t.same(dashboards.map(({ d }) => d.title).sort(),
-    ['Portfolio Management', 'Position Manager Jobs', 'Positions', 'Validation & Audit'], 'titles');
+  t.same(
+    dashboards.map(({ d }) => d.title).sort(),
+    ['Portfolio Management', 'Position Manager Jobs', 'Positions', 'Validation & Audit'],
+    'titles',
+  );
   // The risk threshold lines (SPEC.md §9) are dashboard variables with these defaults.
   const portfolio = dashboards.find(({ d }) => d.title === 'Portfolio Management')!.d;
-  t.match(variableValues(portfolio, {}), { max_position_size_ratio: '0.8', take_profit_pct: '3.0' }, 'threshold variables');
+  t.match(
+    variableValues(portfolio, {}),
+    { max_position_size_ratio: '0.8', take_profit_pct: '3.0' },
+    'threshold variables',
+  );
   const positions = dashboards.find(({ d }) => d.title === 'Positions')!.d;
-  t.match(positions.templating.list.find((v) => v.name === 'asset'), { type: 'query', includeAll: true, allValue: 'All' },
-    'the asset variable offers All');
+  t.match(
+    positions.templating.list.find((v) => v.name === 'asset'),
+    { type: 'query', includeAll: true, allValue: 'All' },
+    'the asset variable offers All',
+  );
 });
 
 t.test('panels read only the views, through the provisioned datasource', async (t) => {
@@ -239,12 +297,22 @@ t.test('panels read only the views, through the provisioned datasource', async (
     for (const v of sqlVariables(d)) sources.push([`variable ${v.name}`, variableSql(v)]);
     for (const [name, sql] of sources) {
       t.notMatch(sql, BASE_TABLE, `${d.title} / ${name}: no base table`);
-      const relations = [...sql.matchAll(/\b(?:from|join)\s+([a-z_][\w.]*)\b(?!\s*\()/gi)].map((m) => m[1]!.toLowerCase());
+      const relations = [...sql.matchAll(/\b(?:from|join)\s+([a-z_][\w.]*)\b(?!\s*\()/gi)].map((m) =>
+        m[1]!.toLowerCase(),
+      );
       t.ok(relations.length > 0, `${d.title} / ${name}: reads a view`);
-      t.same(relations.filter((r) => !VIEWS.has(r)), [], `${d.title} / ${name}: only views (${relations.join(', ')})`);
+      t.same(
+        relations.filter((r) => !VIEWS.has(r)),
+        [],
+        `${d.title} / ${name}: only views (${relations.join(', ')})`,
+      );
     }
   }
-  t.notMatch('select * from positions_view join position_events_view using (asset)', BASE_TABLE, 'views do not look like tables');
+  t.notMatch(
+    'select * from positions_view join position_events_view using (asset)',
+    BASE_TABLE,
+    'views do not look like tables',
+  );
   t.match('select * from  graphile_worker.jobs', BASE_TABLE, 'the check sees graphile_worker tables');
 });
 
@@ -260,10 +328,18 @@ t.test('every panel query runs as grafana_reader against a populated database', 
     for (const v of sqlVariables(d)) {
       const res = await asReader(db, interpolate(variableSql(v), d, variableValues(d, {})));
       t.ok(res.rows.length > 0, `${d.title} / variable ${v.name}: has values`);
-      if (v.name === 'asset') t.ok(res.rows.some((r) => Object.values(r)[0] === 'BTCUSDT'), `${d.title} / variable asset: BTCUSDT`);
+      if (v.name === 'asset')
+        t.ok(
+          res.rows.some((r) => Object.values(r)[0] === 'BTCUSDT'),
+          `${d.title} / variable asset: BTCUSDT`,
+        );
     }
     for (const values of variableSets(d)) {
-      const vars = Object.keys(values).length ? ` [${Object.entries(values).map(([k, v]) => `${k}=${v}`).join(', ')}]` : '';
+      const vars = Object.keys(values).length
+        ? ` [${Object.entries(values)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(', ')}]`
+        : '';
       for (const p of allPanels(d.panels)) {
         for (const q of p.targets ?? []) {
           if (!q.rawSql) continue;
@@ -283,8 +359,16 @@ t.test('every panel query runs as grafana_reader against a populated database', 
             t.ok(fields.filter((f) => f !== 'time' && f !== 'metric').length > 0, `${name}: a value column`);
           }
           const { names, patterns } = referencedColumns(p, q);
-          t.same(names.filter((n) => !fields.includes(n)), [], `${name}: the columns the panel refers to (${fields.join(', ')})`);
-          for (const re of patterns) t.ok(fields.some((f) => re.test(f)), `${name}: a column matches ${re}`);
+          t.same(
+            names.filter((n) => !fields.includes(n)),
+            [],
+            `${name}: the columns the panel refers to (${fields.join(', ')})`,
+          );
+          for (const re of patterns)
+            t.ok(
+              fields.some((f) => re.test(f)),
+              `${name}: a column matches ${re}`,
+            );
         }
       }
     }
@@ -303,6 +387,14 @@ t.test("SPEC.md §9: the Order Execution panels' LATERAL query over positions_vi
     .replace('$__timeFilter(o.created_at)', "o.created_at > now() - interval '1 hour'");
   const res = await asReader(db, sql);
   const btc = res.rows.find((r) => r.asset === 'BTCUSDT');
-  t.match(btc, { size: String, average_entry_price: String, unrealized_pnl: String }, 'the position columns of the order');
-  t.match(res.rows.find((r) => r.asset === 'NOPEUSDT'), { size: null }, 'an order without a position keeps its row');
+  t.match(
+    btc,
+    { size: String, average_entry_price: String, unrealized_pnl: String },
+    'the position columns of the order',
+  );
+  t.match(
+    res.rows.find((r) => r.asset === 'NOPEUSDT'),
+    { size: null },
+    'an order without a position keeps its row',
+  );
 });

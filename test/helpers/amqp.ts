@@ -57,8 +57,11 @@ export async function freshBroker(t: Teardown): Promise<TestBroker> {
     async publish(queue, body, options) {
       const text = typeof body === 'string' ? body : JSON.stringify(body);
       await new Promise<void>((resolve, reject) =>
-        (channel as amqp.ConfirmChannel).sendToQueue(queue, Buffer.from(text), { persistent: true, ...options }, (err) =>
-          err ? reject(err) : resolve(),
+        (channel as amqp.ConfirmChannel).sendToQueue(
+          queue,
+          Buffer.from(text),
+          { persistent: true, ...options },
+          (err) => (err ? reject(err) : resolve()),
         ),
       );
     },

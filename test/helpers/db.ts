@@ -91,7 +91,10 @@ export async function emptyDatabase(t: Teardown, prefix = 'pm_test'): Promise<{ 
 }
 
 /** A fresh, fully migrated database of its own for one test file (or benchmark), dropped at teardown. */
-export async function freshDatabase(t: Teardown, options: { prefix?: string; poolSize?: number } = {}): Promise<TestDb> {
+export async function freshDatabase(
+  t: Teardown,
+  options: { prefix?: string; poolSize?: number } = {},
+): Promise<TestDb> {
   const template = await templateDatabase();
   const name = `${options.prefix ?? 'pm_test'}_${randomBytes(6).toString('hex')}`;
   for (let attempt = 0; ; attempt++) {

@@ -77,7 +77,11 @@ export interface FakeBybitAccount {
   skewMs: number;
 }
 
-export async function startFakeBybitAccount(t: Teardown, credentials: { key: string; secret: string }, initial: PositionsBehaviour): Promise<FakeBybitAccount> {
+export async function startFakeBybitAccount(
+  t: Teardown,
+  credentials: { key: string; secret: string },
+  initial: PositionsBehaviour,
+): Promise<FakeBybitAccount> {
   const { signBybit } = await import('../../src/outside/bybit.js');
   let behaviour = initial;
   const hanging = new Set<ServerResponse>();
@@ -88,22 +92,42 @@ export async function startFakeBybitAccount(t: Teardown, credentials: { key: str
     skewMs: 0,
   };
   const answer = (res: ServerResponse, body: unknown) =>
-    res.writeHead(200, { 'content-type': 'application/json' }).end(typeof body === 'string' ? body : JSON.stringify(body));
+    res
+      .writeHead(200, { 'content-type': 'application/json' })
+      .end(typeof body === 'string' ? body : JSON.stringify(body));
   const server: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://fake');
-    if (url.pathname !== '/v5/position/list') return void res.writeHead(404).end('{"retCode":10001,"retMsg":"not found"}');
+    if (url.pathname !== '/v5/position/list')
+      return void res.writeHead(404).end('{"retCode":10001,"retMsg":"not found"}');
     const query = url.search.slice(1);
     const h = (name: string) => String(req.headers[name] ?? '');
-    const [key, ts, recv, sign] = [h('x-bapi-api-key'), h('x-bapi-timestamp'), h('x-bapi-recv-window') || '5000', h('x-bapi-sign')];
+    const [key, ts, recv, sign] = [
+      h('x-bapi-api-key'),
+      h('x-bapi-timestamp'),
+      h('x-bapi-recv-window') || '5000',
+      h('x-bapi-sign'),
+    ];
     const now = Date.now() + account.skewMs;
-    const signed = !key || !ts || !sign ? 'missing'
-      : key !== credentials.key || sign !== signBybit(credentials.secret, ts, key, recv, query) ? 'bad_sign'
-      : !(now - Number(recv) <= Number(ts) && Number(ts) < now + 1000) ? 'expired' : 'ok';
+    const signed =
+      !key || !ts || !sign
+        ? 'missing'
+        : key !== credentials.key || sign !== signBybit(credentials.secret, ts, key, recv, query)
+          ? 'bad_sign'
+          : !(now - Number(recv) <= Number(ts) && Number(ts) < now + 1000)
+            ? 'expired'
+            : 'ok';
     account.requests.push({ query: url.searchParams, signed });
-    if (signed === 'missing') return void answer(res, { retCode: 10003, retMsg: 'API key is invalid.', result: {}, time: now });
-    if (signed === 'bad_sign') return void answer(res, { retCode: 10004, retMsg: 'error sign! origin_string[...]', result: {}, time: now });
+    if (signed === 'missing')
+      return void answer(res, { retCode: 10003, retMsg: 'API key is invalid.', result: {}, time: now });
+    if (signed === 'bad_sign')
+      return void answer(res, { retCode: 10004, retMsg: 'error sign! origin_string[...]', result: {}, time: now });
     if (signed === 'expired')
-      return void answer(res, { retCode: 10002, retMsg: 'invalid request, please check your server timestamp or recv_window param', result: {}, time: now });
+      return void answer(res, {
+        retCode: 10002,
+        retMsg: 'invalid request, please check your server timestamp or recv_window param',
+        result: {},
+        time: now,
+      });
     const b = behaviour;
     if (b.kind === 'hang') return void hanging.add(res);
     if (b.kind === 'status') return void res.writeHead(b.status, { 'content-type': 'text/plain' }).end(b.body);
@@ -112,7 +136,13 @@ export async function startFakeBybitAccount(t: Teardown, credentials: { key: str
     const from = Number(url.searchParams.get('cursor') || '0');
     const page = b.list.slice(from, from + size);
     const next = from + size < b.list.length ? String(from + size) : '';
-    answer(res, { retCode: 0, retMsg: 'OK', result: { category: 'linear', list: page, nextPageCursor: next }, retExtInfo: {}, time: now });
+    answer(res, {
+      retCode: 0,
+      retMsg: 'OK',
+      result: { category: 'linear', list: page, nextPageCursor: next },
+      retExtInfo: {},
+      time: now,
+    });
   });
   account.url = await listen(t, server, hanging);
   return account;

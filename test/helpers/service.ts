@@ -21,7 +21,11 @@ export interface RunningService {
   logs: any[];
   stderr: string[];
   /** GET/POST with the API key; returns status, headers and parsed body. */
-  request(method: string, path: string, init?: { headers?: Record<string, string>; key?: string | null }): Promise<{ status: number; headers: Headers; body: any }>;
+  request(
+    method: string,
+    path: string,
+    init?: { headers?: Record<string, string>; key?: string | null },
+  ): Promise<{ status: number; headers: Headers; body: any }>;
   /** Sends a signal and waits for the process to exit; resolves to the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
@@ -39,7 +43,13 @@ export async function freePort(): Promise<number> {
 
 export async function startService(
   t: Teardown,
-  options: { databaseUrl?: string; amqpUrl?: string; env?: Record<string, string>; waitHealthy?: boolean; timeoutMs?: number },
+  options: {
+    databaseUrl?: string;
+    amqpUrl?: string;
+    env?: Record<string, string>;
+    waitHealthy?: boolean;
+    timeoutMs?: number;
+  },
 ): Promise<RunningService> {
   const port = await freePort();
   const env: Record<string, string> = {
@@ -55,7 +65,11 @@ export async function startService(
     ...(options.amqpUrl ? { AMQP_URL: options.amqpUrl } : {}),
     ...options.env,
   };
-  const child = spawn(process.execPath, [join(ROOT, 'dist/src/main.js')], { env, cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(ROOT, 'dist/src/main.js')], {
+    env,
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const logs: any[] = [];
   const stderr: string[] = [];
   let buffer = '';
@@ -121,10 +135,17 @@ export async function startService(
   return svc;
 }
 
-const STARTED: Record<string, string> = { consumer: 'consumers started', relay: 'outbox relay active', worker: 'worker started' };
+const STARTED: Record<string, string> = {
+  consumer: 'consumers started',
+  relay: 'outbox relay active',
+  worker: 'worker started',
+};
 
 /** Waits until each of these roles has logged that it runs (the api role is up once /health answers). */
 export async function rolesStarted(svc: RunningService, roles: string[], timeoutMs = 30_000): Promise<void> {
   const expected = roles.map((r) => STARTED[r]).filter((m): m is string => m !== undefined);
-  await waitFor(() => expected.every((m) => svc.logs.some((l) => l.msg === m)), { what: `roles started: ${roles.join(',')}`, timeoutMs });
+  await waitFor(() => expected.every((m) => svc.logs.some((l) => l.msg === m)), {
+    what: `roles started: ${roles.join(',')}`,
+    timeoutMs,
+  });
 }

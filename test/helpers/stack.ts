@@ -43,7 +43,11 @@ export async function startStack(t: Teardown, env: Record<string, string> = {}):
   const svc = await startService(t, {
     databaseUrl: db.url,
     amqpUrl: broker.url,
-    env: { POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1', POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: '200', ...env },
+    env: {
+      POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1',
+      POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: '200',
+      ...env,
+    },
   });
   const roles = (env.POSITION_MANAGER_ROLES ?? 'api,consumer,relay,worker').split(',');
   await rolesStarted(svc, roles);
@@ -67,11 +71,14 @@ export async function startStack(t: Teardown, env: Record<string, string> = {}):
     until: async (asset, pred, what, mode = 'one-way', timeoutMs = 15_000) => {
       let last: unknown;
       try {
-        return await waitFor(async () => {
-          const r = await svc.request('GET', `/api/v1/positions/${asset}?mode=${mode}`);
-          last = r.body;
-          return r.status === 200 && pred(r.body) ? r.body : undefined;
-        }, { what, timeoutMs });
+        return await waitFor(
+          async () => {
+            const r = await svc.request('GET', `/api/v1/positions/${asset}?mode=${mode}`);
+            last = r.body;
+            return r.status === 200 && pred(r.body) ? r.body : undefined;
+          },
+          { what, timeoutMs },
+        );
       } catch (err) {
         // Say what the position looked like and what the service logged about it.
         const lines = svc.logs.filter((l) => JSON.stringify(l).includes(asset)).slice(-10);

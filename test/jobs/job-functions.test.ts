@@ -32,21 +32,40 @@ t.test('validate_all_positions commits in chunks and validates every due positio
   const trace = 'job-trace-chunks';
   const r = (await one(db, 'call validate_all_positions($1, $2, 2, null)', [since, trace])).result;
   t.match(r, { validated: 5, invalid: 5, fixed: 5, skipped_busy: 0, chunks: 3 }, 'counts summed over the chunks');
-  t.same(r.discrepancies.map((d: { asset: string }) => d.asset), assets, 'each position once, in keyset order');
-  const fixes = (await db.query(
-    "select asset, at, trace_id from position_events where kind = 'validation_fix' order by asset")).rows;
-  t.same(fixes.map((f) => f.asset), assets, 'one fix per position');
-  t.ok(fixes.every((f) => f.trace_id === trace), "the audit rows carry the caller's trace_id");
+  t.same(
+    r.discrepancies.map((d: { asset: string }) => d.asset),
+    assets,
+    'each position once, in keyset order',
+  );
+  const fixes = (
+    await db.query("select asset, at, trace_id from position_events where kind = 'validation_fix' order by asset")
+  ).rows;
+  t.same(
+    fixes.map((f) => f.asset),
+    assets,
+    'one fix per position',
+  );
+  t.ok(
+    fixes.every((f) => f.trace_id === trace),
+    "the audit rows carry the caller's trace_id",
+  );
   // now() is the transaction's start: one value per chunk shows a transaction per chunk
   const perChunk = new Map<number, number>();
   for (const f of fixes) perChunk.set(f.at.getTime(), (perChunk.get(f.at.getTime()) ?? 0) + 1);
   t.same([...perChunk.values()], [2, 2, 1], 'chunks of 2, 2 and 1 positions, each its own transaction');
-  t.same((await db.query('select size from positions order by asset')).rows.map((p) => p.size), ['1', '1', '1', '1', '1', '0']);
+  t.same(
+    (await db.query('select size from positions order by asset')).rows.map((p) => p.size),
+    ['1', '1', '1', '1', '1', '0'],
+  );
   const again = (await one(db, 'call validate_all_positions(null, null, 2, null)')).result;
   t.match(again, { validated: 5, invalid: 0, fixed: 0, chunks: 3 }, 'a full last chunk ends on the next, empty one');
   const all = (await one(db, 'call validate_all_positions()')).result;
   t.match(all, { validated: 5, invalid: 0, chunks: 1 }, 'psql: defaults');
-  await t.rejects(db.query('call validate_all_positions(null, null, 0, null)'), { code: '22023' }, 'a chunk holds at least one position');
+  await t.rejects(
+    db.query('call validate_all_positions(null, null, 0, null)'),
+    { code: '22023' },
+    'a chunk holds at least one position',
+  );
 });
 
 t.test('validate_position carries the trace_id it is given', async (t) => {
@@ -54,13 +73,24 @@ t.test('validate_position carries the trace_id it is given', async (t) => {
   await fill(db, 'BTCUSDT', 'Buy', '1', '100');
   await writePositionsDirectly(db, "update positions set size = 3 where asset = 'BTCUSDT'");
   await db.query("select validate_position('BTCUSDT', 'one-way', true, 'run-trace-1')");
-  t.equal((await one(db, "select trace_id from position_events where kind = 'validation_fix'")).trace_id, 'run-trace-1');
-  t.equal((await one(db, "select trace_id from outbox where event_type = 'position_updated' order by id desc limit 1")).trace_id,
-    'run-trace-1', 'and so does its event');
+  t.equal(
+    (await one(db, "select trace_id from position_events where kind = 'validation_fix'")).trace_id,
+    'run-trace-1',
+  );
+  t.equal(
+    (await one(db, "select trace_id from outbox where event_type = 'position_updated' order by id desc limit 1"))
+      .trace_id,
+    'run-trace-1',
+    'and so does its event',
+  );
   await writePositionsDirectly(db, "update positions set size = 4 where asset = 'BTCUSDT'");
   await db.query("select validate_position('BTCUSDT')");
-  t.match((await one(db, "select trace_id from position_events where kind = 'validation_fix' order by id desc limit 1")).trace_id,
-    /^validation:/, 'psql without one: a trace of its own');
+  t.match(
+    (await one(db, "select trace_id from position_events where kind = 'validation_fix' order by id desc limit 1"))
+      .trace_id,
+    /^validation:/,
+    'psql without one: a trace of its own',
+  );
 });
 
 t.test('R-26: a close committing while snapshot_all_positions runs is captured by the next run', async (t) => {
@@ -73,12 +103,18 @@ t.test('R-26: a close committing while snapshot_all_positions runs is captured b
   await closer.query('select apply_order_fill($1::jsonb)', [fillJson('BTCUSDT', 'Sell', '1', '110')]);
   const pid = (await snapper.query('select pg_backend_pid() as pid')).rows[0].pid;
   const running = snapper.query('select snapshot_all_positions() as n');
-  await waitFor(async () => (await one(db, 'select wait_event_type from pg_stat_activity where pid = $1', [pid]))?.wait_event_type === 'Lock',
-    { what: 'the snapshot run waiting for the closing fill' });
+  await waitFor(
+    async () =>
+      (await one(db, 'select wait_event_type from pg_stat_activity where pid = $1', [pid]))?.wait_event_type === 'Lock',
+    { what: 'the snapshot run waiting for the closing fill' },
+  );
   await closer.query('commit');
   t.equal((await running).rows[0].n, 1, 'that run snapshotted the open position it read');
   t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 1, 'the next run snapshots the close');
-  const last = await one(db, "select size, snapshot_data from position_snapshots order by snapshot_timestamp desc, created_at desc limit 1");
+  const last = await one(
+    db,
+    'select size, snapshot_data from position_snapshots order by snapshot_timestamp desc, created_at desc limit 1',
+  );
   t.equal(last.size, '0');
   t.equal(last.snapshot_data.is_open, false);
   t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 0, 'then nothing more');
@@ -99,7 +135,11 @@ t.test('R-26: a close whose transaction began before a snapshot run but wrote af
   t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 0, 'then nothing more');
   await db.query("update position_snapshots set created_at = now() - interval '100 days'");
   await db.query('select prune_snapshots(90)');
-  t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 0, 'pruned snapshots of an unchanged closed position: none again');
+  t.equal(
+    (await one(db, 'select snapshot_all_positions() as n')).n,
+    0,
+    'pruned snapshots of an unchanged closed position: none again',
+  );
 });
 
 t.test('refresh_materialized_views refreshes ours only, whatever else the schema holds', async (t) => {
@@ -111,22 +151,35 @@ t.test('refresh_materialized_views refreshes ours only, whatever else the schema
   await db.query('insert into other_service_trades values (2, 3)');
   const r = (await one(db, 'select refresh_materialized_views() as r')).r;
   t.same(r.refreshed.sort(), ['portfolio_pnl_hourly', 'position_pnl_hourly']);
-  t.equal((await one(db, 'select qty from other_service_totals')).qty, '2', "the other service's view is left as it was");
+  t.equal(
+    (await one(db, 'select qty from other_service_totals')).qty,
+    '2',
+    "the other service's view is left as it was",
+  );
 });
 
 t.test('ensure_periodic_job: dead workers, live workers, lowered intervals', async (t) => {
   const db = await freshDatabase(t);
-  const ensure = async (task: string, seconds: number) => (await one(db, 'select ensure_periodic_job($1, $2) as r', [task, seconds])).r;
-  const job = (task: string) => one(db, 'select id, locked_by, locked_at, run_at, attempts from graphile_worker.jobs where key = $1', [task]);
-  const lock = (task: string, ago: string, by: string) => db.query(
-    `update graphile_worker._private_jobs set locked_at = now() - $2::interval, locked_by = $3, attempts = attempts + 1
-      where key = $1`, [task, ago, by]);
+  const ensure = async (task: string, seconds: number) =>
+    (await one(db, 'select ensure_periodic_job($1, $2) as r', [task, seconds])).r;
+  const job = (task: string) =>
+    one(db, 'select id, locked_by, locked_at, run_at, attempts from graphile_worker.jobs where key = $1', [task]);
+  const lock = (task: string, ago: string, by: string) =>
+    db.query(
+      `update graphile_worker._private_jobs set locked_at = now() - $2::interval, locked_by = $3, attempts = attempts + 1
+      where key = $1`,
+      [task, ago, by],
+    );
 
   t.equal(await ensure('snapshot_all_positions', 60), 'scheduled', 'a fresh chain');
   t.equal(await ensure('snapshot_all_positions', 60), null, 'then nothing to do');
 
   await lock('snapshot_all_positions', '9 minutes', 'worker-alive');
-  t.equal(await ensure('snapshot_all_positions', 60), null, 'locked for less than the bound (10 minutes at least): alive');
+  t.equal(
+    await ensure('snapshot_all_positions', 60),
+    null,
+    'locked for less than the bound (10 minutes at least): alive',
+  );
   t.equal((await job('snapshot_all_positions')).locked_by, 'worker-alive');
 
   t.equal(await ensure('validate_all_positions', 1800), 'scheduled');
@@ -136,39 +189,86 @@ t.test('ensure_periodic_job: dead workers, live workers, lowered intervals', asy
   t.equal(await ensure('sample_portfolio_metrics', 60), 'scheduled');
   const dead = await job('sample_portfolio_metrics');
   await lock('sample_portfolio_metrics', '11 minutes', 'worker-gone');
-  const run = (await one(db, "select job_run_start('sample_portfolio_metrics', $1, 'sample_portfolio_metrics', '{}', 1, 'dead-run') as id", [dead.id])).id;
-  const finished = (await one(db, "select job_run_start('sample_portfolio_metrics', $1, 'sample_portfolio_metrics', '{}', 0, 'old-run') as id", [dead.id])).id;
+  const run = (
+    await one(
+      db,
+      "select job_run_start('sample_portfolio_metrics', $1, 'sample_portfolio_metrics', '{}', 1, 'dead-run') as id",
+      [dead.id],
+    )
+  ).id;
+  const finished = (
+    await one(
+      db,
+      "select job_run_start('sample_portfolio_metrics', $1, 'sample_portfolio_metrics', '{}', 0, 'old-run') as id",
+      [dead.id],
+    )
+  ).id;
   await db.query("select job_run_finish($1, 'success')", [finished]);
-  t.equal(await ensure('sample_portfolio_metrics', 60), 'revived', 'locked for longer than the bound: its worker is dead');
+  t.equal(
+    await ensure('sample_portfolio_metrics', 60),
+    'revived',
+    'locked for longer than the bound: its worker is dead',
+  );
   const revived = await job('sample_portfolio_metrics');
   t.match(revived, { id: dead.id, locked_by: null, locked_at: null }, 'the same job, released to run again');
   t.ok(revived.run_at <= new Date(), 'at once');
-  const runs = (await db.query('select id, outcome, error, finished_at from job_runs where job_id = $1 order by id', [dead.id])).rows;
-  t.match(runs, [{ id: run, outcome: 'failure', error: /worker died: worker-gone/, finished_at: Date }, { id: finished, outcome: 'success' }],
-    'its running job_runs row is closed as failed; finished rows are left alone');
+  const runs = (
+    await db.query('select id, outcome, error, finished_at from job_runs where job_id = $1 order by id', [dead.id])
+  ).rows;
+  t.match(
+    runs,
+    [
+      { id: run, outcome: 'failure', error: /worker died: worker-gone/, finished_at: Date },
+      { id: finished, outcome: 'success' },
+    ],
+    'its running job_runs row is closed as failed; finished rows are left alone',
+  );
 
   t.equal(await ensure('prune_job_history', 86_400), 'scheduled');
-  await db.query("update graphile_worker._private_jobs set run_at = now() + interval '1 hour' where key = 'prune_job_history'");
+  await db.query(
+    "update graphile_worker._private_jobs set run_at = now() + interval '1 hour' where key = 'prune_job_history'",
+  );
   t.equal(await ensure('prune_job_history', 86_400), null, 'a slot within one interval stays');
   t.equal(await ensure('prune_job_history', 60), 'rescheduled', 'the interval lowered: the slot comes closer');
   const moved = await job('prune_job_history');
   t.ok(moved.run_at.getTime() <= Date.now() + 61_000, 'to one (new) interval from now');
 });
 
-t.test('release_dead_one_off_jobs: a validate_position held for 10 minutes is released, a fresh one is not', async (t) => {
-  const db = await freshDatabase(t);
-  await db.query("select graphile_worker.add_job('validate_position', '{\"asset\":\"AUSDT\",\"mode\":\"one-way\"}'::json, job_key => 'validate:AUSDT:one-way')");
-  await db.query("select graphile_worker.add_job('validate_position', '{\"asset\":\"BUSDT\",\"mode\":\"one-way\"}'::json, job_key => 'validate:BUSDT:one-way')");
-  const lock = (key: string, ago: string, by: string) => db.query(
-    'update graphile_worker._private_jobs set locked_at = now() - $2::interval, locked_by = $3, attempts = attempts + 1 where key = $1',
-    [key, ago, by]);
-  await lock('validate:AUSDT:one-way', '11 minutes', 'worker-gone');
-  await lock('validate:BUSDT:one-way', '1 minute', 'worker-alive');
-  const dead = await one(db, "select id from graphile_worker.jobs where key = 'validate:AUSDT:one-way'");
-  const run = (await one(db, "select job_run_start('validate_position', $1, 'validate:AUSDT:one-way', '{}', 1, 'dead-run') as id", [dead.id])).id;
-  t.equal((await one(db, 'select release_dead_one_off_jobs() as n')).n, 1, 'one dead worker');
-  const jobs = (await db.query('select key, locked_by from graphile_worker.jobs order by key')).rows;
-  t.same(jobs, [{ key: 'validate:AUSDT:one-way', locked_by: null }, { key: 'validate:BUSDT:one-way', locked_by: 'worker-alive' }]);
-  t.match(await one(db, 'select outcome, error from job_runs where id = $1', [run]), { outcome: 'failure', error: /worker died: worker-gone/ });
-  t.equal((await one(db, 'select release_dead_one_off_jobs() as n')).n, 0, 'then nothing');
-});
+t.test(
+  'release_dead_one_off_jobs: a validate_position held for 10 minutes is released, a fresh one is not',
+  async (t) => {
+    const db = await freshDatabase(t);
+    await db.query(
+      'select graphile_worker.add_job(\'validate_position\', \'{"asset":"AUSDT","mode":"one-way"}\'::json, job_key => \'validate:AUSDT:one-way\')',
+    );
+    await db.query(
+      'select graphile_worker.add_job(\'validate_position\', \'{"asset":"BUSDT","mode":"one-way"}\'::json, job_key => \'validate:BUSDT:one-way\')',
+    );
+    const lock = (key: string, ago: string, by: string) =>
+      db.query(
+        'update graphile_worker._private_jobs set locked_at = now() - $2::interval, locked_by = $3, attempts = attempts + 1 where key = $1',
+        [key, ago, by],
+      );
+    await lock('validate:AUSDT:one-way', '11 minutes', 'worker-gone');
+    await lock('validate:BUSDT:one-way', '1 minute', 'worker-alive');
+    const dead = await one(db, "select id from graphile_worker.jobs where key = 'validate:AUSDT:one-way'");
+    const run = (
+      await one(
+        db,
+        "select job_run_start('validate_position', $1, 'validate:AUSDT:one-way', '{}', 1, 'dead-run') as id",
+        [dead.id],
+      )
+    ).id;
+    t.equal((await one(db, 'select release_dead_one_off_jobs() as n')).n, 1, 'one dead worker');
+    const jobs = (await db.query('select key, locked_by from graphile_worker.jobs order by key')).rows;
+    t.same(jobs, [
+      { key: 'validate:AUSDT:one-way', locked_by: null },
+      { key: 'validate:BUSDT:one-way', locked_by: 'worker-alive' },
+    ]);
+    t.match(await one(db, 'select outcome, error from job_runs where id = $1', [run]), {
+      outcome: 'failure',
+      error: /worker died: worker-gone/,
+    });
+    t.equal((await one(db, 'select release_dead_one_off_jobs() as n')).n, 0, 'then nothing');
+  },
+);

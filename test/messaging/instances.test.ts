@@ -9,8 +9,11 @@ import { waitFor } from '../helpers/wait.js';
 
 const db = await freshDatabase(t);
 const broker = await freshBroker(t);
-const instances = await Promise.all([1, 2, 3].map(() =>
-  startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env: { POSITION_MANAGER_ROLES: 'consumer' } })));
+const instances = await Promise.all(
+  [1, 2, 3].map(() =>
+    startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env: { POSITION_MANAGER_ROLES: 'consumer' } }),
+  ),
+);
 await Promise.all(instances.map((svc) => rolesStarted(svc, ['consumer'])));
 
 t.test('three consumers, both fill queues, six shared assets: every fill once, no conflict between them', async (t) => {
@@ -25,15 +28,28 @@ t.test('three consumers, both fill queues, six shared assets: every fill once, n
     const asset = assets[next() % assets.length]!;
     const buy = next() % 3 !== 0;
     expected.set(asset, (expected.get(asset) ?? 0n) + (buy ? 1n : -1n));
-    await broker.publish(queues[i % 2]!, { execution_id: `inst-${i}`, asset, side: buy ? 'Buy' : 'Sell', execution_quantity: '0.01',
-                                          execution_price: String(100 + (i % 7)) });
+    await broker.publish(queues[i % 2]!, {
+      execution_id: `inst-${i}`,
+      asset,
+      side: buy ? 'Buy' : 'Sell',
+      execution_quantity: '0.01',
+      execution_price: String(100 + (i % 7)),
+    });
   }
-  await waitFor(async () => (await db.query('select count(*)::int as n from position_fills')).rows[0].n === n,
-    { what: `all ${n} fills in the ledger`, timeoutMs: 120_000 });
+  await waitFor(async () => (await db.query('select count(*)::int as n from position_fills')).rows[0].n === n, {
+    what: `all ${n} fills in the ledger`,
+    timeoutMs: 120_000,
+  });
   for (const [asset, units] of expected) {
     const size = (await db.query('select size from positions where asset = $1', [asset])).rows[0].size as string;
     t.equal(Number(size) * 100, Number(units), `${asset}: the sum of its fills`);
   }
-  const conflicts = instances.flatMap((svc) => svc.logs.filter((l) => /conflict|deadlock|database unavailable/.test(`${l.msg} ${l.err ?? ''}`)));
-  t.same(conflicts.map((l) => l.err ?? l.msg), [], 'no deadlock or retry in any instance');
+  const conflicts = instances.flatMap((svc) =>
+    svc.logs.filter((l) => /conflict|deadlock|database unavailable/.test(`${l.msg} ${l.err ?? ''}`)),
+  );
+  t.same(
+    conflicts.map((l) => l.err ?? l.msg),
+    [],
+    'no deadlock or retry in any instance',
+  );
 });

@@ -7,7 +7,12 @@
 // places, half away from zero (PostgreSQL `round(x, 10)`).
 import { Decimal as DecimalJs } from 'decimal.js';
 
-export const Decimal = DecimalJs.clone({ precision: 100, rounding: DecimalJs.ROUND_HALF_UP, toExpNeg: -100, toExpPos: 100 });
+export const Decimal = DecimalJs.clone({
+  precision: 100,
+  rounding: DecimalJs.ROUND_HALF_UP,
+  toExpNeg: -100,
+  toExpPos: 100,
+});
 export type Decimal = InstanceType<typeof Decimal>;
 export type DecimalValue = Decimal | string | number;
 

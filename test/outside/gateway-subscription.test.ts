@@ -63,7 +63,10 @@ function subscription(t: Teardown, url: string, key: string | undefined, options
   const lines: any[] = [];
   const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s)) });
   const checks = initialChecks();
-  const sub = startGatewaySubscription({ config: { wsGatewayUrl: url, wsGatewayApiKey: key, serviceName: 'pm-test' }, log, checks }, options);
+  const sub = startGatewaySubscription(
+    { config: { wsGatewayUrl: url, wsGatewayApiKey: key, serviceName: 'pm-test' }, log, checks },
+    options,
+  );
   t.teardown(() => sub.stop());
   const at = (level: number) => lines.filter((l) => l.level === level);
   return { sub, checks, lines, info: () => at(30), warn: () => at(40) };
@@ -98,28 +101,35 @@ t.test('409 (the subscription exists) is success, not retried', async (t) => {
   t.same(s.warn(), [], 'no warning');
 });
 
-t.test('500, 500, then 201: failing in between, retried after 1 s then 2 s, each failure at warn without the key', async (t) => {
-  const fake = await fakeGateway(t);
-  // A Gateway that echoes the key back: it must still not reach the log.
-  fake.answer = (n) => (n <= 2 ? { status: 500, body: `{"detail":"internal error","key":"${KEY}"}` } : { status: 201 });
-  const s = subscription(t, fake.url, KEY);
-  s.sub.kick();
-  t.equal(s.checks.wsGatewaySubscription, 'pending', 'pending while the first attempt is in flight');
-  await waitFor(() => s.warn().length === 1, { what: 'the first failure logged' });
-  t.equal(s.checks.wsGatewaySubscription, 'failing');
-  t.match(s.warn()[0], { msg: 'subscription at the WS Gateway failed; retrying', status: 500, retry_in_ms: 1000 });
-  t.match(s.warn()[0].answer, /^HTTP 500: .*internal error.*\[redacted\]/, "the Gateway's answer, key cut out");
-  await waitFor(() => s.warn().length === 2, { what: 'the second failure', timeoutMs: 5000 });
-  t.equal(s.checks.wsGatewaySubscription, 'failing', 'still failing');
-  t.equal(s.warn()[1].retry_in_ms, 2000, 'back-off doubles');
-  await waitFor(() => s.checks.wsGatewaySubscription === 'ok', { what: 'subscribed after the retries', timeoutMs: 8000 });
-  t.equal(fake.seen.length, 3);
-  const [a, b, c] = fake.seen.map((r) => r.at);
-  t.ok(b! - a! >= 950, `first retry after 1 s (${b! - a!} ms)`);
-  t.ok(c! - b! >= 1950, `second retry after 2 s (${c! - b!} ms)`);
-  t.equal(s.info().length, 1, 'one info line on success');
-  t.notMatch(JSON.stringify(s.lines), KEY, 'the key is in no log line');
-});
+t.test(
+  '500, 500, then 201: failing in between, retried after 1 s then 2 s, each failure at warn without the key',
+  async (t) => {
+    const fake = await fakeGateway(t);
+    // A Gateway that echoes the key back: it must still not reach the log.
+    fake.answer = (n) =>
+      n <= 2 ? { status: 500, body: `{"detail":"internal error","key":"${KEY}"}` } : { status: 201 };
+    const s = subscription(t, fake.url, KEY);
+    s.sub.kick();
+    t.equal(s.checks.wsGatewaySubscription, 'pending', 'pending while the first attempt is in flight');
+    await waitFor(() => s.warn().length === 1, { what: 'the first failure logged' });
+    t.equal(s.checks.wsGatewaySubscription, 'failing');
+    t.match(s.warn()[0], { msg: 'subscription at the WS Gateway failed; retrying', status: 500, retry_in_ms: 1000 });
+    t.match(s.warn()[0].answer, /^HTTP 500: .*internal error.*\[redacted\]/, "the Gateway's answer, key cut out");
+    await waitFor(() => s.warn().length === 2, { what: 'the second failure', timeoutMs: 5000 });
+    t.equal(s.checks.wsGatewaySubscription, 'failing', 'still failing');
+    t.equal(s.warn()[1].retry_in_ms, 2000, 'back-off doubles');
+    await waitFor(() => s.checks.wsGatewaySubscription === 'ok', {
+      what: 'subscribed after the retries',
+      timeoutMs: 8000,
+    });
+    t.equal(fake.seen.length, 3);
+    const [a, b, c] = fake.seen.map((r) => r.at);
+    t.ok(b! - a! >= 950, `first retry after 1 s (${b! - a!} ms)`);
+    t.ok(c! - b! >= 1950, `second retry after 2 s (${c! - b!} ms)`);
+    t.equal(s.info().length, 1, 'one info line on success');
+    t.notMatch(JSON.stringify(s.lines), KEY, 'the key is in no log line');
+  },
+);
 
 t.test('no answer within the per-try timeout is a failure, retried', async (t) => {
   const fake = await fakeGateway(t);
@@ -144,7 +154,11 @@ t.test('without a key: off, one info line, and a kick sends nothing', async (t) 
   const fake = await fakeGateway(t);
   const s = subscription(t, fake.url, undefined);
   t.equal(s.checks.wsGatewaySubscription, 'off');
-  t.match(s.info(), [{ msg: /WS_GATEWAY_API_KEY is unset.*reports arrive only if another service subscribed/ }], 'one info line');
+  t.match(
+    s.info(),
+    [{ msg: /WS_GATEWAY_API_KEY is unset.*reports arrive only if another service subscribed/ }],
+    'one info line',
+  );
   s.sub.kick();
   s.sub.kick();
   t.equal(s.checks.wsGatewaySubscription, 'off', 'still off after kicks (with a key it would be pending)');
@@ -197,50 +211,90 @@ t.test('a kick during the back-off restarts the loop: no second loop, back-off f
   await waitFor(() => fake.seen.length === 5, { what: 'three tries after the kick', timeoutMs: 8000 });
   const at = fake.seen.map((r) => r.at);
   t.ok(at[2]! - at[1]! < 900, 'the kick tried at once');
-  t.ok(at[3]! - at[2]! >= 950 && at[3]! - at[2]! < 1900, `then after 1 s (${at[3]! - at[2]!} ms): the back-off was reset`);
+  t.ok(
+    at[3]! - at[2]! >= 950 && at[3]! - at[2]! < 1900,
+    `then after 1 s (${at[3]! - at[2]!} ms): the back-off was reset`,
+  );
   t.ok(at[4]! - at[3]! >= 1950, `then after 2 s (${at[4]! - at[3]!} ms), nothing in between: one loop`);
-  t.same(s.warn().slice(2, 4).map((l) => l.retry_in_ms), [1000, 2000]);
+  t.same(
+    s
+      .warn()
+      .slice(2, 4)
+      .map((l) => l.retry_in_ms),
+    [1000, 2000],
+  );
 });
 
-t.test('end to end: the service subscribes at start, /health shows it, and a broker reconnect subscribes again', async (t) => {
-  const db = await freshDatabase(t);
-  const broker = await freshBroker(t);
-  const fake = await fakeGateway(t);
-  const svc = await startService(t, {
-    databaseUrl: db.url,
-    amqpUrl: broker.url,
-    env: { POSITION_MANAGER_ROLES: 'consumer', WS_GATEWAY_URL: fake.url, WS_GATEWAY_API_KEY: KEY, POSITION_MANAGER_SERVICE_NAME: 'pm-e2e' },
-  });
-  await rolesStarted(svc, ['consumer']);
-  const health = async () => (await svc.request('GET', '/health', { key: null })).body;
+t.test(
+  'end to end: the service subscribes at start, /health shows it, and a broker reconnect subscribes again',
+  async (t) => {
+    const db = await freshDatabase(t);
+    const broker = await freshBroker(t);
+    const fake = await fakeGateway(t);
+    const svc = await startService(t, {
+      databaseUrl: db.url,
+      amqpUrl: broker.url,
+      env: {
+        POSITION_MANAGER_ROLES: 'consumer',
+        WS_GATEWAY_URL: fake.url,
+        WS_GATEWAY_API_KEY: KEY,
+        POSITION_MANAGER_SERVICE_NAME: 'pm-e2e',
+      },
+    });
+    await rolesStarted(svc, ['consumer']);
+    const health = async () => (await svc.request('GET', '/health', { key: null })).body;
 
-  await waitFor(() => fake.seen.length === 1, { what: 'the subscription at start' });
-  t.equal(fake.seen[0]!.headers['x-api-key'], KEY);
-  t.same(JSON.parse(fake.seen[0]!.body), { channel_type: 'position', requesting_service: 'pm-e2e' });
-  const ok = await waitFor(async () => {
-    const h = await health();
-    return h.checks?.ws_gateway_subscription === 'ok' && h;
-  }, { what: '/health: subscription ok' });
-  t.match(ok, { status: 'healthy', queue_connected: true });
+    await waitFor(() => fake.seen.length === 1, { what: 'the subscription at start' });
+    t.equal(fake.seen[0]!.headers['x-api-key'], KEY);
+    t.same(JSON.parse(fake.seen[0]!.body), { channel_type: 'position', requesting_service: 'pm-e2e' });
+    const ok = await waitFor(
+      async () => {
+        const h = await health();
+        return h.checks?.ws_gateway_subscription === 'ok' && h;
+      },
+      { what: '/health: subscription ok' },
+    );
+    t.match(ok, { status: 'healthy', queue_connected: true });
 
-  // The Gateway now fails, and the broker drops the service's connection: the reconnect subscribes again.
-  fake.answer = () => ({ status: 500, body: '{"detail":"database down"}' });
-  await promisify(execFile)('rabbitmqctl', ['-q', 'close_all_connections', '--vhost', broker.vhost, '--limit', '100', 'test: forced reconnect']);
-  await waitFor(() => fake.seen.length >= 2, { what: 'the subscription after the reconnect', timeoutMs: 15_000 });
-  const failing = await waitFor(async () => {
-    const h = await health();
-    return h.checks?.ws_gateway_subscription === 'failing' && h.queue_connected && h;
-  }, { what: '/health: subscription failing', timeoutMs: 15_000 });
-  t.match(failing, { status: 'degraded', queue_connected: true }, 'degraded by the subscription alone');
-  t.ok(svc.logs.some((l) => l.msg === 'broker connection closed; reconnecting'), 'it was a broker reconnect');
-  t.ok(svc.logs.some((l) => l.level === 'warn' && l.status === 500 && /database down/.test(l.answer)), 'logged at warn with status and answer');
+    // The Gateway now fails, and the broker drops the service's connection: the reconnect subscribes again.
+    fake.answer = () => ({ status: 500, body: '{"detail":"database down"}' });
+    await promisify(execFile)('rabbitmqctl', [
+      '-q',
+      'close_all_connections',
+      '--vhost',
+      broker.vhost,
+      '--limit',
+      '100',
+      'test: forced reconnect',
+    ]);
+    await waitFor(() => fake.seen.length >= 2, { what: 'the subscription after the reconnect', timeoutMs: 15_000 });
+    const failing = await waitFor(
+      async () => {
+        const h = await health();
+        return h.checks?.ws_gateway_subscription === 'failing' && h.queue_connected && h;
+      },
+      { what: '/health: subscription failing', timeoutMs: 15_000 },
+    );
+    t.match(failing, { status: 'degraded', queue_connected: true }, 'degraded by the subscription alone');
+    t.ok(
+      svc.logs.some((l) => l.msg === 'broker connection closed; reconnecting'),
+      'it was a broker reconnect',
+    );
+    t.ok(
+      svc.logs.some((l) => l.level === 'warn' && l.status === 500 && /database down/.test(l.answer)),
+      'logged at warn with status and answer',
+    );
 
-  fake.answer = () => ({ status: 201 });
-  const back = await waitFor(async () => {
-    const h = await health();
-    return h.checks?.ws_gateway_subscription === 'ok' && h;
-  }, { what: '/health: subscription ok again', timeoutMs: 15_000 });
-  t.equal(back.status, 'healthy');
-  t.notMatch(JSON.stringify(svc.logs), KEY, 'the key is in no log line');
-  t.equal(await svc.stop('SIGTERM'), 0, 'stops cleanly');
-});
+    fake.answer = () => ({ status: 201 });
+    const back = await waitFor(
+      async () => {
+        const h = await health();
+        return h.checks?.ws_gateway_subscription === 'ok' && h;
+      },
+      { what: '/health: subscription ok again', timeoutMs: 15_000 },
+    );
+    t.equal(back.status, 'healthy');
+    t.notMatch(JSON.stringify(svc.logs), KEY, 'the key is in no log line');
+    t.equal(await svc.stop('SIGTERM'), 0, 'stops cleanly');
+  },
+);

@@ -14,8 +14,22 @@ import { freshDatabase } from '../helpers/db.js';
 import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
-  FILLS, UPDATED, assetNames, changesPerAsset, checkUpdatedEvents, envInt, generateFills, inboxCount, modelOf,
-  outboxPending, positionMismatches, rng, seedFromEnv, waitDistinctEvents, reliabilityLine } from './lib.js';
+  FILLS,
+  UPDATED,
+  assetNames,
+  changesPerAsset,
+  checkUpdatedEvents,
+  envInt,
+  generateFills,
+  inboxCount,
+  modelOf,
+  outboxPending,
+  positionMismatches,
+  rng,
+  seedFromEnv,
+  waitDistinctEvents,
+  reliabilityLine,
+} from './lib.js';
 import { resilientCollector, resilientPublisher } from './resilient.js';
 
 const run = promisify(execFile);
@@ -29,7 +43,11 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
   const r = rng(seed);
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
-  const svc = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env: { POSITION_MANAGER_ROLES: 'consumer,relay' } });
+  const svc = await startService(t, {
+    databaseUrl: db.url,
+    amqpUrl: broker.url,
+    env: { POSITION_MANAGER_ROLES: 'consumer,relay' },
+  });
   await rolesStarted(svc, ['consumer', 'relay']);
   const updated = await resilientCollector(t, broker.url, UPDATED);
   const publisher = await resilientPublisher(t, broker.url);
@@ -37,43 +55,73 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
   const fills = generateFills(r, N, assetNames('BR', ASSETS), `br-${seed}`);
   const book = modelOf(fills);
   let published = 0;
-  const publishing = publisher.publishAll(FILLS, fills.map((f) => ({ body: f, messageId: f.execution_id })), {
-    window: 20,
-    onProgress: (n) => (published = n),
-  });
+  const publishing = publisher.publishAll(
+    FILLS,
+    fills.map((f) => ({ body: f, messageId: f.execution_id })),
+    {
+      window: 20,
+      onProgress: (n) => (published = n),
+    },
+  );
 
   const closes: string[] = [];
   for (let i = 0; i < CLOSES; i++) {
     // The first close while the publisher is still sending, the second while the consumer works.
     if (i === 0) {
       const threshold = Math.floor(N * (0.1 + 0.4 * r()));
-      await waitFor(() => published >= threshold, { what: `published ≥ ${threshold}`, timeoutMs: 60_000 + N * 30, intervalMs: 2 });
+      await waitFor(() => published >= threshold, {
+        what: `published ≥ ${threshold}`,
+        timeoutMs: 60_000 + N * 30,
+        intervalMs: 2,
+      });
     } else {
       const threshold = Math.floor(N * (0.5 + 0.3 * r()));
-      await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000 + N * 30, intervalMs: 5 });
+      await waitFor(async () => (await inboxCount(db)) >= threshold, {
+        what: `inbox ≥ ${threshold}`,
+        timeoutMs: 60_000 + N * 30,
+        intervalMs: 5,
+      });
     }
     const connectedBefore = svc.logs.filter((l) => l.msg === 'connected to the broker').length;
     const applied = await inboxCount(db);
     await run('rabbitmqctl', ['-q', 'close_all_connections', '-p', broker.vhost, `reliability test close ${i + 1}`]);
     closes.push(`${applied}/${published}`);
-    await waitFor(() => svc.logs.filter((l) => l.msg === 'connected to the broker').length > connectedBefore,
-      { what: `the service reconnected after close ${i + 1}`, timeoutMs: 60_000 + N * 30 });
+    await waitFor(() => svc.logs.filter((l) => l.msg === 'connected to the broker').length > connectedBefore, {
+      what: `the service reconnected after close ${i + 1}`,
+      timeoutMs: 60_000 + N * 30,
+    });
   }
   await publishing;
-  t.comment(`closes at (inbox count / published): ${closes.join(', ')}; publisher re-sent ${publisher.republishedMessages} messages in ${publisher.republishedWindows} windows; collector reconnected ${updated.reconnects}×`);
-  t.ok(svc.logs.some((l) => l.msg === 'broker connection closed; reconnecting'), 'the service saw its connection closed');
+  t.comment(
+    `closes at (inbox count / published): ${closes.join(', ')}; publisher re-sent ${publisher.republishedMessages} messages in ${publisher.republishedWindows} windows; collector reconnected ${updated.reconnects}×`,
+  );
+  t.ok(
+    svc.logs.some((l) => l.msg === 'broker connection closed; reconnecting'),
+    'the service saw its connection closed',
+  );
   t.equal(svc.child.exitCode, null, 'the service process stayed up');
 
-  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000 + N * 30, intervalMs: 100 });
+  await waitFor(async () => (await inboxCount(db)) >= N, {
+    what: `all ${N} fills in the inbox`,
+    timeoutMs: 90_000 + N * 30,
+    intervalMs: 100,
+  });
   const check = await amqp.connect(broker.url);
   t.teardown(() => check.close().catch(() => undefined));
   const cch = await check.createChannel();
-  await waitFor(async () => (await cch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 });
-  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained (sent_at set on every row)', timeoutMs: 60_000 + N * 30 });
+  await waitFor(async () => (await cch.checkQueue(FILLS)).messageCount === 0, {
+    what: 'fill queue drained',
+    timeoutMs: 60_000 + N * 30,
+  });
+  await waitFor(async () => (await outboxPending(db)) === 0, {
+    what: 'outbox drained (sent_at set on every row)',
+    timeoutMs: 60_000 + N * 30,
+  });
   t.equal(await outboxPending(db), 0, 'outbox: no unsent rows');
 
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys`);
-  const span = (await db.query('select extract(epoch from max(applied_at) - min(applied_at))::float as s from inbox')).rows[0].s;
+  const span = (await db.query('select extract(epoch from max(applied_at) - min(applied_at))::float as s from inbox'))
+    .rows[0].s;
   t.comment(`fills applied over ${Number(span).toFixed(1)} s`);
   const ledger = (await db.query("select count(*)::int as n from position_fills where kind = 'fill'")).rows[0].n;
   t.equal(ledger, N, 'one ledger row per fill');
@@ -82,7 +130,9 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
   const expected = changesPerAsset(fills);
   await waitDistinctEvents(updated.messages, N);
   const ev = checkUpdatedEvents(updated.messages, expected);
-  t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`);
+  t.comment(
+    `position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`,
+  );
   t.same(ev.problems.slice(0, 20), [], 'each version 1..final has exactly one position_updated event');
   t.equal(ev.distinct, N, 'one distinct event per applied fill');
   const h = await svc.request('GET', '/health', { key: null });

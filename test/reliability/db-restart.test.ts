@@ -14,8 +14,21 @@ import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import type { ConfirmChannel } from 'amqplib';
 import {
-  DLQ, FILLS, UPDATED, assetNames, envInt, generateFills, inboxCount, modelOf,
-  positionMismatches, publishAll, rng, seedFromEnv, assertEventsComplete, reliabilityLine } from './lib.js';
+  DLQ,
+  FILLS,
+  UPDATED,
+  assetNames,
+  envInt,
+  generateFills,
+  inboxCount,
+  modelOf,
+  positionMismatches,
+  publishAll,
+  rng,
+  seedFromEnv,
+  assertEventsComplete,
+  reliabilityLine,
+} from './lib.js';
 
 const N = envInt('RELIABILITY_FILLS', 2000);
 const ASSETS = envInt('RELIABILITY_ASSETS', 20);
@@ -48,15 +61,22 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
   // Part one flows; the database goes away while it is being applied.
   const publishing = publishAll(ch, FILLS, before, { window: 20 });
   const cutAt = Math.floor(split * (0.2 + 0.5 * r()));
-  await waitFor(async () => (await inboxCount(db)) >= cutAt, { what: `inbox ≥ ${cutAt}`, timeoutMs: 60_000 + N * 30, intervalMs: 5 });
+  await waitFor(async () => (await inboxCount(db)) >= cutAt, {
+    what: `inbox ≥ ${cutAt}`,
+    timeoutMs: 60_000 + N * 30,
+    intervalMs: 5,
+  });
   proxy.cut();
   const appliedAtCut = await inboxCount(db);
   const cutTime = Date.now();
 
-  const down = await waitFor(async () => {
-    const h = await health();
-    return h.status === 503 ? h : undefined;
-  }, { what: '/health 503 while the database is down', timeoutMs: 15_000 });
+  const down = await waitFor(
+    async () => {
+      const h = await health();
+      return h.status === 503 ? h : undefined;
+    },
+    { what: '/health 503 while the database is down', timeoutMs: 15_000 },
+  );
   t.match(down.body, { status: 'unhealthy', database_connected: false }, 'unhealthy, database_connected false');
   t.match(down.headers.get('content-type'), /json/, 'health body is JSON');
   const api = await svc.request('GET', '/api/v1/positions');
@@ -69,25 +89,39 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
   await publishing;
   await publishAll(ch, FILLS, during, { window: 50 });
   // Two failed attempts (1 s back-off between them): the outage lasts across a retry.
-  await waitFor(() => svc.logs.filter((l) => /database unavailable; messages stay unacknowledged/.test(l.msg ?? '')).length >= 2,
-    { what: 'the consumer holds messages while the database is down (two attempts)', timeoutMs: 30_000 });
+  await waitFor(
+    () => svc.logs.filter((l) => /database unavailable; messages stay unacknowledged/.test(l.msg ?? '')).length >= 2,
+    { what: 'the consumer holds messages while the database is down (two attempts)', timeoutMs: 30_000 },
+  );
   const stalled = await inboxCount(db);
   const q = await ch.checkQueue(FILLS);
   t.ok(q.messageCount > 0, `fills wait in the queue during the outage (${q.messageCount} ready)`);
   t.ok((await health()).status === 503, 'still 503');
   t.equal(await inboxCount(db), stalled, 'nothing is applied while the service cannot reach the database');
-  t.comment(`cut at inbox ${appliedAtCut} (target ${cutAt}); ${stalled} applied when the outage was confirmed; outage ${Date.now() - cutTime} ms before restore`);
+  t.comment(
+    `cut at inbox ${appliedAtCut} (target ${cutAt}); ${stalled} applied when the outage was confirmed; outage ${Date.now() - cutTime} ms before restore`,
+  );
 
   proxy.restore();
   const restoreTime = Date.now();
-  const up = await waitFor(async () => {
-    const h = await health();
-    return h.status === 200 ? h : undefined;
-  }, { what: '/health 200 after the restore', timeoutMs: 30_000 });
+  const up = await waitFor(
+    async () => {
+      const h = await health();
+      return h.status === 200 ? h : undefined;
+    },
+    { what: '/health 200 after the restore', timeoutMs: 30_000 },
+  );
   t.match(up.body, { database_connected: true }, 'database_connected true after the restore');
-  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills applied after the restore`, timeoutMs: 90_000 + N * 30, intervalMs: 100 });
+  await waitFor(async () => (await inboxCount(db)) >= N, {
+    what: `all ${N} fills applied after the restore`,
+    timeoutMs: 90_000 + N * 30,
+    intervalMs: 100,
+  });
   t.comment(`all applied ${Date.now() - restoreTime} ms after the restore`);
-  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 });
+  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, {
+    what: 'fill queue drained',
+    timeoutMs: 60_000 + N * 30,
+  });
 
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys`);
   t.same(await positionMismatches(db, book), [], 'every position equals the reference model');

@@ -13,8 +13,23 @@ import { freshDatabase } from '../helpers/db.js';
 import { rolesStarted, startService, type RunningService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
-  FILLS, UPDATED, assetNames, changesPerAsset, checkUpdatedEvents, envInt, generateFills, inboxCount, modelOf,
-  outboxPending, positionMismatches, publishAll, rng, seedFromEnv, waitDistinctEvents, reliabilityLine } from './lib.js';
+  FILLS,
+  UPDATED,
+  assetNames,
+  changesPerAsset,
+  checkUpdatedEvents,
+  envInt,
+  generateFills,
+  inboxCount,
+  modelOf,
+  outboxPending,
+  positionMismatches,
+  publishAll,
+  rng,
+  seedFromEnv,
+  waitDistinctEvents,
+  reliabilityLine,
+} from './lib.js';
 
 const N = envInt('RELIABILITY_FILLS', 2000);
 const ASSETS = envInt('RELIABILITY_ASSETS', 20);
@@ -44,16 +59,27 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
 
   // The publisher runs concurrently with the kills (one confirm per message keeps per-asset order).
   let published = 0;
-  const publishing = publishAll(broker.channel as ConfirmChannel, FILLS, fills.map((f) => ({ body: f, messageId: f.execution_id })), {
-    window: 20,
-    onProgress: (n) => (published = n),
-  });
+  const publishing = publishAll(
+    broker.channel as ConfirmChannel,
+    FILLS,
+    fills.map((f) => ({ body: f, messageId: f.execution_id })),
+    {
+      window: 20,
+      onProgress: (n) => (published = n),
+    },
+  );
 
   // Kill points: inbox counts spread over the stream, so each kill lands while messages flow.
-  const thresholds = Array.from({ length: KILLS }, (_, i) => Math.floor(N * (0.1 + (0.75 * (i + r())) / KILLS))).sort((a, b) => a - b);
+  const thresholds = Array.from({ length: KILLS }, (_, i) => Math.floor(N * (0.1 + (0.75 * (i + r())) / KILLS))).sort(
+    (a, b) => a - b,
+  );
   const kills: { at: number; applied: number; published: number }[] = [];
   for (const threshold of thresholds) {
-    await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000 + N * 30, intervalMs: 5 });
+    await waitFor(async () => (await inboxCount(db)) >= threshold, {
+      what: `inbox ≥ ${threshold}`,
+      timeoutMs: 60_000 + N * 30,
+      intervalMs: 5,
+    });
     const before = await inboxCount(db);
     svc.child.kill('SIGKILL');
     const code = await svc.stop(); // resolves on exit
@@ -63,19 +89,35 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
     svc = await start();
   }
   await publishing;
-  t.comment(`kills (inbox count at kill / after exit / published so far): ${kills.map((k) => `${k.at}/${k.applied}/${k.published}`).join(', ')}`);
-  t.ok(kills.every((k) => k.applied < N), 'every kill happened before the stream was fully applied');
+  t.comment(
+    `kills (inbox count at kill / after exit / published so far): ${kills.map((k) => `${k.at}/${k.applied}/${k.published}`).join(', ')}`,
+  );
+  t.ok(
+    kills.every((k) => k.applied < N),
+    'every kill happened before the stream was fully applied',
+  );
 
-  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000 + N * 30, intervalMs: 100 });
+  await waitFor(async () => (await inboxCount(db)) >= N, {
+    what: `all ${N} fills in the inbox`,
+    timeoutMs: 90_000 + N * 30,
+    intervalMs: 100,
+  });
   t.comment(`all fills applied at ${since()}`);
   // Let the queue drain completely (redeliveries after the last kill become duplicates).
-  await waitFor(async () => {
-    const q = await broker.channel.checkQueue(FILLS);
-    return q.messageCount === 0;
-  }, { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 });
+  await waitFor(
+    async () => {
+      const q = await broker.channel.checkQueue(FILLS);
+      return q.messageCount === 0;
+    },
+    { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 },
+  );
 
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys for ${FILLS}`);
-  const ledger = (await db.query("select count(*)::int as n, count(distinct execution_id)::int as d from position_fills where kind = 'fill'")).rows[0];
+  const ledger = (
+    await db.query(
+      "select count(*)::int as n, count(distinct execution_id)::int as d from position_fills where kind = 'fill'",
+    )
+  ).rows[0];
   t.same(ledger, { n: N, d: N }, 'one ledger row per execution');
   const mismatches = await positionMismatches(db, book);
   t.same(mismatches, [], 'every position equals the reference model');
@@ -90,7 +132,9 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
   await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 + N * 30 });
   await waitDistinctEvents(updated.messages, N);
   const ev = checkUpdatedEvents(updated.messages, expected);
-  t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`);
+  t.comment(
+    `position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`,
+  );
   t.same(ev.problems.slice(0, 20), [], 'each version 1..final has exactly one position_updated event');
   t.equal(ev.distinct, N, 'one distinct event per applied fill');
   await reliabilityLine(t, 'kill9', db, N, `${kills.length} kills`);

@@ -20,7 +20,6 @@ export function envInt(name: string, fallback: number): number {
   return n;
 }
 
-
 export function seedFromEnv(): number {
   const s = process.env.RELIABILITY_SEED;
   return s ? Number(s) : Math.floor(Math.random() * 2 ** 31);
@@ -67,7 +66,8 @@ export function generateFills(r: () => number, n: number, assets: string[], idPr
       execution_id: `${idPrefix}-${i}`,
       asset,
       side: r() < 0.5 ? 'Buy' : 'Sell',
-      execution_quantity: r() < 0.1 ? decimalString(r, 1, 9, 0) : decimalString(r, 0, 4, 3).replace(/^0\.000$/, '0.001'),
+      execution_quantity:
+        r() < 0.1 ? decimalString(r, 1, 9, 0) : decimalString(r, 0, 4, 3).replace(/^0\.000$/, '0.001'),
       execution_price: price0,
       execution_fees: r() < 0.2 ? '0' : decimalString(r, 0, 20, 4),
     });
@@ -79,7 +79,13 @@ export function generateFills(r: () => number, n: number, assets: string[], idPr
 export function modelOf(fills: Fill[]): ModelBook {
   const book = new ModelBook();
   for (const f of fills)
-    book.fill(f.asset, { side: f.side, qty: f.execution_quantity, price: f.execution_price, fee: f.execution_fees, mode: 'one-way' });
+    book.fill(f.asset, {
+      side: f.side,
+      qty: f.execution_quantity,
+      price: f.execution_price,
+      fee: f.execution_fees,
+      mode: 'one-way',
+    });
   return book;
 }
 
@@ -92,13 +98,19 @@ export async function positionMismatches(db: TestDb, book: ModelBook, assets?: s
   const rows = (await db.query("select * from positions where mode = 'one-way' order by asset")).rows;
   const byAsset = new Map(rows.map((r) => [r.asset as string, r]));
   const out: string[] = [];
-  const names = new Set<string>([...(assets ?? []), ...[...book.positions.keys()].map((k) => k.split('|')[0]!), ...byAsset.keys()]);
+  const names = new Set<string>([
+    ...(assets ?? []),
+    ...[...book.positions.keys()].map((k) => k.split('|')[0]!),
+    ...byAsset.keys(),
+  ]);
   for (const asset of names) {
     const row = byAsset.get(asset);
     const m = book.get(asset, 'one-way');
     const diff = diffState(row, m?.state());
     if (diff.length)
-      out.push(`${asset}: ${diff.join(',')} row=${JSON.stringify(row && Object.fromEntries(diff.map((k) => [k, row[k]])))} model=${JSON.stringify(m && Object.fromEntries(diff.map((k) => [k, (m.state() as any)[k]])))}`);
+      out.push(
+        `${asset}: ${diff.join(',')} row=${JSON.stringify(row && Object.fromEntries(diff.map((k) => [k, row[k]])))} model=${JSON.stringify(m && Object.fromEntries(diff.map((k) => [k, (m.state() as any)[k]])))}`,
+      );
   }
   return out;
 }
@@ -144,14 +156,19 @@ export function checkUpdatedEvents(messages: amqp.ConsumeMessage[], expected: Ma
   }
   for (const k of seen.keys()) {
     const [asset, v] = k.split('|');
-    if (!expected.has(asset!) || Number(v) > expected.get(asset!)! || Number(v) < 1) problems.push(`unexpected event ${k}`);
+    if (!expected.has(asset!) || Number(v) > expected.get(asset!)! || Number(v) < 1)
+      problems.push(`unexpected event ${k}`);
   }
   void want;
   return { distinct: eventIds.size, received: messages.length, duplicates: messages.length - eventIds.size, problems };
 }
 
 /** Waits until the collector holds `n` distinct event ids (at-least-once: maybe more messages). */
-export async function waitDistinctEvents(messages: amqp.ConsumeMessage[], n: number, timeoutMs = 60_000 + n * 30): Promise<void> {
+export async function waitDistinctEvents(
+  messages: amqp.ConsumeMessage[],
+  n: number,
+  timeoutMs = 60_000 + n * 30,
+): Promise<void> {
   const distinct = () => new Set(messages.map((m) => JSON.parse(m.content.toString('utf8')).event_id)).size;
   try {
     await waitFor(() => distinct() >= n, { what: `${n} distinct position_updated events`, timeoutMs, intervalMs: 100 });
@@ -211,7 +228,10 @@ export async function assertEventsComplete(
   fills: { asset: string }[],
 ): Promise<void> {
   const expected = changesPerAsset(fills);
-  await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 + fills.length * 30 });
+  await waitFor(async () => (await outboxPending(db)) === 0, {
+    what: 'outbox drained',
+    timeoutMs: 60_000 + fills.length * 30,
+  });
   await waitDistinctEvents(messages, fills.length);
   const ev = checkUpdatedEvents(messages, expected);
   t.comment(`position_updated: ${ev.received} received, ${ev.distinct} distinct`);
@@ -219,12 +239,20 @@ export async function assertEventsComplete(
 }
 
 /** The one-line account every scenario ends with: sent, applied, lost, applied twice. */
-export async function reliabilityLine(t: { comment(m: string): void }, scenario: string, db: TestDb, sent: number, extra = ''): Promise<string> {
-  const r = (await db.query(
-    `select (select count(*)::int from inbox where source = $1) as applied,
+export async function reliabilityLine(
+  t: { comment(m: string): void },
+  scenario: string,
+  db: TestDb,
+  sent: number,
+  extra = '',
+): Promise<string> {
+  const r = (
+    await db.query(
+      `select (select count(*)::int from inbox where source = $1) as applied,
             (select count(*)::int - count(distinct message_key)::int from position_fills where kind = 'fill') as twice`,
-    [FILLS],
-  )).rows[0] as { applied: number; twice: number };
+      [FILLS],
+    )
+  ).rows[0] as { applied: number; twice: number };
   const line = `reliability ${scenario}: ${sent} sent, ${r.applied} applied, ${Math.max(sent - r.applied, 0)} lost, ${r.twice} duplicated${extra ? `, ${extra}` : ''}`;
   t.comment(line);
   return line;

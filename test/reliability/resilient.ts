@@ -27,7 +27,11 @@ export interface ResilientPublisher {
   republishedWindows: number;
   /** Messages sent more than once because of that. */
   republishedMessages: number;
-  publishAll(queue: string, bodies: { body: unknown; messageId?: string }[], opts?: { window?: number; onProgress?: (n: number) => void }): Promise<void>;
+  publishAll(
+    queue: string,
+    bodies: { body: unknown; messageId?: string }[],
+    opts?: { window?: number; onProgress?: (n: number) => void },
+  ): Promise<void>;
   close(): Promise<void>;
 }
 

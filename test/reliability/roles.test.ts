@@ -38,18 +38,27 @@ async function attempt(c: pg.PoolClient | pg.Client, sql: string, params: unknow
 
 t.test('grafana_reader: views only, never a write', async (t) => {
   const db = await freshDatabase(t);
-  await db.query(`select apply_order_fill('{"execution_id":"g1","asset":"GRAFUSDT","side":"Buy","execution_quantity":"1","execution_price":"10"}')`);
-  const tables = (await db.query<{ schema: string; name: string; col: string }>(
-    `select n.nspname as schema, c.relname as name,
+  await db.query(
+    `select apply_order_fill('{"execution_id":"g1","asset":"GRAFUSDT","side":"Buy","execution_quantity":"1","execution_price":"10"}')`,
+  );
+  const tables = (
+    await db.query<{ schema: string; name: string; col: string }>(
+      `select n.nspname as schema, c.relname as name,
             (select a.attname from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped order by a.attnum limit 1) as col
        from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'
       order by 1, 2`,
-  )).rows;
-  const views = (await db.query<{ name: string }>(
-    "select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('v', 'm') order by 1",
-  )).rows.map((r) => r.name);
-  t.ok(tables.some((x) => x.name === 'positions'), `${tables.length} base tables found (${[...new Set(tables.map((x) => x.schema))].join(', ')})`);
+    )
+  ).rows;
+  const views = (
+    await db.query<{ name: string }>(
+      "select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('v', 'm') order by 1",
+    )
+  ).rows.map((r) => r.name);
+  t.ok(
+    tables.some((x) => x.name === 'positions'),
+    `${tables.length} base tables found (${[...new Set(tables.map((x) => x.schema))].join(', ')})`,
+  );
 
   const client = await db.pool.connect();
   t.teardown(() => client.release(true));
@@ -75,16 +84,33 @@ t.test('grafana_reader: views only, never a write', async (t) => {
 
   // The views of §9 are readable; writes through them are not.
   const unreadable: string[] = [];
-  for (const v of ['positions_view', 'portfolio_metrics_view', 'portfolio_by_asset_view', 'position_snapshots_view', 'portfolio_metrics_history_view',
-                   'portfolio_pnl_hourly', 'position_pnl_hourly', 'position_events_view', 'job_history_view', 'job_queue_view']) {
+  for (const v of [
+    'positions_view',
+    'portfolio_metrics_view',
+    'portfolio_by_asset_view',
+    'position_snapshots_view',
+    'portfolio_metrics_history_view',
+    'portfolio_pnl_hourly',
+    'position_pnl_hourly',
+    'position_events_view',
+    'job_history_view',
+    'job_queue_view',
+  ]) {
     const code = await attempt(client, `select * from ${pg.escapeIdentifier(v)} limit 1`);
     if (code !== 'ok') unreadable.push(`${v}: ${code}`);
   }
   t.same(unreadable, [], 'the views of SPEC §9 are readable');
-  t.equal((await client.query("select size from positions_view where asset = 'GRAFUSDT'")).rows[0]?.size, '1', 'and show the data');
+  t.equal(
+    (await client.query("select size from positions_view where asset = 'GRAFUSDT'")).rows[0]?.size,
+    '1',
+    'and show the data',
+  );
   const writableViews: string[] = [];
   for (const v of views) {
-    for (const sql of [`delete from ${pg.escapeIdentifier(v)}`, `insert into ${pg.escapeIdentifier(v)} default values`]) {
+    for (const sql of [
+      `delete from ${pg.escapeIdentifier(v)}`,
+      `insert into ${pg.escapeIdentifier(v)} default values`,
+    ]) {
       const code = await attempt(client, sql);
       if (code === 'ok') writableViews.push(`${sql}`);
     }
@@ -92,16 +118,27 @@ t.test('grafana_reader: views only, never a write', async (t) => {
   t.same(writableViews, [], 'no view accepts a write');
 
   // Writing functions and DDL.
-  const fill = JSON.stringify({ execution_id: 'g2', asset: 'GRAFUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10' });
+  const fill = JSON.stringify({
+    execution_id: 'g2',
+    asset: 'GRAFUSDT',
+    side: 'Buy',
+    execution_quantity: '1',
+    execution_price: '10',
+  });
   const writes: Record<string, string> = {
     apply_order_fill: await attempt(client, 'select apply_order_fill($1::jsonb)', [fill]),
-    apply_position_report: await attempt(client, `select apply_position_report('{"symbol":"GRAFUSDT","size":"1","side":"Buy"}'::jsonb)`),
+    apply_position_report: await attempt(
+      client,
+      `select apply_position_report('{"symbol":"GRAFUSDT","size":"1","side":"Buy"}'::jsonb)`,
+    ),
     validate_position: await attempt(client, "select validate_position('GRAFUSDT', 'one-way', true)"),
     'create table': await attempt(client, 'create table public.grafana_was_here (x int)'),
     'create schema': await attempt(client, 'create schema grafana_schema'),
     'refresh materialized view': await attempt(client, 'refresh materialized view portfolio_pnl_hourly'),
   };
-  const succeeded = Object.entries(writes).filter(([, code]) => code === 'ok').map(([k]) => k);
+  const succeeded = Object.entries(writes)
+    .filter(([, code]) => code === 'ok')
+    .map(([k]) => k);
   t.same(succeeded, [], `no writing function or DDL succeeds (${JSON.stringify(writes)})`);
   await client.query('rollback');
   const after = (await db.query("select version from positions where asset = 'GRAFUSDT'")).rows[0].version;
@@ -114,16 +151,26 @@ async function runAsAppUser(t: Test, options: { createRole: boolean }): Promise<
   const database = `pm_app_db_${suffix}`;
   const password = randomBytes(12).toString('hex');
   await admin(async (c) => {
-    await c.query(`create role ${role} login password '${password}' nosuperuser ${options.createRole ? 'createrole' : 'nocreaterole'} nocreatedb`);
+    await c.query(
+      `create role ${role} login password '${password}' nosuperuser ${options.createRole ? 'createrole' : 'nocreaterole'} nocreatedb`,
+    );
     await c.query(`create database ${database} owner ${role}`);
     await c.query(`grant create on database ${database} to ${role}`);
   });
   t.teardown(async () => {
     await admin((c) => c.query(`drop database if exists ${database} with (force)`));
-    await admin((c) => c.query(`drop role if exists ${role}`)).catch((err) => t.comment(`drop role ${role}: ${(err as Error).message}`));
+    await admin((c) => c.query(`drop role if exists ${role}`)).catch((err) =>
+      t.comment(`drop role ${role}: ${(err as Error).message}`),
+    );
   });
-  const flags = await admin((c) => c.query('select rolsuper, rolcreaterole, rolcreatedb, rolbypassrls from pg_roles where rolname = $1', [role]));
-  t.same(flags.rows[0], { rolsuper: false, rolcreaterole: options.createRole, rolcreatedb: false, rolbypassrls: false }, 'not a superuser');
+  const flags = await admin((c) =>
+    c.query('select rolsuper, rolcreaterole, rolcreatedb, rolbypassrls from pg_roles where rolname = $1', [role]),
+  );
+  t.same(
+    flags.rows[0],
+    { rolsuper: false, rolcreaterole: options.createRole, rolcreatedb: false, rolbypassrls: false },
+    'not a superuser',
+  );
 
   const u = new URL(TEST_DATABASE_URL);
   u.username = role;
@@ -132,11 +179,14 @@ async function runAsAppUser(t: Test, options: { createRole: boolean }): Promise<
   const appUrl = u.toString();
   const broker = await freshBroker(t);
   const svc = await startService(t, { databaseUrl: appUrl, amqpUrl: broker.url, waitHealthy: false });
-  const health = await waitFor(async () => {
-    if (svc.child.exitCode !== null) return { status: -1, body: svc.stderr.join('').slice(0, 600) };
-    const h = await svc.request('GET', '/health', { key: null });
-    return h.status === 200 ? h : undefined;
-  }, { what: '/health 200', timeoutMs: 60_000 }).catch((err) => ({
+  const health = await waitFor(
+    async () => {
+      if (svc.child.exitCode !== null) return { status: -1, body: svc.stderr.join('').slice(0, 600) };
+      const h = await svc.request('GET', '/health', { key: null });
+      return h.status === 200 ? h : undefined;
+    },
+    { what: '/health 200', timeoutMs: 60_000 },
+  ).catch((err) => ({
     status: -1,
     body: `${(err as Error).message}; running: ${svc.child.exitCode === null}; stderr: ${svc.stderr.join('').slice(0, 600)}; logs: ${JSON.stringify(svc.logs.slice(-5)).slice(0, 1500)}`,
   }));
@@ -146,29 +196,50 @@ async function runAsAppUser(t: Test, options: { createRole: boolean }): Promise<
   }
   t.equal(health.status, 200, '/health 200');
   t.match(health.body, { database_connected: true });
-  await waitFor(() => svc.logs.some((l) => l.msg === 'worker started'), { what: 'worker started (graphile-worker schema created)', timeoutMs: 30_000 });
+  await waitFor(() => svc.logs.some((l) => l.msg === 'worker started'), {
+    what: 'worker started (graphile-worker schema created)',
+    timeoutMs: 30_000,
+  });
 
   const app = new pg.Client({ connectionString: appUrl });
   await app.connect();
   t.teardown(() => app.end().catch(() => undefined));
-  t.equal((await app.query('select usesuper from pg_user where usename = current_user')).rows[0].usesuper, false, 'connected as the non-superuser');
-  await app.query(`select apply_order_fill('{"execution_id":"app-1","asset":"APPUSDT","side":"Buy","execution_quantity":"2","execution_price":"10"}')`);
+  t.equal(
+    (await app.query('select usesuper from pg_user where usename = current_user')).rows[0].usesuper,
+    false,
+    'connected as the non-superuser',
+  );
+  await app.query(
+    `select apply_order_fill('{"execution_id":"app-1","asset":"APPUSDT","side":"Buy","execution_quantity":"2","execution_price":"10"}')`,
+  );
   const row = (await app.query("select size, version from positions where asset = 'APPUSDT'")).rows[0];
   t.same(row, { size: '2', version: '1' }, 'a fill applied through SQL as the app user');
   const api = await svc.request('GET', '/api/v1/positions/APPUSDT');
   t.equal(api.status, 200, 'and read through the API');
   t.equal(api.body.size, '2');
-  await broker.publish('order-manager.order_executed', { execution_id: 'app-2', asset: 'APPUSDT', side: 'Sell', execution_quantity: '0.5', execution_price: '12' });
-  await waitFor(async () => (await app.query("select size from positions where asset = 'APPUSDT'")).rows[0].size === '1.5',
-    { what: 'a fill consumed from the broker', timeoutMs: 20_000 });
-  const owners = (await app.query(
-    "select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname in ('public', 'graphile_worker') and c.relkind in ('r', 'v', 'm')",
-  )).rows.map((r) => r.owner);
+  await broker.publish('order-manager.order_executed', {
+    execution_id: 'app-2',
+    asset: 'APPUSDT',
+    side: 'Sell',
+    execution_quantity: '0.5',
+    execution_price: '12',
+  });
+  await waitFor(
+    async () => (await app.query("select size from positions where asset = 'APPUSDT'")).rows[0].size === '1.5',
+    { what: 'a fill consumed from the broker', timeoutMs: 20_000 },
+  );
+  const owners = (
+    await app.query(
+      "select distinct pg_get_userbyid(c.relowner) as owner from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname in ('public', 'graphile_worker') and c.relkind in ('r', 'v', 'm')",
+    )
+  ).rows.map((r) => r.owner);
   t.same(owners, [role], 'every table and view belongs to the app user');
   t.equal(await svc.stop(), 0, 'clean shutdown');
 }
 
 // The brief's setup: LOGIN, owner of its database, CREATE on it — nothing else.
-t.test('the service runs as a database user that is not a superuser (LOGIN only)', (t) => runAsAppUser(t, { createRole: false }));
+t.test('the service runs as a database user that is not a superuser (LOGIN only)', (t) =>
+  runAsAppUser(t, { createRole: false }),
+);
 // Same with CREATEROLE: shows what works once the role question is out of the way.
 t.test('the service runs as a non-superuser with CREATEROLE', (t) => runAsAppUser(t, { createRole: true }));

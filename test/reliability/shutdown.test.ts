@@ -13,8 +13,20 @@ import { freshDatabase } from '../helpers/db.js';
 import { rolesStarted, startService, type RunningService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
-  FILLS, UPDATED, assetNames, envInt, generateFills, inboxCount, modelOf,
-  positionMismatches, publishAll, rng, seedFromEnv, assertEventsComplete, reliabilityLine } from './lib.js';
+  FILLS,
+  UPDATED,
+  assetNames,
+  envInt,
+  generateFills,
+  inboxCount,
+  modelOf,
+  positionMismatches,
+  publishAll,
+  rng,
+  seedFromEnv,
+  assertEventsComplete,
+  reliabilityLine,
+} from './lib.js';
 
 const N = envInt('RELIABILITY_FILLS', 2000);
 const ASSETS = envInt('RELIABILITY_ASSETS', 20);
@@ -31,7 +43,10 @@ t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, a
     const svc = await startService(t, {
       databaseUrl: db.url,
       amqpUrl: broker.url,
-      env: { POSITION_MANAGER_ROLES: 'consumer,relay', POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) },
+      env: {
+        POSITION_MANAGER_ROLES: 'consumer,relay',
+        POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
+      },
     });
     await rolesStarted(svc, ['consumer', 'relay']);
     return svc;
@@ -43,39 +58,72 @@ t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, a
   const fills = generateFills(r, N, assetNames('SD', ASSETS), `sd-${seed}`);
   const book = modelOf(fills);
   let published = 0;
-  const publishing = publishAll(ch, FILLS, fills.map((f) => ({ body: f, messageId: f.execution_id })), { window: 20, onProgress: (n) => (published = n) });
+  const publishing = publishAll(
+    ch,
+    FILLS,
+    fills.map((f) => ({ body: f, messageId: f.execution_id })),
+    { window: 20, onProgress: (n) => (published = n) },
+  );
 
   const duplicatesSeen = (s: RunningService) => s.logs.filter((l) => l.msg === 'duplicate message ignored').length;
   let duplicates = 0;
   for (let i = 0; i < STOPS; i++) {
     const threshold = Math.floor(N * (0.15 + (0.6 * (i + r())) / STOPS));
-    await waitFor(async () => (await inboxCount(db)) >= threshold, { what: `inbox ≥ ${threshold}`, timeoutMs: 60_000 + N * 30, intervalMs: 5 });
+    await waitFor(async () => (await inboxCount(db)) >= threshold, {
+      what: `inbox ≥ ${threshold}`,
+      timeoutMs: 60_000 + N * 30,
+      intervalMs: 5,
+    });
     const atSignal = await inboxCount(db);
     const signalled = Date.now();
     const code = await svc.stop('SIGTERM');
     const took = Date.now() - signalled;
     const applied = await inboxCount(db);
-    t.equal(code, 0, `stop ${i + 1}: exit code 0 after SIGTERM (${took} ms; inbox ${atSignal} at the signal, ${applied} at exit, published ${published})`);
+    t.equal(
+      code,
+      0,
+      `stop ${i + 1}: exit code 0 after SIGTERM (${took} ms; inbox ${atSignal} at the signal, ${applied} at exit, published ${published})`,
+    );
     t.ok(took < SHUTDOWN_TIMEOUT_MS, `stop ${i + 1}: exited within the shutdown timeout`);
-    t.ok(svc.logs.some((l) => l.msg === 'stopped'), `stop ${i + 1}: logged "stopped"`);
-    t.notOk(svc.logs.some((l) => l.level >= 50), `stop ${i + 1}: no error logged while stopping`);
+    t.ok(
+      svc.logs.some((l) => l.msg === 'stopped'),
+      `stop ${i + 1}: logged "stopped"`,
+    );
+    t.notOk(
+      svc.logs.some((l) => l.level >= 50),
+      `stop ${i + 1}: no error logged while stopping`,
+    );
     // With this process gone and publishing done, count what the broker still holds: a clean
     // stop acknowledged every message it committed, so nothing is both applied and queued.
     await publishing;
     const q = await ch.checkQueue(FILLS);
-    t.equal(applied + q.messageCount, N,
-      `stop ${i + 1}: applied (${applied}) + still queued (${q.messageCount}) = published (${N}): no committed message left unacknowledged`);
+    t.equal(
+      applied + q.messageCount,
+      N,
+      `stop ${i + 1}: applied (${applied}) + still queued (${q.messageCount}) = published (${N}): no committed message left unacknowledged`,
+    );
     duplicates += duplicatesSeen(svc);
     svc = await start();
   }
   await publishing;
 
-  await waitFor(async () => (await inboxCount(db)) >= N, { what: `all ${N} fills in the inbox`, timeoutMs: 90_000 + N * 30, intervalMs: 100 });
-  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 });
+  await waitFor(async () => (await inboxCount(db)) >= N, {
+    what: `all ${N} fills in the inbox`,
+    timeoutMs: 90_000 + N * 30,
+    intervalMs: 100,
+  });
+  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, {
+    what: 'fill queue drained',
+    timeoutMs: 60_000 + N * 30,
+  });
   duplicates += duplicatesSeen(svc);
   t.equal(duplicates, 0, 'no process met a redelivered duplicate (every commit before a stop was acknowledged)');
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys`);
-  t.equal((await db.query("select count(*)::int as n from position_fills where kind = 'fill'")).rows[0].n, N, 'one ledger row per fill');
+  t.equal(
+    (await db.query("select count(*)::int as n from position_fills where kind = 'fill'")).rows[0].n,
+    N,
+    'one ledger row per fill',
+  );
   t.same(await positionMismatches(db, book), [], 'every position equals the reference model');
   await assertEventsComplete(t, db, updated.messages, fills);
   t.equal(await svc.stop('SIGTERM'), 0, 'the last process stops cleanly too (idle)');

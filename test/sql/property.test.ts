@@ -78,7 +78,9 @@ const AVOID_KNOWN = /^(1|true|yes)$/i.test(envOr('avoid-known', 'PROPERTY_AVOID_
 // called as `select * from f($1)` — one call, the same row. PROPERTY_CALL_FORM=expand uses `(f($1)).*`.
 const EXPAND = (envOr('call-form', 'PROPERTY_CALL_FORM') ?? '') === 'expand';
 const FILL_SQL = EXPAND ? 'select (apply_order_fill($1::jsonb)).*' : 'select * from apply_order_fill($1::jsonb)';
-const REPORT_SQL = EXPAND ? 'select (apply_position_report($1::jsonb)).*' : 'select * from apply_position_report($1::jsonb)';
+const REPORT_SQL = EXPAND
+  ? 'select (apply_position_report($1::jsonb)).*'
+  : 'select * from apply_position_report($1::jsonb)';
 // Most sequences are sent as one statement (one transaction, operations in order), a tenth step by
 // step with one transaction per operation (every sequence with PROPERTY_BATCH=0).
 const BATCH = !/^(0|false|no)$/i.test(envOr('batch', 'PROPERTY_BATCH') ?? '1');
@@ -160,7 +162,16 @@ interface Sequence {
   ops: Op[];
 }
 
-const BASE_PRICES = ['50000', '3000.5', '48666.66666667', '1.2345', '0.05678', '123.45678901', '0.00012345', '98765.4321'];
+const BASE_PRICES = [
+  '50000',
+  '3000.5',
+  '48666.66666667',
+  '1.2345',
+  '0.05678',
+  '123.45678901',
+  '0.00012345',
+  '98765.4321',
+];
 const QTY_RANGES: Record<string, [string, string]> = {}; // by base price: keep notional sensible
 for (const p of BASE_PRICES) {
   const n = Number(p);
@@ -242,7 +253,13 @@ function generate(index: number, seed: number): Sequence {
   return { slots, basePrice, ops };
 }
 
-function genOneWayFill(rng: Rng, slot: number, pos: PositionModel | undefined, base: Decimal, range: [string, string]): FillOp {
+function genOneWayFill(
+  rng: Rng,
+  slot: number,
+  pos: PositionModel | undefined,
+  base: Decimal,
+  range: [string, string],
+): FillOp {
   const price = priceNear(rng, base);
   let side: Side = rng.pick(['Buy', 'Sell'] as const);
   let qty = qtyRandom(rng, range);
@@ -264,10 +281,23 @@ function genOneWayFill(rng: Rng, slot: number, pos: PositionModel | undefined, b
     }
   }
   const fee = feeFor(rng, qty, price);
-  return { kind: 'fill', slot, side, qty: text(rng, qty), price: text(rng, price), ...(fee === undefined ? {} : { fee }) };
+  return {
+    kind: 'fill',
+    slot,
+    side,
+    qty: text(rng, qty),
+    price: text(rng, price),
+    ...(fee === undefined ? {} : { fee }),
+  };
 }
 
-function genHedgeFill(rng: Rng, slot: number, pos: PositionModel | undefined, base: Decimal, range: [string, string]): FillOp {
+function genHedgeFill(
+  rng: Rng,
+  slot: number,
+  pos: PositionModel | undefined,
+  base: Decimal,
+  range: [string, string],
+): FillOp {
   const price = priceNear(rng, base);
   const legName = rng.pick(['long', 'short'] as const);
   const leg = pos ? (legName === 'long' ? pos.long : pos.short) : undefined;
@@ -285,8 +315,10 @@ function genHedgeFill(rng: Rng, slot: number, pos: PositionModel | undefined, ba
   } else {
     side = legName === 'long' ? 'Sell' : 'Buy';
     const r = rng.next();
-    if (r < 0.3 && !legSize.isZero()) qty = legSize; // close the leg exactly
-    else if (r < 0.5) qty = legSize.plus(rng.chance(0.3) ? new Decimal('0.00000001') : qtyRandom(rng, range)); // over-reduction
+    if (r < 0.3 && !legSize.isZero())
+      qty = legSize; // close the leg exactly
+    else if (r < 0.5)
+      qty = legSize.plus(rng.chance(0.3) ? new Decimal('0.00000001') : qtyRandom(rng, range)); // over-reduction
     else {
       qty = legSize.times(rng.next().toFixed(6)).toDecimalPlaces(8, Decimal.ROUND_DOWN);
       if (qty.isZero()) qty = legSize.isZero() ? qtyRandom(rng, range) : new Decimal('0.00000001');
@@ -319,7 +351,14 @@ function signedPnl(rng: Rng, scale: Decimal): string {
   return v.toFixed();
 }
 
-function genReport(rng: Rng, slot: number, pos: PositionModel | undefined, base: Decimal, range: [string, string], mustAvg: boolean): ReportOp {
+function genReport(
+  rng: Rng,
+  slot: number,
+  pos: PositionModel | undefined,
+  base: Decimal,
+  range: [string, string],
+  mustAvg: boolean,
+): ReportOp {
   const op: ReportOp = { kind: 'report', slot, sizeFromModel: true };
   const pnlScale = base.times(range[1]).times('0.05');
   if (!pos) {
@@ -340,7 +379,9 @@ function genReport(rng: Rng, slot: number, pos: PositionModel | undefined, base:
   }
   if (rng.chance(0.6)) op.markPrice = priceNear(rng, base).toFixed();
   // a flat position's unrealised PnL is 0 on the exchange; a non-zero one probes the rule's letter
-  if (rng.chance(0.5)) op.unrealisedPnl = !pos.isOpen && (AVOID_KNOWN || rng.chance(0.7)) ? rng.pick(['0', '0.00']) : signedPnl(rng, pnlScale);
+  if (rng.chance(0.5))
+    op.unrealisedPnl =
+      !pos.isOpen && (AVOID_KNOWN || rng.chance(0.7)) ? rng.pick(['0', '0.00']) : signedPnl(rng, pnlScale);
   if (rng.chance(0.4)) op.realisedPnl = signedPnl(rng, pnlScale);
   const old = pos.avg;
   if (mustAvg || old === null) {
@@ -350,17 +391,22 @@ function genReport(rng: Rng, slot: number, pos: PositionModel | undefined, base:
     let v: Decimal;
     const sign = rng.chance(0.5) ? 1 : -1;
     const at = (rel: DecimalValue) => old.times(new Decimal(rel).times(sign).plus(1));
-    if (r < 0.35) v = at(rng.dec(0, '0.001', 6)); // within 0.1 %
-    else if (r < 0.5) v = at('0.001'); // exactly 0.1 % (when 8 places can hold it)
-    else if (r < 0.6) v = at('0.001').plus(new Decimal('0.00000001').times(sign)); // just beyond, the ratio rounds to 0.001
-    else if (r < 0.7) v = at(rng.dec('0.001', '0.0011', 8)); // just beyond, or at the threshold
+    if (r < 0.35)
+      v = at(rng.dec(0, '0.001', 6)); // within 0.1 %
+    else if (r < 0.5)
+      v = at('0.001'); // exactly 0.1 % (when 8 places can hold it)
+    else if (r < 0.6)
+      v = at('0.001').plus(new Decimal('0.00000001').times(sign)); // just beyond, the ratio rounds to 0.001
+    else if (r < 0.7)
+      v = at(rng.dec('0.001', '0.0011', 8)); // just beyond, or at the threshold
     else v = at(rng.dec('0.0011', '0.05', 6)); // clearly beyond
     v = v.toDecimalPlaces(8, Decimal.ROUND_HALF_UP);
     if (v.lte(0)) v = old;
     if (AVOID_KNOWN) {
       // keep away from ratios that exceed the threshold only beyond the 10th decimal place
       const exact = v.minus(old).abs().div(old);
-      if (exact.gt('0.001') && div(v.minus(old).abs(), old).lte('0.001')) v = at('0.0011').toDecimalPlaces(8, Decimal.ROUND_HALF_UP);
+      if (exact.gt('0.001') && div(v.minus(old).abs(), old).lte('0.001'))
+        v = at('0.0011').toDecimalPlaces(8, Decimal.ROUND_HALF_UP);
     }
     op.avgPrice = v.toFixed();
   }
@@ -425,7 +471,8 @@ function fillBody(asset: string, slots: Slot[], op: FillOp, id: string, at: Date
 
 function reportBody(asset: string, r: ReportInput, id: string, at: Date): Record<string, unknown> {
   const payload: Record<string, unknown> = { symbol: asset, side: r.side, size: String(r.size) };
-  for (const k of ['avgPrice', 'markPrice', 'unrealisedPnl', 'realisedPnl'] as const) if (r[k] !== undefined) payload[k] = String(r[k]);
+  for (const k of ['avgPrice', 'markPrice', 'unrealisedPnl', 'realisedPnl'] as const)
+    if (r[k] !== undefined) payload[k] = String(r[k]);
   payload.updatedTime = at.getTime();
   return { event_type: 'position', event_id: id, payload };
 }
@@ -473,7 +520,8 @@ const TEN_PLACES = new Decimal('0.0000000001');
 const KNOWN = {
   doubleRounding:
     'division rounded twice: the SQL average differs by 1e-10 (PostgreSQL rounds a / b to ~16-20 significant digits before round(…, 10))',
-  thresholdUnrounded: 'avgPrice threshold: |new − old| / old is compared unrounded (exceeds 0.001 only beyond the 10th place, SQL replaced)',
+  thresholdUnrounded:
+    'avgPrice threshold: |new − old| / old is compared unrounded (exceeds 0.001 only beyond the 10th place, SQL replaced)',
   flatAvg: 'report on a flat position: avgPrice beyond the threshold is not applied',
   flatUnrealized: 'report on a flat position: unrealisedPnl is not applied (unrealized_pnl stays 0)',
 } as const;
@@ -506,7 +554,8 @@ function explain(
     if (trial.mode === 'one-way') trial.avg = new Decimal(row.average_entry_price as string);
     else {
       if (row.long_avg_price !== null) trial.long = { ...trial.long, avg: new Decimal(row.long_avg_price as string) };
-      if (row.short_avg_price !== null) trial.short = { ...trial.short, avg: new Decimal(row.short_avg_price as string) };
+      if (row.short_avg_price !== null)
+        trial.short = { ...trial.short, avg: new Decimal(row.short_avg_price as string) };
     }
     trial.recomputeUnrealized();
     kinds.add(KNOWN.doubleRounding);
@@ -514,7 +563,12 @@ function explain(
     if (!before || !rin || after.mode !== 'one-way') return undefined;
     const flat = before.size.isZero();
     for (const f of fields) {
-      if (f === 'unrealized_pnl' && flat && rin.unrealisedPnl !== undefined && decimalEq(row.unrealized_pnl as string, '0')) {
+      if (
+        f === 'unrealized_pnl' &&
+        flat &&
+        rin.unrealisedPnl !== undefined &&
+        decimalEq(row.unrealized_pnl as string, '0')
+      ) {
         trial.unrealized = new Decimal(0);
         kinds.add(KNOWN.flatUnrealized);
       } else if (f === 'average_entry_price' && rin.avgPrice !== undefined && before.avg !== null) {
@@ -523,7 +577,11 @@ function explain(
         if (flat && decimalEq(row.average_entry_price as string, old)) {
           trial.avg = old;
           kinds.add(KNOWN.flatAvg);
-        } else if (!flat && decimalEq(row.average_entry_price as string, next) && next.minus(old).abs().div(old).gt('0.001')) {
+        } else if (
+          !flat &&
+          decimalEq(row.average_entry_price as string, next) &&
+          next.minus(old).abs().div(old).gt('0.001')
+        ) {
           trial.avg = next;
           kinds.add(KNOWN.thresholdUnrounded);
         } else return undefined;
@@ -549,7 +607,12 @@ interface RunOptions {
   batch: boolean;
 }
 
-async function runSequence(db: TestDb, seq: Sequence, names: (a: number) => string, opts: RunOptions = { batch: false }): Promise<RunResult> {
+async function runSequence(
+  db: TestDb,
+  seq: Sequence,
+  names: (a: number) => string,
+  opts: RunOptions = { batch: false },
+): Promise<RunResult> {
   const book = new ModelBook();
   const steps: StepLog[] = [];
   const known: string[] = [];
@@ -612,7 +675,15 @@ async function runSequence(db: TestDb, seq: Sequence, names: (a: number) => stri
     } catch (err) {
       return { ops: steps.length, error: `sql: ${(err as Error).message}`, steps, positions: [], known, recheck: true };
     }
-    if (rows.length !== steps.length) return { ops: steps.length, error: `batch returned ${rows.length} rows for ${steps.length} operations`, steps, positions: [], known, recheck: true };
+    if (rows.length !== steps.length)
+      return {
+        ops: steps.length,
+        error: `batch returned ${rows.length} rows for ${steps.length} operations`,
+        steps,
+        positions: [],
+        known,
+        recheck: true,
+      };
     for (let j = 0; j < rows.length; j++) {
       const row = rows[j]!;
       const e = expected[j]!;
@@ -622,7 +693,14 @@ async function runSequence(db: TestDb, seq: Sequence, names: (a: number) => stri
       }
       const fields = row.asset === e.asset && row.mode === e.mode ? diffState(row, e.state) : ['<other row returned>'];
       if (fields.length)
-        return { ops: j + 1, divergence: { step: j, key: `${e.asset}|${e.mode}`, fields, model: e.state, row: pickRow(row) }, steps, positions: [], known, recheck: true };
+        return {
+          ops: j + 1,
+          divergence: { step: j, key: `${e.asset}|${e.mode}`, fields, model: e.state, row: pickRow(row) },
+          steps,
+          positions: [],
+          known,
+          recheck: true,
+        };
     }
   }
   // final check of the whole table for this sequence's assets: no row the model does not know
@@ -633,13 +711,31 @@ async function runSequence(db: TestDb, seq: Sequence, names: (a: number) => stri
     const model = book.get(row.asset, row.mode)?.state();
     const fields = diffState(row, model);
     if (fields.length)
-      return { ops: seq.ops.length, divergence: { step: seq.ops.length, key: `${row.asset}|${row.mode}`, fields, model, row: pickRow(row) }, steps, positions, known };
+      return {
+        ops: seq.ops.length,
+        divergence: { step: seq.ops.length, key: `${row.asset}|${row.mode}`, fields, model, row: pickRow(row) },
+        steps,
+        positions,
+        known,
+      };
     positions.push({ asset: row.asset, mode: row.mode });
   }
   for (const [key] of book.positions) {
     const [asset, mode] = key.split('|') as [string, Mode];
     if (!rows.some((r) => r.asset === asset && r.mode === mode))
-      return { ops: seq.ops.length, divergence: { step: seq.ops.length, key, fields: ['<row missing>'], model: book.positions.get(key)!.state(), row: undefined }, steps, positions, known };
+      return {
+        ops: seq.ops.length,
+        divergence: {
+          step: seq.ops.length,
+          key,
+          fields: ['<row missing>'],
+          model: book.positions.get(key)!.state(),
+          row: undefined,
+        },
+        steps,
+        positions,
+        known,
+      };
   }
   return { ops: seq.ops.length, steps, positions, known };
 }
@@ -654,7 +750,11 @@ async function fails(db: TestDb, seq: Sequence): Promise<RunResult | undefined> 
 }
 
 /** Delta debugging: drop chunks, then single ops, while the divergence persists. */
-async function shrink(db: TestDb, seq: Sequence, budget = 300): Promise<{ seq: Sequence; result: RunResult } | undefined> {
+async function shrink(
+  db: TestDb,
+  seq: Sequence,
+  budget = 300,
+): Promise<{ seq: Sequence; result: RunResult } | undefined> {
   let best = seq;
   let result = await fails(db, seq);
   if (!result) return undefined;
@@ -664,7 +764,7 @@ async function shrink(db: TestDb, seq: Sequence, budget = 300): Promise<{ seq: S
   while (changed && budget > 0) {
     changed = false;
     for (let chunk = Math.max(1, best.ops.length >> 1); chunk >= 1 && budget > 0; chunk >>= 1) {
-      for (let i = 0; i + chunk <= best.ops.length && budget > 0; ) {
+      for (let i = 0; i + chunk <= best.ops.length && budget > 0;) {
         const cand = { ...best, ops: [...best.ops.slice(0, i), ...best.ops.slice(i + chunk)] };
         budget--;
         const r = cand.ops.length ? await fails(db, cand) : undefined;
@@ -685,7 +785,9 @@ function describe(seq: Sequence, r: RunResult): string {
   r.steps.forEach((s, j) => lines.push(`    ${j}: ${s.sql.replace('$1::jsonb', `'${JSON.stringify(s.body)}'`)}`));
   if (r.divergence) {
     const dv = r.divergence;
-    lines.push(`  diverged ${dv.step < r.steps.length ? `after op ${dv.step}` : 'in the final table check'} on ${dv.key}: ${dv.fields.join(', ')}`);
+    lines.push(
+      `  diverged ${dv.step < r.steps.length ? `after op ${dv.step}` : 'in the final table check'} on ${dv.key}: ${dv.fields.join(', ')}`,
+    );
     if (dv.known) lines.push(`  known divergence: ${dv.known}`);
     lines.push(`    model: ${JSON.stringify(dv.model)}`);
     lines.push(`    sql:   ${JSON.stringify(dv.row)}`);
@@ -701,7 +803,13 @@ t.test('reference model: ACCOUNTING.md §2 worked examples', async (t) => {
   const eq = (a: unknown, b: string, msg: string) => t.ok(decimalEq(a as string, b), `${msg}: ${String(a)} = ${b}`);
   const oneWay = (): PositionModel => new PositionModel('one-way');
   const buy = (qty: string, price: string, fee = '0'): FillInput => ({ side: 'Buy', qty, price, fee, mode: 'one-way' });
-  const sell = (qty: string, price: string, fee = '0'): FillInput => ({ side: 'Sell', qty, price, fee, mode: 'one-way' });
+  const sell = (qty: string, price: string, fee = '0'): FillInput => ({
+    side: 'Sell',
+    qty,
+    price,
+    fee,
+    mode: 'one-way',
+  });
 
   // 1. increase (TC-004)
   let p = oneWay();
@@ -767,7 +875,11 @@ t.test('reference model: ACCOUNTING.md §2 worked examples', async (t) => {
   p.fill({ side: 'Buy', qty: '1.0', price: '50000', mode: 'hedge' });
   p.fill({ side: 'Sell', qty: '2.0', price: '51000', mode: 'hedge' });
   let s = p.state();
-  t.same([s.long_size, s.short_size, s.size, s.long_avg_price, s.short_avg_price], ['1', '2', '-1', '50000', '51000'], '7. legs');
+  t.same(
+    [s.long_size, s.short_size, s.size, s.long_avg_price, s.short_avg_price],
+    ['1', '2', '-1', '50000', '51000'],
+    '7. legs',
+  );
   eq(s.average_entry_price, '51000', '7. average of the leg in the direction of size');
   p.fill({ side: 'Buy', qty: '1.0', price: '50500', fee: '0', mode: 'hedge', reduce_only: true });
   s = p.state();
@@ -793,7 +905,12 @@ t.test('reference model: ACCOUNTING.md §3 reports', async (t) => {
   // TC-001 creation
   book.report('BTCUSDT', { size: '1.5', side: 'Buy', avgPrice: '50000.00', unrealisedPnl: '150.00' });
   let s = book.get('BTCUSDT', 'one-way')!.state();
-  t.ok(decimalEq(s.size, '1.5') && decimalEq(s.average_entry_price, '50000') && decimalEq(s.unrealized_pnl, '150') && decimalEq(s.realized_pnl, '0'));
+  t.ok(
+    decimalEq(s.size, '1.5') &&
+      decimalEq(s.average_entry_price, '50000') &&
+      decimalEq(s.unrealized_pnl, '150') &&
+      decimalEq(s.realized_pnl, '0'),
+  );
   t.equal(s.current_price, null, 'no markPrice, no current price');
   book.report('FLATUSDT', { size: '0', side: '' });
   t.equal(book.get('FLATUSDT', 'one-way'), undefined, 'a flat report for an unknown position creates nothing');
@@ -801,7 +918,11 @@ t.test('reference model: ACCOUNTING.md §3 reports', async (t) => {
   const p = new PositionModel('one-way');
   p.fill({ side: 'Buy', qty: '1.0', price: '50000', mode: 'one-way' });
   t.equal(p.report({ size: '1.0', side: 'Buy', avgPrice: '50050.00' }).avgReplaced, false);
-  t.equal(p.report({ size: '1.0', side: 'Buy', avgPrice: '50050.00000001' }).avgReplaced, false, 'the ratio is rounded to 10 places');
+  t.equal(
+    p.report({ size: '1.0', side: 'Buy', avgPrice: '50050.00000001' }).avgReplaced,
+    false,
+    'the ratio is rounded to 10 places',
+  );
   t.equal(p.report({ size: '9', side: 'Buy', avgPrice: '50060', markPrice: '51000' }).avgReplaced, true);
   s = p.state();
   t.ok(decimalEq(s.average_entry_price, '50060') && decimalEq(s.size, '1') && decimalEq(s.current_price, '51000'));
@@ -812,7 +933,10 @@ t.test('reference model: ACCOUNTING.md §3 reports', async (t) => {
   const q = new PositionModel('one-way');
   q.fill({ side: 'Buy', qty: '1.0', price: '48000', mode: 'one-way' });
   t.equal(q.report({ size: '1.0', side: 'Buy', avgPrice: '49000' }).avgReplaced, true);
-  t.ok(div('1', '3').eq('0.3333333333') && div('2', '3').eq('0.6666666667') && div('-2', '3').eq('-0.6666666667'), 'half away from zero');
+  t.ok(
+    div('1', '3').eq('0.3333333333') && div('2', '3').eq('0.6666666667') && div('-2', '3').eq('-0.6666666667'),
+    'half away from zero',
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -824,7 +948,9 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
   // (a database setting, so the pool's connections, all opened after it, have it from the start)
   await admin((c) => c.query(`alter database ${db.name} set synchronous_commit = off`));
   const indices = ONLY !== undefined ? ONLY.split(',').map(Number) : Array.from({ length: RUNS }, (_, i) => i);
-  t.comment(`seed ${SEED}, ${indices.length} sequence(s), concurrency ${CONCURRENCY} (reproduce: PROPERTY_SEED=${SEED} [PROPERTY_ONLY=i])`);
+  t.comment(
+    `seed ${SEED}, ${indices.length} sequence(s), concurrency ${CONCURRENCY} (reproduce: PROPERTY_SEED=${SEED} [PROPERTY_ONLY=i])`,
+  );
   const started = Date.now();
   let mismatches = 0;
   let operations = 0;
@@ -851,15 +977,22 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
         // the batch differed (or could not be checked): replay step by step on fresh assets for the
         // state after each operation; if that agrees, the difference is the batch's own
         const again = await runSequence(db, seq, (a) => `R${index}X${a}USDT`);
-        if (again.divergence || again.error || again.known.length) result = again; // a tolerated known divergence explains the batch's
-        else result = { ...result, error: `differs only when applied as one batch (one transaction): ${result.error ?? ''}` };
+        if (again.divergence || again.error || again.known.length)
+          result = again; // a tolerated known divergence explains the batch's
+        else
+          result = {
+            ...result,
+            error: `differs only when applied as one batch (one transaction): ${result.error ?? ''}`,
+          };
       }
       if (stepwise) stepSequences++;
       for (const k of result.known) known.push(`sequence ${index} ${k}`);
       operations += result.ops;
       if (result.divergence || result.error) mismatches++;
       if (++done % 500 === 0 && done < indices.length)
-        t.comment(`  ${done} sequences, ${operations} operations, ${mismatches} mismatching, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        t.comment(
+          `  ${done} sequences, ${operations} operations, ${mismatches} mismatching, ${((Date.now() - started) / 1000).toFixed(1)} s`,
+        );
       if (result.divergence || result.error) {
         const what = result.divergence
           ? result.divergence.known
@@ -879,7 +1012,8 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
           const r = (await db.query('select validate_position($1, $2, false) as r', [asset, mode])).rows[0].r;
           if (!r?.is_valid) {
             invalid++;
-            if (invalidExamples.length < 5) invalidExamples.push(`sequence ${index} ${asset} ${mode}: ${JSON.stringify(r)}`);
+            if (invalidExamples.length < 5)
+              invalidExamples.push(`sequence ${index} ${asset} ${mode}: ${JSON.stringify(r)}`);
           }
         }
       }
@@ -888,7 +1022,8 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
       // their ledger and audit rows. PROPERTY_KEEP_ROWS=1 keeps them.
       // (a failing sequence is replayed on fresh assets for its report: its rows are not needed either)
       // (deleting positions is a direct write: inside the window of R-32, else the guard ignores it)
-      if (!KEEP_ROWS) await writePositionsDirectly(db, PRUNE_SQL, [[...new Set(seq.slots.map((s) => `P${index}X${s.asset}USDT`))]]);
+      if (!KEEP_ROWS)
+        await writePositionsDirectly(db, PRUNE_SQL, [[...new Set(seq.slots.map((s) => `P${index}X${s.asset}USDT`))]]);
       // Pruning leaves dead rows that only VACUUM removes, and autovacuum may be off (it is on
       // this development machine's cluster): without this a long run slows from ~70 to ~10
       // sequences/s as the deletes scan ever more dead rows.
@@ -901,7 +1036,9 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
     `${indices.length} sequences (${stepSequences} step by step, the others one batch each), ${operations} operations in ${elapsed.toFixed(1)} s, ${mismatches} mismatching sequence(s)`,
   );
   if (known.length)
-    t.comment(`tolerated known divergences (PROPERTY_AVOID_KNOWN): ${known.length}\n  ${known.slice(0, 10).join('\n  ')}`);
+    t.comment(
+      `tolerated known divergences (PROPERTY_AVOID_KNOWN): ${known.length}\n  ${known.slice(0, 10).join('\n  ')}`,
+    );
 
   // the unexplained first, then one example of each known kind
   const kindOf = (f: (typeof failures)[number]) => f.result.divergence?.known ?? '';
@@ -913,14 +1050,17 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
     if (kind && shownKinds.has(kind)) continue;
     if (kind) shownKinds.add(kind);
     printed++;
-    t.comment(`MISMATCH seed ${SEED} sequence ${f.index} (PROPERTY_SEED=${SEED} PROPERTY_ONLY=${f.index})\n${describe(f.seq, f.result)}`);
+    t.comment(
+      `MISMATCH seed ${SEED} sequence ${f.index} (PROPERTY_SEED=${SEED} PROPERTY_ONLY=${f.index})\n${describe(f.seq, f.result)}`,
+    );
     if (printed <= MAX_SHRUNK) {
       const s = await shrink(db, f.seq);
       if (s) t.comment(`  shrunk to ${s.seq.ops.length} op(s):\n${describe(s.seq, s.result)}`);
       else t.comment('  (did not reproduce on fresh assets)');
     }
   }
-  if (byField.size) t.comment(`mismatching sequences by kind:\n${[...byField].map(([k, n]) => `  ${n} × ${k}`).join('\n')}`);
+  if (byField.size)
+    t.comment(`mismatching sequences by kind:\n${[...byField].map(([k, n]) => `  ${n} × ${k}`).join('\n')}`);
   failures.sort((a, b) => a.index - b.index);
   if (failures.length > printed)
     t.comment(
@@ -942,5 +1082,9 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
     t.comment(`table scans: ${JSON.stringify(st.rows)}`);
   }
   for (const e of invalidExamples) t.comment(`validate_position invalid: ${e}`);
-  t.equal(invalid, 0, `validate_position(asset, mode, false) is valid for the ${validated} positions of ${sampledSequences} sampled sequences`);
+  t.equal(
+    invalid,
+    0,
+    `validate_position(asset, mode, false) is valid for the ${validated} positions of ${sampledSequences} sampled sequences`,
+  );
 });

@@ -8,8 +8,13 @@ import { canonical, freshDatabase, jobsWithKey, positionRow, type TestDb } from 
 let seq = 0;
 const fill = (db: TestDb, f: Record<string, unknown>) =>
   db.query('select apply_order_fill($1::jsonb)', [JSON.stringify({ execution_id: `rc-${++seq}`, ...f })]);
-const page = (list: Record<string, unknown>[], time: number, cursor = '') =>
-  ({ retCode: 0, retMsg: 'OK', result: { category: 'linear', list, nextPageCursor: cursor }, retExtInfo: {}, time });
+const page = (list: Record<string, unknown>[], time: number, cursor = '') => ({
+  retCode: 0,
+  retMsg: 'OK',
+  result: { category: 'linear', list, nextPageCursor: cursor },
+  retExtInfo: {},
+  time,
+});
 const reconcile = async (db: TestDb, pages: unknown[]) =>
   (await db.query('select reconcile_positions($1::jsonb, $2) as r', [JSON.stringify(pages), 'rc-trace'])).rows[0].r;
 const validate = async (db: TestDb, asset: string, mode = 'one-way') =>
@@ -18,67 +23,183 @@ const row = positionRow;
 const dec = canonical;
 const jobs = jobsWithKey;
 
-t.test('a fill lost on the way: reconciliation finds it, validation brings the position to the exchange\'s size', async (t) => {
-  const db = await freshDatabase(t);
-  const t0 = Date.now() - 600_000;
-  const iso = (ms: number) => new Date(ms).toISOString();
-  await fill(db, { asset: 'BTCUSDT', side: 'Buy', execution_quantity: '1', execution_price: '50000', executed_at: iso(t0) });
-  // a second Buy 0.5 @ 51000 at t0 + 60 s was executed on the exchange and never published
-  const r = await reconcile(db, [page([
-    { symbol: 'BTCUSDT', positionIdx: 0, side: 'Buy', size: '1.5', avgPrice: '50333.33333333', markPrice: '50500',
-      unrealisedPnl: '250', cumRealisedPnl: '0', updatedTime: String(t0 + 60_000), createdTime: String(t0), seq: 101 },
-  ], t0 + 120_000)]);
-  t.match(r, { listed: 1, absent: 0, outcomes: { applied: 1 },
-               discrepancies: [{ asset: 'BTCUSDT', mode: 'one-way', leg: 'net', stored: '1', reported: '1.5' }] });
-  let p = await row(db, 'BTCUSDT');
-  t.equal(dec(p.size), '1', 'a report\'s size is never written (R-15)');
-  t.same([p.current_price, p.unrealized_pnl].map(dec), ['50500', '250'], 'PnL and mark from the exchange (R-13)');
-  t.equal(dec(p.average_entry_price), '50333.33333333', 'the average differs beyond 0.1 %: replaced (R-14)');
-  t.equal(await jobs(db, 'validate:BTCUSDT:one-way'), 1, 'validation scheduled for after the grace period');
-  const notes = (await db.query("select source, kind from position_events where asset = 'BTCUSDT' and kind = 'size_discrepancy'")).rows;
-  t.same(notes, [{ source: 'exchange_rest', kind: 'size_discrepancy' }], 'the audit trail says where it was seen');
+t.test(
+  "a fill lost on the way: reconciliation finds it, validation brings the position to the exchange's size",
+  async (t) => {
+    const db = await freshDatabase(t);
+    const t0 = Date.now() - 600_000;
+    const iso = (ms: number) => new Date(ms).toISOString();
+    await fill(db, {
+      asset: 'BTCUSDT',
+      side: 'Buy',
+      execution_quantity: '1',
+      execution_price: '50000',
+      executed_at: iso(t0),
+    });
+    // a second Buy 0.5 @ 51000 at t0 + 60 s was executed on the exchange and never published
+    const r = await reconcile(db, [
+      page(
+        [
+          {
+            symbol: 'BTCUSDT',
+            positionIdx: 0,
+            side: 'Buy',
+            size: '1.5',
+            avgPrice: '50333.33333333',
+            markPrice: '50500',
+            unrealisedPnl: '250',
+            cumRealisedPnl: '0',
+            updatedTime: String(t0 + 60_000),
+            createdTime: String(t0),
+            seq: 101,
+          },
+        ],
+        t0 + 120_000,
+      ),
+    ]);
+    t.match(r, {
+      listed: 1,
+      absent: 0,
+      outcomes: { applied: 1 },
+      discrepancies: [{ asset: 'BTCUSDT', mode: 'one-way', leg: 'net', stored: '1', reported: '1.5' }],
+    });
+    let p = await row(db, 'BTCUSDT');
+    t.equal(dec(p.size), '1', "a report's size is never written (R-15)");
+    t.same([p.current_price, p.unrealized_pnl].map(dec), ['50500', '250'], 'PnL and mark from the exchange (R-13)');
+    t.equal(dec(p.average_entry_price), '50333.33333333', 'the average differs beyond 0.1 %: replaced (R-14)');
+    t.equal(await jobs(db, 'validate:BTCUSDT:one-way'), 1, 'validation scheduled for after the grace period');
+    const notes = (
+      await db.query("select source, kind from position_events where asset = 'BTCUSDT' and kind = 'size_discrepancy'")
+    ).rows;
+    t.same(notes, [{ source: 'exchange_rest', kind: 'size_discrepancy' }], 'the audit trail says where it was seen');
 
-  const v = await validate(db, 'BTCUSDT');
-  t.match(v, { is_valid: false, discrepancies: [{ field: 'size', stored: '1', expected: '1.5', authority: 'exchange' }] });
-  p = await row(db, 'BTCUSDT');
-  t.equal(dec(p.size), '1.5', 'back to the exchange\'s size');
-  const fix = (await db.query("select source, kind, before->>'size' as b, after->>'size' as a, trace_id from position_events where asset = 'BTCUSDT' and kind = 'validation_fix'")).rows;
-  t.match(fix, [{ source: 'validation', kind: 'validation_fix', b: '1', a: '1.5', trace_id: 'rc-validation' }], 'with an audit row');
-  const reset = (await db.query("select reset_size, reason from position_fills where asset = 'BTCUSDT' and kind = 'reset' order by id desc limit 1")).rows[0];
-  t.match(reset, { reset_size: '1.5', reason: 'validation' }, 'the ledger records the adopted state');
-  t.equal((await validate(db, 'BTCUSDT')).is_valid, true, 'and stays valid');
+    const v = await validate(db, 'BTCUSDT');
+    t.match(v, {
+      is_valid: false,
+      discrepancies: [{ field: 'size', stored: '1', expected: '1.5', authority: 'exchange' }],
+    });
+    p = await row(db, 'BTCUSDT');
+    t.equal(dec(p.size), '1.5', "back to the exchange's size");
+    const fix = (
+      await db.query(
+        "select source, kind, before->>'size' as b, after->>'size' as a, trace_id from position_events where asset = 'BTCUSDT' and kind = 'validation_fix'",
+      )
+    ).rows;
+    t.match(
+      fix,
+      [{ source: 'validation', kind: 'validation_fix', b: '1', a: '1.5', trace_id: 'rc-validation' }],
+      'with an audit row',
+    );
+    const reset = (
+      await db.query(
+        "select reset_size, reason from position_fills where asset = 'BTCUSDT' and kind = 'reset' order by id desc limit 1",
+      )
+    ).rows[0];
+    t.match(reset, { reset_size: '1.5', reason: 'validation' }, 'the ledger records the adopted state');
+    t.equal((await validate(db, 'BTCUSDT')).is_valid, true, 'and stays valid');
 
-  // the unchanged account read again: every report is a duplicate, nothing changes
-  const version = (await row(db, 'BTCUSDT')).version;
-  const again = await reconcile(db, [page([
-    { symbol: 'BTCUSDT', positionIdx: 0, side: 'Buy', size: '1.5', avgPrice: '50333.33333333', markPrice: '50500',
-      unrealisedPnl: '250', cumRealisedPnl: '0', updatedTime: String(t0 + 60_000), createdTime: String(t0), seq: 101 },
-  ], t0 + 180_000)]);
-  t.match(again, { outcomes: { duplicate: 1 }, discrepancies: [] });
-  t.equal((await row(db, 'BTCUSDT')).version, version);
-});
+    // the unchanged account read again: every report is a duplicate, nothing changes
+    const version = (await row(db, 'BTCUSDT')).version;
+    const again = await reconcile(db, [
+      page(
+        [
+          {
+            symbol: 'BTCUSDT',
+            positionIdx: 0,
+            side: 'Buy',
+            size: '1.5',
+            avgPrice: '50333.33333333',
+            markPrice: '50500',
+            unrealisedPnl: '250',
+            cumRealisedPnl: '0',
+            updatedTime: String(t0 + 60_000),
+            createdTime: String(t0),
+            seq: 101,
+          },
+        ],
+        t0 + 180_000,
+      ),
+    ]);
+    t.match(again, { outcomes: { duplicate: 1 }, discrepancies: [] });
+    t.equal((await row(db, 'BTCUSDT')).version, version);
+  },
+);
 
 t.test('a position this service never saw is adopted (R-12), one-way and per hedge leg, across pages', async (t) => {
   const db = await freshDatabase(t);
   const now = Date.now() - 5000;
-  await fill(db, { asset: 'ETHUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '2', execution_price: '3000', executed_at: new Date(now - 60_000).toISOString() });
+  await fill(db, {
+    asset: 'ETHUSDT',
+    mode: 'hedge',
+    side: 'Buy',
+    execution_quantity: '2',
+    execution_price: '3000',
+    executed_at: new Date(now - 60_000).toISOString(),
+  });
   const r = await reconcile(db, [
-    page([{ symbol: 'SOLUSDT', positionIdx: 0, side: 'Sell', size: '10', avgPrice: '150', markPrice: '149', unrealisedPnl: '10',
-            cumRealisedPnl: '-3', updatedTime: String(now), createdTime: String(now - 3_600_000) }], now + 1000, 'c1'),
-    page([{ symbol: 'ETHUSDT', positionIdx: 1, side: 'Buy', size: '2', avgPrice: '3000', markPrice: '3010', unrealisedPnl: '20', updatedTime: String(now) },
-          { symbol: 'ETHUSDT', positionIdx: 2, side: 'Sell', size: '1', avgPrice: '3050', markPrice: '3010', unrealisedPnl: '40', updatedTime: String(now) }],
-         now + 1000),
+    page(
+      [
+        {
+          symbol: 'SOLUSDT',
+          positionIdx: 0,
+          side: 'Sell',
+          size: '10',
+          avgPrice: '150',
+          markPrice: '149',
+          unrealisedPnl: '10',
+          cumRealisedPnl: '-3',
+          updatedTime: String(now),
+          createdTime: String(now - 3_600_000),
+        },
+      ],
+      now + 1000,
+      'c1',
+    ),
+    page(
+      [
+        {
+          symbol: 'ETHUSDT',
+          positionIdx: 1,
+          side: 'Buy',
+          size: '2',
+          avgPrice: '3000',
+          markPrice: '3010',
+          unrealisedPnl: '20',
+          updatedTime: String(now),
+        },
+        {
+          symbol: 'ETHUSDT',
+          positionIdx: 2,
+          side: 'Sell',
+          size: '1',
+          avgPrice: '3050',
+          markPrice: '3010',
+          unrealisedPnl: '40',
+          updatedTime: String(now),
+        },
+      ],
+      now + 1000,
+    ),
   ]);
   t.match(r, { listed: 3, absent: 0, adopted: 2, discrepancies: [] });
   const sol = await row(db, 'SOLUSDT');
-  t.same([sol.size, sol.average_entry_price, sol.unrealized_pnl, sol.realized_pnl, sol.average_entry_price_source].map(String),
-    ['-10', '150', '10', '-3', 'exchange']);
-  t.equal((sol.opened_at as Date).getTime(), now - 3_600_000, 'opened at the exchange\'s createdTime');
+  t.same(
+    [sol.size, sol.average_entry_price, sol.unrealized_pnl, sol.realized_pnl, sol.average_entry_price_source].map(
+      String,
+    ),
+    ['-10', '150', '10', '-3', 'exchange'],
+  );
+  t.equal((sol.opened_at as Date).getTime(), now - 3_600_000, "opened at the exchange's createdTime");
   const eth = await row(db, 'ETHUSDT', 'hedge');
-  t.same([eth.long_size, eth.short_size, eth.short_avg_price, eth.long_unrealized_pnl, eth.short_unrealized_pnl].map(dec), ['2', '1', '3050', '20', '40']);
+  t.same(
+    [eth.long_size, eth.short_size, eth.short_avg_price, eth.long_unrealized_pnl, eth.short_unrealized_pnl].map(dec),
+    ['2', '1', '3050', '20', '40'],
+  );
   const created = (await db.query("select source, kind from position_events where asset = 'SOLUSDT'")).rows;
   t.same(created, [{ source: 'exchange_rest', kind: 'created' }]);
-  const ev = (await db.query("select payload from outbox where event_type = 'position_updated' and payload->>'asset' = 'SOLUSDT'")).rows[0].payload;
+  const ev = (
+    await db.query("select payload from outbox where event_type = 'position_updated' and payload->>'asset' = 'SOLUSDT'")
+  ).rows[0].payload;
   t.equal(ev.update_source, 'exchange_rest');
   t.equal((await validate(db, 'SOLUSDT')).is_valid, true, 'the ledger reproduces the adopted state');
 });
@@ -86,30 +207,91 @@ t.test('a position this service never saw is adopted (R-12), one-way and per hed
 t.test('open here, flat or absent there: a discrepancy, and validation closes it', async (t) => {
   const db = await freshDatabase(t);
   const t0 = Date.now() - 600_000;
-  await fill(db, { asset: 'XRPUSDT', side: 'Buy', execution_quantity: '100', execution_price: '0.5', executed_at: new Date(t0).toISOString() });
-  await fill(db, { asset: 'ADAUSDT', side: 'Sell', execution_quantity: '50', execution_price: '1', executed_at: new Date(t0).toISOString() });
-  await fill(db, { asset: 'DOTUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '3', execution_price: '7', executed_at: new Date(t0).toISOString() });
-  await fill(db, { asset: 'DOTUSDT', mode: 'hedge', side: 'Sell', execution_quantity: '1', execution_price: '7', executed_at: new Date(t0).toISOString() });
-  const r = await reconcile(db, [page([
-    // ADAUSDT listed flat (Bybit lists a symbol with size 0 and side "")
-    { symbol: 'ADAUSDT', positionIdx: 0, side: '', size: '0', avgPrice: '0', markPrice: '1.01', unrealisedPnl: '', updatedTime: String(t0 + 60_000) },
-    // DOTUSDT: only the long leg listed
-    { symbol: 'DOTUSDT', positionIdx: 1, side: 'Buy', size: '3', avgPrice: '7', markPrice: '7.1', unrealisedPnl: '0.3', updatedTime: String(t0 + 60_000) },
-  ], t0 + 120_000)]);
+  await fill(db, {
+    asset: 'XRPUSDT',
+    side: 'Buy',
+    execution_quantity: '100',
+    execution_price: '0.5',
+    executed_at: new Date(t0).toISOString(),
+  });
+  await fill(db, {
+    asset: 'ADAUSDT',
+    side: 'Sell',
+    execution_quantity: '50',
+    execution_price: '1',
+    executed_at: new Date(t0).toISOString(),
+  });
+  await fill(db, {
+    asset: 'DOTUSDT',
+    mode: 'hedge',
+    side: 'Buy',
+    execution_quantity: '3',
+    execution_price: '7',
+    executed_at: new Date(t0).toISOString(),
+  });
+  await fill(db, {
+    asset: 'DOTUSDT',
+    mode: 'hedge',
+    side: 'Sell',
+    execution_quantity: '1',
+    execution_price: '7',
+    executed_at: new Date(t0).toISOString(),
+  });
+  const r = await reconcile(db, [
+    page(
+      [
+        // ADAUSDT listed flat (Bybit lists a symbol with size 0 and side "")
+        {
+          symbol: 'ADAUSDT',
+          positionIdx: 0,
+          side: '',
+          size: '0',
+          avgPrice: '0',
+          markPrice: '1.01',
+          unrealisedPnl: '',
+          updatedTime: String(t0 + 60_000),
+        },
+        // DOTUSDT: only the long leg listed
+        {
+          symbol: 'DOTUSDT',
+          positionIdx: 1,
+          side: 'Buy',
+          size: '3',
+          avgPrice: '7',
+          markPrice: '7.1',
+          unrealisedPnl: '0.3',
+          updatedTime: String(t0 + 60_000),
+        },
+      ],
+      t0 + 120_000,
+    ),
+  ]);
   t.match(r, { listed: 2, absent: 2 }, 'XRPUSDT and the DOTUSDT short leg are listed nowhere');
-  t.same(r.discrepancies.map((d: any) => `${d.asset}/${d.leg}: ${d.stored} -> ${d.reported}`).sort(),
-    ['ADAUSDT/net: -50 -> 0', 'DOTUSDT/short: 1 -> 0', 'XRPUSDT/net: 100 -> 0']);
+  t.same(r.discrepancies.map((d: any) => `${d.asset}/${d.leg}: ${d.stored} -> ${d.reported}`).sort(), [
+    'ADAUSDT/net: -50 -> 0',
+    'DOTUSDT/short: 1 -> 0',
+    'XRPUSDT/net: 100 -> 0',
+  ]);
   t.equal(dec((await row(db, 'XRPUSDT')).size), '100', 'nothing is closed before validation');
 
-  for (const [asset, mode] of [['XRPUSDT', 'one-way'], ['ADAUSDT', 'one-way'], ['DOTUSDT', 'hedge']] as const) {
+  for (const [asset, mode] of [
+    ['XRPUSDT', 'one-way'],
+    ['ADAUSDT', 'one-way'],
+    ['DOTUSDT', 'hedge'],
+  ] as const) {
     const v = await validate(db, asset, mode);
     t.equal(v.is_valid, false, `${asset}: a discrepancy`);
-    t.ok(v.discrepancies.every((d: any) => d.authority === 'exchange' && d.expected === '0'), `${asset}: the exchange is flat`);
+    t.ok(
+      v.discrepancies.every((d: any) => d.authority === 'exchange' && d.expected === '0'),
+      `${asset}: the exchange is flat`,
+    );
   }
   const xrp = await row(db, 'XRPUSDT');
   t.equal(dec(xrp.size), '0');
   t.ok(xrp.closed_at, 'closed');
-  const closed = (await db.query("select payload from outbox where event_type = 'position_closed' and payload->>'asset' = 'XRPUSDT'")).rows;
+  const closed = (
+    await db.query("select payload from outbox where event_type = 'position_closed' and payload->>'asset' = 'XRPUSDT'")
+  ).rows;
   t.match(closed, [{ payload: { reason: 'validation', closed_size: '100' } }], 'position_closed says why');
   const dot = await row(db, 'DOTUSDT', 'hedge');
   t.same([dot.long_size, dot.short_size].map(dec), ['3', '0'], 'only the absent leg is closed');
@@ -121,15 +303,47 @@ t.test('open here, flat or absent there: a discrepancy, and validation closes it
 t.test('a stale entry changes nothing; a bad answer is rejected whole', async (t) => {
   const db = await freshDatabase(t);
   const now = Date.now() - 60_000;
-  await db.query('select ingest_position_report($1::jsonb)', [JSON.stringify({ event_type: 'position', event_id: 'ws-1',
-    payload: { symbol: 'BTCUSDT', side: 'Buy', size: '1', avgPrice: '100', markPrice: '101', unrealisedPnl: '1', seq: 50, updatedTime: String(now) } })]);
-  const r = await reconcile(db, [page([{ symbol: 'BTCUSDT', positionIdx: 0, side: 'Buy', size: '2', avgPrice: '100', markPrice: '90',
-                                          unrealisedPnl: '-10', seq: 49, updatedTime: String(now - 1000) }], now + 1000)]);
-  t.match(r, { outcomes: { stale: 1 }, discrepancies: [] }, 'an older seq than the Gateway\'s report is stale (R-11)');
+  await db.query('select ingest_position_report($1::jsonb)', [
+    JSON.stringify({
+      event_type: 'position',
+      event_id: 'ws-1',
+      payload: {
+        symbol: 'BTCUSDT',
+        side: 'Buy',
+        size: '1',
+        avgPrice: '100',
+        markPrice: '101',
+        unrealisedPnl: '1',
+        seq: 50,
+        updatedTime: String(now),
+      },
+    }),
+  ]);
+  const r = await reconcile(db, [
+    page(
+      [
+        {
+          symbol: 'BTCUSDT',
+          positionIdx: 0,
+          side: 'Buy',
+          size: '2',
+          avgPrice: '100',
+          markPrice: '90',
+          unrealisedPnl: '-10',
+          seq: 49,
+          updatedTime: String(now - 1000),
+        },
+      ],
+      now + 1000,
+    ),
+  ]);
+  t.match(r, { outcomes: { stale: 1 }, discrepancies: [] }, "an older seq than the Gateway's report is stale (R-11)");
   t.equal(dec((await row(db, 'BTCUSDT')).unrealized_pnl), '1');
   await t.rejects(reconcile(db, []), { code: '22023', message: /^pages:/ });
   await t.rejects(reconcile(db, [{ retCode: 0, result: {} }]), { code: '22023', message: /^result\.list:/ });
-  await t.rejects(reconcile(db, [page([{ symbol: 'ETHUSDT', positionIdx: 0, side: 'Buy', size: 'lots' }], now)]),
-    { code: '22023', message: /^size:/ });
+  await t.rejects(reconcile(db, [page([{ symbol: 'ETHUSDT', positionIdx: 0, side: 'Buy', size: 'lots' }], now)]), {
+    code: '22023',
+    message: /^size:/,
+  });
   t.equal(await row(db, 'ETHUSDT'), undefined, 'nothing of a rejected answer is applied');
 });
