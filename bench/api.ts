@@ -157,8 +157,8 @@ function encodingOf(
 }
 
 function problems(svc: RunningService): string[] {
-  const out = svc.logs
-    .filter((l) => typeof l.level === 'number' && l.level >= 40)
+  const out = (svc.logs as { level?: unknown; msg?: string; err?: string }[])
+    .filter((l): l is { level: number; msg?: string; err?: string } => typeof l.level === 'number' && l.level >= 40)
     .map((l) => `${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg} ${l.err ?? ''}`);
   const err = svc.stderr.join('').trim();
   if (err) out.push(`stderr: ${err.slice(0, 500)}`);

@@ -14,53 +14,56 @@ const acceptance = async (title: string, fn: (t: Test) => Promise<void>) => reco
 
 const run = promisify(execFile);
 
-acceptance('TC-027 database unavailable: 503 problems, /health unhealthy, nothing lost, back after', async (t) => {
-  const db = await freshDatabase(t);
-  const broker = await freshBroker(t);
-  const proxy = await tcpProxy(t);
-  const svc = await startService(t, {
-    databaseUrl: proxy.url(db.url),
-    amqpUrl: broker.url,
-    env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' },
-  });
-  await rolesStarted(svc, ['consumer']);
-  t.teardown(() => {
-    if (svc.child.exitCode !== null)
-      t.comment(`service exited ${svc.child.exitCode}: ${svc.stderr.join('')} ${JSON.stringify(svc.logs.slice(-5))}`);
-  });
-  proxy.cut();
-  const r = await svc.request('GET', '/api/v1/positions');
-  t.equal(r.status, 503);
-  t.match(r.body, { code: 'database_unavailable' });
-  const h = await svc.request('GET', '/health', { key: null });
-  t.equal(h.status, 503);
-  t.match(h.body, { status: 'unhealthy', database_connected: false });
-  await broker.publish('order-manager.order_executed', {
-    execution_id: 'while-down',
-    asset: 'DBDUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-    trace_id: 'tr-while-down',
-  });
-  const held = await waitFor(
-    () => svc.logs.find((l) => /database unavailable; messages stay unacknowledged/.test(l.msg)),
-    { what: 'the consumer holds the message', timeoutMs: 10_000 },
-  );
-  t.match(
-    held,
-    { trace_id: 'tr-while-down', trace_ids: ['tr-while-down'] },
-    'the line names the message by its trace_id (SPEC.md §10)',
-  );
-  proxy.restore();
-  await waitFor(async () => (await svc.request('GET', '/api/v1/positions/DBDUSDT')).body?.size === '1', {
-    what: 'applied after the database is back',
-    timeoutMs: 40_000,
-  });
-  t.equal((await svc.request('GET', '/health', { key: null })).status, 200);
-});
+await acceptance(
+  'TC-027 database unavailable: 503 problems, /health unhealthy, nothing lost, back after',
+  async (t) => {
+    const db = await freshDatabase(t);
+    const broker = await freshBroker(t);
+    const proxy = await tcpProxy(t);
+    const svc = await startService(t, {
+      databaseUrl: proxy.url(db.url),
+      amqpUrl: broker.url,
+      env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' },
+    });
+    await rolesStarted(svc, ['consumer']);
+    t.teardown(() => {
+      if (svc.child.exitCode !== null)
+        t.comment(`service exited ${svc.child.exitCode}: ${svc.stderr.join('')} ${JSON.stringify(svc.logs.slice(-5))}`);
+    });
+    proxy.cut();
+    const r = await svc.request('GET', '/api/v1/positions');
+    t.equal(r.status, 503);
+    t.match(r.body, { code: 'database_unavailable' });
+    const h = await svc.request('GET', '/health', { key: null });
+    t.equal(h.status, 503);
+    t.match(h.body, { status: 'unhealthy', database_connected: false });
+    await broker.publish('order-manager.order_executed', {
+      execution_id: 'while-down',
+      asset: 'DBDUSDT',
+      side: 'Buy',
+      execution_quantity: '1',
+      execution_price: '10',
+      trace_id: 'tr-while-down',
+    });
+    const held = await waitFor(
+      () => svc.logs.find((l) => /database unavailable; messages stay unacknowledged/.test(l.msg)),
+      { what: 'the consumer holds the message', timeoutMs: 10_000 },
+    );
+    t.match(
+      held,
+      { trace_id: 'tr-while-down', trace_ids: ['tr-while-down'] },
+      'the line names the message by its trace_id (SPEC.md §10)',
+    );
+    proxy.restore();
+    await waitFor(async () => (await svc.request('GET', '/api/v1/positions/DBDUSDT')).body?.size === '1', {
+      what: 'applied after the database is back',
+      timeoutMs: 40_000,
+    });
+    t.equal((await svc.request('GET', '/health', { key: null })).status, 200);
+  },
+);
 
-acceptance('TC-028 broker unavailable: degraded, REST changes commit, their events go out later', async (t) => {
+await acceptance('TC-028 broker unavailable: degraded, REST changes commit, their events go out later', async (t) => {
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
   const user = new URL(broker.url).username || 'guest';

@@ -18,7 +18,7 @@ async function mark(s: Stack, asset: string, size: string, fields: object) {
   await s.until(asset, (p) => p.version > before, `report on ${asset}`);
 }
 
-acceptance('TC-001 create a position from a report', async (t) => {
+await acceptance('TC-001 create a position from a report', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer,relay' });
   await s.report(
     '{"event_type":"position","channel":"position","data":{"symbol":"BTCUSDT","side":"Buy","size":"1.5","avgPrice":"50000.00","unrealisedPnl":"150.00","positionValue":"75000.00","mode":"one-way","timestamp":"2025-01-15T10:00:00Z"},"trace_id":"test-trace-001"}',
@@ -53,7 +53,7 @@ acceptance('TC-001 create a position from a report', async (t) => {
   );
 });
 
-acceptance('TC-009 total exposure of several positions; TC-010 total unrealized PnL', async (t) => {
+await acceptance('TC-009 total exposure of several positions; TC-010 total unrealized PnL', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await given(s, 'ETHUSDT', 'Buy', '10.0', '3000');
@@ -71,7 +71,7 @@ acceptance('TC-009 total exposure of several positions; TC-010 total unrealized 
   t.ok(p.body.by_asset.BTCUSDT && p.body.by_asset.ETHUSDT, 'by_asset has both');
 });
 
-acceptance('TC-011 metrics cache: hit, dropped by a change, recomputed after the TTL', async (t) => {
+await acceptance('TC-011 metrics cache: hit, dropped by a change, recomputed after the TTL', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer', POSITION_MANAGER_METRICS_CACHE_TTL: '3' });
   await given(s, 'BTCUSDT', 'Buy', '1', '50000');
   await waitFor(() => s.svc.logs.some((l) => l.msg === 'listening for notifications'), { what: 'cache listener' });
@@ -92,7 +92,7 @@ acceptance('TC-011 metrics cache: hit, dropped by a change, recomputed after the
   t.not(later.body.calculated_at, after.body.calculated_at, 'at 1.5 × TTL the request is computed afresh');
 });
 
-acceptance('TC-012 list with filters; TC-013 portfolio with positions', async (t) => {
+await acceptance('TC-012 list with filters; TC-013 portfolio with positions', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await given(s, 'ETHUSDT', 'Buy', '10.0', '3000');
@@ -143,7 +143,7 @@ acceptance('TC-012 list with filters; TC-013 portfolio with positions', async (t
     t.ok(f in pf.body, `portfolio.${f}`);
 });
 
-acceptance('TC-017 take-profit input: 3', async (t) => {
+await acceptance('TC-017 take-profit input: 3', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await mark(s, 'BTCUSDT', '1.0', { side: 'Buy', markPrice: '51500', unrealisedPnl: '1500' });
@@ -152,7 +152,7 @@ acceptance('TC-017 take-profit input: 3', async (t) => {
   t.ok(Number(p.unrealized_pnl_pct) >= 3.0, 'Model Service fires at exactly 3.0 (inclusive)');
 });
 
-acceptance('TC-018 size limit not reached: 0.5; TC-019 exceeded: 1', async (t) => {
+await acceptance('TC-018 size limit not reached: 0.5; TC-019 exceeded: 1', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await given(s, 'ETHUSDT', 'Buy', '20', '2500');
@@ -162,7 +162,7 @@ acceptance('TC-018 size limit not reached: 0.5; TC-019 exceeded: 1', async (t) =
   t.equal((await s2.get('/api/v1/positions/BTCUSDT')).body.position_size_norm, '1', 'TC-019');
 });
 
-acceptance('TC-023 portfolio_updated after a change equals portfolio_metrics()', async (t) => {
+await acceptance('TC-023 portfolio_updated after a change equals portfolio_metrics()', async (t) => {
   const s = await startStack(t);
   await given(s, 'BTCUSDT', 'Buy', '1.0', '50000');
   await given(s, 'ETHUSDT', 'Sell', '2', '3000'); // the change: a second open position
@@ -198,7 +198,7 @@ acceptance('TC-023 portfolio_updated after a change equals portfolio_metrics()',
   t.ok(ev.calculated_at && ev.event_id && ev.trace_id, 'envelope fields');
 });
 
-acceptance('R-23 limit: one portfolio_limit_exceeded per crossing, shown in limits', async (t) => {
+await acceptance('R-23 limit: one portfolio_limit_exceeded per crossing, shown in limits', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_MAX_EXPOSURE_USDT: '1000' });
   await given(s, 'AAAUSDT', 'Buy', '5', '100');
   await given(s, 'BBBUSDT', 'Buy', '6', '100');
@@ -223,7 +223,7 @@ acceptance('R-23 limit: one portfolio_limit_exceeded per crossing, shown in limi
   t.equal(s.events.limit.bodies().length, 1, 'no second event while above');
 });
 
-acceptance('TC-031 100 concurrent reports in shuffled order, then 100 fills', async (t) => {
+await acceptance('TC-031 100 concurrent reports in shuffled order, then 100 fills', async (t) => {
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });
   const assets = Array.from({ length: 10 }, (_, i) => `C${i}USDT`);
   for (const a of assets) await given(s, a, 'Buy', '1', '100');
@@ -275,7 +275,7 @@ acceptance('TC-031 100 concurrent reports in shuffled order, then 100 fills', as
   t.comment(`100 fills consumed in ${Date.now() - fStarted} ms`);
 });
 
-acceptance(
+await acceptance(
   'TC-032 1,000 sequential GET /api/v1/portfolio: all succeed, mean < 100 ms, hit ratio reported',
   async (t) => {
     const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer' });

@@ -37,68 +37,71 @@ async function laterChange(asset: string, marker: string) {
   await waitFor(() => updatedFor(asset).some((b) => b.trace_id === marker), { what: 'the marker event' });
 }
 
-acceptance('TC-002 report for an existing position: average and PnL at once, size through validation', async (t) => {
-  await s.fill({
-    execution_id: 'tc2-1',
-    asset: 'TC002USDT',
-    side: 'Buy',
-    execution_quantity: '1.0',
-    execution_price: '48000',
-    executed_at: '2025-01-15T10:00:00Z',
-  });
-  const before = await s.until('TC002USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
-  await s.report({
-    event_type: 'position',
-    channel: 'position',
-    data: {
-      symbol: 'TC002USDT',
+await acceptance(
+  'TC-002 report for an existing position: average and PnL at once, size through validation',
+  async (t) => {
+    await s.fill({
+      execution_id: 'tc2-1',
+      asset: 'TC002USDT',
       side: 'Buy',
-      size: '2.0',
-      avgPrice: '49000.00',
-      unrealisedPnl: '200.00',
-      positionValue: '98000.00',
-      mode: 'one-way',
-      timestamp: '2025-01-15T10:05:00Z',
-    },
-    trace_id: 'test-trace-002',
-  });
-  const ev = await waitFor(() => updatedFor('TC002USDT').find((b) => b.update_source === 'websocket'), {
-    what: 'the report change event',
-  });
-  t.match(
-    ev,
-    {
-      size: '1',
-      average_entry_price: '49000',
-      unrealized_pnl: '200',
-      unrealized_pnl_pct: '0.40816327',
+      execution_quantity: '1.0',
+      execution_price: '48000',
+      executed_at: '2025-01-15T10:00:00Z',
+    });
+    const before = await s.until('TC002USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
+    await s.report({
+      event_type: 'position',
+      channel: 'position',
+      data: {
+        symbol: 'TC002USDT',
+        side: 'Buy',
+        size: '2.0',
+        avgPrice: '49000.00',
+        unrealisedPnl: '200.00',
+        positionValue: '98000.00',
+        mode: 'one-way',
+        timestamp: '2025-01-15T10:05:00Z',
+      },
       trace_id: 'test-trace-002',
-    },
-    'immediately',
-  );
-  t.ok(Date.parse(ev.position.last_updated) > Date.parse(before.last_updated), 'last_updated advanced');
-  await s.log(
-    (l) => l.msg.startsWith('size discrepancy') && l.asset === 'TC002USDT' && l.level === 'warn',
-    'the discrepancy warning',
-  );
-  t.same(
-    await discrepancyAudit('TC002USDT'),
-    [{ trace_id: 'test-trace-002', stored: '1', reported: '2', relative_difference: '0.5' }],
-    'a size_discrepancy audit row',
-  );
-  const p = await s.until('TC002USDT', (p) => p.size === '2', 'validation adopts the newer report');
-  t.match(p, { average_entry_price: '49000', unrealized_pnl_pct: '0.20408163' });
-  t.ok(
-    Number.isInteger(p.time_held_minutes) && p.time_held_minutes >= 0,
-    'time_held_minutes is a non-negative integer',
-  );
-  const fixEv = await waitFor(() => updatedFor('TC002USDT').find((b) => b.update_source === 'validation'), {
-    what: 'validation event',
-  });
-  t.equal(fixEv.size, '2');
-});
+    });
+    const ev = await waitFor(() => updatedFor('TC002USDT').find((b) => b.update_source === 'websocket'), {
+      what: 'the report change event',
+    });
+    t.match(
+      ev,
+      {
+        size: '1',
+        average_entry_price: '49000',
+        unrealized_pnl: '200',
+        unrealized_pnl_pct: '0.40816327',
+        trace_id: 'test-trace-002',
+      },
+      'immediately',
+    );
+    t.ok(Date.parse(ev.position.last_updated) > Date.parse(before.last_updated), 'last_updated advanced');
+    await s.log(
+      (l) => l.msg.startsWith('size discrepancy') && l.asset === 'TC002USDT' && l.level === 'warn',
+      'the discrepancy warning',
+    );
+    t.same(
+      await discrepancyAudit('TC002USDT'),
+      [{ trace_id: 'test-trace-002', stored: '1', reported: '2', relative_difference: '0.5' }],
+      'a size_discrepancy audit row',
+    );
+    const p = await s.until('TC002USDT', (p) => p.size === '2', 'validation adopts the newer report');
+    t.match(p, { average_entry_price: '49000', unrealized_pnl_pct: '0.20408163' });
+    t.ok(
+      Number.isInteger(p.time_held_minutes) && p.time_held_minutes >= 0,
+      'time_held_minutes is a non-negative integer',
+    );
+    const fixEv = await waitFor(() => updatedFor('TC002USDT').find((b) => b.update_source === 'validation'), {
+      what: 'validation event',
+    });
+    t.equal(fixEv.size, '2');
+  },
+);
 
-acceptance('TC-003 report with a size discrepancy: unrealized now, size after the grace period', async (t) => {
+await acceptance('TC-003 report with a size discrepancy: unrealized now, size after the grace period', async (t) => {
   await s.fill({
     execution_id: 'tc3-1',
     asset: 'TC003USDT',
@@ -143,7 +146,7 @@ acceptance('TC-003 report with a size discrepancy: unrealized now, size after th
   await s.until('TC003USDT', (p) => p.size === '1.8', 'size 1.8 after the grace period');
 });
 
-acceptance('TC-004 buy fill adds to a long: 48666.66666667', async (t) => {
+await acceptance('TC-004 buy fill adds to a long: 48666.66666667', async (t) => {
   await s.fill({
     execution_id: 'tc4-0',
     asset: 'TC004USDT',
@@ -173,7 +176,7 @@ acceptance('TC-004 buy fill adds to a long: 48666.66666667', async (t) => {
   });
 });
 
-acceptance('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealized', async (t) => {
+await acceptance('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealized', async (t) => {
   await s.fill({
     execution_id: 'tc5-0',
     asset: 'TC005USDT',
@@ -204,62 +207,65 @@ acceptance('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealiz
   await waitFor(() => updatedFor('TC005USDT').some((b) => b.trace_id === 'test-trace-005'), { what: 'event' });
 });
 
-acceptance('TC-006 full close: size 0, 949 realized, position_closed, out of the list and exposure', async (t) => {
-  await s.fill({
-    execution_id: 'tc6-0',
-    asset: 'TC006USDT',
-    side: 'Buy',
-    execution_quantity: '1.0',
-    execution_price: '50000',
-  });
-  const given = await s.until('TC006USDT', (p) => p.size === '1', 'given');
-  const exposureBefore = (await s.get('/api/v1/portfolio/exposure')).body.total_exposure_usdt;
-  await s.fill({
-    event_type: 'order_executed',
-    asset: 'TC006USDT',
-    side: 'SELL',
-    execution_price: '51000.00',
-    execution_quantity: '1.0',
-    execution_fees: '51.00',
-    trace_id: 'test-trace-006',
-  });
-  const p = await s.until('TC006USDT', (p) => p.size === '0', 'closed');
-  t.match(p, {
-    average_entry_price: '50000',
-    unrealized_pnl: '0',
-    realized_pnl: '949',
-    total_fees: '51',
-    is_open: false,
-    closed_at: String,
-  });
-  const closed = await waitFor(() => s.events.closed.bodies().find((b) => b.asset === 'TC006USDT'), {
-    what: 'position_closed',
-  });
-  t.match(closed, {
-    reason: 'fill',
-    realized_pnl_delta: '949',
-    exit_price: '51000',
-    closed_size: '1',
-    average_entry_price: '50000',
-    trace_id: 'test-trace-006',
-  });
-  await waitFor(() => updatedFor('TC006USDT').some((b) => b.size === '0'), { what: 'position_updated' });
-  t.notOk(
-    (await s.get('/api/v1/positions')).body.positions.some((x: any) => x.asset === 'TC006USDT'),
-    'not listed by default',
-  );
-  const e = await s.get('/api/v1/portfolio/exposure?asset=TC006USDT');
-  t.equal(e.body.total_exposure_usdt, '0', 'excluded from exposure');
-  const whole = (await s.get('/api/v1/portfolio/exposure')).body;
-  t.equal(
-    whole.total_exposure_usdt,
-    new Decimal(exposureBefore).minus(given.exposure_usdt).toString(),
-    "the whole portfolio's exposure lost exactly its exposure",
-  );
-  t.equal(whole.by_asset.TC006USDT?.exposure_usdt, '0', 'its by_asset entry is 0');
-});
+await acceptance(
+  'TC-006 full close: size 0, 949 realized, position_closed, out of the list and exposure',
+  async (t) => {
+    await s.fill({
+      execution_id: 'tc6-0',
+      asset: 'TC006USDT',
+      side: 'Buy',
+      execution_quantity: '1.0',
+      execution_price: '50000',
+    });
+    const given = await s.until('TC006USDT', (p) => p.size === '1', 'given');
+    const exposureBefore = (await s.get('/api/v1/portfolio/exposure')).body.total_exposure_usdt;
+    await s.fill({
+      event_type: 'order_executed',
+      asset: 'TC006USDT',
+      side: 'SELL',
+      execution_price: '51000.00',
+      execution_quantity: '1.0',
+      execution_fees: '51.00',
+      trace_id: 'test-trace-006',
+    });
+    const p = await s.until('TC006USDT', (p) => p.size === '0', 'closed');
+    t.match(p, {
+      average_entry_price: '50000',
+      unrealized_pnl: '0',
+      realized_pnl: '949',
+      total_fees: '51',
+      is_open: false,
+      closed_at: String,
+    });
+    const closed = await waitFor(() => s.events.closed.bodies().find((b) => b.asset === 'TC006USDT'), {
+      what: 'position_closed',
+    });
+    t.match(closed, {
+      reason: 'fill',
+      realized_pnl_delta: '949',
+      exit_price: '51000',
+      closed_size: '1',
+      average_entry_price: '50000',
+      trace_id: 'test-trace-006',
+    });
+    await waitFor(() => updatedFor('TC006USDT').some((b) => b.size === '0'), { what: 'position_updated' });
+    t.notOk(
+      (await s.get('/api/v1/positions')).body.positions.some((x: any) => x.asset === 'TC006USDT'),
+      'not listed by default',
+    );
+    const e = await s.get('/api/v1/portfolio/exposure?asset=TC006USDT');
+    t.equal(e.body.total_exposure_usdt, '0', 'excluded from exposure');
+    const whole = (await s.get('/api/v1/portfolio/exposure')).body;
+    t.equal(
+      whole.total_exposure_usdt,
+      new Decimal(exposureBefore).minus(given.exposure_usdt).toString(),
+      "the whole portfolio's exposure lost exactly its exposure",
+    );
+    t.equal(whole.by_asset.TC006USDT?.exposure_usdt, '0', 'its by_asset entry is 0');
+  },
+);
 
-acceptance('TC-007 size conflict: the fill newer than the report wins', async (t) => {
+await acceptance('TC-007 size conflict: the fill newer than the report wins', async (t) => {
   await s.fill({
     execution_id: 'tc7-0',
     asset: 'TC007USDT',
@@ -294,7 +300,7 @@ acceptance('TC-007 size conflict: the fill newer than the report wins', async (t
   t.equal(v.body.is_valid, true, 'the ledger stands');
 });
 
-acceptance('TC-008 average-price threshold: exactly 0.1% keeps, above replaces; both logged', async (t) => {
+await acceptance('TC-008 average-price threshold: exactly 0.1% keeps, above replaces; both logged', async (t) => {
   await s.fill({
     execution_id: 'tc8-0',
     asset: 'TC008USDT',
@@ -325,7 +331,7 @@ acceptance('TC-008 average-price threshold: exactly 0.1% keeps, above replaces; 
   t.match(replaced, { level: 'warn', old_avg_price: '50000', new_avg_price: '50051', trace_id: 'test-trace-008b' });
 });
 
-acceptance('TC-014 validation through the API', async (t) => {
+await acceptance('TC-014 validation through the API', async (t) => {
   await s.fill({
     execution_id: 'tc14-0',
     asset: 'TC014USDT',
@@ -358,7 +364,7 @@ acceptance('TC-014 validation through the API', async (t) => {
   await s.log((l) => l.level === 'warn' && /^validation: size/.test(l.msg) && l.asset === 'TC014USDT', 'and logged');
 });
 
-acceptance('TC-015, TC-021, TC-024 snapshots through the API, their history and event', async (t) => {
+await acceptance('TC-015, TC-021, TC-024 snapshots through the API, their history and event', async (t) => {
   // A stack without the worker role: no scheduled snapshot comes between a POST and the list read after it.
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer,relay' });
   await s.fill({
@@ -404,7 +410,7 @@ acceptance('TC-015, TC-021, TC-024 snapshots through the API, their history and 
   t.ok(ev.snapshot.created_at, 'TC-024 snapshot.created_at');
 });
 
-acceptance('TC-016 API key: none, wrong, right', async (t) => {
+await acceptance('TC-016 API key: none, wrong, right', async (t) => {
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: null })).status, 401);
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: 'wrong-key-123' })).status, 401);
   t.equal((await s.svc.request('GET', '/api/v1/positions', { key: TEST_API_KEY })).status, 200);
@@ -413,7 +419,7 @@ acceptance('TC-016 API key: none, wrong, right', async (t) => {
   t.notOk(JSON.stringify(s.svc.logs).includes('wrong-key-123'), 'without the key');
 });
 
-acceptance('TC-020 scheduled snapshots', async (t) => {
+await acceptance('TC-020 scheduled snapshots', async (t) => {
   await s.fill({
     execution_id: 'tc20-0',
     asset: 'TC020USDT',
@@ -455,7 +461,7 @@ acceptance('TC-020 scheduled snapshots', async (t) => {
   t.ok(run.result.snapshots >= 1, 'with its count of snapshots');
 });
 
-acceptance('TC-022 position_updated carries the features flat and under position', async (t) => {
+await acceptance('TC-022 position_updated carries the features flat and under position', async (t) => {
   await s.fill({
     execution_id: 'tc22-0',
     asset: 'TC022USDT',
@@ -505,7 +511,7 @@ acceptance('TC-022 position_updated carries the features flat and under position
   t.equal(ev.unrealized_pnl_pct, '1');
 });
 
-acceptance('TC-029 invalid event: dead-lettered naming size, nothing applied or published', async (t) => {
+await acceptance('TC-029 invalid event: dead-lettered naming size, nothing applied or published', async (t) => {
   await s.report('{"event_type":"position","data":{"symbol":"INVALID","size":"not-a-number","avgPrice":null}}');
   const dl = await waitFor(
     () => s.events.dead.messages.find((m) => m.properties.headers?.['x-original-queue'] === 'ws-gateway.position'),
@@ -520,32 +526,35 @@ acceptance('TC-029 invalid event: dead-lettered naming size, nothing applied or 
   );
 });
 
-acceptance('TC-030 duplicate event: applied once; a different report with the same trace_id applies', async (t) => {
-  await s.fill({
-    execution_id: 'tc30-0',
-    asset: 'TC030USDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '100',
-  });
-  await s.until('TC030USDT', (p) => p.size === '1', 'given');
-  const body = {
-    event_type: 'position',
-    data: { symbol: 'TC030USDT', side: 'Buy', size: '1', unrealisedPnl: '3' },
-    trace_id: 'dup-001',
-  };
-  await s.report(body);
-  await s.report(body);
-  await s.log(
-    (l) => l.msg === 'duplicate message ignored' && l.asset === 'TC030USDT',
-    'the second delivery is logged as a duplicate',
-  );
-  await laterChange('TC030USDT', 'tc30-marker');
-  t.equal(updatedFor('TC030USDT').filter((b) => b.trace_id === 'dup-001').length, 1, 'one position_updated');
-  const audit = await s.db.query(
-    "select count(*) from position_events_view where asset = 'TC030USDT' and kind = 'report'",
-  );
-  t.equal(audit.rows[0].count, '1', 'one audit row');
-  await s.report({ ...body, data: { ...body.data, size: '2', unrealisedPnl: '4' } });
-  await s.until('TC030USDT', (p) => p.unrealized_pnl === '4', 'a different report with the same trace_id is applied');
-});
+await acceptance(
+  'TC-030 duplicate event: applied once; a different report with the same trace_id applies',
+  async (t) => {
+    await s.fill({
+      execution_id: 'tc30-0',
+      asset: 'TC030USDT',
+      side: 'Buy',
+      execution_quantity: '1',
+      execution_price: '100',
+    });
+    await s.until('TC030USDT', (p) => p.size === '1', 'given');
+    const body = {
+      event_type: 'position',
+      data: { symbol: 'TC030USDT', side: 'Buy', size: '1', unrealisedPnl: '3' },
+      trace_id: 'dup-001',
+    };
+    await s.report(body);
+    await s.report(body);
+    await s.log(
+      (l) => l.msg === 'duplicate message ignored' && l.asset === 'TC030USDT',
+      'the second delivery is logged as a duplicate',
+    );
+    await laterChange('TC030USDT', 'tc30-marker');
+    t.equal(updatedFor('TC030USDT').filter((b) => b.trace_id === 'dup-001').length, 1, 'one position_updated');
+    const audit = await s.db.query(
+      "select count(*) from position_events_view where asset = 'TC030USDT' and kind = 'report'",
+    );
+    t.equal(audit.rows[0].count, '1', 'one audit row');
+    await s.report({ ...body, data: { ...body.data, size: '2', unrealisedPnl: '4' } });
+    await s.until('TC030USDT', (p) => p.unrealized_pnl === '4', 'a different report with the same trace_id is applied');
+  },
+);

@@ -7,7 +7,7 @@ import { waitFor } from '../helpers/wait.js';
 const record = acceptanceSummary(t);
 const acceptance = async (title: string, fn: (t: Test) => Promise<void>) => record(title, await t.test(title, fn));
 
-acceptance(
+await acceptance(
   'TC-025 periodic validation: every open position validated, the disagreeing one fixed from the ledger',
   async (t) => {
     const s = await startStack(t, { POSITION_MANAGER_VALIDATION_INTERVAL: '2' });
@@ -54,7 +54,7 @@ acceptance(
   },
 );
 
-acceptance(
+await acceptance(
   'TC-026 validation finds a discrepancy: the newer exchange report wins; an older one does not',
   async (t) => {
     const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer,relay' });

@@ -125,7 +125,7 @@ function interpolate(sql: string, d: Dashboard, values: Record<string, string>):
 function variableValues(d: Dashboard, given: Record<string, string>): Record<string, string> {
   const values: Record<string, string> = {};
   for (const v of d.templating.list) {
-    const cur = Array.isArray(v.current?.value) ? v.current!.value[0] : v.current?.value;
+    const cur = Array.isArray(v.current?.value) ? v.current.value[0] : v.current?.value;
     if (cur !== undefined) values[v.name] = cur === '$__all' && v.allValue !== undefined ? v.allValue : cur;
   }
   return { ...values, ...given };

@@ -34,6 +34,11 @@ export interface Collected {
   bodies(): any[];
 }
 
+/** A publisher-confirm callback that settles a promise; amqplib hands the reason over untyped. */
+export function confirmed(resolve: () => void, reject: (err: Error) => void) {
+  return (err: unknown) => (err ? reject(err instanceof Error ? err : new Error(JSON.stringify(err))) : resolve());
+}
+
 export async function freshBroker(t: Teardown): Promise<TestBroker> {
   const vhost = `pm_test_${randomBytes(6).toString('hex')}`;
   const user = new URL(TEST_AMQP_URL).username || 'guest';
@@ -57,12 +62,7 @@ export async function freshBroker(t: Teardown): Promise<TestBroker> {
     async publish(queue, body, options) {
       const text = typeof body === 'string' ? body : JSON.stringify(body);
       await new Promise<void>((resolve, reject) =>
-        (channel as amqp.ConfirmChannel).sendToQueue(
-          queue,
-          Buffer.from(text),
-          { persistent: true, ...options },
-          (err) => (err ? reject(err) : resolve()),
-        ),
+        channel.sendToQueue(queue, Buffer.from(text), { persistent: true, ...options }, confirmed(resolve, reject)),
       );
     },
     async collect(queue) {

@@ -82,7 +82,9 @@ export async function startStack(t: Teardown, env: Record<string, string> = {}):
       } catch (err) {
         // Say what the position looked like and what the service logged about it.
         const lines = svc.logs.filter((l) => JSON.stringify(l).includes(asset)).slice(-10);
-        throw new Error(`${(err as Error).message}; last: ${JSON.stringify(last)}; logs: ${JSON.stringify(lines)}`);
+        throw new Error(`${(err as Error).message}; last: ${JSON.stringify(last)}; logs: ${JSON.stringify(lines)}`, {
+          cause: err,
+        });
       }
     },
     log: (pred, what) => waitFor(() => svc.logs.find(pred), { what, timeoutMs: 15_000 }),

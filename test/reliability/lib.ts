@@ -2,6 +2,7 @@
 // what they must produce, and the end-of-test checks (positions, inbox, position_updated
 // events). Helpers here never sleep a fixed time; they poll with deadlines.
 import type amqp from 'amqplib';
+import { confirmed } from '../helpers/amqp.js';
 import { ModelBook, diffState, type Side } from '../model/reference.js';
 import type { TestDb } from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
@@ -173,7 +174,7 @@ export async function waitDistinctEvents(
   try {
     await waitFor(() => distinct() >= n, { what: `${n} distinct position_updated events`, timeoutMs, intervalMs: 100 });
   } catch (err) {
-    throw new Error(`${(err as Error).message} (have ${distinct()})`);
+    throw new Error(`${(err as Error).message} (have ${distinct()})`, { cause: err });
   }
 }
 
@@ -211,7 +212,7 @@ export async function publishAll(
               queue,
               Buffer.isBuffer(body) ? body : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body)),
               { persistent: true, ...(messageId ? { messageId } : {}) },
-              (err) => (err ? reject(err) : resolve()),
+              confirmed(resolve, reject),
             ),
           ),
       ),

@@ -5,6 +5,7 @@
 // service must turn into a no-op. Collecting acknowledges after storing; a redelivery
 // after a lost acknowledgement is a duplicate of the same event_id (allowed).
 import amqp from 'amqplib';
+import { confirmed } from '../helpers/amqp.js';
 import { waitFor } from '../helpers/wait.js';
 
 interface Teardown {
@@ -72,10 +73,10 @@ export async function resilientPublisher(t: Teardown, url: string): Promise<Resi
                         queue,
                         Buffer.from(typeof body === 'string' ? body : JSON.stringify(body)),
                         { persistent: true, ...(messageId ? { messageId } : {}) },
-                        (err) => (err ? reject(err) : resolve()),
+                        confirmed(resolve, reject),
                       );
                     } catch (err) {
-                      reject(err);
+                      reject(err instanceof Error ? err : new Error('publish failed', { cause: err }));
                     }
                   }),
               ),
