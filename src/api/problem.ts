@@ -3,7 +3,14 @@
 // be reached is 503 with Retry-After. No stack traces or SQL text ever reach a client.
 import { randomUUID } from 'node:crypto';
 import type { ErrorRequestHandler, Request, Response } from 'express';
-import { isConflict, isConnectionError } from '../db/pool.js';
+import {
+  isConflict,
+  isConnectionError,
+  isDataException,
+  isLockNotAvailable,
+  isNotFound,
+  isStatementTimeout,
+} from '../db/errors.js';
 import type { Logger } from '../log.js';
 import { BadRequest, queryErrors, type FieldError } from './params.js';
 
@@ -31,7 +38,7 @@ export function sendProblem(res: Response, status: number, code: string, detail:
         code,
         detail,
         ...(errors ? { errors } : {}),
-        trace_id: res.locals.traceId,
+        trace_id: res.locals.traceId as string,
       }),
     );
 }
@@ -47,10 +54,10 @@ interface ValidatorError {
 }
 
 function validatorFieldErrors(err: ValidatorError): FieldError[] {
-  return (err.errors ?? []).map((e) => {
+  return (err.errors ?? []).map((e): FieldError => {
     const [, where = 'query', field = 'request'] = (e.path ?? '').split('/');
     const location = where === 'params' ? 'path' : where === 'headers' ? 'header' : 'query';
-    return { location, field, message: e.message ?? 'is invalid' } as FieldError;
+    return { location, field, message: e.message ?? 'is invalid' };
   });
 }
 
@@ -77,17 +84,17 @@ export function errorMapper(log: Logger): ErrorRequestHandler {
       );
     }
     if ((e.status === 404 || e.status === 405) && e.errors) return notFound(req, res);
-    if (e.code === 'P0002') return sendProblem(res, 404, 'position_not_found', 'no position for this asset and mode');
-    if (e.code === '55P03')
+    if (isNotFound(err)) return sendProblem(res, 404, 'position_not_found', 'no position for this asset and mode');
+    if (isLockNotAvailable(err))
       return sendProblem(res, 409, 'validation_in_progress', 'a validation of this position is already running');
-    if (typeof e.code === 'string' && /^22/.test(e.code)) {
+    if (isDataException(err)) {
       const field = e.column || 'request';
       const message = (e.message ?? '').replace(new RegExp(`^${field}: `), '');
       return sendProblem(res, 400, 'invalid_parameter', e.message ?? 'invalid parameter', [
         { location: PATH_FIELDS.has(field) && req.params?.asset !== undefined ? 'path' : 'query', field, message },
       ]);
     }
-    if (isConnectionError(err) || e.code === '57014') {
+    if (isConnectionError(err) || isStatementTimeout(err)) {
       reqLog.error({ err: e.message }, 'database unavailable');
       return sendProblem(res, 503, 'database_unavailable', 'the database cannot be reached; retry later');
     }

@@ -1,16 +1,19 @@
-// The /api/v1 routes (SPEC.md §5.1): parse, one SQL call, map. The SQL functions own every
-// figure; parameters arrive already checked against openapi.yaml (contract.ts), integers as
-// decimal digits within their bounds.
+// The /api/v1 routes (SPEC.md §5.1): parse, one call of src/db, map. The SQL functions own
+// every figure; parameters arrive already checked against openapi.yaml (contract.ts), integers
+// as decimal digits within their bounds.
 import { constants, gzipSync } from 'node:zlib';
 import compression from 'compression';
 import { Router, type Request, type RequestHandler, type Response } from 'express';
 import type pg from 'pg';
+import { portfolio, portfolioExposure, portfolioPnl } from '../db/portfolio.js';
+import { createManualSnapshot, getPosition, listPositions, listSnapshots, validatePosition } from '../db/positions.js';
+import { retryingConflicts, type JsonObject } from '../db/query.js';
 import type { Logger } from '../log.js';
-import { countValidation, type ValidationOutcome } from '../metrics.js';
+import { countValidation } from '../metrics.js';
 import type { MetricsCache } from './cache.js';
-import { queryOne as one } from './query.js';
 
-const str = (v: unknown): string | null => (v === undefined || v === null ? null : String(v));
+// The contract checked every parameter's type: a query value here is a string or absent.
+const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 const bool = (v: unknown, fallback: boolean): boolean => (v === undefined ? fallback : v === true || v === 'true');
 // Absent: lists cover both modes, a single position is resolved in SQL (SPEC.md §2 convention 2).
 const mode = (req: Request): string | null => str(req.query.mode)?.toLowerCase() ?? null;
@@ -38,37 +41,38 @@ export function responseCompression(): RequestHandler {
 
 export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses: boolean): Router {
   const r = Router();
+  const db = retryingConflicts(pool);
   // The bytes, not the string: res.send would encode 200 KB of text to UTF-8 on every hit.
   const serialized = new WeakMap<object, { bytes: Buffer; gzip?: Buffer }>();
 
   r.get('/positions', async (req, res) => {
     const q = req.query;
     res.json(
-      await one(pool, 'select list_positions($1, $2, $3, $4, $5, $6, $7) as r', [
-        str(q.asset),
-        mode(req),
-        str(q.size_min),
-        str(q.size_max),
-        bool(q.include_closed, false),
-        Number(q.limit ?? 1000),
-        Number(q.offset ?? 0),
-      ]),
+      await listPositions(db, {
+        asset: str(q.asset),
+        mode: mode(req),
+        sizeMin: str(q.size_min),
+        sizeMax: str(q.size_max),
+        includeClosed: bool(q.include_closed, false),
+        limit: Number(q.limit ?? 1000),
+        offset: Number(q.offset ?? 0),
+      }),
     );
   });
 
   r.get('/positions/:asset', async (req, res) => {
-    res.json(await one(pool, 'select get_position($1, $2) as r', [req.params.asset, mode(req)]));
+    res.json(await getPosition(db, req.params.asset, mode(req)));
   });
 
   r.post('/positions/:asset/validate', async (req, res) => {
     const log = res.locals.log as Logger;
-    const result = (await one(pool, 'select validate_position($1, $2, $3, $4, $5) as r', [
-      req.params.asset,
-      mode(req),
-      bool(req.query.fix_discrepancies, true),
-      res.locals.traceId,
-      res.locals.client ?? null,
-    ])) as ValidationOutcome & { error_message: string | null };
+    const result = await validatePosition(db, {
+      asset: req.params.asset,
+      mode: mode(req),
+      fix: bool(req.query.fix_discrepancies, true),
+      traceId: res.locals.traceId as string,
+      client: res.locals.client as string | undefined,
+    });
     countValidation('api', result);
     if (!result.is_valid)
       log.warn(
@@ -79,30 +83,26 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
   });
 
   r.post('/positions/:asset/snapshot', async (req, res) => {
-    const snapshot = (await one(
-      pool,
-      "select snapshot_json(s) as r from create_position_snapshot($1, $2, 'manual', $3) s",
-      [req.params.asset, mode(req), res.locals.traceId],
-    )) as { asset: string; mode: string };
+    const snapshot = await createManualSnapshot(db, req.params.asset, mode(req), res.locals.traceId as string);
     res.status(201).location(`/api/v1/positions/${snapshot.asset}/snapshots?mode=${snapshot.mode}`).json(snapshot);
   });
 
   r.get('/positions/:asset/snapshots', async (req, res) => {
     res.json(
-      await one(pool, 'select list_position_snapshots($1, $2, $3, $4) as r', [
+      await listSnapshots(
+        db,
         req.params.asset,
         mode(req),
         Number(req.query.limit ?? 100),
         Number(req.query.offset ?? 0),
-      ]),
+      ),
     );
   });
 
-  const cached = (fn: string, req: Request, ...extra: unknown[]) => {
+  // One entry per endpoint, options and asset (upper case: the SQL functions read it so).
+  const cached = (req: Request, key: string, compute: (asset: string | null) => Promise<JsonObject>) => {
     const asset = str(req.query.asset)?.toUpperCase() ?? null;
-    return cache.get(`${fn}:${asset ?? '*'}:${extra.join(':')}`, () =>
-      one(pool, `select ${fn}(${['$1', ...extra.map((_, i) => `$${i + 2}`)].join(', ')}) as r`, [asset, ...extra]),
-    );
+    return cache.get(`${key}:${asset ?? '*'}`, () => compute(asset));
   };
   // A cache hit sends the JSON text serialized once for that entry, not the object again (a
   // 1,000-position portfolio is ~200 KB), and to a client that accepts gzip the copy compressed
@@ -122,13 +122,14 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
     res.send(body.gzip);
   };
   r.get('/portfolio', async (req, res) => {
-    sendCached(req, res, await cached('portfolio_json', req, bool(req.query.include_positions, false)));
+    const include = bool(req.query.include_positions, false);
+    sendCached(req, res, await cached(req, `portfolio:${include}`, (asset) => portfolio(db, asset, include)));
   });
   r.get('/portfolio/exposure', async (req, res) => {
-    sendCached(req, res, await cached('portfolio_exposure_json', req));
+    sendCached(req, res, await cached(req, 'exposure', (asset) => portfolioExposure(db, asset)));
   });
   r.get('/portfolio/pnl', async (req, res) => {
-    sendCached(req, res, await cached('portfolio_pnl_json', req));
+    sendCached(req, res, await cached(req, 'pnl', (asset) => portfolioPnl(db, asset)));
   });
   return r;
 }

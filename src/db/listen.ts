@@ -11,6 +11,7 @@
 import * as pgListen from 'pg-listen';
 import type { Subscriber, Options } from 'pg-listen';
 import type pg from 'pg';
+import { backoffMs } from '../backoff.js';
 
 // pg-listen is CommonJS with `exports.default`; under NodeNext its types see the namespace.
 type CreateSubscriber = (config: pg.ClientConfig, options: Options) => Subscriber;
@@ -22,6 +23,8 @@ import type { Logger } from '../log.js';
 const SYNC_CHANNEL = 'position_manager_listener_sync';
 export const SYNC_TIMEOUT_MS = 2000;
 const CHECK_INTERVAL_MS = 5000;
+// Reconnection attempts wait 250 ms, doubling to 5 s.
+const retryDelayMs = (attempt: number) => backoffMs(attempt, 250, 5000);
 
 export type NotificationHandler = (channel: string, payload: unknown) => void;
 
@@ -78,11 +81,11 @@ export function listen(connectionString: string, channels: string[], log: Logger
       {
         retryLimit: Infinity,
         retryTimeout: 0, // 0 disables pg-listen's give-up timeout
-        retryInterval: (n: number) => Math.min(250 * 2 ** n, 5000),
+        retryInterval: retryDelayMs,
         paranoidChecking: false, // replaced by the timed round trips below
         parse: (text: string) => {
           try {
-            return text ? JSON.parse(text) : null;
+            return text ? (JSON.parse(text) as unknown) : null;
           } catch {
             return text;
           }
@@ -109,7 +112,7 @@ export function listen(connectionString: string, channels: string[], log: Logger
       setState(true);
     } catch (err) {
       if (subscriber !== sub || closed) return;
-      const delay = Math.min(250 * 2 ** attempt, 5000);
+      const delay = retryDelayMs(attempt);
       log.debug({ err: (err as Error).message, delay }, 'notification listener cannot connect yet');
       subscriber = undefined;
       setState(false);
@@ -158,7 +161,9 @@ export function listen(connectionString: string, channels: string[], log: Logger
       });
     return next;
   };
-  const check = setInterval(() => connected && sync().catch(() => undefined), CHECK_INTERVAL_MS);
+  const check = setInterval(() => {
+    if (connected) sync().catch(() => undefined);
+  }, CHECK_INTERVAL_MS);
   check.unref();
 
   return {

@@ -2,6 +2,7 @@
 // start), the periodic chains kept alive, and position changes turned into throttled
 // publish_portfolio_update jobs outside the apply transactions.
 import { Logger as WorkerLogger, run, type LogFunctionFactory } from 'graphile-worker';
+import { schedulePortfolioUpdate } from '../db/jobs.js';
 import { listen } from '../db/listen.js';
 import type { Component, Runtime } from '../runtime.js';
 import { FOREIGN_WRITE_CHANNEL, watchForeignWrites } from './foreign-writes.js';
@@ -15,8 +16,9 @@ export async function startWorker(rt: Runtime): Promise<Component[]> {
   const { config, log, pool } = rt;
   const logFactory: LogFunctionFactory = (scope) => (level, message, meta) => {
     const fields = { worker_scope: scope.label ?? scope.taskIdentifier, job_id: scope.jobId, ...(meta ?? {}) };
-    if (level === 'error') log.error(fields, message);
-    else if (level === 'warning') log.warn(fields, message);
+    const severity: string = level; // graphile-worker's LogLevel is a const enum of these strings
+    if (severity === 'error') log.error(fields, message);
+    else if (severity === 'warning') log.warn(fields, message);
     else log.debug(fields, message);
   };
   const runner = await run({
@@ -27,8 +29,8 @@ export async function startWorker(rt: Runtime): Promise<Component[]> {
     // A job due later (the trailing portfolio_updated at the end of its window) is found by
     // polling, not by graphile-worker's NOTIFY: the poll bounds how late that event can be.
     pollInterval: 250,
-    // Half the shutdown budget for runs to finish; then their statements are cancelled (see
-    // connection.ts) so that their jobs are released, not left locked, within the other half.
+    // Half the shutdown budget for runs to finish; then their statements are cancelled
+    // (db/run-connection.ts) so that their jobs are released, not left locked, within the other half.
     gracefulShutdownAbortTimeout: Math.floor(config.shutdownTimeoutMs / 2),
     // Batched (even with no delay), completing or failing a job is awaited by the shutdown;
     // unbatched it is fire-and-forget, and an exit right after a run leaves its job locked.
@@ -52,7 +54,7 @@ export async function startWorker(rt: Runtime): Promise<Component[]> {
   const ticker = setInterval(() => {
     if (!dirty) return;
     dirty = false;
-    pool.query('select schedule_portfolio_update()').catch((err: Error) => {
+    schedulePortfolioUpdate(pool).catch((err: Error) => {
       dirty = true;
       log.warn({ err: err.message }, 'cannot schedule the portfolio update yet');
     });

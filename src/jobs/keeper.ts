@@ -3,6 +3,7 @@
 // in a slot planned under a longer interval than the one configured now. One-off jobs a dead
 // worker holds are released too (release_dead_one_off_jobs).
 import type pg from 'pg';
+import { ensurePeriodicJob, releaseDeadOneOffJobs } from '../db/jobs.js';
 import type { Logger } from '../log.js';
 import type { Periodic } from './tasks.js';
 
@@ -14,16 +15,14 @@ const MESSAGES: Record<string, { level: 'info' | 'warn'; msg: string }> = {
 
 export async function keepPeriodicJobs(pool: pg.Pool, log: Logger, periodic: Periodic[]): Promise<void> {
   try {
-    const released = (await pool.query<{ n: number }>('select release_dead_one_off_jobs() as n')).rows[0]!.n;
+    const released = await releaseDeadOneOffJobs(pool);
     if (released > 0) log.warn({ workers: released }, 'one-off jobs released: the worker holding them died');
   } catch (err) {
     log.warn({ err: (err as Error).message }, 'cannot release the jobs of dead workers yet');
   }
   for (const p of periodic) {
     try {
-      const done = (
-        await pool.query<{ r: string | null }>('select ensure_periodic_job($1, $2) as r', [p.task, p.intervalSeconds])
-      ).rows[0]!.r;
+      const done = await ensurePeriodicJob(pool, p.task, p.intervalSeconds);
       const m = done === null ? undefined : MESSAGES[done];
       if (m) log[m.level]({ task: p.task, interval_seconds: p.intervalSeconds }, m.msg);
     } catch (err) {

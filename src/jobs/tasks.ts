@@ -5,42 +5,44 @@ import { randomUUID } from 'node:crypto';
 import type { JobHelpers, Task, TaskList } from 'graphile-worker';
 import type pg from 'pg';
 import type { Config } from '../config.js';
+import { isNotFound } from '../db/errors.js';
+import { jobRunFailed, jobRunStart, jobRunSucceeded, lastSuccessStartedAt, scheduleNextRun } from '../db/jobs.js';
+import { pruneInboxOutbox, pruneJobHistory, pruneSnapshots, refreshMaterializedViews } from '../db/maintenance.js';
+import { publishPortfolioUpdate, samplePortfolioMetrics, type LimitCheck } from '../db/portfolio.js';
+import { snapshotAllPositions, validateAllPositions, validatePosition } from '../db/positions.js';
+import type { Queryable } from '../db/query.js';
+import { withRunConnection } from '../db/run-connection.js';
 import type { Logger } from '../log.js';
-import { countValidation, metrics, type ValidationOutcome } from '../metrics.js';
+import { countValidation, metrics } from '../metrics.js';
 import type { Checks } from '../runtime.js';
-import { withRunConnection, type Query } from './connection.js';
 import { markPriceRefresher } from './mark-prices.js';
 import { exchangeReconciler } from './reconcile.js';
 
-type Work = (payload: Record<string, unknown>, traceId: string, q: Query) => Promise<unknown>;
-
-async function sql(pool: pg.Pool, text: string, params: unknown[]): Promise<unknown> {
-  return (await pool.query<{ r: unknown }>(text, params)).rows[0]?.r ?? null;
-}
+type Work = (payload: Record<string, unknown>, traceId: string, db: Queryable) => Promise<unknown>;
 
 function recorded(name: string, pool: pg.Pool, log: Logger, work: Work, next?: () => Promise<void>): Task {
   return async (payload: unknown, helpers: JobHelpers) => {
     const traceId = randomUUID();
     const job = helpers.job;
     const p = (payload ?? {}) as Record<string, unknown>;
-    const runId = (await sql(pool, 'select job_run_start($1, $2, $3, $4, $5, $6) as r', [
-      name,
-      job.id,
-      job.key ?? null,
-      JSON.stringify(p),
-      job.attempts,
+    const runId = await jobRunStart(pool, {
+      task: name,
+      jobId: job.id,
+      jobKey: job.key ?? null,
+      payload: p,
+      attempt: job.attempts,
       traceId,
-    ])) as string;
+    });
     const jlog = log.child({ trace_id: traceId, task: name, job_id: job.id, attempt: job.attempts });
     try {
-      const result = await withRunConnection(pool, helpers.abortSignal, (q) => work(p, traceId, q));
-      await pool.query("select job_run_finish($1, 'success', null, $2)", [runId, JSON.stringify(result)]);
+      const result = await withRunConnection(pool, helpers.abortSignal, (db) => work(p, traceId, db));
+      await jobRunSucceeded(pool, runId, result);
       metrics.jobRuns.inc({ task: name, outcome: 'success' });
       jlog.info({ result }, 'job done');
       await next?.();
     } catch (err) {
       const message = (err as Error).message;
-      await pool.query("select job_run_finish($1, 'failure', $2, null)", [runId, message]).catch(() => undefined);
+      await jobRunFailed(pool, runId, message).catch(() => undefined);
       metrics.jobRuns.inc({ task: name, outcome: 'failure' });
       jlog.error({ err: message }, 'job failed; graphile-worker retries it');
       throw err;
@@ -73,21 +75,10 @@ export function periodicTasks(config: Config): Periodic[] {
 
 export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Checks): TaskList {
   const work: Record<string, Work> = {
-    snapshot_all_positions: async (_p, trace, q) => ({
-      snapshots: await q('select snapshot_all_positions($1) as r', [trace]),
-    }),
-    validate_all_positions: async (_p, trace, q) => {
-      const since = await q(
-        "select max(started_at)::text from job_runs where task = 'validate_all_positions' and outcome = 'success'",
-      );
-      const r = (await q('call validate_all_positions(since => $1, trace_id => $2, result => null)', [
-        since,
-        trace,
-      ])) as {
-        invalid: number;
-        fixed: number;
-        discrepancies: { asset: string; mode: string; discrepancies: { field: string }[] }[];
-      };
+    snapshot_all_positions: async (_p, trace, db) => ({ snapshots: await snapshotAllPositions(db, trace) }),
+    validate_all_positions: async (_p, trace, db) => {
+      const since = await lastSuccessStartedAt(db, 'validate_all_positions');
+      const r = await validateAllPositions(db, since, trace);
       for (const d of r.discrepancies) {
         log.warn(
           { trace_id: trace, asset: d.asset, mode: d.mode, discrepancies: d.discrepancies },
@@ -99,49 +90,36 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Che
       if (r.fixed > 0) metrics.positionUpdates.inc({ source: 'validation' }, r.fixed);
       return r;
     },
-    validate_position: async (p, trace, q) => {
+    validate_position: async (p, trace, db) => {
+      // queued by SQL (docs/CONTRACTS.md, "Jobs queued from SQL")
+      const { asset, mode } = p as { asset: string; mode?: string };
       try {
-        const r = (await q('select validate_position($1, $2, true, $3) as r', [
-          p.asset,
-          p.mode ?? 'one-way',
-          trace,
-        ])) as ValidationOutcome;
+        const r = await validatePosition(db, { asset, mode: mode ?? 'one-way', fix: true, traceId: trace });
         countValidation('discrepancy', r);
         if (!r.is_valid)
           log.warn(
-            { trace_id: trace, asset: p.asset, mode: p.mode, discrepancies: r.discrepancies },
+            { trace_id: trace, asset, mode, discrepancies: r.discrepancies },
             'validation after a size discrepancy',
           );
-        else
-          log.info(
-            { trace_id: trace, asset: p.asset, mode: p.mode },
-            'validation after a size discrepancy: the position is valid',
-          );
+        else log.info({ trace_id: trace, asset, mode }, 'validation after a size discrepancy: the position is valid');
         return r;
       } catch (err) {
-        if ((err as { code?: string }).code === 'P0002') return { is_valid: null, error_message: 'position_not_found' };
+        if (isNotFound(err)) return { is_valid: null, error_message: 'position_not_found' };
         throw err;
       }
     },
-    publish_portfolio_update: async (_p, trace, q) =>
-      limitLog(await q('select publish_portfolio_update(true, $1) as r', [trace]), trace),
-    sample_portfolio_metrics: async (_p, trace, q) =>
-      limitLog(await q('select sample_portfolio_metrics($1) as r', [trace]), trace),
-    refresh_materialized_views: (_p, _t, q) => q('select refresh_materialized_views() as r'),
-    prune_snapshots: async (_p, _t, q) => ({
-      deleted: await q('select prune_snapshots($1) as r', [config.snapshotRetentionDays]),
-    }),
-    prune_inbox_outbox: (_p, _t, q) =>
-      q('select prune_inbox_outbox($1, $2) as r', [config.inboxRetentionDays, config.outboxRetentionHours]),
-    prune_job_history: async (_p, _t, q) => ({
-      deleted: await q('select prune_job_history($1) as r', [config.jobHistoryRetentionDays]),
-    }),
+    publish_portfolio_update: async (_p, trace, db) => limitLog(await publishPortfolioUpdate(db, trace), trace),
+    sample_portfolio_metrics: async (_p, trace, db) => limitLog(await samplePortfolioMetrics(db, trace), trace),
+    refresh_materialized_views: (_p, _t, db) => refreshMaterializedViews(db),
+    prune_snapshots: async (_p, _t, db) => ({ deleted: await pruneSnapshots(db, config.snapshotRetentionDays) }),
+    prune_inbox_outbox: (_p, _t, db) => pruneInboxOutbox(db, config.inboxRetentionDays, config.outboxRetentionHours),
+    prune_job_history: async (_p, _t, db) => ({ deleted: await pruneJobHistory(db, config.jobHistoryRetentionDays) }),
     refresh_mark_prices: markPriceRefresher(config, checks.prices, log),
     reconcile_with_exchange: exchangeReconciler(config, checks.exchangeReconcile, log),
   };
   // a crossing is logged at warn, the way back at info.
-  const limitLog = (r: unknown, traceId: string) => {
-    const limit = (r as { limit?: { transition: string | null; limit_value: string; current_value: string } }).limit;
+  const limitLog = (r: LimitCheck, traceId: string) => {
+    const { limit } = r;
     if (limit?.transition === 'exceeded')
       log.warn(
         { trace_id: traceId, limit_value: limit.limit_value, current_value: limit.current_value },
@@ -163,9 +141,7 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Che
       pool,
       log,
       fn,
-      interval === undefined
-        ? undefined
-        : async () => void (await pool.query('select schedule_next_run($1, $2)', [name, interval])),
+      interval === undefined ? undefined : () => scheduleNextRun(pool, name, interval),
     );
   }
   return list;

@@ -2,6 +2,7 @@
 // broker restart or a dropped connection. Components register a setup function that runs on
 // every (re)connection, so channels, consumers and topology are recreated each time.
 import amqp from 'amqplib';
+import { backoffMs } from '../backoff.js';
 import { redactUrl } from '../config.js';
 import type { Logger } from '../log.js';
 import { metrics } from '../metrics.js';
@@ -30,7 +31,7 @@ export function connectBroker(url: string, state: BrokerState, log: Logger): Bro
 
   const scheduleReconnect = () => {
     if (closed || timer) return;
-    const delay = Math.min(1000 * 2 ** attempt, 30_000);
+    const delay = backoffMs(attempt, 1000, 30_000);
     attempt++;
     timer = setTimeout(() => {
       timer = undefined;

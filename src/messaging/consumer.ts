@@ -3,18 +3,19 @@
 // acknowledged only after commit. Data errors are dead-lettered one by one; transient database
 // errors are retried with back-off while unacked messages hold the prefetch window shut, so
 // consumption pauses; other failures are retried a bounded number of times.
-import { randomUUID } from 'node:crypto';
 import type amqp from 'amqplib';
 import type pg from 'pg';
+import { backoffMs } from '../backoff.js';
+import { isConflict, isDataError, isTransient } from '../db/errors.js';
+import { ingestMessages, messageMeta, type IngestOutcome, type MessageKind, type MessageMeta } from '../db/ingest.js';
 import type { Logger } from '../log.js';
 import { metrics } from '../metrics.js';
-import { isConflict, isConnectionError } from '../db/pool.js';
 import { publishDeadLetter } from './dead-letter.js';
-import { checkBody, type Checked, type Kind } from './schemas.js';
+import { checkBody, type Checked } from './schemas.js';
 import { ensureForeignQueue } from './topology.js';
 
 /** A check that throws (a bug) dead-letters the message with the reason, never kills the channel. */
-function safeCheckBody(kind: Kind, raw: Buffer): Checked {
+function safeCheckBody(kind: MessageKind, raw: Buffer): Checked {
   try {
     return checkBody(kind, raw);
   } catch (err) {
@@ -25,8 +26,9 @@ function safeCheckBody(kind: Kind, raw: Buffer): Checked {
 interface Delivery {
   msg: amqp.ConsumeMessage;
   channel: amqp.Channel;
-  raw: string;
-  meta: { source: string; message_key?: string; body_key?: string; received_at: string; trace_id: string };
+  /** The body as received: it goes to SQL as this text. */
+  body: string;
+  meta: MessageMeta;
   attempts: number;
   firstFailedAt?: Date;
   /** Fills only: the asset, which decides the lane (see PARALLEL_LANES). */
@@ -34,32 +36,6 @@ interface Delivery {
   /** The position row it locks, which orders its transaction (see lockOrder). */
   lockKey?: string;
 }
-
-interface Outcome {
-  outcome: string;
-  message?: string;
-  field?: string;
-  sqlstate?: string;
-  reports?: Outcome[];
-  asset?: string;
-  mode?: string;
-  version?: number;
-  position_id?: string;
-  message_key?: string;
-  /** false for a report that left the position as it was */
-  changed?: boolean;
-  size_discrepancy?: Record<string, string>;
-  /** Something an operator should look at although nothing failed. */
-  warning?: string;
-  avg_price_replaced?: { old: string | null; new: string };
-  avg_price_kept?: { stored: string | null; reported: string };
-}
-
-// Serialization failures, deadlocks, lock timeouts, too many connections, shutdowns.
-const TRANSIENT_SQLSTATES = /^(40001|40P01|55P03|53\d{3}|57P0[123]|08\d{3}|57014)$/;
-const isTransient = (err: unknown) =>
-  isConnectionError(err) || TRANSIENT_SQLSTATES.test((err as { code?: string }).code ?? '');
-const isDataError = (err: unknown) => /^(22|23)/.test((err as { code?: string }).code ?? '');
 
 // A batch of fills is split by asset into this many lanes, each applied in its own transaction
 // on its own connection at the same time: one backend applying fills was the bottleneck of
@@ -92,7 +68,7 @@ export function lanes<T extends { asset?: string }>(batch: T[]): T[][] {
 
 export interface QueueConsumerOptions {
   queue: string;
-  kind: Kind;
+  kind: MessageKind;
   pool: pg.Pool;
   log: Logger;
   maxBatch: number;
@@ -102,8 +78,8 @@ export interface QueueConsumerOptions {
   detached: Set<string>;
 }
 
-const REATTACH_FIRST_MS = 1000;
-const REATTACH_MAX_MS = 30_000;
+// Retries of a batch and re-attachments wait 1 s, doubling to 30 s.
+const retryDelayMs = (attempt: number) => backoffMs(attempt, 1000, 30_000);
 
 export class QueueConsumer {
   private pending: Delivery[] = [];
@@ -170,45 +146,44 @@ export class QueueConsumer {
       await channel.close();
     };
     release().catch(() => undefined);
-    if (this.connection) this.reattach(this.connection, REATTACH_FIRST_MS);
+    if (this.connection) this.reattach(this.connection, 0);
   }
 
-  private reattach(connection: amqp.ChannelModel, delayMs: number): void {
+  private reattach(connection: amqp.ChannelModel, attempt: number): void {
     clearTimeout(this.reattachTimer);
-    this.reattachTimer = setTimeout(async () => {
+    this.reattachTimer = setTimeout(() => void this.attachAgain(connection, attempt), retryDelayMs(attempt));
+  }
+
+  private async attachAgain(connection: amqp.ChannelModel, attempt: number): Promise<void> {
+    if (this.stopped || this.connection !== connection) return;
+    try {
+      // As at start: a queue deleted by its owner is declared again with the owner's arguments.
+      await ensureForeignQueue(connection, this.o.queue);
+      await this.consume(connection);
+      this.o.log.info({ queue: this.o.queue }, 'consumer attached again');
+    } catch (err) {
       if (this.stopped || this.connection !== connection) return;
-      try {
-        // As at start: a queue deleted by its owner is declared again with the owner's arguments.
-        await ensureForeignQueue(connection, this.o.queue);
-        await this.consume(connection);
-        this.o.log.info({ queue: this.o.queue }, 'consumer attached again');
-      } catch (err) {
-        if (this.stopped || this.connection !== connection) return;
-        const next = Math.min(delayMs * 2, REATTACH_MAX_MS);
-        this.o.log.warn(
-          { err: (err as Error).message, queue: this.o.queue, retry_in_ms: next },
-          'cannot consume yet; retrying',
-        );
-        this.reattach(connection, next);
-      }
-    }, delayMs);
+      this.o.log.warn(
+        { err: (err as Error).message, queue: this.o.queue, retry_in_ms: retryDelayMs(attempt + 1) },
+        'cannot consume yet; retrying',
+      );
+      this.reattach(connection, attempt + 1);
+    }
   }
 
   private receive(channel: amqp.Channel, msg: amqp.ConsumeMessage): void {
-    const headerTrace = msg.properties.headers?.trace_id;
+    const headerTrace: unknown = msg.properties.headers?.trace_id;
     const checked = safeCheckBody(this.o.kind, msg.content);
-    const traceId = checked.traceId ?? (typeof headerTrace === 'string' ? headerTrace : randomUUID());
     const d: Delivery = {
       msg,
       channel,
-      raw: msg.content.toString('utf8'),
-      meta: {
+      body: msg.content.toString('utf8'),
+      meta: messageMeta({
         source: this.o.queue,
-        ...(msg.properties.messageId ? { message_key: String(msg.properties.messageId) } : {}),
-        ...(checked.ok ? { body_key: checked.bodyKey } : {}),
-        received_at: new Date().toISOString(),
-        trace_id: traceId,
-      },
+        messageId: msg.properties.messageId as string | undefined,
+        bodyKey: checked.ok ? checked.bodyKey : undefined,
+        traceId: checked.traceId ?? (typeof headerTrace === 'string' ? headerTrace : undefined),
+      }),
       attempts: 0,
       ...(checked.ok && checked.asset ? { asset: checked.asset } : {}),
       ...(checked.ok && checked.lockKey ? { lockKey: checked.lockKey } : {}),
@@ -231,17 +206,14 @@ export class QueueConsumer {
   }
 
   private async apply(batch: Delivery[]): Promise<void> {
-    let backoff = 1000;
+    let waits = 0;
     let conflicts = 0;
     for (;;) {
       const started = process.hrtime.bigint();
       try {
-        const res = await this.o.pool.query<{ r: Outcome[] }>(
-          'select ingest_messages($1, $2::jsonb[], $3::jsonb[]) as r',
-          [this.o.kind, batch.map((d) => JSON.stringify(d.meta)), batch.map((d) => d.raw)],
-        );
+        const outcomes = await ingestMessages(this.o.pool, this.o.kind, batch);
         metrics.messageApplyDuration.observe({ queue: this.o.queue }, Number(process.hrtime.bigint() - started) / 1e9);
-        await Promise.all(res.rows[0]!.r.map((outcome, i) => this.settle(batch[i]!, outcome)));
+        await Promise.all(outcomes.map((outcome, i) => this.settle(batch[i]!, outcome)));
         return;
       } catch (err) {
         if (this.stopped) return;
@@ -261,20 +233,20 @@ export class QueueConsumer {
           continue;
         }
         if (isTransient(err)) {
+          const delay = retryDelayMs(waits++);
           metrics.messages.inc({ queue: this.o.queue, outcome: 'retried' }, batch.length);
           this.o.log.warn(
             {
               err: (err as Error).message,
               queue: this.o.queue,
               messages: batch.length,
-              retry_in_ms: backoff,
+              retry_in_ms: delay,
               trace_id: batch[0]!.meta.trace_id,
               trace_ids: batch.map((d) => d.meta.trace_id),
             },
             'database unavailable; messages stay unacknowledged and are retried',
           );
-          await this.sleep(backoff);
-          backoff = Math.min(backoff * 2, 30_000);
+          await this.sleep(delay);
           continue;
         }
         if (batch.length > 1) {
@@ -296,13 +268,12 @@ export class QueueConsumer {
           { err: (err as Error).message, queue: this.o.queue, trace_id: d.meta.trace_id, attempt: d.attempts },
           'message failed; retrying',
         );
-        await this.sleep(backoff);
-        backoff = Math.min(backoff * 2, 30_000);
+        await this.sleep(retryDelayMs(waits++));
       }
     }
   }
 
-  private async settle(d: Delivery, o: Outcome): Promise<void> {
+  private async settle(d: Delivery, o: IngestOutcome): Promise<void> {
     if (o.outcome === 'error') {
       await this.deadLetter(d, o.message ?? 'invalid input');
       return;

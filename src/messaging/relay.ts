@@ -3,27 +3,16 @@
 // the guarantee. Each event is published persistent and mandatory on a confirm channel and
 // marked sent only after the broker confirmed it; a nacked or returned event stays pending.
 import type amqp from 'amqplib';
-import pg from 'pg';
+import type pg from 'pg';
+import { listen, type Listener } from '../db/listen.js';
+import { markSent, pendingEvents, recordFailures, takeRelayLock } from '../db/outbox.js';
 import type { Logger } from '../log.js';
 import { metrics } from '../metrics.js';
-import { listen, type Listener } from '../db/listen.js';
 import type { Broker } from './broker.js';
 import { publishConfirmed } from './confirm.js';
 
-const RELAY_LOCK = 4800010;
 const BATCH = 500;
 const POLL_MS = 1000;
-
-interface Row {
-  id: string;
-  event_id: string;
-  routing_key: string;
-  event_type: string;
-  payload: string;
-  trace_id: string | null;
-  /** Events with the same key must arrive in outbox order: a position's, or one routing key's. */
-  order_key: string;
-}
 
 export interface RelayOptions {
   databaseUrl: string;
@@ -92,23 +81,8 @@ export class OutboxRelay {
   /** True while this process holds the relay lock (reacquired after a lost session). */
   private async holdLock(): Promise<boolean> {
     if (this.lockClient) return true;
-    const c = new pg.Client({
-      connectionString: this.o.databaseUrl,
-      application_name: 'position-manager-relay',
-      connectionTimeoutMillis: 3000,
-    });
-    c.on('error', () => undefined);
-    try {
-      await c.connect();
-      const r = await c.query<{ ok: boolean }>('select pg_try_advisory_lock($1) as ok', [RELAY_LOCK]);
-      if (!r.rows[0]!.ok) {
-        await c.end();
-        return false;
-      }
-    } catch {
-      await c.end().catch(() => undefined);
-      return false;
-    }
+    const c = await takeRelayLock(this.o.databaseUrl);
+    if (!c) return false;
     c.on('end', () => {
       if (this.lockClient === c) this.lockClient = undefined;
     });
@@ -133,14 +107,7 @@ export class OutboxRelay {
   /** Publishes one batch; true when a full batch went out and more may be waiting. */
   private async drainOnce(): Promise<boolean> {
     const ch = this.channel!;
-    const rows = (
-      await this.o.pool.query<Row>(
-        `select id, event_id, routing_key, event_type, payload::text as payload, trace_id,
-                coalesce(payload ->> 'position_id', routing_key) as order_key
-           from outbox where sent_at is null order by id limit $1`,
-        [BATCH],
-      )
-    ).rows;
+    const rows = await pendingEvents(this.o.pool, BATCH);
     if (!rows.length) return false;
     const confirmed = await publishConfirmed(
       ch,
@@ -172,19 +139,18 @@ export class OutboxRelay {
       if (results[i] !== null) blocked.add(row.order_key);
       return results[i] === null && !blocked.has(row.order_key);
     });
-    const failed = rows.map((row, i) => ({ row, error: results[i] })).filter((x) => x.error !== null);
+    const failed = rows.flatMap((row, i) => {
+      const error = results[i];
+      return typeof error === 'string' ? [{ id: row.id, error }] : [];
+    });
     if (sent.length)
-      await this.o.pool.query(
-        'update outbox set sent_at = now(), attempts = attempts + 1 where id = any($1::bigint[])',
-        [sent.map((r) => r.id)],
+      await markSent(
+        this.o.pool,
+        sent.map((r) => r.id),
       );
     for (const r of sent) metrics.eventsPublished.inc({ event_type: r.event_type });
     if (failed.length) {
-      await this.o.pool.query(
-        `update outbox o set attempts = o.attempts + 1, last_error = f.error
-           from unnest($1::bigint[], $2::text[]) f(id, error) where o.id = f.id`,
-        [failed.map((f) => f.row.id), failed.map((f) => f.error)],
-      );
+      await recordFailures(this.o.pool, failed);
       this.o.log.warn(
         { failed: failed.length, first_error: failed[0]!.error },
         'events not confirmed; they stay in the outbox',

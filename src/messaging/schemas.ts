@@ -4,6 +4,7 @@
 // what is not even the right shape, naming the field, before it reaches a transaction.
 import { isLosslessNumber, parse } from 'lossless-json';
 import { z } from 'zod';
+import type { MessageKind } from '../db/ingest.js';
 import { bodyKey } from './body-key.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -76,13 +77,10 @@ const report = z.union([
   z.object({ event_type: positionEvent, event_id: text(200), trace_id: text(128), data: reports }),
 ]);
 
-export type Kind = 'fill' | 'report';
-
 export type Checked =
   | {
       ok: true;
       traceId: string | undefined;
-      eventId: string | undefined;
       asset?: string;
       lockKey?: string;
       bodyKey: string;
@@ -97,7 +95,7 @@ function describe(error: z.ZodError): string {
   const flatten = (i: z.core.$ZodIssue, base: PropertyKey[]): z.core.$ZodIssue[] =>
     i.code === 'invalid_union'
       ? i.errors.flat().flatMap((x) => flatten(x, [...base, ...i.path]))
-      : [{ ...i, path: [...base, ...i.path] } as z.core.$ZodIssue];
+      : [{ ...i, path: [...base, ...i.path] }];
   const candidates = flatten(issue, []);
   const rank = (i: z.core.$ZodIssue) =>
     (i.code === 'invalid_type' || i.code === 'invalid_union' ? 1000 : 0) - i.path.length;
@@ -107,7 +105,7 @@ function describe(error: z.ZodError): string {
 }
 
 /** Parses and checks a body; the raw text (not the parsed tree) is what goes to SQL. */
-export function checkBody(kind: Kind, raw: Buffer): Checked {
+export function checkBody(kind: MessageKind, raw: Buffer): Checked {
   if (raw.length > MAX_BODY_BYTES)
     return { ok: false, reason: `body: larger than ${MAX_BODY_BYTES} bytes`, traceId: undefined };
   if (nestingDepth(raw) > MAX_DEPTH)
@@ -135,7 +133,6 @@ export function checkBody(kind: Kind, raw: Buffer): Checked {
   return {
     ok: true,
     traceId,
-    eventId: typeof obj.event_id === 'string' ? obj.event_id : undefined,
     asset: fillAsset(kind, obj),
     lockKey: lockKey(kind, obj),
     bodyKey: bodyKey(tree),
@@ -168,6 +165,7 @@ function nestingDepth(raw: Buffer): number {
 // would fail in SQL without naming a field, so it is refused here, naming where it is (changing
 // it instead would alter stored text).
 const ESCAPED_UNSTORABLE = /\\u(0000|[dD][89a-fA-F])/;
+// eslint-disable-next-line no-control-regex -- U+0000 is one of the characters it looks for
 const UNSTORABLE = /(\u0000)|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 function unstorable(s: string): string | undefined {
@@ -191,12 +189,12 @@ function unstorablePath(v: unknown, path: string[] = []): { path: string; what: 
   return undefined;
 }
 
-/** A fill's asset as SQL will read it (upper case), so the consumer can keep each asset's fills in order. */
 /** The fields of a fill: the `order` object of Order Manager's enriched event, else the body. */
 const fillFields = (obj: Record<string, unknown>): Record<string, unknown> =>
   typeof obj.order === 'object' && obj.order !== null ? (obj.order as Record<string, unknown>) : obj;
 
-function fillAsset(kind: Kind, obj: Record<string, unknown>): string | undefined {
+/** A fill's asset as SQL will read it (upper case), so the consumer can keep each asset's fills in order. */
+function fillAsset(kind: MessageKind, obj: Record<string, unknown>): string | undefined {
   if (kind !== 'fill') return undefined;
   const o = fillFields(obj);
   const raw = o.asset ?? o.symbol;
@@ -207,7 +205,7 @@ function fillAsset(kind: Kind, obj: Record<string, unknown>): string | undefined
  * The position row a message locks, as "ASSET mode", for ordering a batch (fills: asset and
  * mode; a report of one position: its symbol); undefined when it cannot be told.
  */
-function lockKey(kind: Kind, obj: Record<string, unknown>): string | undefined {
+function lockKey(kind: MessageKind, obj: Record<string, unknown>): string | undefined {
   if (kind === 'fill') {
     const asset = fillAsset(kind, obj);
     const o = fillFields(obj);

@@ -4,8 +4,9 @@
 // Signing is Node's crypto in a few lines (HMAC-SHA256 over timestamp + key + recv_window +
 // query, Bybit V5's scheme), not a client library for two GETs.
 import { createHmac } from 'node:crypto';
+import { backoffMs } from '../backoff.js';
 import type { Config } from '../config.js';
-import { backoffMs, describeFailure, httpRequest } from './http.js';
+import { describeFailure, httpRequest } from './http.js';
 
 /** The source failed or refused: the answer's status or retCode, a timeout, or not JSON. */
 export class BybitError extends Error {}
@@ -58,7 +59,7 @@ async function bybitGet(
         last = answer;
         continue;
       }
-      const envelope = JSON.parse(answer.text) as { retCode?: unknown; retMsg?: unknown } | null;
+      const envelope = JSON.parse(answer.text) as { retCode?: unknown; retMsg?: string | null } | null;
       if (envelope?.retCode === 0) return answer.text;
       last = new Error(`retCode ${String(envelope?.retCode)}: ${String(envelope?.retMsg ?? '').slice(0, 200)}`);
     } catch (err) {

@@ -1,10 +1,11 @@
 // the WS Gateway streams exchange position reports only to services that subscribed, so
 // the consumer role subscribes at start and after every broker reconnect (the Gateway may have
 // restarted with the broker), retrying with back-off for as long as the process runs.
+import { backoffMs } from '../backoff.js';
 import { redactUrl, type Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { Checks } from '../runtime.js';
-import { backoffMs, describeFailure, httpRequest, type HttpAnswer } from './http.js';
+import { describeFailure, httpRequest, type HttpAnswer } from './http.js';
 
 export interface GatewaySubscription {
   /** Starts an attempt loop now; one already running is abandoned, with its back-off. */

@@ -1,6 +1,5 @@
 // The one way this service calls an outside HTTP service (the Gateway, Bybit): a deadline per
-// try, the answer as text (decimals in it must never pass through a JS number), and the
-// back-off shared by every retry loop.
+// try, the answer as text (decimals in it must never pass through a JS number).
 
 export interface HttpAnswer {
   status: number;
@@ -19,11 +18,6 @@ export async function httpRequest(
     signal: AbortSignal.timeout(init.timeoutMs),
   });
   return { status: res.status, text: await res.text() };
-}
-
-/** Exponential back-off: base, doubling each attempt (0-based), capped at max. */
-export function backoffMs(attempt: number, baseMs: number, maxMs: number): number {
-  return Math.min(baseMs * 2 ** Math.min(attempt, 30), maxMs);
 }
 
 /** An error or an answer, in one short line for a log (an answer body is cut at 300 characters). */

@@ -1,6 +1,6 @@
 // A database that refuses connections is "unavailable" (503 database_unavailable, Retry-After: 5),
 // not a bug (500): ALTER DATABASE ... ALLOW_CONNECTIONS false answers a new session with FATAL
-// 55000, and a dropped database with 3D000 (SPEC.md §5; src/db/pool.ts lists the SQLSTATEs).
+// 55000, and a dropped database with 3D000 (SPEC.md §5; src/db/errors.ts lists the SQLSTATEs).
 import t from 'tap';
 import { admin, freshDatabase } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';

@@ -4,9 +4,7 @@
 // job stays locked until graphile-worker's 4-hour lock expiry. Cancelled, the statement rolls
 // back, the run fails, and graphile-worker releases the job for a retry.
 import type pg from 'pg';
-
-/** Runs one statement and returns the first column of its first row (null when there is none). */
-export type Query = (text: string, params?: unknown[]) => Promise<unknown>;
+import type { Queryable } from './query.js';
 
 export class RunCancelled extends Error {
   constructor() {
@@ -17,7 +15,7 @@ export class RunCancelled extends Error {
 export async function withRunConnection<T>(
   pool: pg.Pool,
   signal: AbortSignal,
-  fn: (q: Query) => Promise<T>,
+  fn: (db: Queryable) => Promise<T>,
 ): Promise<T> {
   if (signal.aborted) throw new RunCancelled();
   const client = await pool.connect();
@@ -25,14 +23,15 @@ export async function withRunConnection<T>(
   const cancel = () => void pool.query('select pg_cancel_backend($1)', [pid]).catch(() => undefined);
   signal.addEventListener('abort', cancel, { once: true });
   try {
-    return await fn(async (text, params = []) => {
-      if (signal.aborted) throw new RunCancelled();
-      try {
-        const row = (await client.query(text, params)).rows[0] as Record<string, unknown> | undefined;
-        return (row && Object.values(row)[0]) ?? null;
-      } catch (err) {
-        throw signal.aborted ? new RunCancelled() : err;
-      }
+    return await fn({
+      async query<R extends pg.QueryResultRow>(text: string, values?: unknown[]) {
+        if (signal.aborted) throw new RunCancelled();
+        try {
+          return await client.query<R>(text, values);
+        } catch (err) {
+          throw signal.aborted ? new RunCancelled() : err;
+        }
+      },
     });
   } finally {
     signal.removeEventListener('abort', cancel);
