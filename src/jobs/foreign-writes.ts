@@ -29,7 +29,8 @@ interface Window {
   flush?: NodeJS.Timeout;
 }
 
-const text = (v: unknown): string | null => (typeof v === 'string' ? v : v == null ? null : String(v));
+const text = (v: unknown): string | null =>
+  typeof v === 'string' ? v : v == null ? null : typeof v === 'object' ? JSON.stringify(v) : `${v as number | boolean}`;
 
 function parse(payload: unknown): ForeignWrite {
   const p = (payload !== null && typeof payload === 'object' ? payload : {}) as Record<string, unknown>;

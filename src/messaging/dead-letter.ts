@@ -15,7 +15,15 @@ export async function publishDeadLetter(
   reason: string,
   firstFailedAt: Date,
 ): Promise<void> {
-  const p = msg.properties;
+  // amqplib types these properties as any; they are what the publisher set, or undefined.
+  const p = msg.properties as {
+    contentType?: string;
+    messageId?: string;
+    correlationId?: string;
+    type?: string;
+    timestamp?: number;
+    headers?: Record<string, unknown>;
+  };
   const id = randomUUID();
   const publish = async () => {
     let returned = false;

@@ -47,7 +47,7 @@ export async function startMessaging(rt: Runtime, roles: { consumer: boolean; re
     // subscribed at start and after every reconnect; kick() does not wait for the Gateway,
     // so a slow or failing Gateway never holds up (or fails) the broker setup.
     const subscription = startGatewaySubscription(rt);
-    await broker.onConnected(async () => subscription.kick());
+    await broker.onConnected(() => Promise.resolve(subscription.kick()));
     consumersComponent = {
       name: 'consumers',
       async stop() {

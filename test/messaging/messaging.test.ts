@@ -543,7 +543,7 @@ t.test('a deleted dead-letter queue is declared again; the bad message is not lo
   const ch = await conn.createChannel();
   await ch.deleteQueue(DLQ);
   const id = crypto.randomUUID();
-  await ch.sendToQueue(FILLS, Buffer.from('{"asset":'), { messageId: id });
+  ch.sendToQueue(FILLS, Buffer.from('{"asset":'), { messageId: id });
   const got = await waitFor(
     async () => {
       const m = await ch.get(DLQ, { noAck: true }).catch(() => false as const);
@@ -628,7 +628,7 @@ t.test('broker drops the connections: consumers and relay come back; events writ
     what: 'the event written while disconnected',
     timeoutMs: 20_000,
   });
-  await ch.sendToQueue(
+  ch.sendToQueue(
     FILLS,
     Buffer.from(JSON.stringify({ asset: 'RECUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10' })),
   );

@@ -41,12 +41,13 @@ async function fakeGateway(t: Teardown) {
     let body = '';
     req.setEncoding('utf8');
     req.on('data', (chunk: string) => (body += chunk));
-    req.on('end', async () => {
+    req.on('end', () => {
       // The service's dependency probe; not part of the subscription.
       if (req.method === 'GET' && req.url === '/health') return void res.end('{"status":"ok"}');
       fake.seen.push({ method: req.method!, path: req.url!, headers: req.headers, body, at: Date.now() });
-      const a = await fake.answer(fake.seen.length);
-      if (a !== 'hang') res.writeHead(a.status, { 'content-type': 'application/json' }).end(a.body ?? '');
+      void Promise.resolve(fake.answer(fake.seen.length)).then((a) => {
+        if (a !== 'hang') res.writeHead(a.status, { 'content-type': 'application/json' }).end(a.body ?? '');
+      });
     });
   });
   await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
