@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { Router, type RequestHandler } from 'express';
 
 /** The policy of /docs: own scripts only (no inline script), images also as data: URIs. */
-export const DOCS_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'";
+const DOCS_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'";
 
 // BaseLayout: no top bar (it would offer to load any other spec by URL), so no standalone preset.
 // queryConfigEnabled stays off (the default): ?url=... cannot point the page elsewhere.

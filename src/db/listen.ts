@@ -26,7 +26,7 @@ const CHECK_INTERVAL_MS = 5000;
 // Reconnection attempts wait 250 ms, doubling to 5 s.
 const retryDelayMs = (attempt: number) => backoffMs(attempt, 250, 5000);
 
-export type NotificationHandler = (channel: string, payload: unknown) => void;
+type NotificationHandler = (channel: string, payload: unknown) => void;
 
 export interface Listener {
   readonly connected: boolean;

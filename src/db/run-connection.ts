@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import type { Queryable } from './query.js';
 
-export class RunCancelled extends Error {
+class RunCancelled extends Error {
   constructor() {
     super('the worker is shutting down: the run was cancelled and will be retried');
   }

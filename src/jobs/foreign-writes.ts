@@ -12,7 +12,7 @@ const INTERVAL_MS = 60_000;
 const MAX_WRITERS = 1000; // writers remembered before the quiet ones are forgotten
 const MESSAGE = 'another service wrote to positions; the write was not applied';
 
-export interface ForeignWrite {
+interface ForeignWrite {
   user: string | null;
   application_name: string | null;
   client_addr: string | null;

@@ -8,7 +8,7 @@ import type { Logger } from '../log.js';
 import { metrics } from '../metrics.js';
 import type { BrokerState } from '../runtime.js';
 
-export type Setup = (connection: amqp.ChannelModel) => Promise<void>;
+type Setup = (connection: amqp.ChannelModel) => Promise<void>;
 
 export interface Broker {
   readonly connection: amqp.ChannelModel | undefined;

@@ -6,7 +6,7 @@
 // comes first; the caller keeps the message for another try (consumers dedupe by message id).
 import type amqp from 'amqplib';
 
-export const CONFIRM_TIMEOUT_MS = 30_000;
+const CONFIRM_TIMEOUT_MS = 30_000;
 
 export interface Outgoing {
   exchange: string;

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import type { MessageKind } from '../db/ingest.js';
 import { bodyKey } from './body-key.js';
 
-export const MAX_BODY_BYTES = 1024 * 1024;
+const MAX_BODY_BYTES = 1024 * 1024;
 
 // A JSON number beyond numeric's range would fail the whole body's jsonb parse without naming
 // the field, so its size is checked here.

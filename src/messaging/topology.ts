@@ -5,7 +5,7 @@ import type amqp from 'amqplib';
 import type { Config } from '../config.js';
 
 export const DEAD_LETTER_QUEUE = 'position-manager.dead_letter';
-export const PUBLISHED_QUEUES = [
+const PUBLISHED_QUEUES = [
   'position-manager.position_updated',
   'position-manager.portfolio_updated',
   'position-manager.position_snapshot_created',

@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import amqp from 'amqplib';
 
 const run = promisify(execFile);
-export const TEST_AMQP_URL = process.env.TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+const TEST_AMQP_URL = process.env.TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 
 interface Teardown {
   teardown(fn: () => unknown): void;

@@ -21,7 +21,7 @@ export interface TestDb {
   query<R extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;
 }
 
-export function urlFor(database: string): string {
+function urlFor(database: string): string {
   const u = new URL(TEST_DATABASE_URL);
   u.pathname = `/${database}`;
   return u.toString();
@@ -48,7 +48,7 @@ export async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
 let templatePromise: Promise<string> | undefined;
 
 /** The name of a migrated template database for the current schema, built once per schema. */
-export function templateDatabase(): Promise<string> {
+function templateDatabase(): Promise<string> {
   templatePromise ??= admin(async (c) => {
     const hash = schemaHash();
     const name = `pm_tpl_${hash}`;

@@ -20,7 +20,7 @@ export interface FakeBybit {
 }
 
 /** Bybit's answer shape for /v5/market/tickers?category=linear; `time` is epoch ms. */
-export function tickersAnswer(list: Record<string, unknown>[], time = Date.now()): string {
+function tickersAnswer(list: Record<string, unknown>[], time = Date.now()): string {
   return JSON.stringify({ retCode: 0, retMsg: 'OK', result: { category: 'linear', list }, retExtInfo: {}, time });
 }
 

@@ -10,7 +10,7 @@ interface Teardown {
   teardown(fn: () => unknown): void;
 }
 
-export const QUEUES = {
+const QUEUES = {
   fills: 'order-manager.order_executed',
   orderEvents: 'order-manager.order_events',
   reports: 'ws-gateway.position',

@@ -20,8 +20,8 @@ export type Side = 'Buy' | 'Sell';
 export type Mode = 'one-way' | 'hedge';
 
 /** Threshold of ACCOUNTING.md §3 (AVG_PRICE_DIFF_THRESHOLD) and USE_WS_AVG_PRICE, with their defaults. */
-export const AVG_PRICE_DIFF_THRESHOLD = new Decimal('0.001');
-export const USE_WS_AVG_PRICE = true;
+const AVG_PRICE_DIFF_THRESHOLD = new Decimal('0.001');
+const USE_WS_AVG_PRICE = true;
 
 const ZERO = new Decimal(0);
 const d = (v: DecimalValue): Decimal => new Decimal(v);
