@@ -61,186 +61,188 @@ const url = (protocols: string[]) =>
       { message: `must be a URL with scheme ${protocols.map((p) => p.replace(':', '')).join(' or ')}` },
     );
 
-const optionalText = z
-  .string()
-  .optional()
-  .transform((s) => (s === '' ? undefined : s));
+const optionalText = () =>
+  z
+    .string()
+    .optional()
+    .transform((s) => (s === '' ? undefined : s));
 
-const schema = z.object({
-  POSITION_MANAGER_PORT: int(1, 65535, 4800),
-  POSITION_MANAGER_API_KEY: optionalText,
-  POSITION_MANAGER_LOG_LEVEL: z
-    .string()
-    .trim()
-    .toLowerCase()
-    .default('info')
-    .transform((s) => (s === 'warning' ? 'warn' : s))
-    .refine((s) => (LOG_LEVELS as readonly string[]).includes(s), {
-      message: `must be one of ${LOG_LEVELS.join(', ')}`,
-    }),
-  POSITION_MANAGER_SERVICE_NAME: z.string().trim().min(1).default('position-manager'),
-  DATABASE_URL: url(['postgres:', 'postgresql:']),
-  POSTGRES_HOST: optionalText,
-  POSTGRES_PORT: int(1, 65535, 5432),
-  POSTGRES_DB: z.string().default('ytrader'),
-  POSTGRES_USER: z.string().default('ytrader'),
-  POSTGRES_PASSWORD: optionalText,
-  POSITION_MANAGER_DATA_DIR: z.string().trim().min(1).default('./data'),
-  AMQP_URL: url(['amqp:', 'amqps:']),
-  RABBITMQ_HOST: optionalText,
-  RABBITMQ_PORT: int(1, 65535, 5672),
-  RABBITMQ_USER: z.string().default('guest'),
-  RABBITMQ_PASSWORD: z.string().default('guest'),
-  POSITION_MANAGER_ROLES: z
-    .string()
-    .trim()
-    .default(ROLES.join(','))
-    .transform((s) => [
-      ...new Set(
+// Each Config field names the environment variable it is read from, once: the registry maps a
+// field's schema to its variable, for reading the environment and for error messages.
+const variables = z.registry<{ name: string }>();
+const from = <T extends z.ZodType>(name: string, schema: T): T => {
+  variables.add(schema, { name });
+  return schema;
+};
+
+// Variables whose value is a Config field as it is.
+const fields = z.object({
+  port: from('POSITION_MANAGER_PORT', int(1, 65535, 4800)),
+  apiKey: from('POSITION_MANAGER_API_KEY', optionalText()),
+  logLevel: from(
+    'POSITION_MANAGER_LOG_LEVEL',
+    z
+      .string()
+      .trim()
+      .toLowerCase()
+      .default('info')
+      .transform((s) => (s === 'warning' ? 'warn' : s))
+      .refine((s) => (LOG_LEVELS as readonly string[]).includes(s), {
+        message: `must be one of ${LOG_LEVELS.join(', ')}`,
+      }),
+  ),
+  serviceName: from('POSITION_MANAGER_SERVICE_NAME', z.string().trim().min(1).default('position-manager')),
+  dataDir: from('POSITION_MANAGER_DATA_DIR', z.string().trim().min(1).default('./data')),
+  roles: from(
+    'POSITION_MANAGER_ROLES',
+    z
+      .string()
+      .trim()
+      .default(ROLES.join(','))
+      .transform((s) => [
+        ...new Set(
+          s
+            .split(',')
+            .map((r) => r.trim().toLowerCase())
+            .filter(Boolean),
+        ),
+      ])
+      .refine((rs) => rs.length > 0 && rs.every((r) => (ROLES as readonly string[]).includes(r)), {
+        message: `must be a comma-separated subset of ${ROLES.join(', ')}`,
+      })
+      .transform((rs) => rs as Role[]),
+  ),
+  orderEventsQueues: from(
+    'POSITION_MANAGER_ORDER_EVENTS_QUEUE',
+    z
+      .string()
+      .default('order-manager.order_executed,order-manager.order_events')
+      .transform((s) =>
         s
           .split(',')
-          .map((r) => r.trim().toLowerCase())
+          .map((q) => q.trim())
           .filter(Boolean),
-      ),
-    ])
-    .refine((rs) => rs.length > 0 && rs.every((r) => (ROLES as readonly string[]).includes(r)), {
-      message: `must be a comma-separated subset of ${ROLES.join(', ')}`,
-    })
-    .transform((rs) => rs as Role[]),
-  POSITION_MANAGER_ORDER_EVENTS_QUEUE: z
-    .string()
-    .default('order-manager.order_executed,order-manager.order_events')
-    .transform((s) =>
-      s
-        .split(',')
-        .map((q) => q.trim())
-        .filter(Boolean),
-    )
-    .refine((qs) => qs.length > 0, { message: 'must name at least one queue' }),
-  POSITION_MANAGER_POSITION_EVENTS_QUEUE: z.string().trim().min(1).default('ws-gateway.position'),
-  POSITION_MANAGER_EVENTS_EXCHANGE: z.string().trim().min(1).default('position-manager.events'),
-  POSITION_MANAGER_SNAPSHOT_INTERVAL: int(1, 31_536_000, 3600),
-  POSITION_MANAGER_VALIDATION_INTERVAL: int(1, 31_536_000, 1800),
-  POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: int(0, 3600, 30),
-  POSITION_MANAGER_METRICS_CACHE_TTL: int(0, 86_400, 10),
-  POSITION_MANAGER_USE_WS_AVG_PRICE: bool(true),
-  POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: decimal('0.001'),
-  POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD: decimal('0.0001'),
-  POSITION_MANAGER_MAX_EXPOSURE_USDT: z
-    .string()
-    .trim()
-    .optional()
-    .transform((s) => (s === '' ? undefined : s))
-    .refine((s) => s === undefined || DECIMAL.test(s), { message: 'must be a non-negative decimal or empty' }),
-  POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: int(100, 60_000, 1000),
-  POSITION_MANAGER_METRICS_HISTORY_INTERVAL: int(1, 86_400, 60),
-  POSITION_MANAGER_MATVIEW_REFRESH_INTERVAL: int(1, 86_400, 300),
-  POSITION_MANAGER_SNAPSHOT_RETENTION_DAYS: int(0, 36_500, 90),
-  POSITION_MANAGER_INBOX_RETENTION_DAYS: int(1, 36_500, 7),
-  POSITION_MANAGER_OUTBOX_RETENTION_HOURS: int(1, 876_000, 24),
-  POSITION_MANAGER_JOB_HISTORY_RETENTION_DAYS: int(1, 36_500, 30),
-  POSITION_MANAGER_CONSUMER_PREFETCH: int(1, 10_000, 200),
-  POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS: int(1, 1000, 5),
-  POSITION_MANAGER_DB_POOL_SIZE: int(1, 1000, 10),
-  POSITION_MANAGER_WORKER_CONCURRENCY: int(1, 100, 4),
-  POSITION_MANAGER_PRICE_STALE_SECONDS: int(0, 86_400, 60),
-  POSITION_MANAGER_GRAFANA_READER_PASSWORD: optionalText,
-  POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS: int(100, 600_000, 10_000),
+      )
+      .refine((qs) => qs.length > 0, { message: 'must name at least one queue' }),
+  ),
+  positionEventsQueue: from(
+    'POSITION_MANAGER_POSITION_EVENTS_QUEUE',
+    z.string().trim().min(1).default('ws-gateway.position'),
+  ),
+  eventsExchange: from('POSITION_MANAGER_EVENTS_EXCHANGE', z.string().trim().min(1).default('position-manager.events')),
+  snapshotIntervalSeconds: from('POSITION_MANAGER_SNAPSHOT_INTERVAL', int(1, 31_536_000, 3600)),
+  validationIntervalSeconds: from('POSITION_MANAGER_VALIDATION_INTERVAL', int(1, 31_536_000, 1800)),
+  sizeDiscrepancyGraceSeconds: from('POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS', int(0, 3600, 30)),
+  metricsCacheTtlSeconds: from('POSITION_MANAGER_METRICS_CACHE_TTL', int(0, 86_400, 10)),
+  useWsAvgPrice: from('POSITION_MANAGER_USE_WS_AVG_PRICE', bool(true)),
+  /** Decimal strings: thresholds and limits never pass through a JS number. */
+  avgPriceDiffThreshold: from('POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD', decimal('0.001')),
+  sizeValidationThreshold: from('POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD', decimal('0.0001')),
+  maxExposureUsdt: from(
+    'POSITION_MANAGER_MAX_EXPOSURE_USDT',
+    z
+      .string()
+      .trim()
+      .optional()
+      .transform((s) => (s === '' ? undefined : s))
+      .refine((s) => s === undefined || DECIMAL.test(s), { message: 'must be a non-negative decimal or empty' }),
+  ),
+  portfolioEventIntervalMs: from('POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS', int(100, 60_000, 1000)),
+  metricsHistoryIntervalSeconds: from('POSITION_MANAGER_METRICS_HISTORY_INTERVAL', int(1, 86_400, 60)),
+  matviewRefreshIntervalSeconds: from('POSITION_MANAGER_MATVIEW_REFRESH_INTERVAL', int(1, 86_400, 300)),
+  snapshotRetentionDays: from('POSITION_MANAGER_SNAPSHOT_RETENTION_DAYS', int(0, 36_500, 90)),
+  inboxRetentionDays: from('POSITION_MANAGER_INBOX_RETENTION_DAYS', int(1, 36_500, 7)),
+  outboxRetentionHours: from('POSITION_MANAGER_OUTBOX_RETENTION_HOURS', int(1, 876_000, 24)),
+  jobHistoryRetentionDays: from('POSITION_MANAGER_JOB_HISTORY_RETENTION_DAYS', int(1, 36_500, 30)),
+  consumerPrefetch: from('POSITION_MANAGER_CONSUMER_PREFETCH', int(1, 10_000, 200)),
+  maxDeliveryAttempts: from('POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS', int(1, 1000, 5)),
+  dbPoolSize: from('POSITION_MANAGER_DB_POOL_SIZE', int(1, 1000, 10)),
+  workerConcurrency: from('POSITION_MANAGER_WORKER_CONCURRENCY', int(1, 100, 4)),
+  priceStaleSeconds: from('POSITION_MANAGER_PRICE_STALE_SECONDS', int(0, 86_400, 60)),
+  grafanaReaderPassword: from('POSITION_MANAGER_GRAFANA_READER_PASSWORD', optionalText()),
+  shutdownTimeoutMs: from('POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS', int(100, 600_000, 10_000)),
   // empty (as env.example leaves it) means the default, as for every other variable
-  ORDER_MANAGER_URL: url(['http:', 'https:']).transform((s) => s ?? 'http://order-manager:4600'),
-  WS_GATEWAY_URL: url(['http:', 'https:']).transform((s) => s ?? 'http://ws-gateway:4400'),
-  WS_GATEWAY_API_KEY: optionalText,
-  BYBIT_ENVIRONMENT: z
-    .string()
-    .trim()
-    .toLowerCase()
-    .default('mainnet')
-    .refine((s) => ['mainnet', 'testnet'].includes(s), { message: 'must be mainnet or testnet' }),
-  // unset: Bybit's own, chosen by BYBIT_ENVIRONMENT (see priceApiUrl below)
-  POSITION_MANAGER_PRICE_API_URL: url(['http:', 'https:']),
-  POSITION_MANAGER_PRICE_REFRESH_INTERVAL: int(0, 3600, 10),
-  POSITION_MANAGER_PRICE_API_TIMEOUT: int(1, 60, 5),
-  POSITION_MANAGER_PRICE_API_RETRIES: int(0, 10, 3),
-  BYBIT_API_KEY: optionalText,
-  BYBIT_API_SECRET: optionalText,
-  POSITION_MANAGER_API_KEYS: optionalText,
-  POSITION_MANAGER_RATE_LIMIT_ENABLED: bool(true),
-  POSITION_MANAGER_RATE_LIMIT_DEFAULT: int(1, 1_000_000, 6000),
-  POSITION_MANAGER_RATE_LIMIT_OVERRIDES: optionalText,
-  POSITION_MANAGER_RECONCILE_INTERVAL: int(0, 86_400, 300).refine((n) => n === 0 || n >= 10, {
-    message: 'must be 0 (off) or a whole number between 10 and 86400',
-  }),
+  orderManagerUrl: from(
+    'ORDER_MANAGER_URL',
+    url(['http:', 'https:']).transform((s) => s ?? 'http://order-manager:4600'),
+  ),
+  wsGatewayUrl: from(
+    'WS_GATEWAY_URL',
+    url(['http:', 'https:']).transform((s) => s ?? 'http://ws-gateway:4400'),
+  ),
+  /** Undefined: no subscription at the Gateway (R-30). */
+  wsGatewayApiKey: from('WS_GATEWAY_API_KEY', optionalText()),
+  bybitEnvironment: from(
+    'BYBIT_ENVIRONMENT',
+    z
+      .string()
+      .trim()
+      .toLowerCase()
+      .default('mainnet')
+      .refine((s) => ['mainnet', 'testnet'].includes(s), { message: 'must be mainnet or testnet' }),
+  ),
+  /** 0: mark prices are not refreshed (R-31). */
+  priceRefreshIntervalSeconds: from('POSITION_MANAGER_PRICE_REFRESH_INTERVAL', int(0, 3600, 10)),
+  priceApiTimeoutSeconds: from('POSITION_MANAGER_PRICE_API_TIMEOUT', int(1, 60, 5)),
+  priceApiRetries: from('POSITION_MANAGER_PRICE_API_RETRIES', int(0, 10, 3)),
+  /** Read-only exchange key for reconciliation (R-34); both unset: off. */
+  bybitApiKey: from('BYBIT_API_KEY', optionalText()),
+  bybitApiSecret: from('BYBIT_API_SECRET', optionalText()),
+  /** `test`: every API response is checked against openapi.yaml (a response that breaks it is a 500). */
+  nodeEnv: from('NODE_ENV', optionalText()),
 });
 
-type Env = z.infer<typeof schema>;
+// Variables that Config fields are built from (see loadConfig).
+const inputs = z.object({
+  databaseUrl: from('DATABASE_URL', url(['postgres:', 'postgresql:'])),
+  postgresHost: from('POSTGRES_HOST', optionalText()),
+  postgresPort: from('POSTGRES_PORT', int(1, 65535, 5432)),
+  postgresDb: from('POSTGRES_DB', z.string().default('ytrader')),
+  postgresUser: from('POSTGRES_USER', z.string().default('ytrader')),
+  postgresPassword: from('POSTGRES_PASSWORD', optionalText()),
+  amqpUrl: from('AMQP_URL', url(['amqp:', 'amqps:'])),
+  rabbitmqHost: from('RABBITMQ_HOST', optionalText()),
+  rabbitmqPort: from('RABBITMQ_PORT', int(1, 65535, 5672)),
+  rabbitmqUser: from('RABBITMQ_USER', z.string().default('guest')),
+  rabbitmqPassword: from('RABBITMQ_PASSWORD', z.string().default('guest')),
+  // unset: Bybit's own, chosen by BYBIT_ENVIRONMENT
+  priceApiUrl: from('POSITION_MANAGER_PRICE_API_URL', url(['http:', 'https:'])),
+  apiKeyList: from('POSITION_MANAGER_API_KEYS', optionalText()),
+  rateLimitEnabled: from('POSITION_MANAGER_RATE_LIMIT_ENABLED', bool(true)),
+  rateLimitDefault: from('POSITION_MANAGER_RATE_LIMIT_DEFAULT', int(1, 1_000_000, 6000)),
+  rateLimitOverrides: from('POSITION_MANAGER_RATE_LIMIT_OVERRIDES', optionalText()),
+  reconcileInterval: from(
+    'POSITION_MANAGER_RECONCILE_INTERVAL',
+    int(0, 86_400, 300).refine((n) => n === 0 || n >= 10, {
+      message: 'must be 0 (off) or a whole number between 10 and 86400',
+    }),
+  ),
+});
 
-export interface Config {
-  port: number;
-  apiKey: string | undefined;
-  /** Every configured key: POSITION_MANAGER_API_KEY as `default` (write), then POSITION_MANAGER_API_KEYS. */
-  apiKeys: ApiKey[];
-  /** Requests per minute per key name (R-33); undefined when limits are off. */
-  rateLimit: { perMinute: number; overrides: Record<string, number> } | undefined;
-  logLevel: string;
-  serviceName: string;
-  /** Undefined means: run the embedded PostgreSQL in dataDir. */
-  databaseUrl: string | undefined;
-  dataDir: string;
-  /** Undefined means messaging is disabled. */
-  amqpUrl: string | undefined;
-  roles: Role[];
-  orderEventsQueues: string[];
-  positionEventsQueue: string;
-  eventsExchange: string;
-  snapshotIntervalSeconds: number;
-  validationIntervalSeconds: number;
-  sizeDiscrepancyGraceSeconds: number;
-  metricsCacheTtlSeconds: number;
-  useWsAvgPrice: boolean;
-  /** Decimal strings: thresholds and limits never pass through a JS number. */
-  avgPriceDiffThreshold: string;
-  sizeValidationThreshold: string;
-  maxExposureUsdt: string | undefined;
-  portfolioEventIntervalMs: number;
-  metricsHistoryIntervalSeconds: number;
-  matviewRefreshIntervalSeconds: number;
-  snapshotRetentionDays: number;
-  inboxRetentionDays: number;
-  outboxRetentionHours: number;
-  jobHistoryRetentionDays: number;
-  consumerPrefetch: number;
-  maxDeliveryAttempts: number;
-  dbPoolSize: number;
-  workerConcurrency: number;
-  priceStaleSeconds: number;
-  grafanaReaderPassword: string | undefined;
-  shutdownTimeoutMs: number;
-  orderManagerUrl: string;
-  wsGatewayUrl: string;
-  /** Undefined: no subscription at the Gateway (R-30). */
-  wsGatewayApiKey: string | undefined;
-  bybitEnvironment: string;
-  priceApiUrl: string;
-  /** 0: mark prices are not refreshed (R-31). */
-  priceRefreshIntervalSeconds: number;
-  priceApiTimeoutSeconds: number;
-  priceApiRetries: number;
-  /** Read-only exchange key for reconciliation (R-34); both unset: off. */
-  bybitApiKey: string | undefined;
-  bybitApiSecret: string | undefined;
-  /** 0, or no Bybit key: no reconciliation. */
-  reconcileIntervalSeconds: number;
-}
+type Fields = z.output<typeof fields>;
+type Inputs = z.output<typeof inputs>;
+
+const variableOf = (schema: z.ZodType): string => variables.get(schema)!.name;
+
+/** A Config field that one variable holds as it is. */
+export type VariableField = keyof Fields;
+
+/** The environment variable of such a field. */
+export const variableFor = (field: VariableField): string => variableOf(fields.shape[field]);
+
+/** Every environment variable the configuration reads. */
+export const CONFIG_VARIABLES: readonly string[] = Object.freeze(
+  [fields, inputs].flatMap((s) => Object.values(s.shape).map(variableOf)),
+);
 
 export class ConfigError extends Error {}
 
 const SECRET = /PASSWORD|API_KEY|SECRET/;
 
-function masked(name: string, value: unknown): string {
+function masked(name: string, value: string | undefined): string {
   if (value === undefined) return '(unset)';
-  const text = String(value);
   if (SECRET.test(name)) return '"***"';
-  return JSON.stringify(redactUrl(text));
+  return JSON.stringify(redactUrl(value));
 }
 
 /** Hides the password of a URL, for logs and messages. */
@@ -268,16 +270,15 @@ const KEY_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 
 // `name:key:scope,...` beside the single key (named `default`, scope write). A bad entry stops the
 // process naming the variable and the entry by its place and name, never by its key.
-function apiKeys(env: Env): ApiKey[] {
-  const keys: ApiKey[] = env.POSITION_MANAGER_API_KEY
-    ? [{ name: 'default', key: env.POSITION_MANAGER_API_KEY, scope: 'write' }]
-    : [];
+function apiKeys(f: Fields, i: Inputs): ApiKey[] {
+  const keys: ApiKey[] = f.apiKey ? [{ name: 'default', key: f.apiKey, scope: 'write' }] : [];
   const bad = (what: string) => {
     throw new ConfigError(
-      `POSITION_MANAGER_API_KEYS ${what}; expected name:key:scope,... (scope read or write, keys of 16 characters or more), got "***"`,
+      `POSITION_MANAGER_API_KEYS ${what}; expected name:key:scope,... ` +
+        '(scope read or write, keys of 16 characters or more), got "***"',
     );
   };
-  const entries = (env.POSITION_MANAGER_API_KEYS ?? '')
+  const entries = (i.apiKeyList ?? '')
     .split(',')
     .map((e) => e.trim())
     .filter(Boolean);
@@ -298,16 +299,17 @@ function apiKeys(env: Env): ApiKey[] {
 }
 
 // `name:limit,...`, each name one of the keys'.
-function rateOverrides(env: Env, keys: ApiKey[]): Record<string, number> {
+function rateOverrides(i: Inputs, keys: ApiKey[]): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const entry of (env.POSITION_MANAGER_RATE_LIMIT_OVERRIDES ?? '')
+  for (const entry of (i.rateLimitOverrides ?? '')
     .split(',')
     .map((e) => e.trim())
     .filter(Boolean)) {
     const [name = '', limit = '', ...rest] = entry.split(':').map((x) => x.trim());
     const fail = (what: string) => {
       throw new ConfigError(
-        `POSITION_MANAGER_RATE_LIMIT_OVERRIDES ${what}; expected name:limit,... (limit 1-1000000 per minute), got ${JSON.stringify(env.POSITION_MANAGER_RATE_LIMIT_OVERRIDES)}`,
+        `POSITION_MANAGER_RATE_LIMIT_OVERRIDES ${what}; expected name:limit,... (limit 1-1000000 per minute), ` +
+          `got ${JSON.stringify(i.rateLimitOverrides)}`,
       );
     };
     if (rest.length || !/^\d+$/.test(limit) || Number(limit) < 1 || Number(limit) > 1_000_000)
@@ -319,104 +321,86 @@ function rateOverrides(env: Env, keys: ApiKey[]): Record<string, number> {
   return out;
 }
 
-function databaseUrl(env: Env): string | undefined {
-  if (env.DATABASE_URL) return env.DATABASE_URL;
-  if (!env.POSTGRES_HOST) return undefined;
+function databaseUrl(i: Inputs): string | undefined {
+  if (i.databaseUrl) return i.databaseUrl;
+  if (!i.postgresHost) return undefined;
   const u = new URL('postgresql://localhost');
-  u.hostname = env.POSTGRES_HOST;
-  u.port = String(env.POSTGRES_PORT);
-  u.username = env.POSTGRES_USER;
-  if (env.POSTGRES_PASSWORD) u.password = env.POSTGRES_PASSWORD;
-  u.pathname = `/${env.POSTGRES_DB}`;
+  u.hostname = i.postgresHost;
+  u.port = String(i.postgresPort);
+  u.username = i.postgresUser;
+  if (i.postgresPassword) u.password = i.postgresPassword;
+  u.pathname = `/${i.postgresDb}`;
   return u.toString();
 }
 
-function amqpUrl(env: Env): string | undefined {
-  if (env.AMQP_URL) return env.AMQP_URL;
-  if (!env.RABBITMQ_HOST) return undefined;
+function amqpUrl(i: Inputs): string | undefined {
+  if (i.amqpUrl) return i.amqpUrl;
+  if (!i.rabbitmqHost) return undefined;
   const u = new URL('amqp://localhost');
-  u.hostname = env.RABBITMQ_HOST;
-  u.port = String(env.RABBITMQ_PORT);
-  u.username = env.RABBITMQ_USER;
-  u.password = env.RABBITMQ_PASSWORD;
+  u.hostname = i.rabbitmqHost;
+  u.port = String(i.rabbitmqPort);
+  u.username = i.rabbitmqUser;
+  u.password = i.rabbitmqPassword;
   return u.toString();
+}
+
+// The Config fields that more than one variable decides.
+function derived(f: Fields, i: Inputs) {
+  if (Boolean(f.bybitApiKey) !== Boolean(f.bybitApiSecret)) {
+    const [missing, given] = f.bybitApiKey
+      ? ['BYBIT_API_SECRET', 'BYBIT_API_KEY']
+      : ['BYBIT_API_KEY', 'BYBIT_API_SECRET'];
+    throw new ConfigError(`${missing} is required with ${given} (reconciliation needs both), got (unset)`);
+  }
+  const keys = apiKeys(f, i);
+  return {
+    /** Every configured key: POSITION_MANAGER_API_KEY as `default` (write), then POSITION_MANAGER_API_KEYS. */
+    apiKeys: keys,
+    /** Requests per minute per key name (R-33); undefined when limits are off. */
+    rateLimit: i.rateLimitEnabled ? { perMinute: i.rateLimitDefault, overrides: rateOverrides(i, keys) } : undefined,
+    /** Undefined means: run the embedded PostgreSQL in dataDir. */
+    databaseUrl: databaseUrl(i),
+    /** Undefined means messaging is disabled. */
+    amqpUrl: amqpUrl(i),
+    priceApiUrl:
+      i.priceApiUrl ?? (f.bybitEnvironment === 'testnet' ? 'https://api-testnet.bybit.com' : 'https://api.bybit.com'),
+    /** 0, or no Bybit key: no reconciliation. */
+    reconcileIntervalSeconds: f.bybitApiKey && f.bybitApiSecret ? i.reconcileInterval : 0,
+  };
+}
+
+export type Config = Fields & ReturnType<typeof derived>;
+
+// Reads each field of the schema from its variable; a bad value adds a line to `errors`.
+function read<S extends z.ZodObject>(schema: S, source: NodeJS.ProcessEnv, errors: string[]): z.output<S> | undefined {
+  const shape: Record<string, z.ZodType> = schema.shape;
+  const parsed = schema.safeParse(
+    Object.fromEntries(Object.entries(shape).map(([field, s]) => [field, source[variableOf(s)]])),
+  );
+  for (const issue of parsed.error?.issues ?? []) {
+    const name = variableOf(shape[String(issue.path[0])]!);
+    errors.push(`${name} ${issue.message}, got ${masked(name, source[name])}`);
+  }
+  return parsed.data;
 }
 
 /** Parses the environment; throws ConfigError with one line per bad variable. */
 export function loadConfig(source: NodeJS.ProcessEnv = process.env): Readonly<Config> {
-  const parsed = schema.safeParse(source);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((issue) => {
-      const name = String(issue.path[0]);
-      return `${name} ${issue.message}, got ${masked(name, source[name])}`;
-    });
-    throw new ConfigError(lines.join('\n'));
-  }
-  const env = parsed.data;
-  if (Boolean(env.BYBIT_API_KEY) !== Boolean(env.BYBIT_API_SECRET)) {
-    const missing = env.BYBIT_API_KEY ? 'BYBIT_API_SECRET' : 'BYBIT_API_KEY';
-    throw new ConfigError(
-      `${missing} is required with ${missing === 'BYBIT_API_KEY' ? 'BYBIT_API_SECRET' : 'BYBIT_API_KEY'} (reconciliation needs both), got (unset)`,
-    );
-  }
-  const dbUrl = databaseUrl(env);
-  const keys = apiKeys(env);
-  if (env.POSITION_MANAGER_ROLES.includes('api') && dbUrl !== undefined && keys.length === 0) {
-    throw new ConfigError(
-      'POSITION_MANAGER_API_KEY is required with the api role when a database is configured (or POSITION_MANAGER_API_KEYS), got (unset)',
-    );
-  }
-  return Object.freeze({
-    port: env.POSITION_MANAGER_PORT,
-    apiKey: env.POSITION_MANAGER_API_KEY,
-    apiKeys: keys,
-    rateLimit: env.POSITION_MANAGER_RATE_LIMIT_ENABLED
-      ? { perMinute: env.POSITION_MANAGER_RATE_LIMIT_DEFAULT, overrides: rateOverrides(env, keys) }
-      : undefined,
-    logLevel: env.POSITION_MANAGER_LOG_LEVEL,
-    serviceName: env.POSITION_MANAGER_SERVICE_NAME,
-    databaseUrl: dbUrl,
-    dataDir: env.POSITION_MANAGER_DATA_DIR,
-    amqpUrl: amqpUrl(env),
-    roles: env.POSITION_MANAGER_ROLES,
-    orderEventsQueues: env.POSITION_MANAGER_ORDER_EVENTS_QUEUE,
-    positionEventsQueue: env.POSITION_MANAGER_POSITION_EVENTS_QUEUE,
-    eventsExchange: env.POSITION_MANAGER_EVENTS_EXCHANGE,
-    snapshotIntervalSeconds: env.POSITION_MANAGER_SNAPSHOT_INTERVAL,
-    validationIntervalSeconds: env.POSITION_MANAGER_VALIDATION_INTERVAL,
-    sizeDiscrepancyGraceSeconds: env.POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS,
-    metricsCacheTtlSeconds: env.POSITION_MANAGER_METRICS_CACHE_TTL,
-    useWsAvgPrice: env.POSITION_MANAGER_USE_WS_AVG_PRICE,
-    avgPriceDiffThreshold: env.POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD,
-    sizeValidationThreshold: env.POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD,
-    maxExposureUsdt: env.POSITION_MANAGER_MAX_EXPOSURE_USDT,
-    portfolioEventIntervalMs: env.POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS,
-    metricsHistoryIntervalSeconds: env.POSITION_MANAGER_METRICS_HISTORY_INTERVAL,
-    matviewRefreshIntervalSeconds: env.POSITION_MANAGER_MATVIEW_REFRESH_INTERVAL,
-    snapshotRetentionDays: env.POSITION_MANAGER_SNAPSHOT_RETENTION_DAYS,
-    inboxRetentionDays: env.POSITION_MANAGER_INBOX_RETENTION_DAYS,
-    outboxRetentionHours: env.POSITION_MANAGER_OUTBOX_RETENTION_HOURS,
-    jobHistoryRetentionDays: env.POSITION_MANAGER_JOB_HISTORY_RETENTION_DAYS,
-    consumerPrefetch: env.POSITION_MANAGER_CONSUMER_PREFETCH,
-    maxDeliveryAttempts: env.POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS,
-    dbPoolSize: env.POSITION_MANAGER_DB_POOL_SIZE,
-    workerConcurrency: env.POSITION_MANAGER_WORKER_CONCURRENCY,
-    priceStaleSeconds: env.POSITION_MANAGER_PRICE_STALE_SECONDS,
-    grafanaReaderPassword: env.POSITION_MANAGER_GRAFANA_READER_PASSWORD,
-    shutdownTimeoutMs: env.POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS,
-    orderManagerUrl: env.ORDER_MANAGER_URL,
-    wsGatewayUrl: env.WS_GATEWAY_URL,
-    wsGatewayApiKey: env.WS_GATEWAY_API_KEY,
-    bybitEnvironment: env.BYBIT_ENVIRONMENT,
-    priceApiUrl:
-      env.POSITION_MANAGER_PRICE_API_URL ??
-      (env.BYBIT_ENVIRONMENT === 'testnet' ? 'https://api-testnet.bybit.com' : 'https://api.bybit.com'),
-    priceRefreshIntervalSeconds: env.POSITION_MANAGER_PRICE_REFRESH_INTERVAL,
-    priceApiTimeoutSeconds: env.POSITION_MANAGER_PRICE_API_TIMEOUT,
-    priceApiRetries: env.POSITION_MANAGER_PRICE_API_RETRIES,
-    bybitApiKey: env.BYBIT_API_KEY,
-    bybitApiSecret: env.BYBIT_API_SECRET,
-    reconcileIntervalSeconds: env.BYBIT_API_KEY && env.BYBIT_API_SECRET ? env.POSITION_MANAGER_RECONCILE_INTERVAL : 0,
-  });
+  const errors: string[] = [];
+  const f = read(fields, source, errors);
+  const i = read(inputs, source, errors);
+  if (!f || !i) throw new ConfigError(errors.join('\n'));
+  return Object.freeze({ ...f, ...derived(f, i) });
 }
-export const CONFIG_VARIABLES: readonly string[] = Object.freeze(Object.keys(schema.shape));
+
+/**
+ * The api role's rule: with a configured database it needs a key (embedded mode generates one).
+ * Other roles and `npm run migrate` need none.
+ */
+export function checkApiKeys(config: Config): void {
+  if (config.roles.includes('api') && config.databaseUrl !== undefined && config.apiKeys.length === 0)
+    throw new ConfigError(
+      'POSITION_MANAGER_API_KEY is required with the api role when a database is configured ' +
+        '(or POSITION_MANAGER_API_KEYS), got (unset)',
+    );
+}

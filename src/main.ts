@@ -2,11 +2,11 @@
 // process, and stops them cleanly on SIGTERM/SIGINT within the shutdown timeout.
 import type { Server } from 'node:http';
 import type pg from 'pg';
-import { ConfigError, loadConfig, redactUrl, type Role } from './config.js';
+import { checkApiKeys, ConfigError, loadConfig, redactUrl, type Role } from './config.js';
 import { createLogger, safeError } from './log.js';
 import { createPool, isConnectionError } from './db/pool.js';
 import { migrate } from './db/migrate.js';
-import { writeSettings } from './db/settings.js';
+import { settleSettings } from './db/settings.js';
 import { persistentSecret, startEmbedded, type EmbeddedDatabase } from './db/embedded.js';
 import { createApp, type HttpApp } from './api/app.js';
 import { answerClientErrors } from './api/problem.js';
@@ -18,6 +18,7 @@ async function main(): Promise<void> {
   let config;
   try {
     config = loadConfig();
+    checkApiKeys(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`position-manager: invalid configuration\n${err.message}\n`);
@@ -74,9 +75,9 @@ async function main(): Promise<void> {
     if (config.apiKey !== undefined && config.apiKey.length < 16)
       log.warn('POSITION_MANAGER_API_KEY is shorter than 16 characters');
 
-    await migrate(databaseUrl, (m) => log.info(m));
+    await migrate(databaseUrl, { log: (m) => log.info(m) });
     pool = createPool(databaseUrl, config.dbPoolSize, config.serviceName);
-    await writeSettings(pool, config);
+    await settleSettings(pool, config, log, embedded !== undefined);
     // Only the consumer and relay roles use the broker: an api or worker process with AMQP_URL
     // set has no connection to keep, so its health must not hinge on one.
     const messaging = config.amqpUrl !== undefined && (has('consumer') || has('relay'));

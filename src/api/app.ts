@@ -97,7 +97,7 @@ export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
       components.push({ name: 'cache listener', stop: () => listener!.close() });
     }
     // Tests run the service with NODE_ENV=test: every response is checked against the contract.
-    const validateResponses = process.env.NODE_ENV === 'test';
+    const validateResponses = rt.config.nodeEnv === 'test';
     const cache = new MetricsCache(rt.config.metricsCacheTtlSeconds * 1000, listener);
     app.use('/api/v1', (_req, res, next) => {
       res.setHeader('Cache-Control', 'no-store');

@@ -1,5 +1,15 @@
 import t from 'tap';
-import { ConfigError, loadConfig, redactCredentials, redactUrl } from '../../src/config.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  checkApiKeys,
+  CONFIG_VARIABLES,
+  ConfigError,
+  loadConfig,
+  redactCredentials,
+  redactUrl,
+} from '../../src/config.js';
+import { ROOT } from '../../src/paths.js';
 import { safeError } from '../../src/log.js';
 
 const base = { DATABASE_URL: 'postgres://u:secret@db:5432/x', POSITION_MANAGER_API_KEY: 'k'.repeat(32) };
@@ -14,7 +24,7 @@ function rejection(env: Record<string, string>): string {
   throw new Error('configuration was accepted');
 }
 
-t.test('defaults follow SPEC.md §8', async (t) => {
+t.test('defaults follow SPEC.md §8', (t) => {
   const c = loadConfig(base);
   t.equal(c.port, 4800);
   t.same(c.roles, ['api', 'consumer', 'relay', 'worker']);
@@ -29,9 +39,10 @@ t.test('defaults follow SPEC.md §8', async (t) => {
   t.equal(c.maxExposureUsdt, undefined);
   t.equal(c.amqpUrl, undefined, 'no AMQP configuration means messaging disabled');
   t.ok(Object.isFrozen(c));
+  t.end();
 });
 
-t.test('bad values are rejected with the variable, the value and what is allowed', async (t) => {
+t.test('bad values are rejected with the variable, the value and what is allowed', (t) => {
   t.match(
     rejection({ POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: 'abc' }),
     /POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD must be a non-negative decimal, got "abc"/,
@@ -57,9 +68,10 @@ t.test('bad values are rejected with the variable, the value and what is allowed
     rejection({ POSITION_MANAGER_MAX_EXPOSURE_USDT: '-5' }),
     /POSITION_MANAGER_MAX_EXPOSURE_USDT must be a non-negative decimal/,
   );
+  t.end();
 });
 
-t.test('SPEC §8: thresholds are any decimal ≥ 0 and the exposure limit has no digit cap', async (t) => {
+t.test('SPEC §8: thresholds are any decimal ≥ 0 and the exposure limit has no digit cap', (t) => {
   const c = loadConfig({
     ...base,
     POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD: '1.5',
@@ -76,15 +88,17 @@ t.test('SPEC §8: thresholds are any decimal ≥ 0 and the exposure limit has no
       /POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD must be a non-negative decimal/,
       bad,
     );
+  t.end();
 });
 
-t.test('several bad values are all reported', async (t) => {
+t.test('several bad values are all reported', (t) => {
   const msg = rejection({ POSITION_MANAGER_PORT: '0', POSITION_MANAGER_CONSUMER_PREFETCH: 'many' });
   t.match(msg, /POSITION_MANAGER_PORT/);
   t.match(msg, /POSITION_MANAGER_CONSUMER_PREFETCH/);
+  t.end();
 });
 
-t.test('secrets are masked in rejection messages', async (t) => {
+t.test('secrets are masked in rejection messages', (t) => {
   const msg = rejection({
     POSITION_MANAGER_GRAFANA_READER_PASSWORD: 'x',
     POSITION_MANAGER_PORT: 'bad',
@@ -92,9 +106,10 @@ t.test('secrets are masked in rejection messages', async (t) => {
   });
   t.notMatch(msg, /hunter2/);
   t.equal(redactUrl('postgres://u:hunter2@h:5432/db'), 'postgres://u:***@h:5432/db');
+  t.end();
 });
 
-t.test('a URL that does not parse is still shown without its password', async (t) => {
+t.test('a URL that does not parse is still shown without its password', (t) => {
   const db = rejection({ DATABASE_URL: 'postgres//u:hunter2@h/db' });
   t.match(db, /^DATABASE_URL must be a URL/);
   t.match(db, /got "postgres\/\/u:\*\*\*@h\/db"/);
@@ -113,9 +128,10 @@ t.test('a URL that does not parse is still shown without its password', async (t
     'connect ECONNREFUSED 127.0.0.1:5432',
     'nothing to hide',
   );
+  t.end();
 });
 
-t.test('errors logged at start carry no password, and keep their type and code', async (t) => {
+t.test('errors logged at start carry no password, and keep their type and code', (t) => {
   class DriverError extends Error {}
   const err = Object.assign(new DriverError('cannot reach postgres://u:hunter2@db/x'), {
     code: '28P01',
@@ -131,15 +147,25 @@ t.test('errors logged at start carry no password, and keep their type and code',
   t.equal(safe.errors[0]!.message, 'u:***@h');
   t.equal(err.message, 'cannot reach postgres://u:hunter2@db/x', 'the original is untouched');
   t.equal(safeError('u:hunter2@h').message, 'u:***@h');
+  t.end();
 });
 
-t.test('a missing API key with a configured database is an error', async (t) => {
-  t.throws(() => loadConfig({ DATABASE_URL: base.DATABASE_URL }), /POSITION_MANAGER_API_KEY is required/);
-  t.doesNotThrow(() => loadConfig({}), 'embedded mode generates a key');
-  t.doesNotThrow(() => loadConfig({ DATABASE_URL: base.DATABASE_URL, POSITION_MANAGER_ROLES: 'worker' }));
+t.test('the api role with a configured database needs a key; other roles and migrate do not', (t) => {
+  const check = (env: Record<string, string>) => () => checkApiKeys(loadConfig(env));
+  t.throws(check({ DATABASE_URL: base.DATABASE_URL }), /POSITION_MANAGER_API_KEY is required with the api role/);
+  t.doesNotThrow(check({}), 'embedded mode generates a key');
+  t.doesNotThrow(check({ DATABASE_URL: base.DATABASE_URL, POSITION_MANAGER_ROLES: 'worker' }));
+  t.doesNotThrow(() => loadConfig({ DATABASE_URL: base.DATABASE_URL }), 'the configuration itself is valid');
+  t.end();
 });
 
-t.test('the seed variables build the URLs', async (t) => {
+t.test('NODE_ENV is read through the configuration', (t) => {
+  t.equal(loadConfig(base).nodeEnv, undefined);
+  t.equal(loadConfig({ ...base, NODE_ENV: 'test' }).nodeEnv, 'test');
+  t.end();
+});
+
+t.test('the seed variables build the URLs', (t) => {
   const c = loadConfig({
     POSTGRES_HOST: 'pg',
     POSTGRES_PASSWORD: 'pw',
@@ -149,25 +175,20 @@ t.test('the seed variables build the URLs', async (t) => {
   t.equal(c.databaseUrl, 'postgresql://ytrader:pw@pg:5432/ytrader');
   t.equal(c.amqpUrl, 'amqp://guest:guest@mq:5672');
   t.equal(loadConfig({ ...base, POSITION_MANAGER_LOG_LEVEL: 'WARNING' }).logLevel, 'warn');
+  t.end();
 });
 
-t.test(
-  'env.example lists exactly the variables of the config schema, and what docker compose alone reads',
-  async (t) => {
-    const { readFileSync } = await import('node:fs');
-    const { join } = await import('node:path');
-    const { ROOT } = await import('../../src/paths.js');
-    const { CONFIG_VARIABLES } = await import('../../src/config.js');
-    const documented = readFileSync(join(ROOT, 'env.example'), 'utf8')
-      .split('\n')
-      .map((l) => /^([A-Z][A-Z0-9_]+)=/.exec(l)?.[1])
-      .filter((v): v is string => v !== undefined);
-    t.same([...documented].sort(), [...CONFIG_VARIABLES, 'GRAFANA_READER_PASSWORD'].sort());
-  },
-);
-
-t.test('an empty dependency URL means its default, not a URL that is always down', async (t) => {
+t.test('env.example lists exactly the variables of the config schema, and what docker compose alone reads', (t) => {
+  const documented = readFileSync(join(ROOT, 'env.example'), 'utf8')
+    .split('\n')
+    .map((l) => /^([A-Z][A-Z0-9_]+)=/.exec(l)?.[1])
+    .filter((v): v is string => v !== undefined);
+  t.same([...documented].sort(), [...CONFIG_VARIABLES, 'GRAFANA_READER_PASSWORD'].sort());
+  t.end();
+});
+t.test('an empty dependency URL means its default, not a URL that is always down', (t) => {
   const c = loadConfig({ POSITION_MANAGER_API_KEY: 'k'.repeat(16), WS_GATEWAY_URL: '', ORDER_MANAGER_URL: ' ' });
   t.equal(c.wsGatewayUrl, 'http://ws-gateway:4400');
   t.equal(c.orderManagerUrl, 'http://order-manager:4600');
+  t.end();
 });

@@ -2,6 +2,22 @@ import t from 'tap';
 import pg from 'pg';
 import { migrate } from '../../src/db/migrate.js';
 import { emptyDatabase } from '../helpers/db.js';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { appendFileSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { MIGRATIONS_DIR, ROOT, SQL_DIR } from '../../src/paths.js';
+
+/** An empty database of this test's own and a connection to it. */
+async function emptyWithClient(t: Parameters<typeof emptyDatabase>[0]) {
+  const db = await emptyDatabase(t);
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  t.teardown(() => c.end());
+  return { db, c };
+}
 
 async function schemaFingerprint(url: string): Promise<string> {
   const c = new pg.Client({ connectionString: url });
@@ -42,10 +58,7 @@ t.test('two processes migrating one database at once do not race', async (t) => 
 });
 
 t.test('pre-existing positions of another writer are extended in place', async (t) => {
-  const db = await emptyDatabase(t);
-  const c = new pg.Client({ connectionString: db.url });
-  await c.connect();
-  t.teardown(() => c.end());
+  const { db, c } = await emptyWithClient(t);
   await c.query(`create table positions (
       id uuid primary key default gen_random_uuid(), asset varchar(20) not null, size numeric not null,
       average_entry_price numeric, current_price numeric, unrealized_pnl numeric, realized_pnl numeric,
@@ -103,10 +116,7 @@ t.test('pre-existing positions of another writer are extended in place', async (
 
 // Order Manager's own migrations create both tables with DECIMAL(20, 8) and hedge rows without legs.
 t.test("Order Manager's DECIMAL(20, 8) tables become unscaled numeric; its hedge rows get legs", async (t) => {
-  const db = await emptyDatabase(t);
-  const c = new pg.Client({ connectionString: db.url });
-  await c.connect();
-  t.teardown(() => c.end());
+  const { db, c } = await emptyWithClient(t);
   await c.query(`create table positions (id uuid primary key default gen_random_uuid(), asset varchar(20) not null,
       size decimal(20, 8) not null, average_entry_price decimal(20, 8), unrealized_pnl decimal(20, 8),
       realized_pnl decimal(20, 8), mode varchar(20) not null default 'one-way', long_size decimal(20, 8),
@@ -169,10 +179,7 @@ t.test("Order Manager's DECIMAL(20, 8) tables become unscaled numeric; its hedge
 
 // A database migrated before migration 1 widened the columns: migration 8 does it, views and all.
 t.test('migration 8 widens DECIMAL(20, 8) columns left by an earlier migration 1', async (t) => {
-  const db = await emptyDatabase(t);
-  const c = new pg.Client({ connectionString: db.url });
-  await c.connect();
-  t.teardown(() => c.end());
+  const { db, c } = await emptyWithClient(t);
   await migrate(db.url);
   // the state an earlier migration 1 left on Order Manager's tables
   const views = (await c.query('select views from sql_definitions')).rows[0].views as string[];
@@ -214,10 +221,7 @@ t.test('migration 8 widens DECIMAL(20, 8) columns left by an earlier migration 1
 
 // The trading database is shared: only the views sql/ defines are dropped and re-created.
 t.test("another service's views survive migrations, on the first run and when the definitions change", async (t) => {
-  const db = await emptyDatabase(t);
-  const c = new pg.Client({ connectionString: db.url });
-  await c.connect();
-  t.teardown(() => c.end());
+  const { db, c } = await emptyWithClient(t);
   await c.query('create table risk_limits (name text primary key, value numeric)');
   await c.query("insert into risk_limits values ('max_leverage', 5)");
   await c.query('create view risk_limits_view as select name, value from risk_limits');
@@ -277,3 +281,126 @@ t.test(
     t.equal(again.definitionsApplied, false, 'the sql/ definitions are recorded as applied');
   },
 );
+
+// Released migrations are immutable (issue 20): the checksum of each applied file is kept.
+t.test('an applied migration whose file changed stops migrate, naming the file', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pm-migrations-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  cpSync(MIGRATIONS_DIR, dir, { recursive: true });
+  const { db, c } = await emptyWithClient(t);
+  await migrate(db.url, { migrationsDir: dir });
+  const recorded = (await c.query('select name, sha256 from migration_checksums order by name')).rows;
+  const ledger = 'migrations/1000000000001_ledger-tables.sql';
+  t.equal(
+    recorded.length,
+    (await c.query('select count(*)::int as n from pgmigrations')).rows[0].n,
+    'one per migration',
+  );
+  t.equal(
+    recorded[0].sha256,
+    createHash('sha256')
+      .update(readFileSync(join(dir, '1000000000001_ledger-tables.sql')))
+      .digest('hex'),
+    'the sha256 of the file',
+  );
+
+  appendFileSync(join(dir, '1000000000001_ledger-tables.sql'), '\n-- edited after it was applied\n');
+  await t.rejects(migrate(db.url, { migrationsDir: dir }), new RegExp(`${ledger} has changed since it was applied`));
+
+  // A database migrated before checksums were kept takes the files as they are.
+  await c.query('delete from migration_checksums');
+  t.same((await migrate(db.url, { migrationsDir: dir })).migrationsApplied, [], 'nothing runs again');
+  t.equal((await c.query('select count(*)::int as n from migration_checksums')).rows[0].n, recorded.length);
+  t.not(
+    (await c.query("select sha256 from migration_checksums where name = '1000000000001_ledger-tables'")).rows[0].sha256,
+    recorded[0].sha256,
+    'the current file is recorded',
+  );
+});
+
+t.test('npm run migrate exits 1 naming a changed migration, and needs no API key', async (t) => {
+  const db = await emptyDatabase(t);
+  const run = () =>
+    promisify(execFile)(process.execPath, ['dist/src/db/migrate-cli.js'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH, DATABASE_URL: db.url },
+    });
+  const first = await run();
+  t.match(first.stdout, /migrations applied, definitions applied, settings written/, 'migrated without an API key');
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  t.teardown(() => c.end());
+  await c.query("update migration_checksums set sha256 = 'changed' where name = '1000000000003_portfolio-tables'");
+  const failed = await run().then(
+    () => undefined,
+    (err: { code: number; stderr: string }) => err,
+  );
+  t.equal(failed?.code, 1, 'exit code 1');
+  t.match(failed?.stderr, /migration failed: migrations\/1000000000003_portfolio-tables\.sql has changed/);
+});
+
+// sql/ is reorganised between releases: a function it no longer defines is dropped, another
+// service's never.
+t.test('functions sql/ no longer defines are dropped; those of other services are kept', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pm-sql-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  cpSync(SQL_DIR, dir, { recursive: true });
+  const extra = join(dir, '950_extra.sql');
+  writeFileSync(
+    extra,
+    "create or replace function pm_obsolete(n integer) returns integer language sql as 'select n + 1';\n",
+  );
+  const { db, c } = await emptyWithClient(t);
+  const exists = async (sig: string) =>
+    (await c.query('select to_regprocedure($1) is not null as e', [sig])).rows[0].e as boolean;
+  await c.query("create function risk_score(x numeric) returns numeric language sql as 'select x * 2'");
+
+  await migrate(db.url, { sqlDir: dir });
+  const recorded = (await c.query('select functions from sql_definitions')).rows[0].functions as string[];
+  t.ok(recorded.includes('pm_obsolete(integer)') && recorded.includes('apply_order_fill(jsonb)'), 'ours recorded');
+  t.notOk(recorded.includes('risk_score(numeric)'), "another service's function is not");
+
+  rmSync(extra);
+  t.equal((await migrate(db.url, { sqlDir: dir })).definitionsApplied, true);
+  t.equal(await exists('pm_obsolete(integer)'), false, 'the function sql/ no longer defines is dropped');
+  t.equal(await exists('risk_score(numeric)'), true, "another service's function stays");
+  t.equal(await exists('apply_order_fill(jsonb)'), true, 'the others are re-created');
+  t.notOk(
+    ((await c.query('select functions from sql_definitions')).rows[0].functions as string[]).includes(
+      'pm_obsolete(integer)',
+    ),
+  );
+
+  // Another service's view built on one of ours: stop with its name rather than drop it along.
+  writeFileSync(
+    extra,
+    "create or replace function pm_obsolete(n integer) returns integer language sql as 'select n + 1';\n",
+  );
+  await migrate(db.url, { sqlDir: dir });
+  await c.query('create view risk_obsolete as select pm_obsolete(1) as n');
+  rmSync(extra);
+  await t.rejects(
+    migrate(db.url, { sqlDir: dir }),
+    /cannot drop function pm_obsolete\(integer\), which sql\/ no longer defines: .*risk_obsolete/,
+  );
+  t.equal(await exists('pm_obsolete(integer)'), true, 'nothing was dropped');
+});
+
+// Databases whose sql/ was applied before functions were recorded get the record of that release.
+t.test('a database migrated before the function record drops the old signatures on upgrade', async (t) => {
+  const { db, c } = await emptyWithClient(t);
+  await migrate(db.url);
+  // the state before migration 12: no record, and a signature an older sql/ dropped by hand
+  await c.query('alter table sql_definitions drop column functions');
+  await c.query("delete from pgmigrations where name >= '1000000000012'");
+  await c.query("create function validate_all_positions(since timestamptz) returns void language sql as ''");
+  await c.query("update sql_definitions set hash = 'e444ac0'");
+  const again = await migrate(db.url);
+  t.same(again.migrationsApplied, ['1000000000012_sql-function-record']);
+  t.equal(
+    (await c.query("select to_regprocedure('validate_all_positions(timestamptz)') is null as gone")).rows[0].gone,
+    true,
+    'the old signature is dropped',
+  );
+  t.equal((await c.query("select to_regprocedure('apply_order_fill(jsonb)') is not null as kept")).rows[0].kept, true);
+});
