@@ -2,7 +2,7 @@
 // start with one line naming the variable, its (masked) value and what is allowed.
 import { z } from 'zod';
 
-export const ROLES = ['api', 'consumer', 'relay', 'worker'] as const;
+const ROLES = ['api', 'consumer', 'relay', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
 
 /** A client's key (SPEC.md R-33): `read` may GET, `write` may do everything. */

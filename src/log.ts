@@ -32,7 +32,7 @@ export function createLogger(options: { level: string; service: string; role?: s
  */
 export function safeError(err: unknown): Error {
   if (!(err instanceof Error)) return new Error(redactCredentials(String(err)));
-  const copy = Object.create(Object.getPrototypeOf(err)) as Record<string, unknown>;
+  const copy = Object.create(Object.getPrototypeOf(err) as object | null) as Record<string, unknown>;
   for (const key of Object.getOwnPropertyNames(err)) {
     const value = (err as unknown as Record<string, unknown>)[key];
     copy[key] =
@@ -41,7 +41,7 @@ export function safeError(err: unknown): Error {
         : value instanceof Error
           ? safeError(value)
           : Array.isArray(value)
-            ? value.map((v) => (v instanceof Error ? safeError(v) : v))
+            ? value.map((v: unknown) => (v instanceof Error ? safeError(v) : v))
             : value;
   }
   return copy as unknown as Error;

@@ -16,7 +16,7 @@ export interface BrokerState {
 }
 
 /** the Gateway subscription as the consumer role last saw it ('off' in other processes). */
-export type SubscriptionState = 'ok' | 'pending' | 'failing' | 'off';
+type SubscriptionState = 'ok' | 'pending' | 'failing' | 'off';
 
 /** An outside source a job of this process reads (R-31 prices, R-34 the exchange's positions). */
 export interface SourceState {

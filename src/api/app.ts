@@ -26,7 +26,7 @@ const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 // route, else one fixed label (401 before any matching, unknown paths, methods not served).
 function routeLabel(req: Request): string {
   const api = (req as Request & { openapi?: { expressRoute?: string } }).openapi?.expressRoute;
-  return api ?? (req.route?.path as string | undefined) ?? 'unmatched';
+  return api ?? (req.route as { path?: string } | undefined)?.path ?? 'unmatched';
 }
 
 function traceAndTiming(rt: Runtime): RequestHandler {
@@ -72,7 +72,7 @@ export function createApp(rt: Runtime, options: { api: boolean }): HttpApp {
   app.use(traceAndTiming(rt));
   app.use(responseCompression());
   const dependencies = probeDependencies(rt);
-  const components: Component[] = [{ name: 'dependency probe', stop: async () => dependencies.stop() }];
+  const components: Component[] = [{ name: 'dependency probe', stop: () => Promise.resolve(dependencies.stop()) }];
 
   const monitor = createMonitor(rt.databaseUrl, rt.config.serviceName);
   components.push({ name: 'database monitor', stop: () => monitor.close() });

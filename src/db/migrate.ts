@@ -91,7 +91,7 @@ function why(err: unknown): string {
 
 // `create [materialized] view NAME` at the start of a line, outside comments: the views this
 // service owns, in creation order (a view only depends on views created before it).
-export function definedViews(texts: string[]): string[] {
+function definedViews(texts: string[]): string[] {
   const names: string[] = [];
   const re =
     /^\s*create\s+(?:or\s+replace\s+)?(?:materialized\s+)?view\s+(?:if\s+not\s+exists\s+)?(?:public\.)?([a-z_][a-z0-9_]*)/gim;

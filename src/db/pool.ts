@@ -20,6 +20,3 @@ export function createPool(connectionString: string, max: number, applicationNam
   pool.on('error', () => undefined);
   return pool;
 }
-
-// Until src/main.ts imports it from ./errors.js, where every SQLSTATE class now lives.
-export { isConnectionError } from './errors.js';

@@ -73,7 +73,7 @@ export async function startService(
   const logs: any[] = [];
   const stderr: string[] = [];
   let buffer = '';
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
     buffer += chunk;
     let nl;
     while ((nl = buffer.indexOf('\n')) >= 0) {
@@ -86,7 +86,7 @@ export async function startService(
       }
     }
   });
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => stderr.push(chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => stderr.push(chunk));
   const exited = new Promise<number | null>((ok) => child.once('exit', (code) => ok(code)));
   const url = `http://127.0.0.1:${port}`;
   const svc: RunningService = {
