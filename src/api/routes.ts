@@ -18,8 +18,8 @@ const bool = (v: unknown, fallback: boolean): boolean => (v === undefined ? fall
 // Absent: lists cover both modes, a single position is resolved in SQL (SPEC.md §2 convention 2).
 const mode = (req: Request): string | null => str(req.query.mode)?.toLowerCase() ?? null;
 
-// Level 1: a 200 KB portfolio gzips in ~0.6 ms to about a sixth of its size; level 6 takes ~3 ×
-// as long for ~15 % fewer bytes. Below 1 KB compression saves less than it costs.
+// The fastest level: higher ones buy few bytes for much CPU, and small bodies are not worth
+// compressing (BENCHMARKS.md, issue 19).
 const GZIP_LEVEL = 1;
 const THRESHOLD = 1024;
 
@@ -34,15 +34,15 @@ export function responseCompression(): RequestHandler {
     filter: (req, res) =>
       compression.filter(req, res) || /^application\/yaml\b/.test(String(res.getHeader('Content-Type'))),
   });
-  // The middleware wraps every response's methods (10-15 % of a bare 200 KB answer); a client that
-  // accepts no encoding gets nothing from it, so it does not pay for it.
+  // The middleware wraps every response's methods, which costs; a client that accepts no encoding
+  // gets nothing from it, so it does not pay for it.
   return (req, res, next) => (req.headers['accept-encoding'] ? compress(req, res, next) : next());
 }
 
 export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses: boolean): Router {
   const r = Router();
   const db = retryingConflicts(pool);
-  // The bytes, not the string: res.send would encode 200 KB of text to UTF-8 on every hit.
+  // The bytes, not the string: res.send would encode the whole text to UTF-8 on every hit.
   const serialized = new WeakMap<object, { bytes: Buffer; gzip?: Buffer }>();
 
   r.get('/positions', async (req, res) => {
@@ -104,12 +104,9 @@ export function apiRoutes(pool: pg.Pool, cache: MetricsCache, validateResponses:
     const asset = str(req.query.asset)?.toUpperCase() ?? null;
     return cache.get(`${key}:${asset ?? '*'}`, () => compute(asset));
   };
-  // A cache hit sends the JSON text serialized once for that entry, not the object again (a
-  // 1,000-position portfolio is ~200 KB), and to a client that accepts gzip the copy compressed
-  // once for that entry, so a hit costs no compression. The copy is made by the first request
-  // that asks for it: entries nobody reads gzipped, and every entry when the cache is off (each
-  // read its own entry), never pay for it. With response validation on (tests), res.json lets
-  // the validator see the object, and the generic middleware compresses what it passed.
+  // A cache hit sends the JSON serialized (and, for gzip clients, compressed) once per entry, by
+  // the first request that asks, so entries nobody reads gzipped never pay for compression. With
+  // response validation on (tests), res.json lets the validator see the object.
   const sendCached = (req: Request, res: Response, value: unknown) => {
     res.vary('Accept-Encoding');
     if (validateResponses || typeof value !== 'object' || value === null) return void res.json(value);
