@@ -11,20 +11,19 @@ declare
   items jsonb;
   absent jsonb;
   item jsonb;
-  res jsonb;
   results jsonb := '[]';
   trace text := coalesce(reconcile_positions.trace_id, gen_random_uuid()::text);
 begin
   if pages is null or jsonb_typeof(pages) <> 'array' or jsonb_array_length(pages) = 0 then
-    perform bad_input('pages', 'must be a non-empty array of answers');
+    perform _bad_input('pages', 'must be a non-empty array of answers');
   end if;
   if exists (select 1 from jsonb_array_elements(pages) pg
               where jsonb_typeof(pg) <> 'object' or jsonb_typeof(pg #> '{result,list}') is distinct from 'array') then
-    perform bad_input('result.list', 'must be an array in every page');
+    perform _bad_input('result.list', 'must be an array in every page');
   end if;
-  select max(input_timestamp(pg, 'time')) into answer_at from jsonb_array_elements(pages) pg;
+  select max(_input_timestamp(pg, 'time')) into answer_at from jsonb_array_elements(pages) pg;
   answer_at := coalesce(answer_at, now());
-  if answer_at > now() + interval '5 minutes' then perform bad_input('time', 'is more than 5 minutes in the future'); end if;
+  if answer_at > now() + interval '5 minutes' then perform _bad_input('time', 'is more than 5 minutes in the future'); end if;
 
   -- rows are locked in (asset, mode) order, as every multi-row writer locks them
   select coalesce(jsonb_agg(x order by upper(x ->> 'symbol'), case when x ->> 'positionIdx' in ('1', '2') then 'hedge' else 'one-way' end,
@@ -45,10 +44,9 @@ begin
 
   for item in select value from jsonb_array_elements(items) union all select value from jsonb_array_elements(absent) loop
     -- the exchange's own stamp keys the report: reading an unchanged position again is a duplicate
-    res := apply_one_report(item, 'exchange_rest',
-                            'rest:' || coalesce(item ->> 'updatedTime', '') || ':' || coalesce(item ->> 'seq', ''),
-                            null, answer_at, now(), trace, true);
-    results := results || res;
+    results := results || _report_apply(item, _report_message(
+      'exchange_rest', now(), trace, 'rest:' || coalesce(item ->> 'updatedTime', '') || ':' || coalesce(item ->> 'seq', ''),
+      true, answer_at));
   end loop;
   return jsonb_build_object(
     'listed', jsonb_array_length(items),

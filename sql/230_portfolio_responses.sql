@@ -11,11 +11,11 @@ declare
   total_exposure numeric;
 begin
   if include_positions then
-    total_exposure := portfolio_total_exposure();
+    total_exposure := _portfolio_total_exposure();
     m := m || jsonb_build_object('positions', coalesce(
       (select jsonb_agg(position_json(p, total_exposure) order by p.asset, p.mode)
          from positions p
-        where p.gross_size > 0 and (portfolio_json.asset is null or p.asset = input_asset(portfolio_json.asset))), '[]'));
+        where p.gross_size > 0 and (portfolio_json.asset is null or p.asset = _input_asset(portfolio_json.asset))), '[]'));
   end if;
   return m;
 end $$;
