@@ -24,10 +24,9 @@ create or replace function _input_bounded_text(j jsonb, field text, max_len inte
   as $$
 declare raw text := _input_text(j, field);
 begin
-  if raw is not null and length(raw) > max_len then
-    perform _bad_input(field, format('at most %s characters', max_len));
-  end if;
-  return raw;
+  if raw is null or length(raw) <= max_len then return raw; end if;
+  perform _bad_input(field, format('at most %s characters', max_len));
+  return null;
 end $$;
 
 create or replace function _input_bool(j jsonb, field text) returns boolean
@@ -180,5 +179,5 @@ end $$;
 -- from the message text (src/messaging/body-key.ts) and pass it as meta's body_key; without it (a
 -- direct SQL call) jsonb's text stands in for it: keys sorted, numbers as written.
 create or replace function _body_hash(body jsonb) returns text
-  language sql immutable parallel safe
+  language sql stable parallel safe
   as $$ select encode(sha256(convert_to(body::text, 'UTF8')), 'hex') $$;

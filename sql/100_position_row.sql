@@ -69,10 +69,8 @@ declare
   p positions;
 begin
   select * into p from positions where positions.asset = wanted and positions.mode = wanted_mode;
-  if not found then
-    raise exception 'position_not_found' using errcode = 'P0002';
-  end if;
-  return p;
+  if found then return p; end if;
+  raise exception 'position_not_found' using errcode = 'P0002';
 end $$;
 
 -- Locks the (asset, mode) row, or the key of a row not created yet, so that two first fills
@@ -85,10 +83,9 @@ declare
   p positions;
 begin
   select * into p from positions where asset = wanted_asset and mode = wanted_mode for update;
-  if not found then
-    perform pg_advisory_xact_lock(hashtextextended('position:' || wanted_asset || ':' || wanted_mode, 0));
-    select * into p from positions where asset = wanted_asset and mode = wanted_mode for update;
-  end if;
+  if found then return p; end if;
+  perform pg_advisory_xact_lock(hashtextextended('position:' || wanted_asset || ':' || wanted_mode, 0));
+  select * into p from positions where asset = wanted_asset and mode = wanted_mode for update;
   return p;
 end $$;
 

@@ -7,6 +7,11 @@ create or replace function _legs(mode text) returns text[]
   language sql immutable parallel safe
   as $$ select case when mode = 'hedge' then array['long', 'short'] else array['net'] end $$;
 
+-- Bybit's positionIdx of a leg (R-10): 0 one-way, 1 the long leg, 2 the short leg.
+create or replace function _leg_position_idx(leg text) returns integer
+  language sql immutable parallel safe
+  as $$ select case leg when 'long' then 1 when 'short' then 2 else 0 end $$;
+
 -- A leg's size with its direction: a short leg's quantity counts negative.
 create or replace function _leg_signed(leg text, size numeric) returns numeric
   language sql immutable parallel safe
@@ -123,17 +128,16 @@ create or replace function _leg_unrealized_pnl(leg text, size numeric, avg_price
 create or replace function _position_mark(n positions, before positions) returns positions
   language plpgsql immutable
   as $$
-declare
-  leg text;
-  held record;
 begin
-  foreach leg in array _legs(n.mode) loop
-    held := _leg(n, leg);
-    n := _with_leg(n, leg, held.size, held.avg_price,
-                   _leg_unrealized_pnl(leg, held.size, held.avg_price, n.current_price,
-                                       held.unrealized_pnl, (_leg(before, leg)).size),
-                   held.realized_pnl);
-  end loop;
+  if n.mode = 'hedge' then
+    n.long_unrealized_pnl := _leg_unrealized_pnl('long', n.long_size, n.long_avg_price, n.current_price,
+                                                 n.long_unrealized_pnl, before.long_size);
+    n.short_unrealized_pnl := _leg_unrealized_pnl('short', n.short_size, n.short_avg_price, n.current_price,
+                                                  n.short_unrealized_pnl, before.short_size);
+  else
+    n.unrealized_pnl := _leg_unrealized_pnl('net', n.size, n.average_entry_price, n.current_price,
+                                            n.unrealized_pnl, before.size);
+  end if;
   return _position_totals(n);
 end $$;
 
@@ -221,7 +225,7 @@ create or replace function _position_cost_basis(p positions) returns numeric
 -- The Position object's `legs` (SPEC.md §3.2): null for a one-way row.
 create or replace function _leg_json(size numeric, avg_price numeric, unrealized_pnl numeric, realized_pnl numeric)
   returns jsonb
-  language sql immutable parallel safe
+  language sql stable parallel safe
   as $$
     select jsonb_build_object('size', dec_out(size), 'average_entry_price', dec_out(avg_price),
                               'unrealized_pnl', dec_out(coalesce(unrealized_pnl, 0)),
@@ -229,7 +233,7 @@ create or replace function _leg_json(size numeric, avg_price numeric, unrealized
   $$;
 
 create or replace function _position_legs_json(p positions) returns jsonb
-  language sql immutable parallel safe
+  language sql stable parallel safe
   as $$
     select case when p.mode = 'hedge' then jsonb_build_object(
       'long', _leg_json(p.long_size, p.long_avg_price, p.long_unrealized_pnl, p.long_realized_pnl),

@@ -3,25 +3,24 @@
 
 -- Cache invalidation and portfolio event scheduling (docs/CONTRACTS.md, Notifications).
 create or replace function _notify_position_changes(payload json) returns void
-  language plpgsql
-  as $$
-begin
-  perform pg_notify('position_manager_changes', payload::text);
-end $$;
+  language sql
+  as $$ select pg_notify('position_manager_changes', payload::text) $$;
 
 -- The stored columns that changed (version and last_updated always do). Each image is turned
 -- into jsonb once: comparing key by key against to_jsonb(before) re-built it for every column.
+-- PL/pgSQL, not SQL: a query in an SQL function that cannot be inlined is planned on every call.
 create or replace function _position_changed_fields(before jsonb, after jsonb) returns text[]
-  language sql immutable
+  language plpgsql immutable
   as $$
-    select coalesce(array_agg(a.key order by a.key), '{}')
-      from jsonb_each(after) a
-     where a.key not in ('version', 'last_updated', 'gross_size', 'exchange_state')
-       and (before is null or before -> a.key is distinct from a.value)
-  $$;
+begin
+  return (select coalesce(array_agg(a.key order by a.key), '{}')
+            from jsonb_each(after) a
+           where a.key not in ('version', 'last_updated', 'gross_size', 'exchange_state')
+             and (before is null or before -> a.key is distinct from a.value));
+end $$;
 
 create or replace function _position_changed_fields(before positions, after positions) returns text[]
-  language sql immutable
+  language sql stable
   as $$ select _position_changed_fields(to_jsonb(before), to_jsonb(after)) $$;
 
 -- The portfolio's total exposure as this transaction sees it after the change (R-19), for
@@ -48,7 +47,7 @@ end $$;
 -- whole Position object `pos`.
 create or replace function _position_updated_fields(after positions, pos jsonb, update_source text, changed text[])
   returns jsonb
-  language sql immutable
+  language sql stable
   as $$
     select jsonb_build_object(
       'position_id', after.id, 'asset', after.asset, 'mode', after.mode,

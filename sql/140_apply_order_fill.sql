@@ -5,11 +5,22 @@
 -- What a message came to (docs/CONTRACTS.md), for the consumer's logs and metrics.
 create or replace function _message_outcome(outcome text, message_key text, asset text, mode text, p positions)
   returns jsonb
-  language sql immutable
+  language sql stable
   as $$
     select jsonb_build_object('outcome', outcome, 'message_key', message_key, 'asset', asset, 'mode', mode,
                               'position_id', p.id, 'version', p.version)
   $$;
+
+-- The row an outcome names, as it is now (psql's entries return the row, DESIGN.md).
+create or replace function _position_of(outcome jsonb) returns positions
+  language plpgsql
+  as $$
+declare
+  p positions;
+begin
+  select * into p from positions where asset = outcome ->> 'asset' and mode = outcome ->> 'mode';
+  return p;
+end $$;
 
 -- A fill message (SPEC.md §6.1: a flat execution, or an order statement {order: {...}}) as typed
 -- values. quantity is this message's; cumulative_quantity the order's total so far (R-6).
@@ -250,10 +261,6 @@ end $$;
 create or replace function apply_order_fill(fill jsonb) returns positions
   language plpgsql
   as $$
-declare
-  outcome jsonb := _apply_order_fill(null, fill);
-  p positions;
 begin
-  select * into p from positions where asset = outcome ->> 'asset' and mode = outcome ->> 'mode';
-  return p;
+  return _position_of(_apply_order_fill(null, fill));
 end $$;

@@ -334,13 +334,10 @@ begin
   return outcomes;
 end $$;
 
+-- The row of the message's last report.
 create or replace function apply_position_report(report jsonb) returns positions
   language plpgsql
   as $$
-declare
-  outcomes jsonb := _apply_position_report(null, report);
-  p positions;
 begin
-  select * into p from positions where asset = outcomes -> -1 ->> 'asset' and mode = outcomes -> -1 ->> 'mode';
-  return p;
+  return _position_of(_apply_position_report(null, report) -> -1);
 end $$;

@@ -36,9 +36,9 @@ begin
                                                'updatedTime', (extract(epoch from answer_at) * 1000)::bigint::text)
                             order by o.asset, o.mode, o.idx), '[]')
     into absent
-    from (select p.asset, p.mode, 0 as idx from positions p where p.mode = 'one-way' and p.gross_size > 0
-          union all select p.asset, p.mode, 1 from positions p where p.mode = 'hedge' and p.long_size > 0
-          union all select p.asset, p.mode, 2 from positions p where p.mode = 'hedge' and p.short_size > 0) o
+    from (select p.asset, p.mode, _leg_position_idx(l.leg) as idx
+            from positions p cross join unnest(_legs(p.mode)) l(leg)
+           where p.gross_size > 0 and (_leg(p, l.leg)).size <> 0) o
    where not exists (select 1 from jsonb_array_elements(items) x
                       where upper(x ->> 'symbol') = o.asset and coalesce(x ->> 'positionIdx', '0') = o.idx::text);
 
