@@ -164,6 +164,26 @@ begin
    where source = claim_source and message_key = claim_key;
 end $$;
 
+-- What a message came to (docs/CONTRACTS.md), for the consumer's logs and metrics.
+create or replace function _message_outcome(outcome text, message_key text, asset text, mode text, p positions)
+  returns jsonb
+  language sql stable
+  as $$
+    select jsonb_build_object('outcome', outcome, 'message_key', message_key, 'asset', asset, 'mode', mode,
+                              'position_id', p.id, 'version', p.version)
+  $$;
+
+-- The row an outcome names, as it is now (psql's entries return the row, DESIGN.md).
+create or replace function _position_of(outcome jsonb) returns positions
+  language plpgsql
+  as $$
+declare
+  p positions;
+begin
+  select * into p from positions where asset = outcome ->> 'asset' and mode = outcome ->> 'mode';
+  return p;
+end $$;
+
 -- R-15: one validation per position after the grace period, however many discrepancies.
 create or replace function _schedule_validation(asset text, mode text) returns void
   language sql

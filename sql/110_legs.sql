@@ -141,6 +141,27 @@ begin
   return _position_totals(n);
 end $$;
 
+-- A new mark on a row whose legs the exchange reports one by one (R-13): every open leg with an
+-- average is marked to the row's price, except `keep_leg`, whose PnL the exchange just gave.
+create or replace function _position_remark(n positions, keep_leg text) returns positions
+  language plpgsql immutable
+  as $$
+declare
+  leg text;
+  held record;
+begin
+  foreach leg in array _legs(n.mode) loop
+    continue when leg = keep_leg;
+    held := _leg(n, leg);
+    if held.size > 0 and held.avg_price is not null then
+      n := _with_leg(n, leg, held.size, held.avg_price,
+                     _leg_unrealized_pnl(leg, held.size, held.avg_price, n.current_price, held.unrealized_pnl, held.size),
+                     held.realized_pnl);
+    end if;
+  end loop;
+  return _position_totals(n);
+end $$;
+
 -- The accounting of one fill on one leg (ACCOUNTING.md §2). Pure, so that applying a fill and
 -- replaying the ledger in validation use exactly the same arithmetic.
 --   size, avg_price: the leg as stored; side: +1 Buy, -1 Sell; quantity, price, fee: the fill.

@@ -143,6 +143,50 @@ begin
   return _message_outcome('applied', message_key, report.asset, report.mode, n) || jsonb_build_object('created', true);
 end $$;
 
+-- R-12 per leg: a hedge leg that never held anything is the exchange's to give, at once (the
+-- Gateway sends the two legs of one update as two messages); the ledger starts it with a reset.
+create or replace function _report_adopt_leg(held positions, report record, msg record, message_key text)
+  returns positions
+  language plpgsql
+  as $$
+declare
+  n positions := held;
+  leg_before record := _leg(held, report.leg);
+begin
+  n := _with_leg(n, report.leg, report.quantity, report.avg_price, leg_before.unrealized_pnl, leg_before.realized_pnl);
+  n.average_entry_price_source := 'exchange';
+  if held.gross_size = 0 then
+    n.opened_at := coalesce(report.opened_at, report.exchange_at, msg.received_at); n.closed_at := null;
+  end if;
+  insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at,
+                              message_key, trace_id, reason)
+  values (n.id, n.asset, n.mode, 'reset', report.leg, report.quantity, report.avg_price,
+          coalesce(report.exchange_at, msg.received_at), message_key, msg.trace_id, 'report_created');
+  return n;
+end $$;
+
+-- R-15: a size that disagrees beyond the threshold is audited and checked by validation after the
+-- grace period. Returns the outcome's `size_discrepancy`, if any.
+create or replace function _report_size_check(n positions, report record, msg record, message_key text,
+                                              stored numeric, reported numeric, threshold numeric)
+  returns jsonb
+  language plpgsql
+  as $$
+declare
+  drift numeric := _rel_diff(stored, reported);
+begin
+  if drift > threshold then
+    perform _record_position_note(n, msg.audit_source, 'size_discrepancy', message_key, msg.trace_id,
+      jsonb_build_object('leg', report.leg, 'stored', stored, 'reported', reported, 'relative_difference', round(drift, 10)));
+    raise warning 'size discrepancy on % % (%): stored %, exchange reports %', report.asset, report.mode, report.leg,
+      stored, reported;
+    perform _schedule_validation(report.asset, report.mode);
+    return jsonb_build_object('size_discrepancy', jsonb_build_object(
+      'leg', report.leg, 'stored', dec_out(stored), 'reported', dec_out(reported), 'relative_difference', dec_out(drift)));
+  end if;
+  return '{}';
+end $$;
+
 -- A report about a row we hold (R-12 per leg, R-13..R-15).
 create or replace function _report_update(report record, msg record, message_key text, held positions) returns jsonb
   language plpgsql
@@ -153,29 +197,16 @@ declare
   at_price timestamptz := coalesce(report.exchange_at, msg.received_at);
   adopt boolean;
   this_leg record;
-  other_leg record;
-  other text;
   reported numeric;
   new_avg numeric;
-  drift numeric;
   details jsonb := '{}';
 begin
   select * into settings from position_manager_settings;
-  -- R-12 per leg: a hedge leg that never held anything (no ledger row, no accepted report) is
-  -- the exchange's to give, at once; the Gateway sends the two legs of one update as two messages.
+  -- a hedge leg without a ledger row or an accepted report (R-12 per leg)
   adopt := report.mode = 'hedge' and report.quantity > 0 and not coalesce(held.exchange_state ? report.leg, false)
            and not exists (select 1 from position_fills f where f.position_id = held.id and f.leg = report.leg);
   if adopt then
-    this_leg := _leg(n, report.leg);
-    n := _with_leg(n, report.leg, report.quantity, report.avg_price, this_leg.unrealized_pnl, this_leg.realized_pnl);
-    n.average_entry_price_source := 'exchange';
-    if held.gross_size = 0 then
-      n.opened_at := coalesce(report.opened_at, report.exchange_at, msg.received_at); n.closed_at := null;
-    end if;
-    insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at,
-                                message_key, trace_id, reason)
-    values (n.id, n.asset, n.mode, 'reset', report.leg, report.quantity, report.avg_price, at_price, message_key,
-            msg.trace_id, 'report_created');
+    n := _report_adopt_leg(held, report, msg, message_key);
     details := details || jsonb_build_object('leg_adopted', report.leg);
   end if;
   -- R-13: PnL and mark price from the exchange (a flat leg keeps unrealized 0); a mark older than
@@ -218,33 +249,14 @@ begin
   -- to it too, so the row's unrealized PnL is never a mix of two prices (a one-way row's PnL is
   -- the exchange's alone).
   if report.mode = 'hedge' and (n.current_price is not null and n.current_price is distinct from held.current_price or adopt) then
-    foreach other in array _legs(report.mode) loop
-      other_leg := _leg(n, other);
-      if (other <> report.leg or report.unrealized_pnl is null) and other_leg.size > 0 and other_leg.avg_price is not null then
-        n := _with_leg(n, other, other_leg.size, other_leg.avg_price,
-                       _leg_unrealized_pnl(other, other_leg.size, other_leg.avg_price, n.current_price,
-                                           other_leg.unrealized_pnl, other_leg.size),
-                       other_leg.realized_pnl);
-      end if;
-    end loop;
+    n := _position_remark(n, case when report.unrealized_pnl is not null then report.leg end);
   end if;
   n := _position_totals(n);
   n.exchange_state := coalesce(n.exchange_state, '{}')
                       || jsonb_build_object(report.leg, _report_state(report, msg.received_at, message_key, reported));
 
-  -- R-15: a size that disagrees is checked by validation after the grace period.
-  drift := _rel_diff(this_leg.size, reported);
-  if drift > settings.size_validation_threshold then
-    perform _record_position_note(n, msg.audit_source, 'size_discrepancy', message_key, msg.trace_id,
-      jsonb_build_object('leg', report.leg, 'stored', this_leg.size, 'reported', reported,
-                         'relative_difference', round(drift, 10)));
-    raise warning 'size discrepancy on % % (%): stored %, exchange reports %',
-      report.asset, report.mode, report.leg, this_leg.size, reported;
-    perform _schedule_validation(report.asset, report.mode);
-    details := details || jsonb_build_object('size_discrepancy', jsonb_build_object(
-      'leg', report.leg, 'stored', dec_out(this_leg.size), 'reported', dec_out(reported),
-      'relative_difference', dec_out(drift)));
-  end if;
+  details := details || _report_size_check(n, report, msg, message_key, this_leg.size, reported,
+                                            settings.size_validation_threshold);
 
   if cardinality(_position_changed_fields(held, n)) = 0 then
     perform own_positions_write(true);

@@ -32,6 +32,30 @@ begin
   end loop;
 end $$;
 
+-- What a leg should hold (R-17): its ledger's replay, or the exchange's last accepted report when
+-- that is newer than every ledger entry and disagrees with the replay.
+create or replace function _leg_expected(p positions, leg text, threshold numeric,
+  out authority text, out size numeric, out avg_price numeric, out reported_at timestamptz)
+  language plpgsql stable
+  as $$
+declare
+  replayed record := _leg_replay(p.id, leg);
+  accepted jsonb := p.exchange_state -> leg;
+  reported_size numeric := (accepted ->> 'size')::numeric;
+begin
+  reported_at := coalesce((accepted ->> 'exchange_ts')::timestamptz, (accepted ->> 'received_at')::timestamptz);
+  if accepted is not null and reported_at > coalesce(replayed.last_entry_at, '-infinity')
+     and _rel_diff(reported_size, replayed.size) > threshold then
+    authority := 'exchange';
+    size := reported_size;
+    avg_price := coalesce((accepted ->> 'average_entry_price')::numeric, replayed.avg_price, (_leg(p, leg)).avg_price);
+  else
+    authority := 'ledger';
+    size := replayed.size;
+    avg_price := replayed.avg_price;
+  end if;
+end $$;
+
 -- trace_id: the job run's or request's (SPEC §6.2), carried into the ledger, audit rows and events;
 -- client: the name of the API key that asked for it (R-33), kept in the audit row of a fix.
 create or replace function validate_position(asset text, mode text default null, fix boolean default true,
@@ -46,15 +70,9 @@ declare
   p positions;
   n positions;
   leg text;
-  replayed record;
   held_leg record;
   field_names record;
-  accepted jsonb;
-  reported_at timestamptz;
-  reported_size numeric;
-  authority text;
-  expected_size numeric;
-  expected_avg numeric;
+  expected record;
   size_off boolean;
   avg_off boolean;
   discrepancies jsonb := '[]';
@@ -74,49 +92,38 @@ begin
   end if;
   n := p;
   foreach leg in array _legs(wanted_mode) loop
-    replayed := _leg_replay(p.id, leg);
     held_leg := _leg(p, leg);
     field_names := _leg_columns(leg);
-    accepted := p.exchange_state -> leg;
-    reported_at := coalesce((accepted ->> 'exchange_ts')::timestamptz, (accepted ->> 'received_at')::timestamptz);
-    reported_size := (accepted ->> 'size')::numeric;
-    if accepted is not null and reported_at > coalesce(replayed.last_entry_at, '-infinity')
-       and _rel_diff(reported_size, replayed.size) > settings.size_validation_threshold then
-      authority := 'exchange';
-      expected_size := reported_size;
-      expected_avg := coalesce((accepted ->> 'average_entry_price')::numeric, replayed.avg_price, held_leg.avg_price);
-    else
-      authority := 'ledger';
-      expected_size := replayed.size;
-      expected_avg := replayed.avg_price;
-    end if;
-    size_off := _rel_diff(held_leg.size, expected_size) > settings.size_validation_threshold;
-    avg_off := expected_size <> 0 and expected_avg is not null
-               and (held_leg.avg_price is null or _rel_diff(held_leg.avg_price, expected_avg) > settings.size_validation_threshold);
+    expected := _leg_expected(p, leg, settings.size_validation_threshold);
+    size_off := _rel_diff(held_leg.size, expected.size) > settings.size_validation_threshold;
+    avg_off := expected.size <> 0 and expected.avg_price is not null
+               and (held_leg.avg_price is null
+                    or _rel_diff(held_leg.avg_price, expected.avg_price) > settings.size_validation_threshold);
     if size_off then
       discrepancies := discrepancies || jsonb_build_object('field', field_names.size_column, 'stored', dec_out(held_leg.size),
-                                                           'expected', dec_out(expected_size), 'authority', authority);
+                                                           'expected', dec_out(expected.size), 'authority', expected.authority);
     end if;
     if avg_off then
       discrepancies := discrepancies || jsonb_build_object('field', field_names.avg_column, 'stored', dec_out(held_leg.avg_price),
-                                                           'expected', dec_out(expected_avg), 'authority', authority);
+                                                           'expected', dec_out(expected.avg_price), 'authority', expected.authority);
     end if;
     if fix and (size_off or avg_off) then
       fixed := true;
-      if authority = 'exchange' then
+      if expected.authority = 'exchange' then
         insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at, trace_id, reason)
-        values (p.id, wanted, wanted_mode, 'reset', leg, expected_size, expected_avg, reported_at, trace, 'validation');
+        values (p.id, wanted, wanted_mode, 'reset', leg, expected.size, expected.avg_price, expected.reported_at, trace,
+                'validation');
         n.average_entry_price_source := 'exchange';
         adopted := adopted || leg;
       end if;
-      n := _with_leg(n, leg, expected_size, coalesce(expected_avg, held_leg.avg_price),
+      n := _with_leg(n, leg, expected.size, coalesce(expected.avg_price, held_leg.avg_price),
                      held_leg.unrealized_pnl, held_leg.realized_pnl);
       -- a one-way size that changes sign passes through zero: that lifecycle ends too (R-17 step 6)
-      if held_leg.size <> 0 and sign(expected_size) <> sign(held_leg.size) then
+      if held_leg.size <> 0 and sign(expected.size) <> sign(held_leg.size) then
         perform _enqueue_position_closed(n, leg, held_leg.size, held_leg.avg_price, null, 0, p.opened_at, now(),
                                          'validation', trace);
       end if;
-      flipped := flipped or sign(held_leg.size) * sign(expected_size) = -1;
+      flipped := flipped or sign(held_leg.size) * sign(expected.size) = -1;
     end if;
   end loop;
 
