@@ -5,8 +5,8 @@ create or replace function dec_out(x numeric) returns text
   language sql immutable parallel safe
   as $$ select trim_scale(round(x, 8))::text $$;
 
--- Stable, not immutable: to_char is stable, and PostgreSQL never inlines an immutable SQL
--- function whose body is not, so every call was planned afresh (a quarter of a fill's cost).
+-- Stable, not immutable: to_char is stable, and PostgreSQL inlines an SQL function only when its
+-- declared volatility is not stricter than its body's (an uninlined call is planned every time).
 create or replace function ts_out(t timestamptz) returns text
   language sql stable parallel safe
   as $$ select to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;

@@ -1,124 +1,129 @@
 -- Ledger replay and validation (SPEC.md R-17, ACCOUNTING.md §4).
 
 -- Replays one leg: from its latest `reset` row (or flat), every later fill in ledger id order,
--- with the same leg_fill arithmetic the fills used. Also returns the time of the last entry.
-create or replace function replay_leg(pid uuid, leg_name text, out size numeric, out avg numeric, out last_entry_at timestamptz)
+-- with the same _leg_fill arithmetic the fills used. Also returns the time of the last entry.
+create or replace function _leg_replay(replayed_position uuid, replayed_leg text,
+                                       out size numeric, out avg_price numeric, out last_entry_at timestamptz)
   language plpgsql stable
   as $$
 declare
   base record;
   f record;
-  r record;
-  leg_dir integer := case leg_name when 'long' then 1 when 'short' then -1 else 0 end;
+  step record;
 begin
-  select id, reset_size, reset_avg_price, executed_at into base
-    from position_fills where position_id = pid and leg = leg_name and kind = 'reset' order by id desc limit 1;
-  size := coalesce(base.reset_size * case when leg_dir = -1 then -1 else 1 end, 0);
-  avg := base.reset_avg_price;
+  select id, reset_size, reset_avg_price into base
+    from position_fills
+   where position_id = replayed_position and leg = replayed_leg and kind = 'reset' order by id desc limit 1;
+  size := coalesce(base.reset_size, 0);
+  avg_price := base.reset_avg_price;
   -- The latest entry that speaks about the size: every fill (also those before an average-only
   -- reset) and every reset except one that only adopted the exchange's average.
   select max(executed_at) into last_entry_at
     from position_fills
-   where position_id = pid and leg = leg_name
+   where position_id = replayed_position and leg = replayed_leg
      and (kind = 'fill' or reason is distinct from 'avg_price_from_report');
   for f in
-    select side, quantity, price, fee, executed_at from position_fills
-     where position_id = pid and leg = leg_name and kind = 'fill' and id > coalesce(base.id, 0) order by id
+    select side, quantity, price, fee from position_fills
+     where position_id = replayed_position and leg = replayed_leg and kind = 'fill' and id > coalesce(base.id, 0)
+     order by id
   loop
-    r := leg_fill(size, avg, case f.side when 'Buy' then 1 else -1 end, f.quantity, f.price, f.fee, leg_dir);
-    size := r.new_size; avg := r.new_avg;
+    step := _leg_fill(replayed_leg, size, avg_price, case f.side when 'Buy' then 1 else -1 end, f.quantity, f.price, f.fee);
+    size := step.new_size; avg_price := step.new_avg;
   end loop;
-  if leg_dir = -1 then size := -size; end if;
+end $$;
+
+-- What a leg should hold (R-17): its ledger's replay, or the exchange's last accepted report when
+-- that is newer than every ledger entry and disagrees with the replay.
+create or replace function _leg_expected(p positions, leg text, threshold numeric,
+  out authority text, out size numeric, out avg_price numeric, out reported_at timestamptz)
+  language plpgsql stable
+  as $$
+declare
+  replayed record := _leg_replay(p.id, leg);
+  accepted jsonb := p.exchange_state -> leg;
+  reported_size numeric := (accepted ->> 'size')::numeric;
+begin
+  reported_at := coalesce((accepted ->> 'exchange_ts')::timestamptz, (accepted ->> 'received_at')::timestamptz);
+  if accepted is not null and reported_at > coalesce(replayed.last_entry_at, '-infinity')
+     and _rel_diff(reported_size, replayed.size) > threshold then
+    authority := 'exchange';
+    size := reported_size;
+    avg_price := coalesce((accepted ->> 'average_entry_price')::numeric, replayed.avg_price, (_leg(p, leg)).avg_price);
+  else
+    authority := 'ledger';
+    size := replayed.size;
+    avg_price := replayed.avg_price;
+  end if;
 end $$;
 
 -- trace_id: the job run's or request's (SPEC §6.2), carried into the ledger, audit rows and events;
 -- client: the name of the API key that asked for it (R-33), kept in the audit row of a fix.
-drop function if exists validate_position(text, text, boolean);
-drop function if exists validate_position(text, text, boolean, text);
 create or replace function validate_position(asset text, mode text default null, fix boolean default true,
                                              trace_id text default null, client text default null)
   returns jsonb
   language plpgsql
   as $$
 declare
-  a text := input_asset(asset);
-  m text := position_mode_for(a, mode);
+  wanted text := _input_asset(asset);
+  wanted_mode text := position_mode_for(wanted, mode);
   settings position_manager_settings;
-  p positions; n positions;
-  leg_name text;
-  rp record;
-  st jsonb; tr timestamptz; rep_size numeric;
-  stored_size numeric; stored_avg numeric;
-  authority text; exp_size numeric; exp_avg numeric;
+  p positions;
+  n positions;
+  leg text;
+  held_leg record;
+  field_names record;
+  expected record;
+  size_off boolean;
+  avg_off boolean;
   discrepancies jsonb := '[]';
-  field_size text; field_avg text;
-  closed_leg boolean;
   trace text := coalesce(validate_position.trace_id, 'validation:' || gen_random_uuid()::text);
   fixed boolean := false;
+  flipped boolean := false;
   adopted text[] := '{}';
-  upnl numeric;
+  adopted_pnl numeric;
 begin
   select * into settings from position_manager_settings;
-  if not pg_try_advisory_xact_lock(hashtextextended('validate:' || a || ':' || m, 0)) then
+  if not pg_try_advisory_xact_lock(hashtextextended('validate:' || wanted || ':' || wanted_mode, 0)) then
     raise exception 'validation_in_progress' using errcode = '55P03';
   end if;
-  select * into p from positions where positions.asset = a and positions.mode = m for update;
+  select * into p from positions where positions.asset = wanted and positions.mode = wanted_mode for update;
   if not found then
     raise exception 'position_not_found' using errcode = 'P0002';
   end if;
   n := p;
-  foreach leg_name in array case when m = 'hedge' then array['long', 'short'] else array['net'] end loop
-    rp := replay_leg(p.id, leg_name);
-    st := p.exchange_state -> leg_name;
-    tr := coalesce((st ->> 'exchange_ts')::timestamptz, (st ->> 'received_at')::timestamptz);
-    rep_size := (st ->> 'size')::numeric;
-    if leg_name = 'net' then
-      stored_size := p.size; stored_avg := p.average_entry_price; field_size := 'size'; field_avg := 'average_entry_price';
-    elsif leg_name = 'long' then
-      stored_size := p.long_size; stored_avg := p.long_avg_price; field_size := 'long_size'; field_avg := 'long_avg_price';
-    else
-      stored_size := p.short_size; stored_avg := p.short_avg_price; field_size := 'short_size'; field_avg := 'short_avg_price';
+  foreach leg in array _legs(wanted_mode) loop
+    held_leg := _leg(p, leg);
+    field_names := _leg_columns(leg);
+    expected := _leg_expected(p, leg, settings.size_validation_threshold);
+    size_off := _rel_diff(held_leg.size, expected.size) > settings.size_validation_threshold;
+    avg_off := expected.size <> 0 and expected.avg_price is not null
+               and (held_leg.avg_price is null
+                    or _rel_diff(held_leg.avg_price, expected.avg_price) > settings.size_validation_threshold);
+    if size_off then
+      discrepancies := discrepancies || jsonb_build_object('field', field_names.size_column, 'stored', dec_out(held_leg.size),
+                                                           'expected', dec_out(expected.size), 'authority', expected.authority);
     end if;
-    if st is not null and tr > coalesce(rp.last_entry_at, '-infinity')
-       and rel_diff(rep_size, rp.size) > settings.size_validation_threshold then
-      authority := 'exchange';
-      exp_size := rep_size;
-      exp_avg := coalesce((st ->> 'average_entry_price')::numeric, rp.avg, stored_avg);
-    else
-      authority := 'ledger';
-      exp_size := rp.size;
-      exp_avg := rp.avg;
+    if avg_off then
+      discrepancies := discrepancies || jsonb_build_object('field', field_names.avg_column, 'stored', dec_out(held_leg.avg_price),
+                                                           'expected', dec_out(expected.avg_price), 'authority', expected.authority);
     end if;
-    if rel_diff(stored_size, exp_size) > settings.size_validation_threshold then
-      discrepancies := discrepancies || jsonb_build_object('field', field_size, 'stored', dec_out(stored_size),
-                                                           'expected', dec_out(exp_size), 'authority', authority);
-    end if;
-    if exp_size <> 0 and exp_avg is not null
-       and (stored_avg is null or rel_diff(stored_avg, exp_avg) > settings.size_validation_threshold) then
-      discrepancies := discrepancies || jsonb_build_object('field', field_avg, 'stored', dec_out(stored_avg),
-                                                           'expected', dec_out(exp_avg), 'authority', authority);
-    end if;
-    if fix and (rel_diff(stored_size, exp_size) > settings.size_validation_threshold
-                or (exp_size <> 0 and exp_avg is not null and (stored_avg is null or rel_diff(stored_avg, exp_avg) > settings.size_validation_threshold))) then
+    if fix and (size_off or avg_off) then
       fixed := true;
-      if authority = 'exchange' then
+      if expected.authority = 'exchange' then
         insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at, trace_id, reason)
-        values (p.id, a, m, 'reset', leg_name, exp_size, exp_avg, tr, trace, 'validation');
+        values (p.id, wanted, wanted_mode, 'reset', leg, expected.size, expected.avg_price, expected.reported_at, trace,
+                'validation');
         n.average_entry_price_source := 'exchange';
-        adopted := adopted || leg_name;
+        adopted := adopted || leg;
       end if;
+      n := _with_leg(n, leg, expected.size, coalesce(expected.avg_price, held_leg.avg_price),
+                     held_leg.unrealized_pnl, held_leg.realized_pnl);
       -- a one-way size that changes sign passes through zero: that lifecycle ends too (R-17 step 6)
-      closed_leg := stored_size <> 0 and sign(exp_size) <> sign(stored_size);
-      if leg_name = 'net' then
-        n.size := exp_size; n.average_entry_price := coalesce(exp_avg, n.average_entry_price);
-      elsif leg_name = 'long' then
-        n.long_size := exp_size; n.long_avg_price := coalesce(exp_avg, n.long_avg_price);
-      else
-        n.short_size := exp_size; n.short_avg_price := coalesce(exp_avg, n.short_avg_price);
+      if held_leg.size <> 0 and sign(expected.size) <> sign(held_leg.size) then
+        perform _enqueue_position_closed(n, leg, held_leg.size, held_leg.avg_price, null, 0, p.opened_at, now(),
+                                         'validation', trace);
       end if;
-      if closed_leg then
-        perform enqueue_position_closed(n, leg_name, stored_size, stored_avg, null, 0, p.opened_at, now(), 'validation', trace);
-      end if;
+      flipped := flipped or sign(held_leg.size) * sign(expected.size) = -1;
     end if;
   end loop;
 
@@ -130,28 +135,27 @@ begin
     -- R-17 step 6: the position's unrealized PnL is recomputed as R-7/R-8 say, from the mark,
     -- except that a leg adopted from the exchange takes the PnL its report gave for exactly
     -- that state (R-13: reports own PnL; TC-002), the mark only when the report gave none.
-    n := position_mark(n, p);
-    foreach leg_name in array adopted loop
-      upnl := (p.exchange_state -> leg_name ->> 'unrealized_pnl')::numeric;
-      continue when upnl is null;
-      if leg_name = 'net' then n.unrealized_pnl := case when n.size = 0 then 0 else upnl end;
-      elsif leg_name = 'long' then n.long_unrealized_pnl := case when n.long_size = 0 then 0 else upnl end;
-      else n.short_unrealized_pnl := case when n.short_size = 0 then 0 else upnl end; end if;
+    n := _position_mark(n, p);
+    foreach leg in array adopted loop
+      adopted_pnl := (p.exchange_state -> leg ->> 'unrealized_pnl')::numeric;
+      continue when adopted_pnl is null;
+      held_leg := _leg(n, leg);
+      n := _with_leg(n, leg, held_leg.size, held_leg.avg_price, case when held_leg.size = 0 then 0 else adopted_pnl end,
+                     held_leg.realized_pnl);
     end loop;
-    if m = 'hedge' then n := position_hedge_totals(n); end if;
-    if p.gross_size = 0 and (abs(n.size) > 0 or coalesce(n.long_size, 0) + coalesce(n.short_size, 0) > 0)
-       or m = 'one-way' and sign(p.size) * sign(n.size) = -1 then
+    n := _position_totals(n);
+    if p.gross_size = 0 and _position_gross(n) > 0 or flipped then
       n.opened_at := now(); n.closed_at := null;
-    elsif p.gross_size > 0 and n.size = 0 and coalesce(n.long_size, 0) + coalesce(n.short_size, 0) = 0 then
+    elsif p.gross_size > 0 and _position_gross(n) = 0 then
       n.closed_at := now();
     end if;
-    n := save_position(n, false);
-    perform record_position_change(p, n, 'validation', 'validation_fix', null, trace,
-                                   jsonb_build_object('discrepancies', discrepancies)
-                                   || case when client is not null then jsonb_build_object('client', client) else '{}' end);
+    n := _position_save(n, false);
+    perform _record_position_change(p, n, 'validation', 'validation_fix', null, trace,
+                                    jsonb_build_object('discrepancies', discrepancies)
+                                    || case when client is not null then jsonb_build_object('client', client) else '{}' end);
   end if;
   if jsonb_array_length(discrepancies) > 0 then
-    raise warning 'validation of % %: %', a, m, discrepancies;
+    raise warning 'validation of % %: %', wanted, wanted_mode, discrepancies;
   end if;
   return jsonb_build_object(
     'is_valid', jsonb_array_length(discrepancies) = 0,
@@ -164,4 +168,57 @@ begin
     'discrepancies', discrepancies,
     'updated_position', case when fixed then position_json(n) end,
     'checked_at', ts_out(now()));
+end $$;
+
+-- R-18 (a): every open position and every position changed since the previous run, fixed.
+-- One call, committing after every chunk of positions (keyset order by asset, mode): each
+-- validation holds an advisory lock until commit, so one transaction over 100,000 positions
+-- would run out of lock memory. A position whose validation is running elsewhere is skipped.
+-- A procedure so that it can commit: `call validate_all_positions(since, trace_id)`, outside an
+-- explicit transaction; the counts come back in `result`.
+create or replace procedure validate_all_positions(since timestamptz default null, trace_id text default null,
+                                                   chunk_size integer default 200, inout result jsonb default null)
+  language plpgsql
+  as $$
+declare
+  target record;
+  checked jsonb;
+  -- assets are never empty, so ('', '') sorts before every position
+  after_asset text := ''; after_mode text := '';
+  in_chunk integer;
+  validated integer := 0; invalid integer := 0; fixed integer := 0; busy integer := 0; chunks integer := 0;
+  findings jsonb := '[]';
+begin
+  if chunk_size is null or chunk_size < 1 then
+    raise exception 'chunk_size must be at least 1' using errcode = '22023';
+  end if;
+  loop
+    in_chunk := 0;
+    for target in select p.asset, p.mode from positions p
+                   where (p.asset, p.mode) > (after_asset, after_mode)
+                     and (p.gross_size > 0 or (validate_all_positions.since is not null and p.last_updated > validate_all_positions.since))
+                   order by p.asset, p.mode
+                   limit validate_all_positions.chunk_size loop
+      in_chunk := in_chunk + 1;
+      after_asset := target.asset; after_mode := target.mode;
+      begin
+        checked := validate_position(target.asset, target.mode, true, validate_all_positions.trace_id);
+        validated := validated + 1;
+        if not (checked ->> 'is_valid')::boolean then
+          invalid := invalid + 1;
+          if checked -> 'updated_position' <> 'null' then fixed := fixed + 1; end if;
+          findings := findings || jsonb_build_object('asset', target.asset, 'mode', target.mode,
+                                                     'discrepancies', checked -> 'discrepancies');
+        end if;
+      exception when sqlstate '55P03' then
+        busy := busy + 1;
+      end;
+    end loop;
+    exit when in_chunk = 0;
+    chunks := chunks + 1;
+    commit;
+    exit when in_chunk < chunk_size;
+  end loop;
+  result := jsonb_build_object('validated', validated, 'invalid', invalid, 'fixed', fixed, 'skipped_busy', busy,
+                               'chunks', chunks, 'discrepancies', findings);
 end $$;

@@ -11,20 +11,19 @@ declare
   items jsonb;
   absent jsonb;
   item jsonb;
-  res jsonb;
   results jsonb := '[]';
   trace text := coalesce(reconcile_positions.trace_id, gen_random_uuid()::text);
 begin
   if pages is null or jsonb_typeof(pages) <> 'array' or jsonb_array_length(pages) = 0 then
-    perform bad_input('pages', 'must be a non-empty array of answers');
+    perform _bad_input('pages', 'must be a non-empty array of answers');
   end if;
   if exists (select 1 from jsonb_array_elements(pages) pg
               where jsonb_typeof(pg) <> 'object' or jsonb_typeof(pg #> '{result,list}') is distinct from 'array') then
-    perform bad_input('result.list', 'must be an array in every page');
+    perform _bad_input('result.list', 'must be an array in every page');
   end if;
-  select max(input_timestamp(pg, 'time')) into answer_at from jsonb_array_elements(pages) pg;
+  select max(_input_timestamp(pg, 'time')) into answer_at from jsonb_array_elements(pages) pg;
   answer_at := coalesce(answer_at, now());
-  if answer_at > now() + interval '5 minutes' then perform bad_input('time', 'is more than 5 minutes in the future'); end if;
+  if answer_at > now() + interval '5 minutes' then perform _bad_input('time', 'is more than 5 minutes in the future'); end if;
 
   -- rows are locked in (asset, mode) order, as every multi-row writer locks them
   select coalesce(jsonb_agg(x order by upper(x ->> 'symbol'), case when x ->> 'positionIdx' in ('1', '2') then 'hedge' else 'one-way' end,
@@ -37,18 +36,17 @@ begin
                                                'updatedTime', (extract(epoch from answer_at) * 1000)::bigint::text)
                             order by o.asset, o.mode, o.idx), '[]')
     into absent
-    from (select p.asset, p.mode, 0 as idx from positions p where p.mode = 'one-way' and p.gross_size > 0
-          union all select p.asset, p.mode, 1 from positions p where p.mode = 'hedge' and p.long_size > 0
-          union all select p.asset, p.mode, 2 from positions p where p.mode = 'hedge' and p.short_size > 0) o
+    from (select p.asset, p.mode, _leg_position_idx(l.leg) as idx
+            from positions p cross join unnest(_legs(p.mode)) l(leg)
+           where p.gross_size > 0 and (_leg(p, l.leg)).size <> 0) o
    where not exists (select 1 from jsonb_array_elements(items) x
                       where upper(x ->> 'symbol') = o.asset and coalesce(x ->> 'positionIdx', '0') = o.idx::text);
 
   for item in select value from jsonb_array_elements(items) union all select value from jsonb_array_elements(absent) loop
     -- the exchange's own stamp keys the report: reading an unchanged position again is a duplicate
-    res := apply_one_report(item, 'exchange_rest',
-                            'rest:' || coalesce(item ->> 'updatedTime', '') || ':' || coalesce(item ->> 'seq', ''),
-                            null, answer_at, now(), trace, true);
-    results := results || res;
+    results := results || _report_apply(item, _report_message(
+      'exchange_rest', now(), trace, 'rest:' || coalesce(item ->> 'updatedTime', '') || ':' || coalesce(item ->> 'seq', ''),
+      true, answer_at));
   end loop;
   return jsonb_build_object(
     'listed', jsonb_array_length(items),

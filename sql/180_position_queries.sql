@@ -1,25 +1,9 @@
 -- Read functions behind the REST API (SPEC.md §5.1), so that a psql call returns exactly what
 -- the API returns. Bad parameters raise 22023 naming the field; a missing row raises P0002.
 
--- The (asset, mode) row (without a mode: convention 2), or P0002 position_not_found (HTTP 404).
-create or replace function require_position(asset text, mode text default null) returns positions
-  language plpgsql stable
-  as $$
-declare
-  a text := input_asset(asset);
-  m text := position_mode_for(a, mode);
-  p positions;
-begin
-  select * into p from positions where positions.asset = a and positions.mode = m;
-  if not found then
-    raise exception 'position_not_found' using errcode = 'P0002';
-  end if;
-  return p;
-end $$;
-
 create or replace function get_position(asset text, mode text default null) returns jsonb
   language sql stable
-  as $$ select position_json(require_position(asset, mode)) $$;
+  as $$ select position_json(_require_position(asset, mode)) $$;
 
 -- size_min/size_max compare with the gross quantity, inclusive; ordered by asset, mode.
 create or replace function list_positions(
@@ -29,19 +13,19 @@ create or replace function list_positions(
   language plpgsql stable
   as $$
 declare
-  a text := case when asset is null then null else input_asset(asset) end;
-  m text := case when mode is null then null else input_mode(mode) end;
-  total_exposure numeric := portfolio_total_exposure();
-  res jsonb;
+  wanted_asset text := case when asset is null then null else _input_asset(asset) end;
+  wanted_mode text := case when mode is null then null else _input_mode(mode) end;
+  total_exposure numeric := _portfolio_total_exposure();
+  listing jsonb;
 begin
-  if size_min < 0 then perform bad_input('size_min', 'must not be negative'); end if;
-  if size_max < 0 then perform bad_input('size_max', 'must not be negative'); end if;
-  if size_min > size_max then perform bad_input('size_min', 'must not be greater than size_max'); end if;
-  if "limit" is null or "limit" < 1 or "limit" > 10000 then perform bad_input('limit', 'must be between 1 and 10000'); end if;
-  if "offset" is null or "offset" < 0 then perform bad_input('offset', 'must not be negative'); end if;
+  if size_min < 0 then perform _bad_input('size_min', 'must not be negative'); end if;
+  if size_max < 0 then perform _bad_input('size_max', 'must not be negative'); end if;
+  if size_min > size_max then perform _bad_input('size_min', 'must not be greater than size_max'); end if;
+  if "limit" is null or "limit" < 1 or "limit" > 10000 then perform _bad_input('limit', 'must be between 1 and 10000'); end if;
+  if "offset" is null or "offset" < 0 then perform _bad_input('offset', 'must not be negative'); end if;
   with matches as (
     select p from positions p
-     where (a is null or p.asset = a) and (m is null or p.mode = m)
+     where (wanted_asset is null or p.asset = wanted_asset) and (wanted_mode is null or p.mode = wanted_mode)
        and (include_closed or p.gross_size > 0)
        and (size_min is null or p.gross_size >= size_min)
        and (size_max is null or p.gross_size <= size_max)
@@ -54,6 +38,6 @@ begin
            'count', (select count(*) from page)::integer,
            'total', (select count(*) from matches)::integer,
            'limit', "limit", 'offset', "offset")
-    into res;
-  return res;
+    into listing;
+  return listing;
 end $$;

@@ -1,6 +1,7 @@
 -- Portfolio figures (SPEC.md R-20, ACCOUNTING.md §5) in one pass over positions, grouped by
 -- asset; the totals are sums of the per-asset rows, so they always equal the sums of by_asset.
--- Views read the table directly (not through functions) so grafana_reader needs only the views.
+-- Views read the table directly (not through functions that read it) so grafana_reader needs only
+-- the views.
 
 -- Each per-asset figure is rounded to the 8 places of the JSON output first (long and short
 -- separately, exposure and net built from them), so that every published total is exactly
@@ -28,14 +29,8 @@ create view portfolio_asset_totals_view as
                          coalesce(p.realized_pnl, 0) as realized_pnl,
                          coalesce(p.total_fees, 0) as total_fees,
                          p.current_price,
-                         case when p.gross_size = 0 then 0
-                              when p.mode = 'hedge' then p.long_size * coalesce(p.current_price, p.long_avg_price, 0)
-                              when p.size > 0 then p.size * coalesce(p.current_price, p.average_entry_price, 0)
-                              else 0 end as long_exposure,
-                         case when p.gross_size = 0 then 0
-                              when p.mode = 'hedge' then p.short_size * coalesce(p.current_price, p.short_avg_price, 0)
-                              when p.size < 0 then -p.size * coalesce(p.current_price, p.average_entry_price, 0)
-                              else 0 end as short_exposure
+                         _position_long_exposure(p) as long_exposure,
+                         _position_short_exposure(p) as short_exposure
                     from positions p) r
            group by r.asset) g;
 
@@ -66,7 +61,7 @@ create view portfolio_metrics_view as
          now() as calculated_at
     from portfolio_asset_totals_view a;
 
-create or replace function portfolio_limits_json(total_exposure numeric) returns jsonb
+create or replace function _portfolio_limits_json(total_exposure numeric) returns jsonb
   language sql stable
   as $$
     select jsonb_build_object('max_exposure_usdt', dec_out(s.max_exposure_usdt),
@@ -80,8 +75,8 @@ create or replace function portfolio_metrics(asset text default null) returns js
   language plpgsql stable
   as $$
 declare
-  a text := case when asset is null then null else input_asset(asset) end;
-  m jsonb;
+  wanted text := case when asset is null then null else _input_asset(asset) end;
+  metrics jsonb;
 begin
   select jsonb_build_object(
            'total_exposure_usdt', dec_out(coalesce(sum(t.exposure_usdt), 0)),
@@ -104,11 +99,11 @@ begin
                'total_pnl_usdt', dec_out(t.unrealized_pnl_usdt + t.realized_pnl_usdt),
                'size', dec_out(t.size),
                'open_positions_count', t.open_positions_count)) filter (where t.asset is not null), '{}'),
-           'limits', portfolio_limits_json(case when a is null then coalesce(sum(t.exposure_usdt), 0)
-                                                else portfolio_total_exposure() end),
+           'limits', _portfolio_limits_json(case when wanted is null then coalesce(sum(t.exposure_usdt), 0)
+                                                 else _portfolio_total_exposure() end),
            'calculated_at', ts_out(now()))
-    into m
+    into metrics
     from portfolio_asset_totals_view t
-   where a is null or t.asset = a;
-  return m;
+   where wanted is null or t.asset = wanted;
+  return metrics;
 end $$;

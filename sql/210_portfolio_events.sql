@@ -3,7 +3,7 @@
 -- lock is shared by the apply transactions. The state rows are locked by these jobs only.
 
 -- The end of the last publication's window (null before the first publication).
-create or replace function portfolio_window_end() returns timestamptz
+create or replace function _portfolio_window_end() returns timestamptz
   language sql stable
   as $$
     select st.last_published_at + make_interval(secs => s.portfolio_event_interval_ms / 1000.0)
@@ -16,42 +16,41 @@ create or replace function schedule_portfolio_update() returns void
   language sql
   as $$
     select graphile_worker.add_job('publish_portfolio_update', '{}'::json,
-      run_at => greatest(now(), portfolio_window_end()),
+      run_at => greatest(now(), _portfolio_window_end()),
       job_key => 'publish_portfolio_update', job_key_mode => 'preserve_run_at', max_attempts => 5)
   $$;
 
 -- R-23: one portfolio_limit_exceeded per crossing, none while it stays above.
-create or replace function evaluate_portfolio_limits(total_exposure numeric, trace_id text default null)
+create or replace function _evaluate_portfolio_limits(total_exposure numeric, trace_id text default null)
   returns jsonb
   language plpgsql
   as $$
 declare
-  lim numeric := (select max_exposure_usdt from position_manager_settings);
-  st portfolio_limit_state;
+  max_exposure numeric := (select max_exposure_usdt from position_manager_settings);
+  limit_row portfolio_limit_state;
   transition text := null;
 begin
-  insert into portfolio_limit_state (limit_name, limit_value) values ('max_exposure_usdt', lim)
+  insert into portfolio_limit_state (limit_name, limit_value) values ('max_exposure_usdt', max_exposure)
   on conflict (limit_name) do nothing;
-  select * into st from portfolio_limit_state where limit_name = 'max_exposure_usdt' for update;
-  if lim is not null and total_exposure > lim and not st.exceeded then
+  select * into limit_row from portfolio_limit_state where limit_name = 'max_exposure_usdt' for update;
+  if max_exposure is not null and total_exposure > max_exposure and not limit_row.exceeded then
     transition := 'exceeded';
-    perform enqueue_event('position-manager.portfolio_limit_exceeded', 'portfolio_limit_exceeded',
-      jsonb_build_object('limit_name', 'max_exposure_usdt', 'limit_value', dec_out(lim),
-                         'current_value', dec_out(total_exposure), 'exceeded_at', ts_out(now())),
-      coalesce(trace_id, gen_random_uuid()::text));
-    raise warning 'portfolio exposure % exceeds max_exposure_usdt %', total_exposure, lim;
-  elsif st.exceeded and (lim is null or total_exposure <= lim) then
+    perform _enqueue_events('portfolio_limit_exceeded', coalesce(trace_id, gen_random_uuid()::text), array[
+      jsonb_build_object('limit_name', 'max_exposure_usdt', 'limit_value', dec_out(max_exposure),
+                         'current_value', dec_out(total_exposure), 'exceeded_at', ts_out(now()))]);
+    raise warning 'portfolio exposure % exceeds max_exposure_usdt %', total_exposure, max_exposure;
+  elsif limit_row.exceeded and (max_exposure is null or total_exposure <= max_exposure) then
     transition := 'cleared';
   end if;
   update portfolio_limit_state set
-    limit_value = lim,
+    limit_value = max_exposure,
     exceeded = case transition when 'exceeded' then true when 'cleared' then false else exceeded end,
     since = case when transition is not null then now() else since end,
     last_value = total_exposure, checked_at = now()
    where limit_name = 'max_exposure_usdt';
-  return jsonb_build_object('limit_name', 'max_exposure_usdt', 'limit_value', dec_out(lim),
+  return jsonb_build_object('limit_name', 'max_exposure_usdt', 'limit_value', dec_out(max_exposure),
                             'current_value', dec_out(total_exposure),
-                            'exceeded', case transition when 'exceeded' then true when 'cleared' then false else st.exceeded end,
+                            'exceeded', case transition when 'exceeded' then true when 'cleared' then false else limit_row.exceeded end,
                             'transition', transition);
 end $$;
 
@@ -70,27 +69,27 @@ create or replace function publish_portfolio_update(only_if_changed boolean defa
   language plpgsql
   as $$
 declare
-  m jsonb;
+  metrics jsonb;
   payload jsonb;
-  st portfolio_publish_state;
+  published_state portfolio_publish_state;
   outcome text;
   due timestamptz;
   trace text := coalesce(trace_id, gen_random_uuid()::text);
   versions numeric;
 begin
-  select * into st from portfolio_publish_state for update;
-  m := portfolio_metrics();
+  select * into published_state from portfolio_publish_state for update;
+  metrics := portfolio_metrics();
   select coalesce(sum(p.version), 0) into versions from positions p;
   payload := jsonb_build_object(
-    'total_exposure_usdt', m -> 'total_exposure_usdt', 'total_unrealized_pnl_usdt', m -> 'total_unrealized_pnl_usdt',
-    'total_realized_pnl_usdt', m -> 'total_realized_pnl_usdt', 'total_pnl_usdt', m -> 'total_pnl_usdt',
-    'total_fees_usdt', m -> 'total_fees_usdt',
-    'portfolio_value_usdt', m -> 'portfolio_value_usdt', 'net_exposure_usdt', m -> 'net_exposure_usdt',
-    'long_exposure_usdt', m -> 'long_exposure_usdt', 'short_exposure_usdt', m -> 'short_exposure_usdt',
-    'open_positions_count', m -> 'open_positions_count', 'long_positions_count', m -> 'long_positions_count',
-    'short_positions_count', m -> 'short_positions_count');
-  due := portfolio_window_end();
-  if only_if_changed and st.last_payload is not distinct from payload and st.last_versions is not distinct from versions then
+    'total_exposure_usdt', metrics -> 'total_exposure_usdt', 'total_unrealized_pnl_usdt', metrics -> 'total_unrealized_pnl_usdt',
+    'total_realized_pnl_usdt', metrics -> 'total_realized_pnl_usdt', 'total_pnl_usdt', metrics -> 'total_pnl_usdt',
+    'total_fees_usdt', metrics -> 'total_fees_usdt',
+    'portfolio_value_usdt', metrics -> 'portfolio_value_usdt', 'net_exposure_usdt', metrics -> 'net_exposure_usdt',
+    'long_exposure_usdt', metrics -> 'long_exposure_usdt', 'short_exposure_usdt', metrics -> 'short_exposure_usdt',
+    'open_positions_count', metrics -> 'open_positions_count', 'long_positions_count', metrics -> 'long_positions_count',
+    'short_positions_count', metrics -> 'short_positions_count');
+  due := _portfolio_window_end();
+  if only_if_changed and published_state.last_payload is not distinct from payload and published_state.last_versions is not distinct from versions then
     outcome := 'unchanged';
   -- now(), not clock_timestamp(): the event's timestamp and calculated_at are now(), and the
   -- window is measured between those stamps (a lock wait only makes it longer)
@@ -99,12 +98,12 @@ begin
     perform schedule_portfolio_update(); -- at the end of the window
   else
     outcome := 'published';
-    perform enqueue_event('position-manager.portfolio_updated', 'portfolio_updated',
-                          payload || jsonb_build_object('calculated_at', m -> 'calculated_at'), trace);
+    perform _enqueue_events('portfolio_updated', trace,
+                            array[payload || jsonb_build_object('calculated_at', metrics -> 'calculated_at')]);
     update portfolio_publish_state set last_published_at = now(), last_payload = payload, last_versions = versions;
   end if;
   return jsonb_build_object('published', outcome = 'published', 'outcome', outcome,
-                            'limit', evaluate_portfolio_limits((m ->> 'total_exposure_usdt')::numeric, trace));
+                            'limit', _evaluate_portfolio_limits((metrics ->> 'total_exposure_usdt')::numeric, trace));
 end $$;
 
 -- R-22 history: one sample, and a portfolio_updated if a trailing one was lost.
@@ -112,7 +111,7 @@ create or replace function sample_portfolio_metrics(trace_id text default null) 
   language plpgsql
   as $$
 declare
-  id bigint;
+  sample_id bigint;
 begin
   insert into portfolio_metrics_history (calculated_at, total_exposure_usdt, long_exposure_usdt, short_exposure_usdt,
       net_exposure_usdt, portfolio_value_usdt, total_unrealized_pnl_usdt, total_realized_pnl_usdt, total_pnl_usdt,
@@ -121,6 +120,6 @@ begin
          portfolio_value_usdt, total_unrealized_pnl_usdt, total_realized_pnl_usdt, total_pnl_usdt, total_fees_usdt,
          open_positions_count, long_positions_count, short_positions_count
     from portfolio_metrics_view
-  returning portfolio_metrics_history.id into id;
-  return jsonb_build_object('sample_id', id) || publish_portfolio_update(true, trace_id);
+  returning portfolio_metrics_history.id into sample_id;
+  return jsonb_build_object('sample_id', sample_id) || publish_portfolio_update(true, trace_id);
 end $$;

@@ -16,7 +16,7 @@ create or replace function snapshot_json(s position_snapshots) returns jsonb
   $$;
 
 -- The event's flat fields are copies of the Snapshot object's, so it takes that JSON.
-create or replace function snapshot_event_payload(j jsonb) returns jsonb
+create or replace function _snapshot_event_payload(j jsonb) returns jsonb
   language sql immutable
   as $$
     select jsonb_build_object(
@@ -28,16 +28,22 @@ create or replace function snapshot_event_payload(j jsonb) returns jsonb
       'snapshot_timestamp', j -> 'snapshot_timestamp', 'snapshot', j)
   $$;
 
--- Snapshots of the given positions with one consistent total exposure; returns the rows.
-create or replace function take_snapshots(ids uuid[], trigger text, trace_id text)
+-- Snapshots of the given positions with one consistent total exposure, last_snapshot_at and the
+-- events; returns the rows.
+create or replace function _take_snapshots(ids uuid[], trigger text, trace_id text)
   returns setof position_snapshots
-  language sql
+  language plpgsql
   as $$
-    -- setting last_snapshot_at below is this service's write (R-32); callers close the window
-    select own_positions_write(true);
+declare
+  shot position_snapshots;
+  payloads jsonb[] := '{}';
+begin
+  -- setting last_snapshot_at below is this service's write (R-32)
+  perform own_positions_write(true);
+  for shot in
     -- materialized: referenced once, the CTE would otherwise be inlined and the full scan of
     -- positions run again for every snapshot row (quadratic at scale).
-    with total as materialized (select portfolio_total_exposure() as exposure),
+    with total as materialized (select _portfolio_total_exposure() as exposure),
     -- the rows are locked in (asset, mode) order, as every other multi-row writer locks them
     -- (the consumer's sorted batches, validate_all_positions): no deadlock between them
     locked as materialized (
@@ -48,9 +54,9 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
         current_price, unrealized_pnl, realized_pnl, total_fees, unrealized_pnl_pct, time_held_minutes,
         position_size_norm, snapshot_data, snapshot_timestamp, created_at, trigger, trace_id)
       select p.id, p.asset, p.mode, p.size, p.long_size, p.short_size, p.average_entry_price, p.current_price,
-             p.unrealized_pnl, p.realized_pnl, p.total_fees, position_unrealized_pnl_pct(p),
-             position_time_held_minutes(p, now()), position_size_norm(p, total.exposure),
-             position_json(p, total.exposure, now()), now(), now(), take_snapshots.trigger, take_snapshots.trace_id
+             p.unrealized_pnl, p.realized_pnl, p.total_fees, _position_unrealized_pnl_pct(p),
+             _position_time_held_minutes(p, now()), _position_size_norm(p, total.exposure),
+             position_json(p, total.exposure, now()), now(), now(), _take_snapshots.trigger, _take_snapshots.trace_id
         from positions p join locked u on u.id = p.id, total -- a join: `= any(ids)` is quadratic
        order by p.asset, p.mode
       returning *
@@ -61,36 +67,35 @@ create or replace function take_snapshots(ids uuid[], trigger text, trace_id tex
     marked as (
       update positions p set last_snapshot_at = now() from shots s
        where p.id = s.position_id and p.version = (s.snapshot_data ->> 'version')::bigint
-    ),
-    events as (
-      insert into outbox (event_id, routing_key, event_type, payload, trace_id)
-      select e.id, 'position-manager.position_snapshot_created', 'position_snapshot_created',
-             jsonb_build_object('event_id', e.id, 'event_type', 'position_snapshot_created',
-                                'trace_id', take_snapshots.trace_id, 'timestamp', ts_out(now()))
-               || snapshot_event_payload(e.j),
-             take_snapshots.trace_id
-        from (select gen_random_uuid() as id, snapshot_json(jsonb_populate_record(null::position_snapshots, to_jsonb(s))) as j
-                from shots s order by s.asset, s.mode offset 0) e
     )
-    select * from shots
-  $$;
+    select * from shots s order by s.asset, s.mode
+  loop
+    payloads := payloads || _snapshot_event_payload(snapshot_json(shot));
+    -- in parts, so that a run over every position never holds all its events in one array
+    if cardinality(payloads) >= 1000 then
+      perform _enqueue_events('position_snapshot_created', trace_id, payloads);
+      payloads := '{}';
+    end if;
+    return next shot;
+  end loop;
+  perform _enqueue_events('position_snapshot_created', trace_id, payloads);
+  perform own_positions_write(false);
+end $$;
 
 -- Returns the row (DESIGN.md's SQL contract); snapshot_json(row) is the REST API's Snapshot.
-drop function if exists create_position_snapshot(text, text, text, text);
 create or replace function create_position_snapshot(asset text, mode text default null,
                                                     trigger text default 'manual', trace_id text default null)
   returns position_snapshots
   language plpgsql
   as $$
 declare
-  s position_snapshots;
+  shot position_snapshots;
 begin
-  select * into s from take_snapshots(array[(require_position(asset, mode)).id], trigger, coalesce(trace_id, gen_random_uuid()::text));
-  perform own_positions_write(false);
-  perform pg_notify('position_manager_outbox', '');
+  select * into shot
+    from _take_snapshots(array[(_require_position(asset, mode)).id], trigger, coalesce(trace_id, gen_random_uuid()::text));
   -- last_snapshot_at changed: cached responses that embed positions are dropped (R-21)
-  perform pg_notify('position_manager_changes', json_build_object('asset', s.asset, 'mode', s.mode, 'snapshot', true)::text);
-  return s;
+  perform _notify_position_changes(json_build_object('asset', shot.asset, 'mode', shot.mode, 'snapshot', true));
+  return shot;
 end $$;
 
 -- Every open position and every position changed since its last snapshot (so closes are captured).
@@ -98,10 +103,10 @@ create or replace function snapshot_all_positions(trace_id text default null) re
   language plpgsql
   as $$
 declare
-  n integer;
+  taken integer;
 begin
-  select count(*) into n
-    from take_snapshots(array(select p.id from positions p
+  select count(*) into taken
+    from _take_snapshots(array(select p.id from positions p
                                where p.gross_size > 0 or p.last_updated > coalesce(p.last_snapshot_at, '-infinity')
                                   -- last_updated is its transaction's start, which can precede a
                                   -- snapshot run that committed before the change did: the version
@@ -112,12 +117,10 @@ begin
                                                              from position_snapshots s where s.position_id = p.id
                                                             order by s.snapshot_timestamp desc, s.id desc limit 1), p.version)),
                         'scheduled', coalesce(trace_id, gen_random_uuid()::text));
-  perform own_positions_write(false);
-  if n > 0 then
-    perform pg_notify('position_manager_outbox', '');
-    perform pg_notify('position_manager_changes', json_build_object('snapshot', true)::text);
+  if taken > 0 then
+    perform _notify_position_changes(json_build_object('snapshot', true));
   end if;
-  return n;
+  return taken;
 end $$;
 
 create or replace function list_position_snapshots(asset text, mode text default null,
@@ -128,9 +131,9 @@ create or replace function list_position_snapshots(asset text, mode text default
 declare
   pid uuid;
 begin
-  if "limit" is null or "limit" < 1 or "limit" > 1000 then perform bad_input('limit', 'must be between 1 and 1000'); end if;
-  if "offset" is null or "offset" < 0 then perform bad_input('offset', 'must not be negative'); end if;
-  pid := (require_position(asset, mode)).id;
+  if "limit" is null or "limit" < 1 or "limit" > 1000 then perform _bad_input('limit', 'must be between 1 and 1000'); end if;
+  if "offset" is null or "offset" < 0 then perform _bad_input('offset', 'must not be negative'); end if;
+  pid := (_require_position(asset, mode)).id;
   return (
     with page as (
       select s from position_snapshots s where s.position_id = pid
@@ -146,18 +149,18 @@ create or replace function prune_snapshots(retention_days integer, batch_size in
   language plpgsql
   as $$
 declare
-  n integer := 0;
-  k integer;
+  deleted integer := 0;
+  in_batch integer;
 begin
   if retention_days <= 0 then return 0; end if;
   loop
     delete from position_snapshots where id in (
       select id from position_snapshots where created_at < now() - make_interval(days => retention_days) limit batch_size);
-    get diagnostics k = row_count;
-    n := n + k;
-    exit when k < batch_size;
+    get diagnostics in_batch = row_count;
+    deleted := deleted + in_batch;
+    exit when in_batch < batch_size;
   end loop;
-  return n;
+  return deleted;
 end $$;
 
 create view position_snapshots_view as

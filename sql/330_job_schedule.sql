@@ -14,7 +14,7 @@ create or replace function schedule_next_run(task text, interval_seconds integer
 -- itself only expires a lock after 4 hours; our runs are single SQL calls that take seconds to
 -- minutes, so twice the interval (at least 10 minutes, to leave a slow run alone) is far beyond
 -- a live run, and it never exceeds graphile-worker's own expiry.
-create or replace function periodic_job_dead_after(interval_seconds integer) returns interval
+create or replace function _periodic_job_dead_after(interval_seconds integer) returns interval
   language sql immutable
   as $$
     select least(greatest(make_interval(secs => 2 * interval_seconds), interval '10 minutes'), interval '4 hours')
@@ -22,8 +22,7 @@ create or replace function periodic_job_dead_after(interval_seconds integer) ret
 
 -- Workers found dead: the job_runs rows of every job they hold are closed as failed, then
 -- their jobs are unlocked (graphile-worker's own force_unlock_workers) so they run again.
-drop function if exists fail_runs_of_dead_job(bigint, text, timestamptz);
-create or replace function release_dead_workers(workers text[]) returns void
+create or replace function _release_dead_workers(workers text[]) returns void
   language sql
   as $$
     update job_runs r
@@ -45,7 +44,6 @@ create or replace function release_dead_workers(workers text[]) returns void
 --  'rescheduled' the pending slot lies further ahead than one interval (the interval was
 --                lowered since it was planned): it moves to now + interval.
 -- A pending job with a past run_at (missed while no worker was up) is left alone and runs once.
-drop function if exists ensure_periodic_job(text);
 create or replace function ensure_periodic_job(task text, interval_seconds integer) returns text
   language plpgsql
   as $$
@@ -56,8 +54,8 @@ declare
 begin
   perform pg_advisory_xact_lock(hashtextextended('periodic:' || task, 0));
   select array_agg(distinct j.locked_by) into dead from graphile_worker.jobs j
-   where j.key = task and j.locked_at < now() - periodic_job_dead_after(interval_seconds);
-  if dead is not null then perform release_dead_workers(dead); end if;
+   where j.key = task and j.locked_at < now() - _periodic_job_dead_after(interval_seconds);
+  if dead is not null then perform _release_dead_workers(dead); end if;
   if not exists (select 1 from graphile_worker.jobs j where j.key = task and j.attempts < j.max_attempts) then
     perform graphile_worker.add_job(task, '{}'::json, job_key => task, run_at => now(), max_attempts => 5);
     return 'scheduled';
@@ -85,59 +83,6 @@ begin
    where j.task_identifier in ('validate_position', 'publish_portfolio_update')
      and j.locked_at < now() - dead_after;
   if workers is null then return 0; end if;
-  perform release_dead_workers(workers);
+  perform _release_dead_workers(workers);
   return cardinality(workers);
-end $$;
-
--- R-18 (a): every open position and every position changed since the previous run, fixed.
--- One call, committing after every chunk of positions (keyset order by asset, mode): each
--- validation holds an advisory lock until commit, so one transaction over 100,000 positions
--- would run out of lock memory. A position whose validation is running elsewhere is skipped.
--- A procedure so that it can commit: `call validate_all_positions(since, trace_id)`, outside an
--- explicit transaction; the counts come back in `result`.
-drop function if exists validate_all_positions(timestamptz);
-create or replace procedure validate_all_positions(since timestamptz default null, trace_id text default null,
-                                                   chunk_size integer default 200, inout result jsonb default null)
-  language plpgsql
-  as $$
-declare
-  r record;
-  res jsonb;
-  -- assets are never empty, so ('', '') sorts before every position
-  after_asset text := ''; after_mode text := '';
-  n integer;
-  validated integer := 0; invalid integer := 0; fixed integer := 0; busy integer := 0; chunks integer := 0;
-  found_ jsonb := '[]';
-begin
-  if chunk_size is null or chunk_size < 1 then
-    raise exception 'chunk_size must be at least 1' using errcode = '22023';
-  end if;
-  loop
-    n := 0;
-    for r in select p.asset, p.mode from positions p
-              where (p.asset, p.mode) > (after_asset, after_mode)
-                and (p.gross_size > 0 or (validate_all_positions.since is not null and p.last_updated > validate_all_positions.since))
-              order by p.asset, p.mode
-              limit validate_all_positions.chunk_size loop
-      n := n + 1;
-      after_asset := r.asset; after_mode := r.mode;
-      begin
-        res := validate_position(r.asset, r.mode, true, validate_all_positions.trace_id);
-        validated := validated + 1;
-        if not (res ->> 'is_valid')::boolean then
-          invalid := invalid + 1;
-          if res -> 'updated_position' <> 'null' then fixed := fixed + 1; end if;
-          found_ := found_ || jsonb_build_object('asset', r.asset, 'mode', r.mode, 'discrepancies', res -> 'discrepancies');
-        end if;
-      exception when sqlstate '55P03' then
-        busy := busy + 1;
-      end;
-    end loop;
-    exit when n = 0;
-    chunks := chunks + 1;
-    commit;
-    exit when n < chunk_size;
-  end loop;
-  result := jsonb_build_object('validated', validated, 'invalid', invalid, 'fixed', fixed, 'skipped_busy', busy,
-                               'chunks', chunks, 'discrepancies', found_);
 end $$;

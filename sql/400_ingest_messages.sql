@@ -11,31 +11,26 @@ create or replace function ingest_messages(kind text, metas jsonb[], bodies json
   as $$
 declare
   i integer;
-  body jsonb;
-  res jsonb := '[]';
-  one jsonb;
+  outcomes jsonb := '[]';
+  outcome jsonb;
   err_state text; err_msg text; err_col text;
 begin
   if coalesce(cardinality(metas), 0) <> coalesce(cardinality(bodies), 0) then
-    perform bad_input('metas', 'must have one element per body');
+    perform _bad_input('metas', 'must have one element per body');
   end if;
   for i in 1 .. coalesce(cardinality(bodies), 0) loop
     begin
-      body := bodies[i];
-      if jsonb_typeof(body) = 'object' and jsonb_typeof(metas[i]) = 'object' then
-        body := body || jsonb_build_object('_meta', metas[i]);
-      end if;
-      one := case ingest_messages.kind
-               when 'fill' then ingest_order_fill(body)
-               when 'report' then jsonb_build_object('reports', ingest_position_report(body))
-             end;
-      if one is null then perform bad_input('kind', 'must be fill or report'); end if;
+      outcome := case ingest_messages.kind
+                   when 'fill' then _apply_order_fill(metas[i], bodies[i])
+                   when 'report' then jsonb_build_object('reports', _apply_position_report(metas[i], bodies[i]))
+                 end;
+      if outcome is null then perform _bad_input('kind', 'must be fill or report'); end if;
     exception when data_exception or integrity_constraint_violation then
       get stacked diagnostics err_state = returned_sqlstate, err_msg = message_text, err_col = column_name;
-      one := jsonb_build_object('outcome', 'error', 'sqlstate', err_state, 'message', err_msg,
-                                'field', nullif(err_col, ''));
+      outcome := jsonb_build_object('outcome', 'error', 'sqlstate', err_state, 'message', err_msg,
+                                    'field', nullif(err_col, ''));
     end;
-    res := res || jsonb_build_array(one);
+    outcomes := outcomes || jsonb_build_array(outcome);
   end loop;
-  return res;
+  return outcomes;
 end $$;

@@ -318,7 +318,7 @@ t.test('reports (SPEC.md R-10..R-15)', async (t) => {
 
   await t.test("today's Gateway payload: snake_case, integer mode, raw record, shared event_id", async (t) => {
     const res = (
-      await db.query('select ingest_position_report($1::jsonb) as r', [
+      await db.query('select _apply_position_report(null, $1::jsonb) as r', [
         JSON.stringify({
           event_id: 'gw-1',
           event_type: 'position',
@@ -400,7 +400,10 @@ t.test('identity: duplicates, cumulative order statements, Python decimals', asy
   const f = { asset: 'DUPUSDT', side: 'Buy', execution_quantity: '1', execution_price: '100', execution_id: 'dup-1' };
   await apply(db, f);
   await apply(db, f);
-  await apply(db, { ...f, _meta: { source: 'q', message_key: 'other-key' } });
+  await db.query('select _apply_order_fill($1::jsonb, $2::jsonb)', [
+    JSON.stringify({ source: 'q', message_key: 'other-key' }),
+    JSON.stringify(f),
+  ]);
   t.equal((await row(db, 'DUPUSDT')).size, '1', 'an execution_id is applied once, whatever the message key');
 
   const r = {
@@ -595,7 +598,7 @@ t.test('review findings: sides, lifecycles and event times', async (t) => {
     'R-8: a reduce-only hedge fill before its leg opened is kept: the row is created flat, the fee charged',
     async (t) => {
       const r = (
-        await db.query('select ingest_order_fill($1::jsonb) as r', [
+        await db.query('select _apply_order_fill(null, $1::jsonb) as r', [
           JSON.stringify(
             fill({
               asset: 'NEWHUSDT',
@@ -844,7 +847,9 @@ t.test('concurrency: the same 50 messages sent by 8 connections at once apply on
       try {
         const seen: string[] = [];
         for (const b of bodies)
-          seen.push((await c.query('select ingest_order_fill($1::jsonb) as r', [JSON.stringify(b)])).rows[0].r.outcome);
+          seen.push(
+            (await c.query('select _apply_order_fill(null, $1::jsonb) as r', [JSON.stringify(b)])).rows[0].r.outcome,
+          );
         return seen;
       } finally {
         c.release();
@@ -961,7 +966,7 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
 
   await t.test('R-12: a hedge report without an average creates the leg with an unknown average', async (t) => {
     const r = (
-      await db.query('select ingest_position_report($1::jsonb) as r', [
+      await db.query('select _apply_position_report(null, $1::jsonb) as r', [
         JSON.stringify({
           event_type: 'position',
           payload: { symbol: 'HNAUSDT', side: 'Buy', size: '2', positionIdx: 1, markPrice: '10', unrealisedPnl: '1.5' },

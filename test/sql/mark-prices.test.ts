@@ -9,7 +9,7 @@ const fill = (f: Record<string, unknown>) => ({ execution_id: `mp-${++seq}`, ...
 const apply = (db: TestDb, f: Record<string, unknown>) =>
   db.query('select apply_order_fill($1::jsonb)', [JSON.stringify(fill(f))]);
 const report = (db: TestDb, r: Record<string, unknown>) =>
-  db.query('select ingest_position_report($1::jsonb) as r', [
+  db.query('select _apply_position_report(null, $1::jsonb) as r', [
     JSON.stringify({ event_type: 'position', event_id: `ev-${++seq}`, payload: r }),
   ]);
 const row = positionRow;

@@ -195,7 +195,7 @@ t.test(
       ['n3', 'AAAUSDT', 'Sell', '1'],
       ['n4', 'ZZZUSDT', 'Sell', '2'],
     ])
-      await c.query('select ingest_order_fill($1::jsonb)', [
+      await c.query('select _apply_order_fill(null, $1::jsonb)', [
         JSON.stringify({ execution_id: id, asset, side, execution_quantity: qty, execution_price: '100' }),
       ]);
     await c.query('commit');

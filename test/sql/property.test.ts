@@ -14,8 +14,6 @@
 //   --seed S        PROPERTY_SEED         seed (default random, printed)
 //   --only I[,J]    PROPERTY_ONLY         run only these sequence indices (reproduce one)
 //   --concurrency C PROPERTY_CONCURRENCY  connections used at once (default 4)
-//   --avoid-known 1 PROPERTY_AVOID_KNOWN  keep the known divergences (KNOWN below) out of the generated
-//                                         operations, and tolerate them where they still occur
 //   --batch 0       PROPERTY_BATCH        one transaction per operation for every sequence
 //   --step-every N  PROPERTY_STEP_EVERY   every Nth sequence step by step (default 10), the others batched
 //   --keep-rows 1   PROPERTY_KEEP_ROWS    keep the rows of finished sequences (slower: see PRUNE_SQL)
@@ -70,9 +68,6 @@ const PRUNE_SQL = `
   delete from positions where id in (select id from p)`;
 const VACUUM_EVERY = 2000;
 const VACUUM_SQL = 'vacuum (analyze) position_events, position_fills, positions, inbox, outbox';
-// Known divergences (KNOWN below) can be kept out of the generated operations, and tolerated where
-// they still occur, to look for others: PROPERTY_AVOID_KNOWN=1.
-const AVOID_KNOWN = /^(1|true|yes)$/i.test(envOr('avoid-known', 'PROPERTY_AVOID_KNOWN') ?? '');
 // `select (f($1)).*` makes PostgreSQL call f once per output column (27 calls for a positions row;
 // all but the first are inbox duplicates, but each costs about a millisecond), so the functions are
 // called as `select * from f($1)` — one call, the same row. PROPERTY_CALL_FORM=expand uses `(f($1)).*`.
@@ -380,13 +375,12 @@ function genReport(
   if (rng.chance(0.6)) op.markPrice = priceNear(rng, base).toFixed();
   // a flat position's unrealised PnL is 0 on the exchange; a non-zero one probes the rule's letter
   if (rng.chance(0.5))
-    op.unrealisedPnl =
-      !pos.isOpen && (AVOID_KNOWN || rng.chance(0.7)) ? rng.pick(['0', '0.00']) : signedPnl(rng, pnlScale);
+    op.unrealisedPnl = !pos.isOpen && rng.chance(0.7) ? rng.pick(['0', '0.00']) : signedPnl(rng, pnlScale);
   if (rng.chance(0.4)) op.realisedPnl = signedPnl(rng, pnlScale);
   const old = pos.avg;
   if (mustAvg || old === null) {
     op.avgPrice = priceNear(rng, base).toFixed();
-  } else if (rng.chance(pos.isOpen ? 0.8 : AVOID_KNOWN ? 0 : 0.3)) {
+  } else if (rng.chance(pos.isOpen ? 0.8 : 0.3)) {
     const r = rng.next();
     let v: Decimal;
     const sign = rng.chance(0.5) ? 1 : -1;
@@ -402,12 +396,6 @@ function genReport(
     else v = at(rng.dec('0.0011', '0.05', 6)); // clearly beyond
     v = v.toDecimalPlaces(8, Decimal.ROUND_HALF_UP);
     if (v.lte(0)) v = old;
-    if (AVOID_KNOWN) {
-      // keep away from ratios that exceed the threshold only beyond the 10th decimal place
-      const exact = v.minus(old).abs().div(old);
-      if (exact.gt('0.001') && div(v.minus(old).abs(), old).lte('0.001'))
-        v = at('0.0011').toDecimalPlaces(8, Decimal.ROUND_HALF_UP);
-    }
     op.avgPrice = v.toFixed();
   }
   return op;
@@ -491,8 +479,6 @@ interface Divergence {
   fields: string[];
   model: PositionState | undefined;
   row: Record<string, unknown> | undefined;
-  /** a known kind of divergence (see explain), when it is one */
-  known?: string;
 }
 interface RunResult {
   ops: number;
@@ -500,8 +486,6 @@ interface RunResult {
   error?: string;
   steps: StepLog[];
   positions: { asset: string; mode: Mode }[];
-  /** tolerated known divergences (PROPERTY_AVOID_KNOWN only) */
-  known: string[];
   /** batch mode: something differed, or could not be checked; the caller re-runs step by step */
   recheck?: boolean;
 }
@@ -512,86 +496,6 @@ const pickRow = (row: Record<string, unknown> | undefined) =>
 
 let uniq = 0;
 const RUN_TAG = `${SEED.toString(36)}${Date.now().toString(36)}`;
-const TEN_PLACES = new Decimal('0.0000000001');
-
-// Known divergences of the SQL from ACCOUNTING.md, found by this test. explain() recognises them so
-// that a mismatch is reported as one of them; with
-// PROPERTY_AVOID_KNOWN=1 they are also tolerated: the model adopts the row's value and goes on.
-const KNOWN = {
-  doubleRounding:
-    'division rounded twice: the SQL average differs by 1e-10 (PostgreSQL rounds a / b to ~16-20 significant digits before round(…, 10))',
-  thresholdUnrounded:
-    'avgPrice threshold: |new − old| / old is compared unrounded (exceeds 0.001 only beyond the 10th place, SQL replaced)',
-  flatAvg: 'report on a flat position: avgPrice beyond the threshold is not applied',
-  flatUnrealized: 'report on a flat position: unrealisedPnl is not applied (unrealized_pnl stays 0)',
-} as const;
-
-/**
- * Explains a divergence after one operation by the known divergences, or returns undefined. Returns
- * the model position after adopting the row's values (equal to the row) and the kinds involved.
- */
-function explain(
-  op: Op,
-  before: PositionModel | undefined,
-  after: PositionModel | undefined,
-  rin: ReportInput | undefined,
-  row: Record<string, unknown> | undefined,
-  fields: string[],
-): { kinds: string[]; adopted: PositionModel } | undefined {
-  if (!row || !after) return undefined;
-  const kinds = new Set<string>();
-  const trial = after.clone();
-  const avgFields = ['long_avg_price', 'short_avg_price', 'average_entry_price'];
-  if (op.kind === 'fill') {
-    // every differing average differs by exactly one unit in the 10th place, the rest follows from it
-    if (!fields.every((f) => avgFields.includes(f) || f === 'unrealized_pnl')) return undefined;
-    const m = after.state();
-    for (const f of fields.filter((f) => avgFields.includes(f))) {
-      const a = row[f] as string | null;
-      const b = m[f as keyof PositionState];
-      if (a === null || b === null || !new Decimal(a).minus(b).abs().eq(TEN_PLACES)) return undefined;
-    }
-    if (trial.mode === 'one-way') trial.avg = new Decimal(row.average_entry_price as string);
-    else {
-      if (row.long_avg_price !== null) trial.long = { ...trial.long, avg: new Decimal(row.long_avg_price as string) };
-      if (row.short_avg_price !== null)
-        trial.short = { ...trial.short, avg: new Decimal(row.short_avg_price as string) };
-    }
-    trial.recomputeUnrealized();
-    kinds.add(KNOWN.doubleRounding);
-  } else {
-    if (!before || !rin || after.mode !== 'one-way') return undefined;
-    const flat = before.size.isZero();
-    for (const f of fields) {
-      if (
-        f === 'unrealized_pnl' &&
-        flat &&
-        rin.unrealisedPnl !== undefined &&
-        decimalEq(row.unrealized_pnl as string, '0')
-      ) {
-        trial.unrealized = new Decimal(0);
-        kinds.add(KNOWN.flatUnrealized);
-      } else if (f === 'average_entry_price' && rin.avgPrice !== undefined && before.avg !== null) {
-        const old = before.avg;
-        const next = new Decimal(rin.avgPrice);
-        if (flat && decimalEq(row.average_entry_price as string, old)) {
-          trial.avg = old;
-          kinds.add(KNOWN.flatAvg);
-        } else if (
-          !flat &&
-          decimalEq(row.average_entry_price as string, next) &&
-          next.minus(old).abs().div(old).gt('0.001')
-        ) {
-          trial.avg = next;
-          kinds.add(KNOWN.thresholdUnrounded);
-        } else return undefined;
-      } else return undefined;
-    }
-  }
-  if (diffState(row, trial.state()).length) return undefined;
-  return { kinds: [...kinds], adopted: trial };
-}
-
 const BATCH_SQL = `
   select o.i::int as i, p.*
   from unnest($1::text[], $2::jsonb[]) with ordinality as o(kind, body, i)
@@ -615,7 +519,6 @@ async function runSequence(
 ): Promise<RunResult> {
   const book = new ModelBook();
   const steps: StepLog[] = [];
-  const known: string[] = [];
   const start = Date.now() - 240_000; // within the last few minutes: never stale, never in the future
   const expected: { asset: string; mode: Mode; state: PositionState | undefined }[] = [];
   for (let j = 0; j < seq.ops.length; j++) {
@@ -634,13 +537,11 @@ async function runSequence(
       body = reportBody(asset, reportInput(book, asset, op), id, at);
     }
     steps.push({ op, sql, body });
-    const before = book.get(asset, slot.mode)?.clone();
-    const rin = op.kind === 'report' ? reportInput(book, asset, op) : undefined;
     // the model first: an operation the model cannot apply ends the sequence (only while shrinking)
     try {
       applyToModel(book, seq.slots, op, names);
     } catch (err) {
-      return { ops: j, error: `model: ${(err as Error).message}`, steps, positions: [], known };
+      return { ops: j, error: `model: ${(err as Error).message}`, steps, positions: [] };
     }
     if (opts.batch) {
       expected.push({ asset, mode: slot.mode, state: book.get(asset, slot.mode)?.state() });
@@ -650,22 +551,15 @@ async function runSequence(
     try {
       row = (await db.query(sql, [JSON.stringify(body)])).rows[0];
     } catch (err) {
-      return { ops: j + 1, error: `sql: ${(err as Error).message}`, steps, positions: [], known };
+      return { ops: j + 1, error: `sql: ${(err as Error).message}`, steps, positions: [] };
     }
     if (!row || row.asset !== asset || row.mode !== slot.mode)
       row = (await db.query('select * from positions where asset = $1 and mode = $2', [asset, slot.mode])).rows[0];
-    const fields = diffState(row, book.get(asset, slot.mode)?.state());
+    const model = book.get(asset, slot.mode)?.state();
+    const fields = diffState(row, model);
     if (fields.length) {
-      const why = explain(op, before, book.get(asset, slot.mode), rin, row, fields);
-      if (why && AVOID_KNOWN) {
-        book.positions.set(ModelBook.key(asset, slot.mode), why.adopted);
-        for (const k of why.kinds) known.push(`op ${j} ${asset}|${slot.mode}: ${k}`);
-        continue;
-      }
-      const model = book.get(asset, slot.mode)?.state();
       const divergence: Divergence = { step: j, key: `${asset}|${slot.mode}`, fields, model, row: pickRow(row) };
-      if (why) divergence.known = why.kinds.join(' + ');
-      return { ops: j + 1, divergence, steps, positions: [], known };
+      return { ops: j + 1, divergence, steps, positions: [] };
     }
   }
   if (opts.batch && steps.length) {
@@ -673,7 +567,7 @@ async function runSequence(
     try {
       rows = (await db.query(BATCH_SQL, [steps.map((s) => s.op.kind), steps.map((s) => JSON.stringify(s.body))])).rows;
     } catch (err) {
-      return { ops: steps.length, error: `sql: ${(err as Error).message}`, steps, positions: [], known, recheck: true };
+      return { ops: steps.length, error: `sql: ${(err as Error).message}`, steps, positions: [], recheck: true };
     }
     if (rows.length !== steps.length)
       return {
@@ -681,7 +575,6 @@ async function runSequence(
         error: `batch returned ${rows.length} rows for ${steps.length} operations`,
         steps,
         positions: [],
-        known,
         recheck: true,
       };
     for (let j = 0; j < rows.length; j++) {
@@ -689,7 +582,7 @@ async function runSequence(
       const e = expected[j]!;
       if (row.asset === null || row.asset === undefined) {
         if (e.state === undefined) continue; // a no-op (flat report for an unknown position): nothing returned
-        return { ops: j + 1, error: `op ${j} returned no row`, steps, positions: [], known, recheck: true };
+        return { ops: j + 1, error: `op ${j} returned no row`, steps, positions: [], recheck: true };
       }
       const fields = row.asset === e.asset && row.mode === e.mode ? diffState(row, e.state) : ['<other row returned>'];
       if (fields.length)
@@ -698,7 +591,6 @@ async function runSequence(
           divergence: { step: j, key: `${e.asset}|${e.mode}`, fields, model: e.state, row: pickRow(row) },
           steps,
           positions: [],
-          known,
           recheck: true,
         };
     }
@@ -716,7 +608,6 @@ async function runSequence(
         divergence: { step: seq.ops.length, key: `${row.asset}|${row.mode}`, fields, model, row: pickRow(row) },
         steps,
         positions,
-        known,
       };
     positions.push({ asset: row.asset, mode: row.mode });
   }
@@ -734,10 +625,9 @@ async function runSequence(
         },
         steps,
         positions,
-        known,
       };
   }
-  return { ops: seq.ops.length, steps, positions, known };
+  return { ops: seq.ops.length, steps, positions };
 }
 
 /** Does this op list still diverge (or fail) when replayed step by step on fresh assets? */
@@ -788,7 +678,6 @@ function describe(seq: Sequence, r: RunResult): string {
     lines.push(
       `  diverged ${dv.step < r.steps.length ? `after op ${dv.step}` : 'in the final table check'} on ${dv.key}: ${dv.fields.join(', ')}`,
     );
-    if (dv.known) lines.push(`  known divergence: ${dv.known}`);
     lines.push(`    model: ${JSON.stringify(dv.model)}`);
     lines.push(`    sql:   ${JSON.stringify(dv.row)}`);
   }
@@ -962,7 +851,6 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
   let invalid = 0;
   const invalidExamples: string[] = [];
   const byField = new Map<string, number>();
-  const known: string[] = [];
   let stepSequences = 0;
   let done = 0;
 
@@ -977,8 +865,7 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
         // the batch differed (or could not be checked): replay step by step on fresh assets for the
         // state after each operation; if that agrees, the difference is the batch's own
         const again = await runSequence(db, seq, (a) => `R${index}X${a}USDT`);
-        if (again.divergence || again.error || again.known.length)
-          result = again; // a tolerated known divergence explains the batch's
+        if (again.divergence || again.error) result = again;
         else
           result = {
             ...result,
@@ -986,7 +873,6 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
           };
       }
       if (stepwise) stepSequences++;
-      for (const k of result.known) known.push(`sequence ${index} ${k}`);
       operations += result.ops;
       if (result.divergence || result.error) mismatches++;
       if (++done % 500 === 0 && done < indices.length)
@@ -995,9 +881,7 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
         );
       if (result.divergence || result.error) {
         const what = result.divergence
-          ? result.divergence.known
-            ? `known: ${result.divergence.known}`
-            : `unexplained: ${result.divergence.fields.join('+')}`
+          ? `diverged: ${result.divergence.fields.join('+')}`
           : `error: ${result.error!.slice(0, 80)}`;
         byField.set(what, (byField.get(what) ?? 0) + 1);
         failures.push({ index, seq, result });
@@ -1035,20 +919,10 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
   t.comment(
     `${indices.length} sequences (${stepSequences} step by step, the others one batch each), ${operations} operations in ${elapsed.toFixed(1)} s, ${mismatches} mismatching sequence(s)`,
   );
-  if (known.length)
-    t.comment(
-      `tolerated known divergences (PROPERTY_AVOID_KNOWN): ${known.length}\n  ${known.slice(0, 10).join('\n  ')}`,
-    );
 
-  // the unexplained first, then one example of each known kind
-  const kindOf = (f: (typeof failures)[number]) => f.result.divergence?.known ?? '';
-  failures.sort((a, b) => Number(kindOf(a) !== '') - Number(kindOf(b) !== '') || a.index - b.index);
-  const shownKinds = new Set<string>();
+  failures.sort((a, b) => a.index - b.index);
   for (const f of failures) {
     if (printed >= MAX_PRINTED) break;
-    const kind = kindOf(f);
-    if (kind && shownKinds.has(kind)) continue;
-    if (kind) shownKinds.add(kind);
     printed++;
     t.comment(
       `MISMATCH seed ${SEED} sequence ${f.index} (PROPERTY_SEED=${SEED} PROPERTY_ONLY=${f.index})\n${describe(f.seq, f.result)}`,
@@ -1061,7 +935,6 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
   }
   if (byField.size)
     t.comment(`mismatching sequences by kind:\n${[...byField].map(([k, n]) => `  ${n} × ${k}`).join('\n')}`);
-  failures.sort((a, b) => a.index - b.index);
   if (failures.length > printed)
     t.comment(
       `all mismatching sequences (PROPERTY_SEED=${SEED} PROPERTY_ONLY=i):\n` +
@@ -1069,7 +942,7 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
           .map((f) => {
             const d = f.result.divergence;
             const op = d && d.step < f.result.steps.length ? f.result.steps[d.step]!.op : undefined;
-            return `  ${f.index}: ${d ? `${d.known ? `[known] ` : ''}${d.fields.join('+')} after op ${d.step}${op ? ` (${op.kind}${op.kind === 'fill' ? ` ${f.seq.slots[op.slot]!.mode}` : ''})` : ''}` : f.result.error}`;
+            return `  ${f.index}: ${d ? `${d.fields.join('+')} after op ${d.step}${op ? ` (${op.kind}${op.kind === 'fill' ? ` ${f.seq.slots[op.slot]!.mode}` : ''})` : ''}` : f.result.error}`;
           })
           .join('\n'),
     );

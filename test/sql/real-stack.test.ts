@@ -14,10 +14,10 @@ import {
 
 let seq = 0;
 const ingestFill = async (db: TestDb, f: Record<string, unknown>) =>
-  (await db.query('select ingest_order_fill($1::jsonb) as r', [JSON.stringify(f)])).rows[0].r;
+  (await db.query('select _apply_order_fill(null, $1::jsonb) as r', [JSON.stringify(f)])).rows[0].r;
 const report = async (db: TestDb, payload: Record<string, unknown>) =>
   (
-    await db.query('select ingest_position_report($1::jsonb) as r', [
+    await db.query('select _apply_position_report(null, $1::jsonb) as r', [
       JSON.stringify({ event_type: 'position', event_id: `rs-${++seq}`, payload }),
     ])
   ).rows[0].r;

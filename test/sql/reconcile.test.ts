@@ -303,7 +303,7 @@ t.test('open here, flat or absent there: a discrepancy, and validation closes it
 t.test('a stale entry changes nothing; a bad answer is rejected whole', async (t) => {
   const db = await freshDatabase(t);
   const now = Date.now() - 60_000;
-  await db.query('select ingest_position_report($1::jsonb)', [
+  await db.query('select _apply_position_report(null, $1::jsonb)', [
     JSON.stringify({
       event_type: 'position',
       event_id: 'ws-1',
