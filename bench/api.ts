@@ -43,6 +43,8 @@ import {
   table,
   type LoadResult,
   type Teardown,
+  type LogLine,
+  problemLines,
 } from './lib.js';
 
 const opt = args({ positions: 1000, connections: 10, duration: 10, rounds: 5, sequential: 1000 });
@@ -157,12 +159,7 @@ function encodingOf(
 }
 
 function problems(svc: RunningService): string[] {
-  const out = (svc.logs as { level?: unknown; msg?: string; err?: string }[])
-    .filter((l): l is { level: number; msg?: string; err?: string } => typeof l.level === 'number' && l.level >= 40)
-    .map((l) => `${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg} ${l.err ?? ''}`);
-  const err = svc.stderr.join('').trim();
-  if (err) out.push(`stderr: ${err.slice(0, 500)}`);
-  return out;
+  return problemLines(svc.logs as LogLine[], svc.stderr);
 }
 
 runBench(async (t) => {

@@ -46,6 +46,8 @@ import {
   type Fill,
   type FillStream,
   type Teardown,
+  type LogLine,
+  problemLines,
 } from './lib.js';
 
 const FILLS_QUEUE = 'order-manager.order_executed';
@@ -271,7 +273,7 @@ async function endToEnd(
   paced?: Paced;
   tc031?: { seconds: number; received: number; exact: boolean };
   peakRssMb?: number;
-  logs: any[];
+  logs: LogLine[];
   stderr: string[];
 }> {
   const db = await benchDatabase(t, 'pm_bench_e2e', 4);
@@ -395,7 +397,7 @@ async function endToEnd(
     tc031 = { seconds: secs, received: sink.events.size - before, exact: ok && tcBad.length === 0 };
   }
   const peakRssMb = peakRss(svc.child.pid);
-  return { e2e, paced, tc031, peakRssMb, logs: svc.logs, stderr: svc.stderr };
+  return { e2e, paced, tc031, peakRssMb, logs: svc.logs as LogLine[], stderr: svc.stderr };
 }
 
 /** The process's peak resident set (VmHWM) in MB, from /proc; undefined where there is none. */
@@ -408,19 +410,11 @@ function peakRss(pid: number | undefined): number | undefined {
   }
 }
 
-function reportLogs(logs: any[], stderr: string[]): string[] {
-  const problems = logs.filter((l) => typeof l.level === 'number' && l.level >= 40);
-  const byMsg = new Map<string, number>();
-  for (const l of problems)
-    byMsg.set(
-      `${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg}${l.err ? ` (${String(l.err).slice(0, 160)})` : ''}`,
-      (byMsg.get(`${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg}${l.err ? ` (${String(l.err).slice(0, 160)})` : ''}`) ??
-        0) + 1,
-    );
-  const lines = [...byMsg].map(([m, n]) => `${n} × ${m}`);
-  const err = stderr.join('').trim();
-  if (err) lines.push(`stderr: ${err.slice(0, 500)}`);
-  return lines;
+/** Each distinct warning or error once, with how often it came. */
+function reportLogs(logs: LogLine[], stderr: string[]): string[] {
+  const counts = new Map<string, number>();
+  for (const line of problemLines(logs, stderr)) counts.set(line, (counts.get(line) ?? 0) + 1);
+  return [...counts].map(([m, n]) => (n > 1 ? `${n} × ${m}` : m));
 }
 
 runBench(async (t) => {

@@ -97,6 +97,25 @@ export async function pgVersion(): Promise<string> {
 // ---------------------------------------------------------------------------------------------
 // statistics and formatting
 
+/** A service log line as the benchmarks read it. */
+export interface LogLine {
+  level?: unknown;
+  msg?: string;
+  err?: unknown;
+}
+
+/** The service's warnings and errors, one "WARN msg (err)" line each, then its stderr. */
+export function problemLines(logs: LogLine[], stderr: string[]): string[] {
+  const lines = logs
+    .filter((l): l is LogLine & { level: number } => typeof l.level === 'number' && l.level >= 40)
+    .map(
+      (l) => `${l.level >= 50 ? 'ERROR' : 'WARN'} ${l.msg}${l.err ? ` (${JSON.stringify(l.err).slice(0, 160)})` : ''}`,
+    );
+  const err = stderr.join('').trim();
+  if (err) lines.push(`stderr: ${err.slice(0, 500)}`);
+  return lines;
+}
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 export const now = () => performance.now();
 

@@ -287,7 +287,7 @@ function generate(r: () => number, ops: Op[]): Req {
       'null',
     ]);
     // Trailing/leading whitespace is stripped by HTTP itself: such a key is not really wrong.
-    if ((headers['x-api-key']).trim() === TEST_API_KEY) keyState = 'valid';
+    if (headers['x-api-key'].trim() === TEST_API_KEY) keyState = 'valid';
   } else if (k < 0.27) {
     headers['x-api-key'] = [TEST_API_KEY, 'other'];
     keyState = 'wrong'; // two values: Node joins them with ", " — not the key

@@ -111,7 +111,7 @@ t.test('R-20: every total is exactly the sum of its by_asset entries, also beyon
   await fill(db, 'DDDUSDT', 'Buy', '0.777', '9.87654321');
   await mark(db, 'DDDUSDT', 'Buy', '0.777', { markPrice: '9.99999999', unrealisedPnl: '0.0961111122' });
   const m = await metrics(db);
-  const entries = Object.values(m.by_asset) as Record<string, string>[];
+  const entries = Object.values<Record<string, string>>(m.by_asset);
   t.equal(m.by_asset.AAAUSDT.exposure_usdt, '0.00000002', '0.000000015 rounds half away from zero');
   for (const [total, field] of [
     ['total_exposure_usdt', 'exposure_usdt'],

@@ -187,7 +187,7 @@ function feeFor(rng: Rng, qty: Decimal, price: Decimal): string | undefined {
   if (r < 0.3) return rng.pick(['0', '0.00000000', '0E-8']);
   if (r < 0.4) return rng.pick(['0.00000001', '0.00000007', '0.1', '1']);
   const notional = qty.times(price);
-  let f = rng.dec(0, Decimal.max(notional.times('0.002'), '0.00000001'), 8);
+  const f = rng.dec(0, Decimal.max(notional.times('0.002'), '0.00000001'), 8);
   return f.toFixed();
 }
 
@@ -666,7 +666,7 @@ async function shrink(
       }
     }
   }
-  return { seq: best, result: result! };
+  return { seq: best, result: result };
 }
 
 function describe(seq: Sequence, r: RunResult): string {
