@@ -321,27 +321,34 @@ function rateOverrides(i: Inputs, keys: ApiKey[]): Record<string, number> {
   return out;
 }
 
+/** A URL from its parts, for the deployments that set host, port, user… instead of one URL. */
+function composedUrl(base: string, host: string, port: number, user: string, password?: string, path?: string) {
+  const u = new URL(base);
+  u.hostname = host;
+  u.port = String(port);
+  u.username = user;
+  if (password) u.password = password;
+  if (path !== undefined) u.pathname = `/${path}`;
+  return u.toString();
+}
+
 function databaseUrl(i: Inputs): string | undefined {
   if (i.databaseUrl) return i.databaseUrl;
   if (!i.postgresHost) return undefined;
-  const u = new URL('postgresql://localhost');
-  u.hostname = i.postgresHost;
-  u.port = String(i.postgresPort);
-  u.username = i.postgresUser;
-  if (i.postgresPassword) u.password = i.postgresPassword;
-  u.pathname = `/${i.postgresDb}`;
-  return u.toString();
+  return composedUrl(
+    'postgresql://localhost',
+    i.postgresHost,
+    i.postgresPort,
+    i.postgresUser,
+    i.postgresPassword,
+    i.postgresDb,
+  );
 }
 
 function amqpUrl(i: Inputs): string | undefined {
   if (i.amqpUrl) return i.amqpUrl;
   if (!i.rabbitmqHost) return undefined;
-  const u = new URL('amqp://localhost');
-  u.hostname = i.rabbitmqHost;
-  u.port = String(i.rabbitmqPort);
-  u.username = i.rabbitmqUser;
-  u.password = i.rabbitmqPassword;
-  return u.toString();
+  return composedUrl('amqp://localhost', i.rabbitmqHost, i.rabbitmqPort, i.rabbitmqUser, i.rabbitmqPassword);
 }
 
 // The Config fields that more than one variable decides.

@@ -40,165 +40,60 @@ async function collectForeignWrites(this: client.Counter): Promise<void> {
 
 const PREFIX = 'position_manager_';
 export const BROKER_UP = `${PREFIX}broker_up`;
-const m = <T>(metric: T): T => metric;
+
+// Every metric lives in this process's registry under the service prefix.
+const named = (name: string) => (name.startsWith(PREFIX) ? name : `${PREFIX}${name}`);
+const counter = (name: string, help: string, o: Partial<client.CounterConfiguration<string>> = {}) =>
+  new client.Counter({ ...o, name: named(name), help, registers: [registry] });
+const gauge = (name: string, help: string, o: Partial<client.GaugeConfiguration<string>> = {}) =>
+  new client.Gauge({ ...o, name: named(name), help, registers: [registry] });
+const histogram = (name: string, help: string, o: Partial<client.HistogramConfiguration<string>>) =>
+  new client.Histogram({ ...o, name: named(name), help, registers: [registry] });
 
 export const metrics = {
-  positionsOpen: m(
-    new client.Gauge({
-      name: `${PREFIX}positions_open`,
-      help: 'Open positions',
-      labelNames: ['mode'],
-      registers: [registry],
-      collect: collectFigures,
-    }),
+  positionsOpen: gauge('positions_open', 'Open positions', { labelNames: ['mode'], collect: collectFigures }),
+  positionUpdates: counter('position_updates_total', 'Position changes applied', { labelNames: ['source'] }),
+  httpDuration: histogram('http_request_duration_seconds', 'HTTP request duration', {
+    labelNames: ['method', 'route', 'status'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+  }),
+  httpRequests: counter('http_requests_total', 'HTTP requests by the API key name that made them (R-33)', {
+    labelNames: ['method', 'route', 'status', 'client'],
+  }),
+  cacheEntries: gauge('metrics_cache_entries', 'Portfolio metrics cache entries'),
+  cacheRequests: counter('metrics_cache_requests_total', 'Portfolio metrics cache lookups', { labelNames: ['result'] }),
+  validationDiscrepancies: counter('validation_discrepancies_total', 'Discrepancies found by validation', {
+    labelNames: ['field'],
+  }),
+  validationRuns: counter('validation_runs_total', 'Validation runs', { labelNames: ['trigger', 'outcome'] }),
+  messages: counter('messages_total', 'Consumed messages by outcome', { labelNames: ['queue', 'outcome'] }),
+  messageApplyDuration: histogram(
+    'message_apply_duration_seconds',
+    'Time to apply a consumed message (or batch) in SQL',
+    { labelNames: ['queue'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1] },
   ),
-  positionUpdates: m(
-    new client.Counter({
-      name: `${PREFIX}position_updates_total`,
-      help: 'Position changes applied',
-      labelNames: ['source'],
-      registers: [registry],
-    }),
+  outboxPending: gauge('outbox_pending', 'Unsent outbox rows', { collect: collectFigures }),
+  outboxOldestAge: gauge('outbox_oldest_age_seconds', 'Age of the oldest unsent outbox row', {
+    collect: collectFigures,
+  }),
+  eventsPublished: counter('events_published_total', 'Events confirmed by the broker', { labelNames: ['event_type'] }),
+  jobRuns: counter('job_runs_total', 'Job runs', { labelNames: ['task', 'outcome'] }),
+  foreignWrites: counter(
+    'foreign_writes_total',
+    "Writes of other services to positions that were not applied (R-32; position_events kind 'foreign_write')",
+    { collect: collectForeignWrites },
   ),
-  httpDuration: m(
-    new client.Histogram({
-      name: `${PREFIX}http_request_duration_seconds`,
-      help: 'HTTP request duration',
-      labelNames: ['method', 'route', 'status'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-      registers: [registry],
-    }),
+  priceRefreshes: counter('price_refresh_total', 'Mark-price refreshes (R-31) by outcome', { labelNames: ['outcome'] }),
+  markPricesSkipped: counter('mark_prices_skipped_total', 'Ticker prices skipped as not a positive decimal'),
+  reconcileRuns: counter('reconcile_runs_total', 'Reconciliations with the exchange (R-34) by outcome', {
+    labelNames: ['outcome'],
+  }),
+  reconcileDiscrepancies: counter(
+    'reconcile_discrepancies_total',
+    'Positions whose size the exchange reported otherwise during reconciliation',
   ),
-  httpRequests: m(
-    new client.Counter({
-      name: `${PREFIX}http_requests_total`,
-      help: 'HTTP requests by the API key name that made them (R-33)',
-      labelNames: ['method', 'route', 'status', 'client'],
-      registers: [registry],
-    }),
-  ),
-  cacheEntries: m(
-    new client.Gauge({
-      name: `${PREFIX}metrics_cache_entries`,
-      help: 'Portfolio metrics cache entries',
-      registers: [registry],
-    }),
-  ),
-  cacheRequests: m(
-    new client.Counter({
-      name: `${PREFIX}metrics_cache_requests_total`,
-      help: 'Portfolio metrics cache lookups',
-      labelNames: ['result'],
-      registers: [registry],
-    }),
-  ),
-  validationDiscrepancies: m(
-    new client.Counter({
-      name: `${PREFIX}validation_discrepancies_total`,
-      help: 'Discrepancies found by validation',
-      labelNames: ['field'],
-      registers: [registry],
-    }),
-  ),
-  validationRuns: m(
-    new client.Counter({
-      name: `${PREFIX}validation_runs_total`,
-      help: 'Validation runs',
-      labelNames: ['trigger', 'outcome'],
-      registers: [registry],
-    }),
-  ),
-  messages: m(
-    new client.Counter({
-      name: `${PREFIX}messages_total`,
-      help: 'Consumed messages by outcome',
-      labelNames: ['queue', 'outcome'],
-      registers: [registry],
-    }),
-  ),
-  messageApplyDuration: m(
-    new client.Histogram({
-      name: `${PREFIX}message_apply_duration_seconds`,
-      help: 'Time to apply a consumed message (or batch) in SQL',
-      labelNames: ['queue'],
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
-      registers: [registry],
-    }),
-  ),
-  outboxPending: m(
-    new client.Gauge({
-      name: `${PREFIX}outbox_pending`,
-      help: 'Unsent outbox rows',
-      registers: [registry],
-      collect: collectFigures,
-    }),
-  ),
-  outboxOldestAge: m(
-    new client.Gauge({
-      name: `${PREFIX}outbox_oldest_age_seconds`,
-      help: 'Age of the oldest unsent outbox row',
-      registers: [registry],
-      collect: collectFigures,
-    }),
-  ),
-  eventsPublished: m(
-    new client.Counter({
-      name: `${PREFIX}events_published_total`,
-      help: 'Events confirmed by the broker',
-      labelNames: ['event_type'],
-      registers: [registry],
-    }),
-  ),
-  jobRuns: m(
-    new client.Counter({
-      name: `${PREFIX}job_runs_total`,
-      help: 'Job runs',
-      labelNames: ['task', 'outcome'],
-      registers: [registry],
-    }),
-  ),
-  foreignWrites: m(
-    new client.Counter({
-      name: `${PREFIX}foreign_writes_total`,
-      help: "Writes of other services to positions that were not applied (R-32; position_events kind 'foreign_write')",
-      registers: [registry],
-      collect: collectForeignWrites,
-    }),
-  ),
-  priceRefreshes: m(
-    new client.Counter({
-      name: `${PREFIX}price_refresh_total`,
-      help: 'Mark-price refreshes (R-31) by outcome',
-      labelNames: ['outcome'],
-      registers: [registry],
-    }),
-  ),
-  markPricesSkipped: m(
-    new client.Counter({
-      name: `${PREFIX}mark_prices_skipped_total`,
-      help: 'Ticker prices skipped as not a positive decimal',
-      registers: [registry],
-    }),
-  ),
-  reconcileRuns: m(
-    new client.Counter({
-      name: `${PREFIX}reconcile_runs_total`,
-      help: 'Reconciliations with the exchange (R-34) by outcome',
-      labelNames: ['outcome'],
-      registers: [registry],
-    }),
-  ),
-  reconcileDiscrepancies: m(
-    new client.Counter({
-      name: `${PREFIX}reconcile_discrepancies_total`,
-      help: 'Positions whose size the exchange reported otherwise during reconciliation',
-      registers: [registry],
-    }),
-  ),
-  databaseUp: m(
-    new client.Gauge({ name: `${PREFIX}database_up`, help: '1 when the database answers', registers: [registry] }),
-  ),
-  brokerUp: m(new client.Gauge({ name: BROKER_UP, help: '1 when connected to the broker', registers: [registry] })),
+  databaseUp: gauge('database_up', '1 when the database answers'),
+  brokerUp: gauge(BROKER_UP, '1 when connected to the broker'),
 };
 
 export interface ValidationOutcome {

@@ -1,8 +1,8 @@
 // Starts the real service (the built dist/src/main.js, as `npm start` runs it) as a child
 // process on a free port, and waits for /health with a deadline.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { freePort } from '../../src/db/embedded.js';
 import { ROOT } from '../../src/paths.js';
 import { waitFor } from './wait.js';
 
@@ -30,16 +30,7 @@ export interface RunningService {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const srv = createServer();
-    srv.once('error', fail);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => ok(port));
-    });
-  });
-}
+export { freePort };
 
 export async function startService(
   t: Teardown,
