@@ -3,6 +3,8 @@
 // database is cut off. Every response is also checked against openapi.yaml by the service
 // itself (NODE_ENV=test makes a non-conforming response a 500, which these tests would see).
 import t from 'tap';
+import { ledgerFill } from '../helpers/api-ledger.js';
+import { API_V1_ROUTES } from '../helpers/api-routes.js';
 import { freshDatabase, writePositionsDirectly } from '../helpers/db.js';
 import { tcpProxy } from '../helpers/proxy.js';
 import { startService, TEST_API_KEY } from '../helpers/service.js';
@@ -10,17 +12,7 @@ import { waitFor } from '../helpers/wait.js';
 
 const db = await freshDatabase(t);
 let seq = 0;
-const fill = (asset: string, side: string, qty: string, price: string, extra: object = {}) =>
-  db.query('select apply_order_fill($1::jsonb)', [
-    JSON.stringify({
-      execution_id: `api-${++seq}`,
-      asset,
-      side,
-      execution_quantity: qty,
-      execution_price: price,
-      ...extra,
-    }),
-  ]);
+const fill = ledgerFill(db, () => `api-${++seq}`);
 const report = (asset: string, size: string, extra: object) =>
   db.query('select apply_position_report($1::jsonb)', [
     JSON.stringify({
@@ -48,17 +40,7 @@ await fill('ETHUSDT', 'Buy', '10.0', '3000');
 await fill('SOLUSDT', 'Buy', '100.0', '100');
 
 t.test('TC-016 and auth on every /api/v1 route', async (t) => {
-  const routes: [string, string][] = [
-    ['GET', '/api/v1/positions'],
-    ['GET', '/api/v1/positions/BTCUSDT'],
-    ['GET', '/api/v1/portfolio'],
-    ['GET', '/api/v1/portfolio/exposure'],
-    ['GET', '/api/v1/portfolio/pnl'],
-    ['POST', '/api/v1/positions/BTCUSDT/validate'],
-    ['POST', '/api/v1/positions/BTCUSDT/snapshot'],
-    ['GET', '/api/v1/positions/BTCUSDT/snapshots'],
-    ['GET', '/api/v1/positions?limit=bogus'],
-  ];
+  const routes: [string, string][] = [...API_V1_ROUTES, ['GET', '/api/v1/positions?limit=bogus']];
   for (const [method, path] of routes) {
     for (const key of [null, 'wrong-key', `${TEST_API_KEY}x`, TEST_API_KEY.slice(0, -1)]) {
       const r = await svc.request(method, path, { key });

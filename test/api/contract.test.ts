@@ -18,6 +18,16 @@ await db.query('select apply_order_fill($1::jsonb)', [
 const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api' } });
 const get = (path: string, key?: string | null) => svc.request('GET', path, { key });
 const fields = (body: any) => (body.errors as { field: string }[]).map((e) => e.field).sort();
+/** The paths without a path parameter besides the positions list: the portfolio reads and the service's own pages. */
+const FIXED_PATHS = [
+  '/api/v1/portfolio',
+  '/api/v1/portfolio/exposure',
+  '/api/v1/portfolio/pnl',
+  '/health',
+  '/metrics',
+  '/openapi.yaml',
+  '/docs',
+];
 
 t.test('errors[] names every bad field at once', async (t) => {
   let r = await get('/api/v1/positions?limit=0&offset=-1&size_min=x');
@@ -117,13 +127,7 @@ t.test('HEAD works wherever GET does, without a body', async (t) => {
     '/api/v1/positions',
     '/api/v1/positions/BTCUSDT',
     '/api/v1/positions/BTCUSDT/snapshots',
-    '/api/v1/portfolio',
-    '/api/v1/portfolio/exposure',
-    '/api/v1/portfolio/pnl',
-    '/health',
-    '/metrics',
-    '/openapi.yaml',
-    '/docs',
+    ...FIXED_PATHS,
   ]) {
     const g = await get(path);
     const h = await svc.request('HEAD', path);
@@ -213,13 +217,7 @@ t.test('many distinct junk paths add at most one series each way; API routes car
     '/api/v1/positions/:asset/snapshots',
     '/api/v1/positions/:asset/validate',
     '/api/v1/positions/:asset/snapshot',
-    '/api/v1/portfolio',
-    '/api/v1/portfolio/exposure',
-    '/api/v1/portfolio/pnl',
-    '/health',
-    '/metrics',
-    '/openapi.yaml',
-    '/docs',
+    ...FIXED_PATHS,
     'unmatched',
   ];
   t.same(

@@ -2,6 +2,7 @@
 // not a bug (500): ALTER DATABASE ... ALLOW_CONNECTIONS false answers a new session with FATAL
 // 55000, and a dropped database with 3D000 (SPEC.md §5; src/db/errors.ts lists the SQLSTATEs).
 import t from 'tap';
+import { API_V1_ROUTES } from '../helpers/api-routes.js';
 import { admin, freshDatabase } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
@@ -27,17 +28,8 @@ t.test(
   async (t) => {
     t.equal((await svc.request('GET', '/api/v1/positions')).status, 200);
     await allowConnections(false);
-    for (const [method, path] of [
-      ['GET', '/api/v1/positions'],
-      ['GET', '/api/v1/positions/BTCUSDT'],
-      ['GET', '/api/v1/portfolio'],
-      ['GET', '/api/v1/portfolio/exposure'],
-      ['GET', '/api/v1/portfolio/pnl'],
-      ['POST', '/api/v1/positions/BTCUSDT/validate'],
-      ['POST', '/api/v1/positions/BTCUSDT/snapshot'],
-      ['GET', '/api/v1/positions/BTCUSDT/snapshots'],
-    ]) {
-      const r = await svc.request(method!, path!);
+    for (const [method, path] of API_V1_ROUTES) {
+      const r = await svc.request(method, path);
       t.equal(r.status, 503, `${method} ${path}`);
       t.match(r.body, { code: 'database_unavailable', status: 503 });
       t.equal(r.headers.get('retry-after'), '5');

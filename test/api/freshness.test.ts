@@ -1,22 +1,13 @@
 // Reads right after a committed change (SPEC.md R-21) and the list's default mode (§2 conv. 2),
 // through the real service process.
 import t from 'tap';
+import { ledgerFill } from '../helpers/api-ledger.js';
 import { freshDatabase } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';
 
 const db = await freshDatabase(t);
 let seq = 0;
-const fill = (asset: string, side: string, qty: string, price: string, extra: object = {}) =>
-  db.query('select apply_order_fill($1::jsonb)', [
-    JSON.stringify({
-      execution_id: `fr-${++seq}`,
-      asset,
-      side,
-      execution_quantity: qty,
-      execution_price: price,
-      ...extra,
-    }),
-  ]);
+const fill = ledgerFill(db, () => `fr-${++seq}`);
 const svc = await startService(t, {
   databaseUrl: db.url,
   env: { POSITION_MANAGER_ROLES: 'api', POSITION_MANAGER_METRICS_CACHE_TTL: '60' },

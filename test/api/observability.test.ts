@@ -2,6 +2,7 @@
 // the scaled docker-compose form: what it reports about the broker it does not use, the database
 // when it is slow rather than down, the outbox it does not drain, and the service label.
 import t from 'tap';
+import { lockTables } from '../helpers/api-lock.js';
 import { freshDatabase, writePositionsDirectly } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
@@ -114,10 +115,7 @@ t.test('the outbox gauges are read at scrape time in a process without the relay
 
 t.test('a slow database is not a down one: /health and /metrics while positions and outbox are locked', async (t) => {
   const before = await scrape();
-  const locker = await db.pool.connect();
-  t.teardown(() => locker.release());
-  await locker.query('begin');
-  await locker.query('lock table positions, outbox in access exclusive mode');
+  const locker = await lockTables(t, db, 'positions, outbox');
   // The service's only pool connection waits behind the lock too.
   const blocked = svc.request('GET', '/api/v1/positions');
   await waitFor(

@@ -3,7 +3,7 @@
 import { Decimal } from 'decimal.js';
 import t, { type Test } from 'tap';
 import { writePositionsDirectly } from '../helpers/db.js';
-import { startStack, acceptanceSummary } from '../helpers/stack.js';
+import { startStack, acceptanceSummary, givenBuy } from '../helpers/stack.js';
 import { TEST_API_KEY } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -40,15 +40,9 @@ async function laterChange(asset: string, marker: string) {
 await acceptance(
   'TC-002 report for an existing position: average and PnL at once, size through validation',
   async (t) => {
-    await s.fill({
-      execution_id: 'tc2-1',
-      asset: 'TC002USDT',
-      side: 'Buy',
-      execution_quantity: '1.0',
-      execution_price: '48000',
+    const before = await givenBuy(s, 'TC002USDT', 'tc2-1', '1.0', '48000', 'given 1.0 @ 48000', {
       executed_at: '2025-01-15T10:00:00Z',
     });
-    const before = await s.until('TC002USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
     await s.report({
       event_type: 'position',
       channel: 'position',
@@ -102,14 +96,7 @@ await acceptance(
 );
 
 await acceptance('TC-003 report with a size discrepancy: unrealized now, size after the grace period', async (t) => {
-  await s.fill({
-    execution_id: 'tc3-1',
-    asset: 'TC003USDT',
-    side: 'Buy',
-    execution_quantity: '1.5',
-    execution_price: '50000',
-  });
-  await s.until('TC003USDT', (p) => p.size === '1.5', 'given');
+  await givenBuy(s, 'TC003USDT', 'tc3-1', '1.5', '50000');
   await s.report({
     event_type: 'position',
     data: { symbol: 'TC003USDT', size: '1.8', avgPrice: '50000.00', unrealisedPnl: '180.00' },
@@ -147,14 +134,7 @@ await acceptance('TC-003 report with a size discrepancy: unrealized now, size af
 });
 
 await acceptance('TC-004 buy fill adds to a long: 48666.66666667', async (t) => {
-  await s.fill({
-    execution_id: 'tc4-0',
-    asset: 'TC004USDT',
-    side: 'Buy',
-    execution_quantity: '1.0',
-    execution_price: '48000',
-  });
-  const before = await s.until('TC004USDT', (p) => p.size === '1', 'given 1.0 @ 48000');
+  const before = await givenBuy(s, 'TC004USDT', 'tc4-0', '1.0', '48000', 'given 1.0 @ 48000');
   await s.fill({
     event_type: 'order_executed',
     order_id: 'order-123',
@@ -177,15 +157,8 @@ await acceptance('TC-004 buy fill adds to a long: 48666.66666667', async (t) => 
 });
 
 await acceptance('TC-005 partial close by a sell fill: +474.50 realized, 1500 unrealized', async (t) => {
-  await s.fill({
-    execution_id: 'tc5-0',
-    asset: 'TC005USDT',
-    side: 'Buy',
-    execution_quantity: '2.0',
-    execution_price: '50000',
-  });
   // Fills and reports arrive on different queues: wait for each before the next.
-  await s.until('TC005USDT', (p) => p.size === '2', 'given 2.0 @ 50000');
+  await givenBuy(s, 'TC005USDT', 'tc5-0', '2.0', '50000', 'given 2.0 @ 50000');
   await s.report({
     event_type: 'position',
     data: { symbol: 'TC005USDT', side: 'Buy', size: '2.0', markPrice: '51000', unrealisedPnl: '2000' },
@@ -210,14 +183,7 @@ await acceptance('TC-005 partial close by a sell fill: +474.50 realized, 1500 un
 await acceptance(
   'TC-006 full close: size 0, 949 realized, position_closed, out of the list and exposure',
   async (t) => {
-    await s.fill({
-      execution_id: 'tc6-0',
-      asset: 'TC006USDT',
-      side: 'Buy',
-      execution_quantity: '1.0',
-      execution_price: '50000',
-    });
-    const given = await s.until('TC006USDT', (p) => p.size === '1', 'given');
+    const given = await givenBuy(s, 'TC006USDT', 'tc6-0', '1.0', '50000');
     const exposureBefore = (await s.get('/api/v1/portfolio/exposure')).body.total_exposure_usdt;
     await s.fill({
       event_type: 'order_executed',
@@ -266,15 +232,9 @@ await acceptance(
 );
 
 await acceptance('TC-007 size conflict: the fill newer than the report wins', async (t) => {
-  await s.fill({
-    execution_id: 'tc7-0',
-    asset: 'TC007USDT',
-    side: 'Buy',
-    execution_quantity: '1.0',
-    execution_price: '50000',
+  await givenBuy(s, 'TC007USDT', 'tc7-0', '1.0', '50000', 'given', {
     executed_at: new Date(Date.now() - 10_000).toISOString(),
   });
-  await s.until('TC007USDT', (p) => p.size === '1', 'given');
   await s.report({
     event_type: 'position',
     data: { symbol: 'TC007USDT', side: 'Buy', size: '1.2', avgPrice: '50000', updatedTime: String(Date.now() - 5_000) },
@@ -301,14 +261,7 @@ await acceptance('TC-007 size conflict: the fill newer than the report wins', as
 });
 
 await acceptance('TC-008 average-price threshold: exactly 0.1% keeps, above replaces; both logged', async (t) => {
-  await s.fill({
-    execution_id: 'tc8-0',
-    asset: 'TC008USDT',
-    side: 'Buy',
-    execution_quantity: '1.0',
-    execution_price: '50000',
-  });
-  await s.until('TC008USDT', (p) => p.size === '1', 'given');
+  await givenBuy(s, 'TC008USDT', 'tc8-0', '1.0', '50000');
   await s.report({
     event_type: 'position',
     data: { symbol: 'TC008USDT', avgPrice: '50050.00', size: '1.0' },
@@ -332,14 +285,7 @@ await acceptance('TC-008 average-price threshold: exactly 0.1% keeps, above repl
 });
 
 await acceptance('TC-014 validation through the API', async (t) => {
-  await s.fill({
-    execution_id: 'tc14-0',
-    asset: 'TC014USDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '100',
-  });
-  await s.until('TC014USDT', (p) => p.size === '1', 'given');
+  await givenBuy(s, 'TC014USDT', 'tc14-0', '1', '100');
   const r = await s.post('/api/v1/positions/TC014USDT/validate');
   t.equal(r.status, 200);
   t.match(r.body, {
@@ -367,14 +313,7 @@ await acceptance('TC-014 validation through the API', async (t) => {
 await acceptance('TC-015, TC-021, TC-024 snapshots through the API, their history and event', async (t) => {
   // A stack without the worker role: no scheduled snapshot comes between a POST and the list read after it.
   const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer,relay' });
-  await s.fill({
-    execution_id: 'tc15-0',
-    asset: 'TC015USDT',
-    side: 'Buy',
-    execution_quantity: '1.0',
-    execution_price: '50000',
-  });
-  await s.until('TC015USDT', (p) => p.size === '1', 'given 1.0');
+  await givenBuy(s, 'TC015USDT', 'tc15-0', '1.0', '50000', 'given 1.0');
   await s.report({
     event_type: 'position',
     data: { symbol: 'TC015USDT', side: 'Buy', size: '1.0', unrealisedPnl: '150.00' },
@@ -420,14 +359,7 @@ await acceptance('TC-016 API key: none, wrong, right', async (t) => {
 });
 
 await acceptance('TC-020 scheduled snapshots', async (t) => {
-  await s.fill({
-    execution_id: 'tc20-0',
-    asset: 'TC020USDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '100',
-  });
-  const p = await s.until('TC020USDT', (p) => p.size === '1', 'given');
+  const p = await givenBuy(s, 'TC020USDT', 'tc20-0', '1', '100');
   const snap = await waitFor(
     async () => {
       const r = await s.get('/api/v1/positions/TC020USDT/snapshots');
@@ -462,14 +394,7 @@ await acceptance('TC-020 scheduled snapshots', async (t) => {
 });
 
 await acceptance('TC-022 position_updated carries the features flat and under position', async (t) => {
-  await s.fill({
-    execution_id: 'tc22-0',
-    asset: 'TC022USDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '100',
-  });
-  await s.until('TC022USDT', (p) => p.size === '1', 'given 1');
+  await givenBuy(s, 'TC022USDT', 'tc22-0', '1', '100', 'given 1');
   await s.report({
     event_type: 'position',
     data: { symbol: 'TC022USDT', side: 'Buy', size: '1', markPrice: '101', unrealisedPnl: '1' },
@@ -529,14 +454,7 @@ await acceptance('TC-029 invalid event: dead-lettered naming size, nothing appli
 await acceptance(
   'TC-030 duplicate event: applied once; a different report with the same trace_id applies',
   async (t) => {
-    await s.fill({
-      execution_id: 'tc30-0',
-      asset: 'TC030USDT',
-      side: 'Buy',
-      execution_quantity: '1',
-      execution_price: '100',
-    });
-    await s.until('TC030USDT', (p) => p.size === '1', 'given');
+    await givenBuy(s, 'TC030USDT', 'tc30-0', '1', '100');
     const body = {
       event_type: 'position',
       data: { symbol: 'TC030USDT', side: 'Buy', size: '1', unrealisedPnl: '3' },

@@ -1,7 +1,7 @@
 // TC-025 and TC-026: periodic validation and validation through the API, black-box.
 import t, { type Test } from 'tap';
 import { writePositionsDirectly } from '../helpers/db.js';
-import { startStack, acceptanceSummary } from '../helpers/stack.js';
+import { startStack, acceptanceSummary, givenBuy } from '../helpers/stack.js';
 import { waitFor } from '../helpers/wait.js';
 
 const record = acceptanceSummary(t);
@@ -16,14 +16,7 @@ await acceptance(
       ['VA2USDT', '2'],
       ['VA3USDT', '3'],
     ] as const) {
-      await s.fill({
-        execution_id: `tc25-${asset}`,
-        asset,
-        side: 'Buy',
-        execution_quantity: qty,
-        execution_price: '100',
-      });
-      await s.until(asset, (p) => p.size === qty, `given ${asset}`);
+      await givenBuy(s, asset, `tc25-${asset}`, qty, '100', `given ${asset}`);
     }
     // The precondition an operator can only create by hand: a stored size the ledger disagrees with.
     await writePositionsDirectly(s.db, "update positions set size = 5 where asset = 'VA2USDT'");
@@ -59,26 +52,16 @@ await acceptance(
   async (t) => {
     const s = await startStack(t, { POSITION_MANAGER_ROLES: 'api,consumer,relay' });
     const past = (ms: number) => new Date(Date.now() - ms).toISOString();
-    await s.fill({
-      execution_id: 'tc26-0',
-      asset: 'BTCUSDT',
-      side: 'Buy',
-      execution_quantity: '1.0',
-      execution_price: '50000',
-      executed_at: past(60_000),
-    });
-    await s.until('BTCUSDT', (p) => p.size === '1', 'given 1.0 @ 50000');
-    await s.report({
-      event_type: 'position',
-      data: {
-        symbol: 'BTCUSDT',
-        side: 'Buy',
-        size: '1.2',
-        avgPrice: '51000',
-        updatedTime: String(Date.now() - 30_000),
-      },
-    });
-    await s.until('BTCUSDT', (p) => p.average_entry_price === '51000', 'the average replaced at once');
+    /** The exchange reports 1.2 @ 51000 as of 30 s ago; the average is replaced at once. */
+    const reportOlder = async (symbol: string, what: string) => {
+      await s.report({
+        event_type: 'position',
+        data: { symbol, side: 'Buy', size: '1.2', avgPrice: '51000', updatedTime: String(Date.now() - 30_000) },
+      });
+      await s.until(symbol, (p) => p.average_entry_price === '51000', what);
+    };
+    await givenBuy(s, 'BTCUSDT', 'tc26-0', '1.0', '50000', 'given 1.0 @ 50000', { executed_at: past(60_000) });
+    await reportOlder('BTCUSDT', 'the average replaced at once');
     const r = await s.post('/api/v1/positions/BTCUSDT/validate');
     t.equal(r.status, 200);
     t.match(r.body, {
@@ -93,26 +76,10 @@ await acceptance(
       'logs show the details',
     );
 
-    await s.fill({
-      execution_id: 'tc26-e0',
-      asset: 'ETHUSDT',
-      side: 'Buy',
-      execution_quantity: '1.0',
-      execution_price: '50000',
+    await givenBuy(s, 'ETHUSDT', 'tc26-e0', '1.0', '50000', 'given 1.0 @ 50000, filled after the report below', {
       executed_at: past(1_000),
     });
-    await s.until('ETHUSDT', (p) => p.size === '1', 'given 1.0 @ 50000, filled after the report below');
-    await s.report({
-      event_type: 'position',
-      data: {
-        symbol: 'ETHUSDT',
-        side: 'Buy',
-        size: '1.2',
-        avgPrice: '51000',
-        updatedTime: String(Date.now() - 30_000),
-      },
-    });
-    await s.until('ETHUSDT', (p) => p.average_entry_price === '51000', 'average replaced');
+    await reportOlder('ETHUSDT', 'average replaced');
     const older = await s.post('/api/v1/positions/ETHUSDT/validate');
     t.match(
       older.body,

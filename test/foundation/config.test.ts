@@ -166,12 +166,8 @@ t.test('NODE_ENV is read through the configuration', (t) => {
 });
 
 t.test('the seed variables build the URLs', (t) => {
-  const c = loadConfig({
-    POSTGRES_HOST: 'pg',
-    POSTGRES_PASSWORD: 'pw',
-    RABBITMQ_HOST: 'mq',
-    POSITION_MANAGER_API_KEY: base.POSITION_MANAGER_API_KEY,
-  });
+  const seeds = { POSTGRES_HOST: 'pg', POSTGRES_PASSWORD: 'pw', RABBITMQ_HOST: 'mq' };
+  const c = loadConfig({ ...seeds, POSITION_MANAGER_API_KEY: base.POSITION_MANAGER_API_KEY });
   t.equal(c.databaseUrl, 'postgresql://ytrader:pw@pg:5432/ytrader');
   t.equal(c.amqpUrl, 'amqp://guest:guest@mq:5672');
   t.equal(loadConfig({ ...base, POSITION_MANAGER_LOG_LEVEL: 'WARNING' }).logLevel, 'warn');

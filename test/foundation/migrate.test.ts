@@ -157,24 +157,19 @@ t.test("Order Manager's DECIMAL(20, 8) tables become unscaled numeric; its hedge
     )
   ).rows[0];
   t.same(Object.values(partial).map(Number), [2, 1, 3, 0], 'a missing leg is what the other and the size leave');
-  await c.query(
-    `select apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"1.0","execution_price":"48000"}')`,
-  );
-  const p = (
-    await c.query(`select (apply_order_fill('{"asset":"XRPUSDT","side":"Buy","execution_quantity":"0.5",
-                                                       "execution_price":"50000"}')).average_entry_price`)
-  ).rows[0];
-  t.equal(p.average_entry_price, '48666.6666666667', 'stored at 10 places (TC-004)');
+  /** Applies two fills [side, quantity, price] on `asset`; returns `column` of the row the second one returns. */
+  const twoFills = async (asset: string, first: string[], second: string[], column: string) => {
+    const fill = ([side, qty, price]: string[]) =>
+      JSON.stringify({ asset, side, execution_quantity: qty, execution_price: price });
+    await c.query('select apply_order_fill($1::jsonb)', [fill(first)]);
+    return (await c.query(`select (apply_order_fill($1::jsonb)).${column}`, [fill(second)])).rows[0][column];
+  };
+  const average = await twoFills('XRPUSDT', ['Buy', '1.0', '48000'], ['Buy', '0.5', '50000'], 'average_entry_price');
+  t.equal(average, '48666.6666666667', 'stored at 10 places (TC-004)');
   const snap = (await c.query("select (create_position_snapshot('XRPUSDT')).average_entry_price")).rows[0];
   t.equal(snap.average_entry_price, '48666.6666666667', 'and so is its snapshot');
-  await c.query(
-    `select apply_order_fill('{"asset":"BIGUSDT","side":"Buy","execution_quantity":"100000","execution_price":"90000000"}')`,
-  );
-  const big = (
-    await c.query(`select (apply_order_fill('{"asset":"BIGUSDT","side":"Sell","execution_quantity":"100000",
-                                                        "execution_price":"100000000"}')).realized_pnl`)
-  ).rows[0];
-  t.equal(big.realized_pnl, '1000000000000', 'a realized PnL of 1e12, beyond DECIMAL(20, 8), is stored');
+  const big = await twoFills('BIGUSDT', ['Buy', '100000', '90000000'], ['Sell', '100000', '100000000'], 'realized_pnl');
+  t.equal(big, '1000000000000', 'a realized PnL of 1e12, beyond DECIMAL(20, 8), is stored');
 });
 
 // A database migrated before migration 1 widened the columns: migration 8 does it, views and all.

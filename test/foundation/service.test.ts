@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, statSync, existsSync, rmSync } from 'node:fs
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { lockTables } from '../helpers/api-lock.js';
 import { freshDatabase } from '../helpers/db.js';
 import { freePort, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
@@ -59,10 +60,7 @@ t.test('SIGTERM lets a request in flight finish with its answer (its write commi
     `select apply_order_fill('{"asset":"BTCUSDT","side":"Buy","execution_quantity":"1","execution_price":"100"}')`,
   );
   const svc = await startService(t, { databaseUrl: db.url, env: { POSITION_MANAGER_ROLES: 'api' } });
-  const locker = await db.pool.connect();
-  t.teardown(() => locker.release());
-  await locker.query('begin');
-  await locker.query('lock table positions in access exclusive mode');
+  const locker = await lockTables(t, db, 'positions');
   const req = svc.request('POST', '/api/v1/positions/BTCUSDT/snapshot');
   await waitFor(
     async () =>

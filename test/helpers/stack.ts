@@ -1,6 +1,7 @@
 // The whole service for black-box tests: a fresh database, a RabbitMQ vhost of its own, the
 // real service process with every role, collectors on every published queue. Cases drive it
 // only through messages and HTTP and observe it only through HTTP, events and logs.
+import { Decimal } from 'decimal.js';
 import { freshBroker, type Collected, type TestBroker } from './amqp.js';
 import { freshDatabase, type TestDb } from './db.js';
 import { rolesStarted, startService, type RunningService } from './service.js';
@@ -37,17 +38,19 @@ export interface Stack {
   log(pred: (l: any) => boolean, what: string): Promise<any>;
 }
 
-export async function startStack(t: Teardown, env: Record<string, string> = {}): Promise<Stack> {
+/** A fresh database, a RabbitMQ vhost of its own, and the service process on both with `env`. */
+export async function freshService(t: Teardown, env: Record<string, string>) {
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
-  const svc = await startService(t, {
-    databaseUrl: db.url,
-    amqpUrl: broker.url,
-    env: {
-      POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1',
-      POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: '200',
-      ...env,
-    },
+  const svc = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env });
+  return { db, broker, svc };
+}
+
+export async function startStack(t: Teardown, env: Record<string, string> = {}): Promise<Stack> {
+  const { db, broker, svc } = await freshService(t, {
+    POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1',
+    POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL_MS: '200',
+    ...env,
   });
   const roles = (env.POSITION_MANAGER_ROLES ?? 'api,consumer,relay,worker').split(',');
   await rolesStarted(svc, roles);
@@ -102,4 +105,29 @@ export function acceptanceSummary(t: { comment(m: string): void; teardown(fn: ()
   return (title: string, results: { ok: boolean } | null | undefined) => {
     for (const id of title.match(/TC-\d{3}/g) ?? []) seen.push(`${id} ${results?.ok ? 'ok' : 'FAILED'}`);
   };
+}
+
+/**
+ * The usual precondition: one buy fill of `quantity` at `price` on `asset`, awaited until the position's size is
+ * that quantity (canonical: '1.0' is '1'). `extra` adds fields to the fill (executed_at, trace_id). Returns the position.
+ */
+export async function givenBuy(
+  s: Stack,
+  asset: string,
+  executionId: string,
+  quantity: string,
+  price: string,
+  what = 'given',
+  extra: object = {},
+): Promise<any> {
+  await s.fill({
+    execution_id: executionId,
+    asset,
+    side: 'Buy',
+    execution_quantity: quantity,
+    execution_price: price,
+    ...extra,
+  });
+  const size = new Decimal(quantity).toString();
+  return s.until(asset, (p) => p.size === size, what);
 }

@@ -9,9 +9,8 @@ import { pino } from 'pino';
 import t from 'tap';
 import { startGatewaySubscription, type GatewaySubscriptionOptions } from '../../src/outside/gateway-subscription.js';
 import { initialChecks } from '../../src/runtime.js';
-import { freshBroker } from '../helpers/amqp.js';
-import { freshDatabase } from '../helpers/db.js';
-import { freePort, rolesStarted, startService } from '../helpers/service.js';
+import { freePort, rolesStarted } from '../helpers/service.js';
+import { freshService } from '../helpers/stack.js';
 import { waitFor } from '../helpers/wait.js';
 
 interface Teardown {
@@ -229,18 +228,12 @@ t.test('a kick during the back-off restarts the loop: no second loop, back-off f
 t.test(
   'end to end: the service subscribes at start, /health shows it, and a broker reconnect subscribes again',
   async (t) => {
-    const db = await freshDatabase(t);
-    const broker = await freshBroker(t);
     const fake = await fakeGateway(t);
-    const svc = await startService(t, {
-      databaseUrl: db.url,
-      amqpUrl: broker.url,
-      env: {
-        POSITION_MANAGER_ROLES: 'consumer',
-        WS_GATEWAY_URL: fake.url,
-        WS_GATEWAY_API_KEY: KEY,
-        POSITION_MANAGER_SERVICE_NAME: 'pm-e2e',
-      },
+    const { broker, svc } = await freshService(t, {
+      POSITION_MANAGER_ROLES: 'consumer',
+      WS_GATEWAY_URL: fake.url,
+      WS_GATEWAY_API_KEY: KEY,
+      POSITION_MANAGER_SERVICE_NAME: 'pm-e2e',
     });
     await rolesStarted(svc, ['consumer']);
     const health = async () => (await svc.request('GET', '/health', { key: null })).body;
