@@ -4,8 +4,8 @@ import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase, writePositionsDirectly } from '../helpers/db.js';
-import { tcpProxy } from '../helpers/proxy.js';
-import { rolesStarted, startService } from '../helpers/service.js';
+import { proxiedStack } from '../helpers/reliability-stack.js';
+import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import { acceptanceSummary } from '../helpers/stack.js';
 
@@ -17,15 +17,7 @@ const run = promisify(execFile);
 await acceptance(
   'TC-027 database unavailable: 503 problems, /health unhealthy, nothing lost, back after',
   async (t) => {
-    const db = await freshDatabase(t);
-    const broker = await freshBroker(t);
-    const proxy = await tcpProxy(t);
-    const svc = await startService(t, {
-      databaseUrl: proxy.url(db.url),
-      amqpUrl: broker.url,
-      env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' },
-    });
-    await rolesStarted(svc, ['consumer']);
+    const { broker, proxy, svc } = await proxiedStack(t, { started: ['consumer'] });
     t.teardown(() => {
       if (svc.child.exitCode !== null)
         t.comment(`service exited ${svc.child.exitCode}: ${svc.stderr.join('')} ${JSON.stringify(svc.logs.slice(-5))}`);

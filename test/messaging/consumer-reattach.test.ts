@@ -1,14 +1,13 @@
 // A consumer that stops while its connection stays up — cancelled by the broker because its queue
 // was deleted (or its node failed over), or its channel closed by the broker — consumes again by
 // itself, declaring the queue as at start; until it does, /health is degraded.
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import amqp from 'amqplib';
 import { pino } from 'pino';
 import t from 'tap';
 import { QueueConsumer } from '../../src/messaging/consumer.js';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
+import { listQueues, queueArguments } from '../helpers/reliability-queues.js';
 import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -65,21 +64,8 @@ t.test('the report queue deleted: degraded while it cannot consume, then reports
     1,
     'the refusals stayed with that consumer: the connection (other consumers, relay) was never dropped',
   );
-  const { stdout } = await promisify(execFile)('rabbitmqctl', [
-    '-q',
-    'list_queues',
-    '-p',
-    broker.vhost,
-    'name',
-    'arguments',
-    '--formatter',
-    'json',
-  ]);
-  const queue = (JSON.parse(stdout) as { name: string; arguments: [string, string, unknown][] }[]).find(
-    (q) => q.name === REPORTS,
-  )!;
   t.match(
-    Object.fromEntries(queue.arguments.map(([k, , v]) => [k, v])),
+    queueArguments(await listQueues(broker.vhost), REPORTS),
     { 'x-message-ttl': 86400000, 'x-max-length': 100000 },
     "declared again with the Gateway's arguments",
   );

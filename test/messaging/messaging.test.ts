@@ -7,7 +7,8 @@ import { promisify } from 'node:util';
 import t from 'tap';
 import { freshBroker, type Collected } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { rolesStarted, startService } from '../helpers/service.js';
+import { listQueues, queueArguments } from '../helpers/reliability-queues.js';
+import { startWorker } from '../helpers/reliability-stack.js';
 import { waitFor } from '../helpers/wait.js';
 
 const FILLS = 'order-manager.order_executed';
@@ -18,12 +19,7 @@ const DLQ = 'position-manager.dead_letter';
 
 const db = await freshDatabase(t);
 const broker = await freshBroker(t);
-const svc = await startService(t, {
-  databaseUrl: db.url,
-  amqpUrl: broker.url,
-  env: { POSITION_MANAGER_ROLES: 'consumer,relay', POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1' },
-});
-await rolesStarted(svc, ['consumer', 'relay']);
+const svc = await startWorker(t, db, broker, { env: { POSITION_MANAGER_SIZE_DISCREPANCY_GRACE_SECONDS: '1' } });
 
 const updated = await broker.collect(UPDATED);
 const deadLetters = await broker.collect(DLQ);
@@ -38,6 +34,13 @@ const waitPosition = (asset: string, pred: (p: any) => boolean, what: string, mo
     },
     { what, timeoutMs: 15_000 },
   );
+/** A buy of 1 @ 10 of `asset` on the fill queue, `extra` fields (an id, a trace id) after those four. */
+const buyOneAtTen = (asset: string, extra: Record<string, unknown> = {}) =>
+  broker.publish(FILLS, { asset, side: 'Buy', execution_quantity: '1', execution_price: '10', ...extra });
+/** Publishes raw bodies in order, each on its queue. */
+const publishRaw = async (messages: [queue: string, body: string][]) => {
+  for (const [queue, body] of messages) await broker.publish(queue, body);
+};
 
 t.test('a fill becomes a committed change and a position_updated event; fan-out copies', async (t) => {
   const ch = await broker.connection.createChannel();
@@ -156,13 +159,8 @@ t.test("today's Order Manager events on order_events: created no-op, partial, fi
   await broker.publish(ORDER_EVENTS, ev('partially_filled', '1', '10', '0.01'));
   await broker.publish(ORDER_EVENTS, ev('filled', '2', '11', '0.02'));
   await broker.publish(ORDER_EVENTS, ev('filled', '2', '11', '0.02'));
-  await broker.publish(FILLS, {
-    order_id: 'om-marker',
-    asset: 'OMXUSDT',
-    side: 'Sell',
-    execution_quantity: '1',
-    execution_price: '12',
-  });
+  const marker = { order_id: 'om-marker', asset: 'OMXUSDT', side: 'Sell', execution_quantity: '1' };
+  await broker.publish(FILLS, { ...marker, execution_price: '12' });
   const p = await waitPosition('OMXUSDT', (p) => p.size === '-3', 'order events and the marker applied');
   t.equal(p.total_fees, '0.02');
   t.equal(p.average_entry_price, '11.3333333333', '2 @ 11 then 1 @ 12');
@@ -173,19 +171,13 @@ t.test("today's Order Manager events on order_events: created no-op, partial, fi
 });
 
 t.test("reports: TC-001 via data; today's Gateway payload with raw and a shared event_id", async (t) => {
+  // The TC-001 report: a long of 1.5 at 50000.00, 150.00 unrealised, opened at 10:00 UTC.
+  const held = { side: 'Buy', size: '1.5', avgPrice: '50000.00', unrealisedPnl: '150.00' };
+  const opened = { positionValue: '75000.00', mode: 'one-way', timestamp: '2025-01-15T10:00:00Z' };
   await broker.publish(REPORTS, {
     event_type: 'position',
     channel: 'position',
-    data: {
-      symbol: 'TCAUSDT',
-      side: 'Buy',
-      size: '1.5',
-      avgPrice: '50000.00',
-      unrealisedPnl: '150.00',
-      positionValue: '75000.00',
-      mode: 'one-way',
-      timestamp: '2025-01-15T10:00:00Z',
-    },
+    data: { symbol: 'TCAUSDT', ...held, ...opened },
     trace_id: 'test-trace-001',
   });
   const p = await waitPosition('TCAUSDT', () => true, 'TC-001');
@@ -270,20 +262,9 @@ t.test(
     const a = await waitPosition('ARRAUSDT', () => true, 'first report');
     const b = await waitPosition('ARRBUSDT', () => true, 'second report');
     t.same([a.size, b.size], ['1', '-2']);
-    const { stdout } = await promisify(execFile)('rabbitmqctl', [
-      '-q',
-      'list_queues',
-      '-p',
-      broker.vhost,
-      'name',
-      'arguments',
-      '--formatter',
-      'json',
-    ]);
-    const queues = JSON.parse(stdout) as { name: string; arguments: [string, string, unknown][] }[];
-    const gw = queues.find((q) => q.name === REPORTS)!;
+    const queues = await listQueues(broker.vhost);
     t.match(
-      Object.fromEntries(gw.arguments.map(([k, , v]) => [k, v])),
+      queueArguments(queues, REPORTS),
       { 'x-message-ttl': 86400000, 'x-max-length': 100000, 'x-overflow': 'drop-head' },
       "the Gateway's arguments",
     );
@@ -339,7 +320,7 @@ t.test('dead letters: each bad input lands there with its reason; nothing of it 
     ],
   ];
   for (const [queue, body] of bad) await broker.publish(queue, body, { messageId: crypto.randomUUID() });
-  await broker.publish(FILLS, { asset: 'GOODUSDT', side: 'Buy', execution_quantity: '1', execution_price: '10' });
+  await buyOneAtTen('GOODUSDT');
   await waitPosition('GOODUSDT', () => true, 'the consumer keeps going');
   await waitFor(() => deadLetters.messages.length >= before + bad.length, { what: 'dead letters', timeoutMs: 15_000 });
   const got = deadLetters.messages.slice(before);
@@ -371,38 +352,22 @@ t.test('duplicates: same message_id, same body without ids — applied once, one
   await broker.publish(FILLS, body, { messageId: 'dup-m-1' });
   await broker.publish(FILLS, { ...body, execution_quantity: '2' }, { messageId: 'dup-m-1' });
   // One queue keeps its order: once the marker is applied, the duplicate was handled before it.
-  await broker.publish(FILLS, {
-    asset: 'DUPUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-    execution_id: 'dup-marker',
-  });
+  await buyOneAtTen('DUPUSDT', { execution_id: 'dup-marker' });
   const p = await waitPosition('DUPUSDT', (p) => p.version === '2', 'fill and marker');
   t.equal(p.size, '2', 'the second message with the same message_id changed nothing');
   // Reports come on another queue: only after the fills, so the report cannot create the row.
-  await broker.publish(REPORTS, {
-    event_type: 'position',
-    data: { symbol: 'DUPUSDT', size: '2', unrealisedPnl: '5' },
-    trace_id: 'dup-001',
-  });
-  await broker.publish(REPORTS, {
-    event_type: 'position',
-    data: { symbol: 'DUPUSDT', size: '2', unrealisedPnl: '5' },
-    trace_id: 'dup-001',
-  });
+  for (let copy = 0; copy < 2; copy++)
+    await broker.publish(REPORTS, {
+      event_type: 'position',
+      data: { symbol: 'DUPUSDT', size: '2', unrealisedPnl: '5' },
+      trace_id: 'dup-001',
+    });
   await waitPosition('DUPUSDT', (p) => p.version === '3' && p.unrealized_pnl === '5', 'the report');
   await waitFor(
     () => svc.logs.filter((l) => l.msg === 'duplicate message ignored' && l.asset === 'DUPUSDT').length >= 2,
     { what: 'both duplicates logged' },
   );
-  await broker.publish(FILLS, {
-    asset: 'DUPUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-    execution_id: 'dup-marker-2',
-  });
+  await buyOneAtTen('DUPUSDT', { execution_id: 'dup-marker-2' });
   await waitFor(() => eventsFor(updated, 'DUPUSDT').some((b) => b.version === 4), { what: 'the last marker event' });
   t.equal(eventsFor(updated, 'DUPUSDT').length, 4, 'one position_updated per applied change');
 });
@@ -413,13 +378,7 @@ t.test('R-3 (3): without ids the key is the SHA-256 of the RFC 8785 canonical bo
     FILLS,
     '{ "asset" : "JCSUSDT", "execution_quantity" : 1, "execution_price" : "10", "side" : "Buy" }',
   );
-  await broker.publish(FILLS, {
-    asset: 'JCSUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-    execution_id: 'jcs-marker',
-  });
+  await buyOneAtTen('JCSUSDT', { execution_id: 'jcs-marker' });
   const p = await waitPosition('JCSUSDT', (p) => p.version === '2', 'first body and marker');
   t.match(p.size, /^2(\.0+)?$/, 'the reordered body with 1 for 1.0 is the same message');
   const canonical = '{"asset":"JCSUSDT","execution_price":"10","execution_quantity":1,"side":"Buy"}';
@@ -433,14 +392,13 @@ t.test('R-3 (3): without ids the key is the SHA-256 of the RFC 8785 canonical bo
 
 t.test('U+0000 anywhere is dead-lettered naming the field (jsonb cannot store it); nothing applied', async (t) => {
   const before = deadLetters.messages.length;
-  await broker.publish(
-    FILLS,
-    '{"asset":"NULUSDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":{"x":["a\\u0000b"]}}',
-  );
-  await broker.publish(
-    FILLS,
-    '{"asset":"NUL\\u0000USDT","side":"Buy","execution_quantity":"1","execution_price":"10"}',
-  );
+  await publishRaw([
+    [
+      FILLS,
+      '{"asset":"NULUSDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":{"x":["a\\u0000b"]}}',
+    ],
+    [FILLS, '{"asset":"NUL\\u0000USDT","side":"Buy","execution_quantity":"1","execution_price":"10"}'],
+  ]);
   const dl = await waitFor(() => deadLetters.messages.length >= before + 2 && deadLetters.messages.slice(before), {
     what: 'both dead-lettered',
   });
@@ -451,26 +409,28 @@ t.test('U+0000 anywhere is dead-lettered naming the field (jsonb cannot store it
 
 t.test("an unpaired surrogate is dead-lettered naming the field; the log carries the body's trace_id", async (t) => {
   const before = deadLetters.messages.length;
-  await broker.publish(
-    REPORTS,
-    '{"event_type":"position","trace_id":"sur-1","payload":{"symbol":"SURUSDT","side":"Buy","size":"1","note":"\\ud800x"}}',
-  );
-  await broker.publish(
-    FILLS,
-    '{"asset":"SUR2USDT","side":"Buy","execution_quantity":"1","execution_price":"10","trace_id":"sur-2","note":"\\u0000"}',
-  );
-  await broker.publish(
-    FILLS,
-    '{"asset":"SUR3USDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":"\\ud83d\\ude00"}',
-  );
-  await broker.publish(
-    FILLS,
-    `{"asset":"SUR4USDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":${'['.repeat(65)}${']'.repeat(65)}}`,
-  );
-  await broker.publish(
-    FILLS,
-    '{"asset":"SUR5USDT","side":"Buy","execution_quantity":"1","execution_price":"10","trace_id":"bad\\u0000"}',
-  );
+  await publishRaw([
+    [
+      REPORTS,
+      '{"event_type":"position","trace_id":"sur-1","payload":{"symbol":"SURUSDT","side":"Buy","size":"1","note":"\\ud800x"}}',
+    ],
+    [
+      FILLS,
+      '{"asset":"SUR2USDT","side":"Buy","execution_quantity":"1","execution_price":"10","trace_id":"sur-2","note":"\\u0000"}',
+    ],
+    [
+      FILLS,
+      '{"asset":"SUR3USDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":"\\ud83d\\ude00"}',
+    ],
+    [
+      FILLS,
+      `{"asset":"SUR4USDT","side":"Buy","execution_quantity":"1","execution_price":"10","note":${'['.repeat(65)}${']'.repeat(65)}}`,
+    ],
+    [
+      FILLS,
+      '{"asset":"SUR5USDT","side":"Buy","execution_quantity":"1","execution_price":"10","trace_id":"bad\\u0000"}',
+    ],
+  ]);
   const dl = await waitFor(() => deadLetters.messages.length >= before + 4 && deadLetters.messages.slice(before), {
     what: 'all dead-lettered',
   });
@@ -504,13 +464,7 @@ t.test("an unpaired surrogate is dead-lettered naming the field; the log carries
 });
 
 t.test('a report that changes nothing is logged as such, not as a position change', async (t) => {
-  await broker.publish(FILLS, {
-    asset: 'SAMEUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-    execution_id: 'same-1',
-  });
+  await buyOneAtTen('SAMEUSDT', { execution_id: 'same-1' });
   await waitPosition('SAMEUSDT', () => true, 'the fill');
   await broker.publish(REPORTS, {
     event_type: 'position',

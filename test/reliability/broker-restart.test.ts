@@ -11,58 +11,31 @@ import amqp from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { rolesStarted, startService } from '../helpers/service.js';
+import { startWorker } from '../helpers/reliability-stack.js';
 import { waitFor } from '../helpers/wait.js';
-import {
-  FILLS,
-  UPDATED,
-  assetNames,
-  changesPerAsset,
-  checkUpdatedEvents,
-  envInt,
-  generateFills,
-  inboxCount,
-  modelOf,
-  outboxPending,
-  positionMismatches,
-  rng,
-  seedFromEnv,
-  waitDistinctEvents,
-  reliabilityLine,
-} from './lib.js';
+import { FILLS, UPDATED, changesPerAsset, fillStream, inboxCount, outboxPending, positionMismatches } from './lib.js';
 import { resilientCollector, resilientPublisher } from './resilient.js';
 
 const run = promisify(execFile);
-const N = envInt('RELIABILITY_FILLS', 2000);
-const ASSETS = envInt('RELIABILITY_ASSETS', 20);
+const stream = fillStream('BR', 'br');
+const { N } = stream;
 const CLOSES = 2;
-const seed = seedFromEnv();
 
 t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, outbox drains`, async (t) => {
-  t.comment(`seed ${seed} (RELIABILITY_SEED), fills ${N}, assets ${ASSETS}`);
-  const r = rng(seed);
+  t.comment(stream.describe());
+  const r = stream.rng();
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
-  const svc = await startService(t, {
-    databaseUrl: db.url,
-    amqpUrl: broker.url,
-    env: { POSITION_MANAGER_ROLES: 'consumer,relay' },
-  });
-  await rolesStarted(svc, ['consumer', 'relay']);
+  const svc = await startWorker(t, db, broker);
   const updated = await resilientCollector(t, broker.url, UPDATED);
   const publisher = await resilientPublisher(t, broker.url);
 
-  const fills = generateFills(r, N, assetNames('BR', ASSETS), `br-${seed}`);
-  const book = modelOf(fills);
+  const { fills, book } = stream.generate(r);
   let published = 0;
-  const publishing = publisher.publishAll(
-    FILLS,
-    fills.map((f) => ({ body: f, messageId: f.execution_id })),
-    {
-      window: 20,
-      onProgress: (n) => (published = n),
-    },
-  );
+  const publishing = publisher.publishAll(FILLS, stream.deliveries(fills), {
+    window: 20,
+    onProgress: (n) => (published = n),
+  });
 
   const closes: string[] = [];
   for (let i = 0; i < CLOSES; i++) {
@@ -76,11 +49,7 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
       });
     } else {
       const threshold = Math.floor(N * (0.5 + 0.3 * r()));
-      await waitFor(async () => (await inboxCount(db)) >= threshold, {
-        what: `inbox ≥ ${threshold}`,
-        timeoutMs: 60_000 + N * 30,
-        intervalMs: 5,
-      });
+      await stream.waitInbox(db, threshold);
     }
     const connectedBefore = svc.logs.filter((l) => l.msg === 'connected to the broker').length;
     const applied = await inboxCount(db);
@@ -101,18 +70,11 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
   );
   t.equal(svc.child.exitCode, null, 'the service process stayed up');
 
-  await waitFor(async () => (await inboxCount(db)) >= N, {
-    what: `all ${N} fills in the inbox`,
-    timeoutMs: 90_000 + N * 30,
-    intervalMs: 100,
-  });
+  await stream.waitAllApplied(db);
   const check = await amqp.connect(broker.url);
   t.teardown(() => check.close().catch(() => undefined));
   const cch = await check.createChannel();
-  await waitFor(async () => (await cch.checkQueue(FILLS)).messageCount === 0, {
-    what: 'fill queue drained',
-    timeoutMs: 60_000 + N * 30,
-  });
+  await stream.waitQueueDrained(cch);
   await waitFor(async () => (await outboxPending(db)) === 0, {
     what: 'outbox drained (sent_at set on every row)',
     timeoutMs: 60_000 + N * 30,
@@ -127,16 +89,9 @@ t.test(`broker closes every connection ×${CLOSES} mid-stream: nothing lost, out
   t.equal(ledger, N, 'one ledger row per fill');
   t.same(await positionMismatches(db, book), [], 'every position equals the reference model');
 
-  const expected = changesPerAsset(fills);
-  await waitDistinctEvents(updated.messages, N);
-  const ev = checkUpdatedEvents(updated.messages, expected);
-  t.comment(
-    `position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`,
-  );
-  t.same(ev.problems.slice(0, 20), [], 'each version 1..final has exactly one position_updated event');
-  t.equal(ev.distinct, N, 'one distinct event per applied fill');
+  await stream.assertOneEventPerFill(t, updated.messages, changesPerAsset(fills));
   const h = await svc.request('GET', '/health', { key: null });
   t.match(h.body, { status: 'healthy', queue_connected: true }, '/health is healthy again');
   await svc.stop();
-  await reliabilityLine(t, 'broker-restart', db, N);
+  await stream.account(t, 'broker-restart', db);
 });

@@ -7,76 +7,46 @@
 //
 // Sizes: RELIABILITY_FILLS (default 2000), RELIABILITY_ASSETS (20), RELIABILITY_SEED.
 import t from 'tap';
-import { freshBroker } from '../helpers/amqp.js';
-import { freshDatabase } from '../helpers/db.js';
-import { tcpProxy } from '../helpers/proxy.js';
-import { rolesStarted, startService } from '../helpers/service.js';
+import { proxiedStack } from '../helpers/reliability-stack.js';
 import { waitFor } from '../helpers/wait.js';
 import type { ConfirmChannel } from 'amqplib';
-import {
-  DLQ,
-  FILLS,
-  UPDATED,
-  assetNames,
-  envInt,
-  generateFills,
-  inboxCount,
-  modelOf,
-  positionMismatches,
-  publishAll,
-  rng,
-  seedFromEnv,
-  assertEventsComplete,
-  reliabilityLine,
-} from './lib.js';
+import { DLQ, FILLS, UPDATED, assertEventsComplete, fillStream, inboxCount, positionMismatches } from './lib.js';
 
-const N = envInt('RELIABILITY_FILLS', 2000);
-const ASSETS = envInt('RELIABILITY_ASSETS', 20);
-const seed = seedFromEnv();
+const stream = fillStream('DB', 'db');
+const { N } = stream;
 
 t.test('database cut mid-stream: 503 while down, 200 after, everything applied once', async (t) => {
-  t.comment(`seed ${seed} (RELIABILITY_SEED), fills ${N}, assets ${ASSETS}`);
-  const r = rng(seed);
-  const db = await freshDatabase(t);
-  const broker = await freshBroker(t);
-  const proxy = await tcpProxy(t);
-  const svc = await startService(t, {
-    databaseUrl: proxy.url(db.url),
-    amqpUrl: broker.url,
-    env: { POSITION_MANAGER_ROLES: 'api,consumer,relay' },
-  });
-  await rolesStarted(svc, ['consumer', 'relay']);
+  t.comment(stream.describe());
+  const r = stream.rng();
+  const { db, broker, proxy, svc } = await proxiedStack(t);
   const updated = await broker.collect(UPDATED);
   const dead = await broker.collect(DLQ);
   const health = () => svc.request('GET', '/health', { key: null });
   t.equal((await health()).status, 200, '/health 200 before the outage');
 
-  const fills = generateFills(r, N, assetNames('DB', ASSETS), `db-${seed}`);
-  const book = modelOf(fills);
+  const { fills, book } = stream.generate(r);
   const split = Math.floor(N * 0.6);
-  const before = fills.slice(0, split).map((f) => ({ body: f, messageId: f.execution_id }));
-  const during = fills.slice(split).map((f) => ({ body: f, messageId: f.execution_id }));
+  const before = fills.slice(0, split);
+  const during = fills.slice(split);
   const ch = broker.channel as ConfirmChannel;
 
   // Part one flows; the database goes away while it is being applied.
-  const publishing = publishAll(ch, FILLS, before, { window: 20 });
+  const publishing = stream.publish(ch, before, { window: 20 });
   const cutAt = Math.floor(split * (0.2 + 0.5 * r()));
-  await waitFor(async () => (await inboxCount(db)) >= cutAt, {
-    what: `inbox ≥ ${cutAt}`,
-    timeoutMs: 60_000 + N * 30,
-    intervalMs: 5,
-  });
+  await stream.waitInbox(db, cutAt);
   proxy.cut();
   const appliedAtCut = await inboxCount(db);
   const cutTime = Date.now();
 
-  const down = await waitFor(
-    async () => {
-      const h = await health();
-      return h.status === 503 ? h : undefined;
-    },
-    { what: '/health 503 while the database is down', timeoutMs: 15_000 },
-  );
+  const healthWith = (status: number, what: string, timeoutMs: number) =>
+    waitFor(
+      async () => {
+        const h = await health();
+        return h.status === status ? h : undefined;
+      },
+      { what, timeoutMs },
+    );
+  const down = await healthWith(503, '/health 503 while the database is down', 15_000);
   t.match(down.body, { status: 'unhealthy', database_connected: false }, 'unhealthy, database_connected false');
   t.match(down.headers.get('content-type'), /json/, 'health body is JSON');
   const api = await svc.request('GET', '/api/v1/positions');
@@ -87,7 +57,7 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
 
   // Part two is published during the outage.
   await publishing;
-  await publishAll(ch, FILLS, during, { window: 50 });
+  await stream.publish(ch, during, { window: 50 });
   // Two failed attempts (1 s back-off between them): the outage lasts across a retry.
   await waitFor(
     () => svc.logs.filter((l) => /database unavailable; messages stay unacknowledged/.test(l.msg ?? '')).length >= 2,
@@ -104,24 +74,11 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
 
   proxy.restore();
   const restoreTime = Date.now();
-  const up = await waitFor(
-    async () => {
-      const h = await health();
-      return h.status === 200 ? h : undefined;
-    },
-    { what: '/health 200 after the restore', timeoutMs: 30_000 },
-  );
+  const up = await healthWith(200, '/health 200 after the restore', 30_000);
   t.match(up.body, { database_connected: true }, 'database_connected true after the restore');
-  await waitFor(async () => (await inboxCount(db)) >= N, {
-    what: `all ${N} fills applied after the restore`,
-    timeoutMs: 90_000 + N * 30,
-    intervalMs: 100,
-  });
+  await stream.waitAllApplied(db, `all ${N} fills applied after the restore`);
   t.comment(`all applied ${Date.now() - restoreTime} ms after the restore`);
-  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, {
-    what: 'fill queue drained',
-    timeoutMs: 60_000 + N * 30,
-  });
+  await stream.waitQueueDrained(ch);
 
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys`);
   t.same(await positionMismatches(db, book), [], 'every position equals the reference model');
@@ -130,5 +87,5 @@ t.test('database cut mid-stream: 503 while down, 200 after, everything applied o
   const p = await svc.request('GET', `/api/v1/positions/${fills[0]!.asset}`);
   t.equal(p.status, 200, 'REST reads work again');
   await svc.stop();
-  await reliabilityLine(t, 'db-restart', db, N);
+  await stream.account(t, 'db-restart', db);
 });

@@ -14,9 +14,8 @@ import type { ConfirmChannel } from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { rolesStarted, startService } from '../helpers/service.js';
+import { startWorker } from '../helpers/reliability-stack.js';
 import { waitFor } from '../helpers/wait.js';
-import { ModelBook } from '../model/reference.js';
 import {
   FILLS,
   REPORTS,
@@ -28,6 +27,7 @@ import {
   envInt,
   generateFills,
   inboxCount,
+  modelOf,
   outboxPending,
   positionMismatches,
   publishAll,
@@ -51,27 +51,14 @@ t.test('every fill 2–3 times, every report twice: applied once, events once pe
   const r = rng(seed);
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
-  const svc = await startService(t, {
-    databaseUrl: db.url,
-    amqpUrl: broker.url,
-    env: { POSITION_MANAGER_ROLES: 'consumer,relay' },
-  });
-  await rolesStarted(svc, ['consumer', 'relay']);
+  const svc = await startWorker(t, db, broker);
   const updated = await broker.collect(UPDATED);
   const dead = await broker.collect(DLQ);
   const ch = broker.channel as ConfirmChannel;
 
   // ---- fills: distinct ones in order, copies inserted at random later positions ----
   const fills = generateFills(r, N, assetNames('DU', ASSETS), `du-${seed}`);
-  const book = new ModelBook();
-  for (const f of fills)
-    book.fill(f.asset, {
-      side: f.side,
-      qty: f.execution_quantity,
-      price: f.execution_price,
-      fee: f.execution_fees,
-      mode: 'one-way',
-    });
+  const book = modelOf(fills);
   const slots: { body: unknown; messageId?: string }[][] = fills.map(() => []);
   let copies = 0;
   fills.forEach((f, i) => {

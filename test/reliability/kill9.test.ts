@@ -10,64 +10,48 @@ import type { ConfirmChannel } from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { rolesStarted, startService, type RunningService } from '../helpers/service.js';
+import { startWorker } from '../helpers/reliability-stack.js';
+import type { RunningService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 import {
   FILLS,
   UPDATED,
-  assetNames,
   changesPerAsset,
-  checkUpdatedEvents,
   envInt,
-  generateFills,
+  fillStream,
   inboxCount,
-  modelOf,
   outboxPending,
   positionMismatches,
-  publishAll,
-  rng,
-  seedFromEnv,
-  waitDistinctEvents,
-  reliabilityLine,
 } from './lib.js';
 
-const N = envInt('RELIABILITY_FILLS', 2000);
-const ASSETS = envInt('RELIABILITY_ASSETS', 20);
+const stream = fillStream('KN', 'k9');
+const { N } = stream;
 const KILLS = envInt('RELIABILITY_KILLS', 3);
-const seed = seedFromEnv();
 
 t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, async (t) => {
-  t.comment(`seed ${seed} (RELIABILITY_SEED), fills ${N}, assets ${ASSETS}, kills ${KILLS}`);
-  const r = rng(seed);
+  t.comment(stream.describe(`, kills ${KILLS}`));
+  const r = stream.rng();
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
-  const env = { POSITION_MANAGER_ROLES: 'consumer,relay' };
   const t0 = Date.now();
   const since = () => `${((Date.now() - t0) / 1000).toFixed(1)}s`;
   const start = async (): Promise<RunningService> => {
     const s0 = Date.now();
-    const svc = await startService(t, { databaseUrl: db.url, amqpUrl: broker.url, env });
-    await rolesStarted(svc, ['consumer', 'relay']);
+    const svc = await startWorker(t, db, broker);
     t.comment(`service started in ${Date.now() - s0} ms (at ${since()})`);
     return svc;
   };
   let svc = await start();
   const updated = await broker.collect(UPDATED);
 
-  const fills = generateFills(r, N, assetNames('KN', ASSETS), `k9-${seed}`);
-  const book = modelOf(fills);
+  const { fills, book } = stream.generate(r);
 
   // The publisher runs concurrently with the kills (one confirm per message keeps per-asset order).
   let published = 0;
-  const publishing = publishAll(
-    broker.channel as ConfirmChannel,
-    FILLS,
-    fills.map((f) => ({ body: f, messageId: f.execution_id })),
-    {
-      window: 20,
-      onProgress: (n) => (published = n),
-    },
-  );
+  const publishing = stream.publish(broker.channel as ConfirmChannel, fills, {
+    window: 20,
+    onProgress: (n) => (published = n),
+  });
 
   // Kill points: inbox counts spread over the stream, so each kill lands while messages flow.
   const thresholds = Array.from({ length: KILLS }, (_, i) => Math.floor(N * (0.1 + (0.75 * (i + r())) / KILLS))).sort(
@@ -75,11 +59,7 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
   );
   const kills: { at: number; applied: number; published: number }[] = [];
   for (const threshold of thresholds) {
-    await waitFor(async () => (await inboxCount(db)) >= threshold, {
-      what: `inbox ≥ ${threshold}`,
-      timeoutMs: 60_000 + N * 30,
-      intervalMs: 5,
-    });
+    await stream.waitInbox(db, threshold);
     const before = await inboxCount(db);
     svc.child.kill('SIGKILL');
     const code = await svc.stop(); // resolves on exit
@@ -97,20 +77,10 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
     'every kill happened before the stream was fully applied',
   );
 
-  await waitFor(async () => (await inboxCount(db)) >= N, {
-    what: `all ${N} fills in the inbox`,
-    timeoutMs: 90_000 + N * 30,
-    intervalMs: 100,
-  });
+  await stream.waitAllApplied(db);
   t.comment(`all fills applied at ${since()}`);
   // Let the queue drain completely (redeliveries after the last kill become duplicates).
-  await waitFor(
-    async () => {
-      const q = await broker.channel.checkQueue(FILLS);
-      return q.messageCount === 0;
-    },
-    { what: 'fill queue drained', timeoutMs: 60_000 + N * 30 },
-  );
+  await stream.waitQueueDrained(broker.channel);
 
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys for ${FILLS}`);
   const ledger = (
@@ -130,13 +100,7 @@ t.test(`kill -9 mid-stream ×${KILLS}: nothing lost, nothing applied twice`, asy
     'each position version equals its number of fills',
   );
   await waitFor(async () => (await outboxPending(db)) === 0, { what: 'outbox drained', timeoutMs: 60_000 + N * 30 });
-  await waitDistinctEvents(updated.messages, N);
-  const ev = checkUpdatedEvents(updated.messages, expected);
-  t.comment(
-    `position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`,
-  );
-  t.same(ev.problems.slice(0, 20), [], 'each version 1..final has exactly one position_updated event');
-  t.equal(ev.distinct, N, 'one distinct event per applied fill');
-  await reliabilityLine(t, 'kill9', db, N, `${kills.length} kills`);
+  await stream.assertOneEventPerFill(t, updated.messages, expected);
+  await stream.account(t, 'kill9', db, `${kills.length} kills`);
   await svc.stop();
 });

@@ -6,7 +6,8 @@ import { confirmed } from '../helpers/amqp.js';
 import { ModelBook, diffState, type Side } from '../model/reference.js';
 import type { TestDb } from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
-export { rng } from '../helpers/random.js';
+import { rng } from '../helpers/random.js';
+export { rng };
 
 export const FILLS = 'order-manager.order_executed';
 export const REPORTS = 'ws-gateway.position';
@@ -257,4 +258,105 @@ export async function reliabilityLine(
   const line = `reliability ${scenario}: ${sent} sent, ${r.applied} applied, ${Math.max(sent - r.applied, 0)} lost, ${r.twice} duplicated${extra ? `, ${extra}` : ''}`;
   t.comment(line);
   return line;
+}
+
+/** The fills as deliveries, each with its execution_id as the AMQP message id. */
+const withMessageIds = (fills: Fill[]) => fills.map((f) => ({ body: f, messageId: f.execution_id }));
+
+/** Waits, polling fast, until the inbox holds `threshold` fills of a stream of `total`. */
+async function waitInboxAtLeast(db: TestDb, threshold: number, total: number): Promise<void> {
+  await waitFor(async () => (await inboxCount(db)) >= threshold, {
+    what: `inbox ≥ ${threshold}`,
+    timeoutMs: 60_000 + total * 30,
+    intervalMs: 5,
+  });
+}
+
+/** Waits until every one of the `total` fills is in the inbox. */
+async function waitAllApplied(db: TestDb, total: number, what = `all ${total} fills in the inbox`): Promise<void> {
+  await waitFor(async () => (await inboxCount(db)) >= total, { what, timeoutMs: 90_000 + total * 30, intervalMs: 100 });
+}
+
+/** Waits until nothing is ready in the fill queue (after a stream of `total` fills). */
+async function waitFillQueueDrained(ch: Pick<amqp.Channel, 'checkQueue'>, total: number): Promise<void> {
+  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, {
+    what: 'fill queue drained',
+    timeoutMs: 60_000 + total * 30,
+  });
+}
+
+/** Checks the position_updated events of `total` applied fills: one distinct event per version, per fill. */
+async function assertOneEventPerFill(
+  t: {
+    comment(m: string): void;
+    same(a: unknown, b: unknown, m: string): unknown;
+    equal(a: unknown, b: unknown, m: string): unknown;
+  },
+  messages: amqp.ConsumeMessage[],
+  expected: Map<string, number>,
+  total: number,
+): Promise<void> {
+  await waitDistinctEvents(messages, total);
+  const ev = checkUpdatedEvents(messages, expected);
+  t.comment(
+    `position_updated: ${ev.received} received, ${ev.distinct} distinct, ${ev.duplicates} redelivered duplicates`,
+  );
+  t.same(ev.problems.slice(0, 20), [], 'each version 1..final has exactly one position_updated event');
+  t.equal(ev.distinct, total, 'one distinct event per applied fill');
+}
+
+type Checks = Parameters<typeof assertOneEventPerFill>[0];
+
+/**
+ * A seeded stream scenario: its sizes (RELIABILITY_FILLS, RELIABILITY_ASSETS, RELIABILITY_SEED),
+ * its fills, and the waits and checks whose deadlines and counts follow from its size `N`.
+ */
+export interface FillStream {
+  N: number;
+  ASSETS: number;
+  seed: number;
+  /** The comment that lets a run be repeated, with `extra` sizes appended. */
+  describe(extra?: string): string;
+  /** The seeded generator of this run. */
+  rng(): () => number;
+  /** `N` fills over `ASSETS` assets named `assetPrefix…`, ids `idPrefix-seed-i`, and the model's book after them. */
+  generate(r: () => number): { fills: Fill[]; book: ModelBook };
+  /** The fills as deliveries, each with its execution_id as the AMQP message id. */
+  deliveries(fills: Fill[]): { body: Fill; messageId: string }[];
+  /** Waits, polling fast, until the inbox holds `threshold` fills. */
+  waitInbox(db: TestDb, threshold: number): Promise<void>;
+  /** Waits until all `N` fills are in the inbox. */
+  waitAllApplied(db: TestDb, what?: string): Promise<void>;
+  /** Waits until nothing is ready in the fill queue. */
+  waitQueueDrained(ch: Pick<amqp.Channel, 'checkQueue'>): Promise<void>;
+  /** Publishes `fills` (of this stream) on the fill queue in order, each with its execution_id as message id. */
+  publish(ch: amqp.ConfirmChannel, fills: Fill[], options?: Parameters<typeof publishAll>[3]): Promise<void>;
+  /** The closing account of the run (reliabilityLine) with all `N` fills sent. */
+  account(t: { comment(m: string): void }, scenario: string, db: TestDb, extra?: string): Promise<string>;
+  /** One distinct position_updated per version of each asset, `N` in all. */
+  assertOneEventPerFill(t: Checks, messages: amqp.ConsumeMessage[], expected: Map<string, number>): Promise<void>;
+}
+
+export function fillStream(assetPrefix: string, idPrefix: string, defaultFills = 2000): FillStream {
+  const N = envInt('RELIABILITY_FILLS', defaultFills);
+  const ASSETS = envInt('RELIABILITY_ASSETS', 20);
+  const seed = seedFromEnv();
+  return {
+    N,
+    ASSETS,
+    seed,
+    describe: (extra = '') => `seed ${seed} (RELIABILITY_SEED), fills ${N}, assets ${ASSETS}${extra}`,
+    rng: () => rng(seed),
+    generate(r) {
+      const fills = generateFills(r, N, assetNames(assetPrefix, ASSETS), `${idPrefix}-${seed}`);
+      return { fills, book: modelOf(fills) };
+    },
+    deliveries: withMessageIds,
+    publish: (ch, fills, options) => publishAll(ch, FILLS, withMessageIds(fills), options),
+    account: (t, scenario, db, extra) => reliabilityLine(t, scenario, db, N, extra),
+    waitInbox: (db, threshold) => waitInboxAtLeast(db, threshold, N),
+    waitAllApplied: (db, what) => waitAllApplied(db, N, what),
+    waitQueueDrained: (ch) => waitFillQueueDrained(ch, N),
+    assertOneEventPerFill: (t, messages, expected) => assertOneEventPerFill(t, messages, expected, N),
+  };
 }

@@ -8,18 +8,16 @@ import type amqp from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { rolesStarted, startService } from '../helpers/service.js';
+import { startWorker } from '../helpers/reliability-stack.js';
 import { waitFor } from '../helpers/wait.js';
 import { DLQ, FILLS, REPORTS, publishAll } from './lib.js';
 
 const db = await freshDatabase(t);
 const broker = await freshBroker(t);
-const svc = await startService(t, {
-  databaseUrl: db.url,
-  amqpUrl: broker.url,
-  env: { POSITION_MANAGER_ROLES: 'consumer,relay', POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS: '2' },
+const svc = await startWorker(t, db, broker, {
+  started: ['consumer'],
+  env: { POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS: '2' },
 });
-await rolesStarted(svc, ['consumer']);
 const dead = await broker.collect(DLQ);
 const ch = broker.channel as amqp.ConfirmChannel;
 
@@ -74,6 +72,28 @@ const arrayOf101 = {
 const future = Date.now() + 3_600_000;
 const deep = `{"execution_id":"deep","asset":"POISDEEPUSDT","side":"Buy","execution_quantity":"1","execution_price":"1","x":${'['.repeat(50_000)}${']'.repeat(50_000)}}`;
 
+/** A fill with `extra` over the valid defaults, on the fill queue; `asset` must stay untouched. */
+const badFill = (name: string, asset: string, extra: Record<string, unknown>, reason?: RegExp): Poison => ({
+  name,
+  queue: FILLS,
+  body: JSON.stringify(fill(asset, extra)),
+  assets: [asset],
+  ...(reason ? { reason } : {}),
+});
+/** A position report with `payload`, on the report queue; none of `assets` may be touched. */
+const badReport = (
+  name: string,
+  body: { event_type?: string; event_id: string; payload: unknown },
+  assets: string[],
+  reason?: RegExp,
+): Poison => ({
+  name,
+  queue: REPORTS,
+  body: JSON.stringify({ event_type: 'position', ...body }),
+  assets,
+  ...(reason ? { reason } : {}),
+});
+
 const poisons: Poison[] = [
   {
     name: 'malformed JSON',
@@ -106,82 +126,22 @@ const poisons: Poison[] = [
     assets: [],
     reason: /asset|symbol/i,
   },
-  {
-    name: 'negative quantity',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISNEGUSDT', { execution_quantity: '-1' })),
-    assets: ['POISNEGUSDT'],
-    reason: /quantity/i,
-  },
-  {
-    name: 'zero price',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISZEROUSDT', { execution_price: '0' })),
-    assets: ['POISZEROUSDT'],
-    reason: /price/i,
-  },
-  {
-    name: 'negative fee',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISFEEUSDT', { execution_fees: '-0.5' })),
-    assets: ['POISFEEUSDT'],
-    reason: /fee/i,
-  },
-  {
-    name: 'nine fractional digits',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISFRACUSDT', { execution_quantity: '0.123456789' })),
-    assets: ['POISFRACUSDT'],
-    reason: /quantity/i,
-  },
-  {
-    name: 'quantity not a number',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISNANUSDT', { execution_quantity: 'NaN' })),
-    assets: ['POISNANUSDT'],
-    reason: /quantity/i,
-  },
+  badFill('negative quantity', 'POISNEGUSDT', { execution_quantity: '-1' }, /quantity/i),
+  badFill('zero price', 'POISZEROUSDT', { execution_price: '0' }, /price/i),
+  badFill('negative fee', 'POISFEEUSDT', { execution_fees: '-0.5' }, /fee/i),
+  badFill('nine fractional digits', 'POISFRACUSDT', { execution_quantity: '0.123456789' }, /quantity/i),
+  badFill('quantity not a number', 'POISNANUSDT', { execution_quantity: 'NaN' }, /quantity/i),
   {
     name: 'quantity 1e400 as a JSON number',
     queue: FILLS,
     body: '{"execution_id":"e400","asset":"POISEXPUSDT","side":"Buy","execution_quantity":1e400,"execution_price":"1"}',
     assets: ['POISEXPUSDT'],
   },
-  {
-    name: 'decimal longer than 40 characters',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISLONGUSDT', { execution_price: '1'.repeat(41) })),
-    assets: ['POISLONGUSDT'],
-    reason: /price/i,
-  },
-  {
-    name: 'side Hold',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISSIDEUSDT', { side: 'Hold' })),
-    assets: ['POISSIDEUSDT'],
-    reason: /side/i,
-  },
-  {
-    name: 'unknown asset format (dash, bang)',
-    queue: FILLS,
-    body: JSON.stringify(fill('BAD-ASSET!')),
-    assets: ['BAD-ASSET!'],
-    reason: /asset|symbol/i,
-  },
-  {
-    name: 'asset of one character',
-    queue: FILLS,
-    body: JSON.stringify(fill('B')),
-    assets: ['B'],
-    reason: /asset|symbol/i,
-  },
-  {
-    name: 'asset of 21 characters',
-    queue: FILLS,
-    body: JSON.stringify(fill('ABCDEFGHIJKLMNOPQUSDT')),
-    assets: ['ABCDEFGHIJKLMNOPQUSDT'],
-    reason: /asset|symbol/i,
-  },
+  badFill('decimal longer than 40 characters', 'POISLONGUSDT', { execution_price: '1'.repeat(41) }, /price/i),
+  badFill('side Hold', 'POISSIDEUSDT', { side: 'Hold' }, /side/i),
+  badFill('unknown asset format (dash, bang)', 'BAD-ASSET!', {}, /asset|symbol/i),
+  badFill('asset of one character', 'B', {}, /asset|symbol/i),
+  badFill('asset of 21 characters', 'ABCDEFGHIJKLMNOPQUSDT', {}, /asset|symbol/i),
   {
     name: 'SQL in the asset',
     queue: FILLS,
@@ -196,40 +156,11 @@ const poisons: Poison[] = [
     assets: ['POISBIGUSDT'],
     reason: /1048576|large|size|byte/i,
   },
-  {
-    name: 'unknown event_type',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISETUSDT', { event_type: 'exploded' })),
-    assets: ['POISETUSDT'],
-    reason: /event_type/i,
-  },
-  {
-    name: 'unknown mode',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISMODEUSDT', { mode: 'sideways' })),
-    assets: ['POISMODEUSDT'],
-    reason: /mode/i,
-  },
-  {
-    name: 'hedge position_idx 3',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISIDXUSDT', { mode: 'hedge', position_idx: 3 })),
-    assets: ['POISIDXUSDT'],
-    reason: /position_idx/i,
-  },
-  {
-    name: 'garbage executed_at',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISTIMEUSDT', { executed_at: 'yesterday-ish' })),
-    assets: ['POISTIMEUSDT'],
-    reason: /executed_at/i,
-  },
-  {
-    name: 'NUL character (jsonb rejects \\u0000)',
-    queue: FILLS,
-    body: JSON.stringify(fill('POISNULUSDT', { order_id: 'a\u0000b' })),
-    assets: ['POISNULUSDT'],
-  },
+  badFill('unknown event_type', 'POISETUSDT', { event_type: 'exploded' }, /event_type/i),
+  badFill('unknown mode', 'POISMODEUSDT', { mode: 'sideways' }, /mode/i),
+  badFill('hedge position_idx 3', 'POISIDXUSDT', { mode: 'hedge', position_idx: 3 }, /position_idx/i),
+  badFill('garbage executed_at', 'POISTIMEUSDT', { executed_at: 'yesterday-ish' }, /executed_at/i),
+  badFill('NUL character (jsonb rejects \\u0000)', 'POISNULUSDT', { order_id: 'a\u0000b' }),
   {
     name: 'invalid UTF-8',
     queue: FILLS,
@@ -249,60 +180,34 @@ const poisons: Poison[] = [
     assets: arrayOf101.payload.map((p) => p.symbol),
     reason: /100/,
   },
-  {
-    name: 'report: event_type not position',
-    queue: REPORTS,
-    body: JSON.stringify({ event_type: 'trade', event_id: 'rep-et', payload: report('POISRETUSDT') }),
-    assets: ['POISRETUSDT'],
-    reason: /event_type/i,
-  },
-  {
-    name: 'report: size not-a-number (TC-029)',
-    queue: REPORTS,
-    body: JSON.stringify({
-      event_type: 'position',
-      event_id: 'rep-nan',
-      payload: report('POISRNANUSDT', { size: 'not-a-number' }),
-    }),
-    assets: ['POISRNANUSDT'],
-    reason: /size/i,
-  },
-  {
-    name: 'report: empty payload array',
-    queue: REPORTS,
-    body: JSON.stringify({ event_type: 'position', event_id: 'rep-empty', payload: [] }),
-    assets: [],
-  },
-  {
-    name: 'report: updatedTime an hour ahead',
-    queue: REPORTS,
-    body: JSON.stringify({
-      event_type: 'position',
-      event_id: 'rep-fut',
-      payload: report('POISRFUTUSDT', { updatedTime: future }),
-    }),
-    assets: ['POISRFUTUSDT'],
-  },
-  {
-    name: 'report: mode contradicts positionIdx',
-    queue: REPORTS,
-    body: JSON.stringify({
-      event_type: 'position',
-      event_id: 'rep-mode',
-      payload: report('POISRMODUSDT', { mode: 'one-way', positionIdx: 2 }),
-    }),
-    assets: ['POISRMODUSDT'],
-  },
-  {
-    name: 'report array: one bad item spoils the whole message',
-    queue: REPORTS,
-    body: JSON.stringify({
-      event_type: 'position',
-      event_id: 'rep-mixed',
-      payload: [report('POISRAAUSDT'), report('POISRABUSDT', { size: '-3' })],
-    }),
-    assets: ['POISRAAUSDT', 'POISRABUSDT'],
-  },
+  badReport(
+    'report: event_type not position',
+    { event_type: 'trade', event_id: 'rep-et', payload: report('POISRETUSDT') },
+    ['POISRETUSDT'],
+    /event_type/i,
+  ),
+  badReport(
+    'report: size not-a-number (TC-029)',
+    { event_id: 'rep-nan', payload: report('POISRNANUSDT', { size: 'not-a-number' }) },
+    ['POISRNANUSDT'],
+    /size/i,
+  ),
+  badReport('report: empty payload array', { event_id: 'rep-empty', payload: [] }, []),
+  badReport(
+    'report: updatedTime an hour ahead',
+    { event_id: 'rep-fut', payload: report('POISRFUTUSDT', { updatedTime: future }) },
+    ['POISRFUTUSDT'],
+  ),
+  badReport(
+    'report: mode contradicts positionIdx',
+    { event_id: 'rep-mode', payload: report('POISRMODUSDT', { mode: 'one-way', positionIdx: 2 }) },
+    ['POISRMODUSDT'],
+  ),
+  badReport(
+    'report array: one bad item spoils the whole message',
+    { event_id: 'rep-mixed', payload: [report('POISRAAUSDT'), report('POISRABUSDT', { size: '-3' })] },
+    ['POISRAAUSDT', 'POISRABUSDT'],
+  ),
 ];
 
 const headerOf = (m: amqp.ConsumeMessage, h: string) => {

@@ -10,70 +10,38 @@ import type { ConfirmChannel } from 'amqplib';
 import t from 'tap';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
-import { rolesStarted, startService, type RunningService } from '../helpers/service.js';
-import { waitFor } from '../helpers/wait.js';
-import {
-  FILLS,
-  UPDATED,
-  assetNames,
-  envInt,
-  generateFills,
-  inboxCount,
-  modelOf,
-  positionMismatches,
-  publishAll,
-  rng,
-  seedFromEnv,
-  assertEventsComplete,
-  reliabilityLine,
-} from './lib.js';
+import { startWorker } from '../helpers/reliability-stack.js';
+import type { RunningService } from '../helpers/service.js';
+import { FILLS, UPDATED, assertEventsComplete, fillStream, inboxCount, positionMismatches } from './lib.js';
 
-const N = envInt('RELIABILITY_FILLS', 2000);
-const ASSETS = envInt('RELIABILITY_ASSETS', 20);
+const stream = fillStream('SD', 'sd');
+const { N } = stream;
 const STOPS = 2;
 const SHUTDOWN_TIMEOUT_MS = 10_000;
-const seed = seedFromEnv();
 
 t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, async (t) => {
-  t.comment(`seed ${seed} (RELIABILITY_SEED), fills ${N}, assets ${ASSETS}`);
-  const r = rng(seed);
+  t.comment(stream.describe());
+  const r = stream.rng();
   const db = await freshDatabase(t);
   const broker = await freshBroker(t);
-  const start = async (): Promise<RunningService> => {
-    const svc = await startService(t, {
-      databaseUrl: db.url,
-      amqpUrl: broker.url,
-      env: {
-        POSITION_MANAGER_ROLES: 'consumer,relay',
-        POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS),
-      },
-    });
-    await rolesStarted(svc, ['consumer', 'relay']);
-    return svc;
-  };
+  const start = (): Promise<RunningService> =>
+    startWorker(t, db, broker, { env: { POSITION_MANAGER_SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_TIMEOUT_MS) } });
   let svc = await start();
   const updated = await broker.collect(UPDATED);
   const ch = broker.channel as ConfirmChannel;
 
-  const fills = generateFills(r, N, assetNames('SD', ASSETS), `sd-${seed}`);
-  const book = modelOf(fills);
+  const { fills, book } = stream.generate(r);
   let published = 0;
-  const publishing = publishAll(
-    ch,
-    FILLS,
-    fills.map((f) => ({ body: f, messageId: f.execution_id })),
-    { window: 20, onProgress: (n) => (published = n) },
-  );
+  const publishing = stream.publish(ch, fills, {
+    window: 20,
+    onProgress: (n) => (published = n),
+  });
 
   const duplicatesSeen = (s: RunningService) => s.logs.filter((l) => l.msg === 'duplicate message ignored').length;
   let duplicates = 0;
   for (let i = 0; i < STOPS; i++) {
     const threshold = Math.floor(N * (0.15 + (0.6 * (i + r())) / STOPS));
-    await waitFor(async () => (await inboxCount(db)) >= threshold, {
-      what: `inbox ≥ ${threshold}`,
-      timeoutMs: 60_000 + N * 30,
-      intervalMs: 5,
-    });
+    await stream.waitInbox(db, threshold);
     const atSignal = await inboxCount(db);
     const signalled = Date.now();
     const code = await svc.stop('SIGTERM');
@@ -107,15 +75,8 @@ t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, a
   }
   await publishing;
 
-  await waitFor(async () => (await inboxCount(db)) >= N, {
-    what: `all ${N} fills in the inbox`,
-    timeoutMs: 90_000 + N * 30,
-    intervalMs: 100,
-  });
-  await waitFor(async () => (await ch.checkQueue(FILLS)).messageCount === 0, {
-    what: 'fill queue drained',
-    timeoutMs: 60_000 + N * 30,
-  });
+  await stream.waitAllApplied(db);
+  await stream.waitQueueDrained(ch);
   duplicates += duplicatesSeen(svc);
   t.equal(duplicates, 0, 'no process met a redelivered duplicate (every commit before a stop was acknowledged)');
   t.equal(await inboxCount(db), N, `inbox holds exactly ${N} keys`);
@@ -127,5 +88,5 @@ t.test(`SIGTERM ×${STOPS} mid-stream: exit 0, nothing lost or applied twice`, a
   t.same(await positionMismatches(db, book), [], 'every position equals the reference model');
   await assertEventsComplete(t, db, updated.messages, fills);
   t.equal(await svc.stop('SIGTERM'), 0, 'the last process stops cleanly too (idle)');
-  await reliabilityLine(t, 'shutdown', db, N);
+  await stream.account(t, 'shutdown', db);
 });
