@@ -1,6 +1,7 @@
 // The ledger's SQL functions against the real PostgreSQL: ACCOUNTING.md's worked examples and
 // the processing rules of SPEC.md §4, with the exact numbers the documents give.
 import t from 'tap';
+import { type FillFields, fillFields } from '../helpers/ledger-fill.js';
 import { freshDatabase, type TestDb, writePositionsDirectly } from '../helpers/db.js';
 
 let seq = 0;
@@ -9,17 +10,8 @@ const fill = (f: Record<string, unknown>) => ({ execution_id: `x-${++seq}`, ...f
 async function apply(db: TestDb, f: Record<string, unknown>) {
   return (await db.query('select * from apply_order_fill($1::jsonb)', [JSON.stringify(f)])).rows[0];
 }
-/** One fill through apply_order_fill: asset, side, quantity and price, and any other fields in `more`. */
-async function trade(
-  db: TestDb,
-  asset: string,
-  side: string,
-  execution_quantity: string | number,
-  execution_price: string | number,
-  more: Record<string, unknown> = {},
-) {
-  return apply(db, fill({ asset, side, execution_quantity, execution_price, ...more }));
-}
+/** One fill through apply_order_fill: asset, side, quantity and price, and any other fields (ledger-fill.ts). */
+const trade = (db: TestDb, ...f: FillFields) => apply(db, fill(fillFields(...f)));
 async function report(db: TestDb, r: Record<string, unknown>) {
   return (await db.query('select * from apply_position_report($1::jsonb)', [JSON.stringify(r)])).rows[0];
 }

@@ -4,10 +4,10 @@
 // mode defaults (convention 2) and error messages without empty values (R-17).
 import t from 'tap';
 import {
-  canonical,
+  canonical as dec,
   freshDatabase,
-  jobsWithKey,
-  positionRow,
+  jobsWithKey as jobs,
+  positionRow as row,
   writePositionsDirectly,
   type TestDb,
 } from '../helpers/db.js';
@@ -21,9 +21,6 @@ const report = async (db: TestDb, payload: Record<string, unknown>) =>
       JSON.stringify({ event_type: 'position', event_id: `rs-${++seq}`, payload }),
     ])
   ).rows[0].r;
-const row = positionRow;
-const dec = canonical;
-const jobs = jobsWithKey;
 
 t.test(
   'R-12 per leg: the Gateway sends the two legs of one hedge update as two messages; both are right at once',
