@@ -780,30 +780,14 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
     async (t) => {
       await trade(db, 'TWOLUSDT', 'Buy', '1', '100', { mode: 'hedge', executed_at: '2025-03-01T00:00:00Z' });
       await trade(db, 'TWOLUSDT', 'Sell', '1', '100', { mode: 'hedge', executed_at: '2025-03-01T00:00:00Z' });
-      await report(db, {
-        event_type: 'position',
-        data: {
-          symbol: 'TWOLUSDT',
-          positionIdx: 1,
-          side: 'Buy',
-          size: '1',
-          markPrice: '110',
-          unrealisedPnl: '10.5',
-          updatedTime: 1740787500000,
-        },
-      });
-      await report(db, {
-        event_type: 'position',
-        data: {
-          symbol: 'TWOLUSDT',
-          positionIdx: 2,
-          side: 'Sell',
-          size: '3',
-          markPrice: '110',
-          unrealisedPnl: '-31',
-          updatedTime: 1740787500000,
-        },
-      });
+      // a report for each leg, both at mark 110
+      for (const [positionIdx, side, size, unrealisedPnl] of [
+        [1, 'Buy', '1', '10.5'],
+        [2, 'Sell', '3', '-31'],
+      ] as const) {
+        const data = { symbol: 'TWOLUSDT', positionIdx, side, size, markPrice: '110', unrealisedPnl };
+        await report(db, { event_type: 'position', data: { ...data, updatedTime: 1740787500000 } });
+      }
       await validate('TWOLUSDT', 'hedge');
       const p = await row(db, 'TWOLUSDT', 'hedge');
       t.same(
