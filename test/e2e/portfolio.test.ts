@@ -3,6 +3,7 @@
 import t, { type Test } from 'tap';
 import { startStack, type Stack, acceptanceSummary } from '../helpers/stack.js';
 import { waitFor } from '../helpers/wait.js';
+import { PORTFOLIO_METRICS } from '../helpers/ledger-names.js';
 
 const record = acceptanceSummary(t);
 const acceptance = async (title: string, fn: (t: Test) => Promise<void>) => record(title, await t.test(title, fn));
@@ -182,16 +183,7 @@ await acceptance('TC-023 portfolio_updated after a change equals portfolio_metri
   );
   const sql = (await s.db.query('select portfolio_metrics() as m')).rows[0].m;
   const api = (await s.get('/api/v1/portfolio')).body;
-  for (const k of [
-    'total_exposure_usdt',
-    'total_unrealized_pnl_usdt',
-    'total_realized_pnl_usdt',
-    'portfolio_value_usdt',
-    'net_exposure_usdt',
-    'open_positions_count',
-    'long_positions_count',
-    'short_positions_count',
-  ]) {
+  for (const k of PORTFOLIO_METRICS) {
     t.same(ev[k], sql[k], `${k} equals portfolio_metrics()`);
     t.same(ev[k], api[k], `${k} equals GET /portfolio`);
   }

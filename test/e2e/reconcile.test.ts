@@ -4,6 +4,7 @@
 // exchange degrades /health without ever logging the key or the secret.
 import t from 'tap';
 import { startFakeBybitAccount } from '../helpers/fake-bybit.js';
+import { bybitPosition } from '../helpers/ledger-bybit.js';
 import { startStack } from '../helpers/stack.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -48,48 +49,25 @@ t.test('reconciliation with the exchange, end to end', async (t) => {
     kind: 'positions',
     pageSize: 1,
     list: [
-      {
-        symbol: 'BTCUSDT',
-        positionIdx: 0,
-        side: 'Buy',
-        size: '1.5',
-        avgPrice: '50333.33333333',
-        markPrice: '50400',
-        unrealisedPnl: '100',
+      bybitPosition('BTCUSDT', 0, 'Buy', '1.5', '50333.33333333', '50400', '100', {
         cumRealisedPnl: '0',
         updatedTime: String(executed + 30_000),
         createdTime: String(executed),
         seq: 7,
-      },
-      {
-        symbol: 'SOLUSDT',
-        positionIdx: 0,
-        side: 'Sell',
-        size: '10',
-        avgPrice: '150',
-        markPrice: '149',
-        unrealisedPnl: '10',
+      }),
+      bybitPosition('SOLUSDT', 0, 'Sell', '10', '150', '149', '10', {
         cumRealisedPnl: '0',
         updatedTime: String(executed),
         createdTime: String(executed),
-      },
+      }),
     ],
   });
-  const sol = await s.until(
-    'SOLUSDT',
-    (p) => p.size === '-10',
-    'the position never seen here, adopted',
-    'one-way',
-    25_000,
-  );
+  // reconciliation runs every 10 s: a one-way position reaches the listed size within 25 s
+  const listedSize = (asset: string, size: string, what: string) =>
+    s.until(asset, (p) => p.size === size, what, 'one-way', 25_000);
+  const sol = await listedSize('SOLUSDT', '-10', 'the position never seen here, adopted');
   t.match(sol, { average_entry_price: '150', unrealized_pnl: '10', current_price: '149' });
-  const btc = await s.until(
-    'BTCUSDT',
-    (p) => p.size === '1.5',
-    "validation after the grace period adopts the exchange's size",
-    'one-way',
-    25_000,
-  );
+  const btc = await listedSize('BTCUSDT', '1.5', "validation after the grace period adopts the exchange's size");
   t.match(btc, { average_entry_price: '50333.33333333' });
   const fix = (
     await s.db.query(

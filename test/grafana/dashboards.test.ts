@@ -4,6 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { GRAFANA_VIEWS } from '../helpers/ledger-names.js';
 
 const DASHBOARDS_DIR = join(import.meta.dirname, '..', '..', 'grafana', 'dashboards');
 const EXPECTED_FILES = [
@@ -15,19 +16,7 @@ const EXPECTED_FILES = [
 const DATASOURCE_UID = 'position-manager';
 
 // The relations grafana_reader may select (sql/900_grafana_grants.sql).
-const VIEWS = new Set([
-  'positions_view',
-  'portfolio_metrics_view',
-  'portfolio_by_asset_view',
-  'portfolio_asset_totals_view',
-  'position_snapshots_view',
-  'portfolio_metrics_history_view',
-  'portfolio_pnl_hourly',
-  'position_pnl_hourly',
-  'position_events_view',
-  'job_history_view',
-  'job_queue_view',
-]);
+const VIEWS = new Set<string>([...GRAFANA_VIEWS, 'portfolio_asset_totals_view']);
 const BASE_TABLE =
   /\b(from|join)\s+(positions|position_fills|position_events|position_snapshots|inbox|outbox|job_runs|portfolio_metrics_history|graphile_worker\.)\b/i;
 

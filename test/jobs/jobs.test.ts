@@ -7,6 +7,7 @@ import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase, writePositionsDirectly } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
+import { PORTFOLIO_METRICS } from '../helpers/ledger-names.js';
 
 const db = await freshDatabase(t);
 const broker = await freshBroker(t);
@@ -211,17 +212,7 @@ t.test('TC-023: a change is followed by a portfolio_updated equal to portfolio_m
     what: 'portfolio_updated',
     timeoutMs: 10_000,
   });
-  for (const k of [
-    'total_exposure_usdt',
-    'total_unrealized_pnl_usdt',
-    'total_realized_pnl_usdt',
-    'portfolio_value_usdt',
-    'net_exposure_usdt',
-    'open_positions_count',
-    'long_positions_count',
-    'short_positions_count',
-  ])
-    t.same(ev[k], m[k], k);
+  for (const k of PORTFOLIO_METRICS) t.same(ev[k], m[k], k);
   t.ok((await count('select count(*) as n from portfolio_metrics_history')) >= 1, 'history sampled');
   t.ok(
     (await count(

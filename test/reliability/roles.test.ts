@@ -10,6 +10,7 @@ import { freshBroker } from '../helpers/amqp.js';
 import { TEST_DATABASE_URL, freshDatabase } from '../helpers/db.js';
 import { startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
+import { GRAFANA_VIEWS } from '../helpers/ledger-names.js';
 
 async function admin<T>(fn: (c: pg.Client) => Promise<T>, database?: string): Promise<T> {
   const u = new URL(TEST_DATABASE_URL);
@@ -84,18 +85,7 @@ t.test('grafana_reader: views only, never a write', async (t) => {
 
   // The views of §9 are readable; writes through them are not.
   const unreadable: string[] = [];
-  for (const v of [
-    'positions_view',
-    'portfolio_metrics_view',
-    'portfolio_by_asset_view',
-    'position_snapshots_view',
-    'portfolio_metrics_history_view',
-    'portfolio_pnl_hourly',
-    'position_pnl_hourly',
-    'position_events_view',
-    'job_history_view',
-    'job_queue_view',
-  ]) {
+  for (const v of GRAFANA_VIEWS) {
     const code = await attempt(client, `select * from ${pg.escapeIdentifier(v)} limit 1`);
     if (code !== 'ok') unreadable.push(`${v}: ${code}`);
   }

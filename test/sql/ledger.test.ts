@@ -1,6 +1,7 @@
 // The ledger's SQL functions against the real PostgreSQL: ACCOUNTING.md's worked examples and
 // the processing rules of SPEC.md §4, with the exact numbers the documents give.
 import t from 'tap';
+import { type FillFields, fillFields } from '../helpers/ledger-fill.js';
 import { freshDatabase, type TestDb, writePositionsDirectly } from '../helpers/db.js';
 
 let seq = 0;
@@ -9,6 +10,8 @@ const fill = (f: Record<string, unknown>) => ({ execution_id: `x-${++seq}`, ...f
 async function apply(db: TestDb, f: Record<string, unknown>) {
   return (await db.query('select * from apply_order_fill($1::jsonb)', [JSON.stringify(f)])).rows[0];
 }
+/** One fill through apply_order_fill: asset, side, quantity and price, and any other fields (ledger-fill.ts). */
+const trade = (db: TestDb, ...f: FillFields) => apply(db, fill(fillFields(...f)));
 async function report(db: TestDb, r: Record<string, unknown>) {
   return (await db.query('select * from apply_position_report($1::jsonb)', [JSON.stringify(r)])).rows[0];
 }
@@ -26,17 +29,8 @@ t.test('ACCOUNTING.md §2 worked examples', async (t) => {
   const db = await freshDatabase(t);
 
   await t.test('1. increase (TC-004): weighted average rounded to 10 places', async (t) => {
-    await apply(db, fill({ asset: 'AAAUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '48000' }));
-    const p = await apply(
-      db,
-      fill({
-        asset: 'AAAUSDT',
-        side: 'BUY',
-        execution_quantity: '0.5',
-        execution_price: '50000.00',
-        execution_fees: '25.00',
-      }),
-    );
+    await trade(db, 'AAAUSDT', 'Buy', '1.0', '48000');
+    const p = await trade(db, 'AAAUSDT', 'BUY', '0.5', '50000.00', { execution_fees: '25.00' });
     t.equal(p.size, '1.5');
     t.equal(p.average_entry_price, '48666.6666666667');
     t.equal(p.realized_pnl, '0');
@@ -45,21 +39,12 @@ t.test('ACCOUNTING.md §2 worked examples', async (t) => {
   });
 
   await t.test('2. reduce (TC-005)', async (t) => {
-    await apply(db, fill({ asset: 'BBBUSDT', side: 'Buy', execution_quantity: '2.0', execution_price: '50000' }));
+    await trade(db, 'BBBUSDT', 'Buy', '2.0', '50000');
     await report(db, {
       event_type: 'position',
       data: { symbol: 'BBBUSDT', side: 'Buy', size: '2.0', markPrice: '51000' },
     });
-    const p = await apply(
-      db,
-      fill({
-        asset: 'BBBUSDT',
-        side: 'SELL',
-        execution_quantity: '0.5',
-        execution_price: '51000.00',
-        execution_fees: '25.50',
-      }),
-    );
+    const p = await trade(db, 'BBBUSDT', 'SELL', '0.5', '51000.00', { execution_fees: '25.50' });
     t.equal(p.size, '1.5');
     t.equal(p.average_entry_price, '50000');
     t.equal(Number(p.realized_pnl), 474.5);
@@ -67,7 +52,7 @@ t.test('ACCOUNTING.md §2 worked examples', async (t) => {
   });
 
   await t.test('3. close (TC-006): flat, closed, average kept, position_closed published', async (t) => {
-    await apply(db, fill({ asset: 'CCCUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' }));
+    await trade(db, 'CCCUSDT', 'Buy', '1.0', '50000');
     const p = await apply(db, {
       asset: 'CCCUSDT',
       side: 'SELL',
@@ -97,49 +82,21 @@ t.test('ACCOUNTING.md §2 worked examples', async (t) => {
   });
 
   await t.test('4. short, add then cover', async (t) => {
-    await apply(db, fill({ asset: 'DDDUSDT', side: 'Sell', execution_quantity: '1.0', execution_price: '50000' }));
-    let p = await apply(
-      db,
-      fill({ asset: 'DDDUSDT', side: 'Sell', execution_quantity: '1.0', execution_price: '48000' }),
-    );
+    await trade(db, 'DDDUSDT', 'Sell', '1.0', '50000');
+    let p = await trade(db, 'DDDUSDT', 'Sell', '1.0', '48000');
     t.equal(p.size, '-2.0');
     t.equal(dec(p.average_entry_price), '49000');
-    p = await apply(
-      db,
-      fill({
-        asset: 'DDDUSDT',
-        side: 'Buy',
-        execution_quantity: '0.5',
-        execution_price: '47000',
-        execution_fees: '1.00',
-      }),
-    );
+    p = await trade(db, 'DDDUSDT', 'Buy', '0.5', '47000', { execution_fees: '1.00' });
     t.equal(p.size, '-1.5');
     t.equal(Number(p.realized_pnl), 999);
   });
 
   await t.test('5. flip: fee split by quantity, new lifecycle at the fill price', async (t) => {
-    await apply(
-      db,
-      fill({
-        asset: 'EEEUSDT',
-        side: 'Buy',
-        execution_quantity: '2.0',
-        execution_price: '50000',
-        executed_at: '2025-01-15T10:00:00Z',
-      }),
-    );
-    const p = await apply(
-      db,
-      fill({
-        asset: 'EEEUSDT',
-        side: 'Sell',
-        execution_quantity: '3.0',
-        execution_price: '51000',
-        execution_fees: '10.00',
-        executed_at: '2025-01-15T11:00:00Z',
-      }),
-    );
+    await trade(db, 'EEEUSDT', 'Buy', '2.0', '50000', { executed_at: '2025-01-15T10:00:00Z' });
+    const p = await trade(db, 'EEEUSDT', 'Sell', '3.0', '51000', {
+      execution_fees: '10.00',
+      executed_at: '2025-01-15T11:00:00Z',
+    });
     t.equal(p.realized_pnl, '1993.3333333333');
     t.equal(p.size, '-1.0');
     t.equal(p.average_entry_price, '51000');
@@ -148,41 +105,22 @@ t.test('ACCOUNTING.md §2 worked examples', async (t) => {
   });
 
   await t.test('6. decimals: a float implementation gets this wrong', async (t) => {
-    await apply(db, fill({ asset: 'FFFUSDT', side: 'Buy', execution_quantity: '0.1', execution_price: '30000.1' }));
-    let p = await apply(
-      db,
-      fill({ asset: 'FFFUSDT', side: 'Buy', execution_quantity: '0.2', execution_price: '30000.2' }),
-    );
+    await trade(db, 'FFFUSDT', 'Buy', '0.1', '30000.1');
+    let p = await trade(db, 'FFFUSDT', 'Buy', '0.2', '30000.2');
     t.equal(p.average_entry_price, '30000.1666666667');
-    p = await apply(db, fill({ asset: 'FFFUSDT', side: 'Buy', execution_quantity: 0.3, execution_price: 30000.3 }));
+    p = await trade(db, 'FFFUSDT', 'Buy', 0.3, 30000.3);
     t.equal(p.average_entry_price, '30000.2333333334');
     t.equal((await json(db, 'FFFUSDT')).average_entry_price, '30000.23333333');
   });
 
   await t.test('7. hedge legs are accounted separately', async (t) => {
-    await apply(
-      db,
-      fill({ asset: 'GGGUSDT', mode: 'hedge', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' }),
-    );
-    let p = await apply(
-      db,
-      fill({ asset: 'GGGUSDT', mode: 'hedge', side: 'Sell', execution_quantity: '2.0', execution_price: '51000' }),
-    );
+    await trade(db, 'GGGUSDT', 'Buy', '1.0', '50000', { mode: 'hedge' });
+    let p = await trade(db, 'GGGUSDT', 'Sell', '2.0', '51000', { mode: 'hedge' });
     t.same(
       [p.long_size, p.short_size, p.size, p.long_avg_price, p.short_avg_price],
       ['1.0', '2.0', '-1.0', '50000', '51000'],
     );
-    p = await apply(
-      db,
-      fill({
-        asset: 'GGGUSDT',
-        mode: 'hedge',
-        side: 'Buy',
-        reduce_only: true,
-        execution_quantity: '1.0',
-        execution_price: '50500',
-      }),
-    );
+    p = await trade(db, 'GGGUSDT', 'Buy', '1.0', '50500', { mode: 'hedge', reduce_only: true });
     t.equal(p.short_size, '1.0');
     t.equal(p.long_size, '1.0');
     t.equal(Number(p.realized_pnl), 500);
@@ -193,18 +131,11 @@ t.test('ACCOUNTING.md §2 worked examples', async (t) => {
   });
 
   await t.test('a hedge reduction larger than the leg is capped and scheduled for validation', async (t) => {
-    const p = await apply(
-      db,
-      fill({
-        asset: 'GGGUSDT',
-        mode: 'hedge',
-        side: 'Sell',
-        position_idx: 1,
-        execution_quantity: '3.0',
-        execution_price: '50000',
-        execution_fees: '2',
-      }),
-    );
+    const p = await trade(db, 'GGGUSDT', 'Sell', '3.0', '50000', {
+      mode: 'hedge',
+      position_idx: 1,
+      execution_fees: '2',
+    });
     t.equal(p.long_size, '0.0');
     t.equal(p.short_size, '1.0');
     const note = (
@@ -276,7 +207,7 @@ t.test('reports (SPEC.md R-10..R-15)', async (t) => {
   });
 
   await t.test('TC-008 the average is replaced only strictly above the threshold', async (t) => {
-    await apply(db, fill({ asset: 'AVGUSDT', side: 'Buy', execution_quantity: '1.0', execution_price: '50000' }));
+    await trade(db, 'AVGUSDT', 'Buy', '1.0', '50000');
     let p = await report(db, {
       event_type: 'position',
       data: { symbol: 'AVGUSDT', avgPrice: '50050.00', size: '1.0' },
@@ -487,16 +418,7 @@ t.test('identity: duplicates, cumulative order statements, Python decimals', asy
 
 t.test('validation (R-17): TC-026, TC-007 and fixes from the ledger', async (t) => {
   const db = await freshDatabase(t);
-  await apply(
-    db,
-    fill({
-      asset: 'BTCUSDT',
-      side: 'Buy',
-      execution_quantity: '1.0',
-      execution_price: '50000',
-      executed_at: '2025-01-15T10:00:00Z',
-    }),
-  );
+  await trade(db, 'BTCUSDT', 'Buy', '1.0', '50000', { executed_at: '2025-01-15T10:00:00Z' });
   const p = await report(db, {
     event_type: 'position',
     data: { symbol: 'BTCUSDT', side: 'Buy', size: '1.2', avgPrice: '51000', updatedTime: 1736935500000 },
@@ -512,30 +434,12 @@ t.test('validation (R-17): TC-026, TC-007 and fixes from the ledger', async (t) 
   t.equal((await db.query("select validate_position('BTCUSDT') as v")).rows[0].v.is_valid, true, 'valid after the fix');
 
   // TC-007: a fill newer than the report wins
-  await apply(
-    db,
-    fill({
-      asset: 'ETHUSDT',
-      side: 'Buy',
-      execution_quantity: '1.0',
-      execution_price: '50000',
-      executed_at: '2025-01-15T10:00:00Z',
-    }),
-  );
+  await trade(db, 'ETHUSDT', 'Buy', '1.0', '50000', { executed_at: '2025-01-15T10:00:00Z' });
   await report(db, {
     event_type: 'position',
     data: { symbol: 'ETHUSDT', side: 'Buy', size: '1.2', avgPrice: '50000', updatedTime: 1736935260000 },
   });
-  await apply(
-    db,
-    fill({
-      asset: 'ETHUSDT',
-      side: 'Buy',
-      execution_quantity: '0.3',
-      execution_price: '50000',
-      executed_at: '2025-01-15T10:02:00Z',
-    }),
-  );
+  await trade(db, 'ETHUSDT', 'Buy', '0.3', '50000', { executed_at: '2025-01-15T10:02:00Z' });
   const v = (await db.query("select validate_position('ETHUSDT') as v")).rows[0].v;
   t.equal(v.is_valid, true);
   t.equal((await row(db, 'ETHUSDT')).size, '1.3');
@@ -574,16 +478,7 @@ t.test('review findings: sides, lifecycles and event times', async (t) => {
     ).rows.map((r) => r.payload);
 
   await t.test('R-10: a report without side keeps a short short, also for validation', async (t) => {
-    await apply(
-      db,
-      fill({
-        asset: 'SHRTUSDT',
-        side: 'Sell',
-        execution_quantity: '1',
-        execution_price: '100',
-        executed_at: '2025-01-15T10:00:00Z',
-      }),
-    );
+    await trade(db, 'SHRTUSDT', 'Sell', '1', '100', { executed_at: '2025-01-15T10:00:00Z' });
     await report(db, {
       event_type: 'position',
       data: { symbol: 'SHRTUSDT', size: '1.0', unrealisedPnl: '-2', timestamp: '2025-01-15T10:01:00Z' },
@@ -643,18 +538,7 @@ t.test('review findings: sides, lifecycles and event times', async (t) => {
         ['Buy', 1, 'long'],
       ] as const) {
         await t.rejects(
-          apply(
-            db,
-            fill({
-              asset: 'ROADDUSDT',
-              mode: 'hedge',
-              side,
-              reduce_only: true,
-              position_idx: idx,
-              execution_quantity: '1',
-              execution_price: '100',
-            }),
-          ),
+          trade(db, 'ROADDUSDT', side, '1', '100', { mode: 'hedge', reduce_only: true, position_idx: idx }),
           { code: '22023', message: new RegExp(`^reduce_only: a reduce-only ${side} cannot act on the ${leg} leg`) },
         );
       }
@@ -663,42 +547,18 @@ t.test('review findings: sides, lifecycles and event times', async (t) => {
   );
 
   await t.test('a reduce-only fill on a closed hedge row leaves it closed, kind fill', async (t) => {
-    await apply(
-      db,
-      fill({
-        asset: 'CLHUSDT',
-        mode: 'hedge',
-        side: 'Buy',
-        execution_quantity: '1',
-        execution_price: '100',
-        executed_at: '2025-01-15T10:00:00Z',
-      }),
-    );
-    await apply(
-      db,
-      fill({
-        asset: 'CLHUSDT',
-        mode: 'hedge',
-        side: 'Sell',
-        reduce_only: true,
-        execution_quantity: '1',
-        execution_price: '110',
-        executed_at: '2025-01-15T10:01:00Z',
-      }),
-    );
-    const p = await apply(
-      db,
-      fill({
-        asset: 'CLHUSDT',
-        mode: 'hedge',
-        side: 'Sell',
-        reduce_only: true,
-        execution_quantity: '1',
-        execution_price: '110',
-        execution_fees: '0.1',
-        executed_at: '2025-01-15T10:02:00Z',
-      }),
-    );
+    await trade(db, 'CLHUSDT', 'Buy', '1', '100', { mode: 'hedge', executed_at: '2025-01-15T10:00:00Z' });
+    await trade(db, 'CLHUSDT', 'Sell', '1', '110', {
+      mode: 'hedge',
+      reduce_only: true,
+      executed_at: '2025-01-15T10:01:00Z',
+    });
+    const p = await trade(db, 'CLHUSDT', 'Sell', '1', '110', {
+      mode: 'hedge',
+      reduce_only: true,
+      execution_fees: '0.1',
+      executed_at: '2025-01-15T10:02:00Z',
+    });
     t.equal((p.closed_at as Date).toISOString(), '2025-01-15T10:01:00.000Z', 'closed_at unchanged');
     const kinds = (await db.query("select kind from position_events where asset = 'CLHUSDT' order by id")).rows.map(
       (r) => r.kind,
@@ -710,79 +570,25 @@ t.test('review findings: sides, lifecycles and event times', async (t) => {
   });
 
   await t.test('position_closed.closed_at is the fill time for a flip and a hedge leg', async (t) => {
-    await apply(
-      db,
-      fill({
-        asset: 'FLPUSDT',
-        side: 'Buy',
-        execution_quantity: '1',
-        execution_price: '100',
-        executed_at: '2025-01-15T10:00:00Z',
-      }),
-    );
-    await apply(
-      db,
-      fill({
-        asset: 'FLPUSDT',
-        side: 'Sell',
-        execution_quantity: '3',
-        execution_price: '110',
-        executed_at: '2025-01-15T11:00:00Z',
-      }),
-    );
+    await trade(db, 'FLPUSDT', 'Buy', '1', '100', { executed_at: '2025-01-15T10:00:00Z' });
+    await trade(db, 'FLPUSDT', 'Sell', '3', '110', { executed_at: '2025-01-15T11:00:00Z' });
     t.match(await events('position_closed', 'FLPUSDT'), [
       { reason: 'flip', closed_at: '2025-01-15T11:00:00.000Z', opened_at: '2025-01-15T10:00:00.000Z' },
     ]);
-    await apply(
-      db,
-      fill({
-        asset: 'LEGUSDT',
-        mode: 'hedge',
-        side: 'Buy',
-        execution_quantity: '1',
-        execution_price: '100',
-        executed_at: '2025-01-15T10:00:00Z',
-      }),
-    );
-    await apply(
-      db,
-      fill({
-        asset: 'LEGUSDT',
-        mode: 'hedge',
-        side: 'Sell',
-        execution_quantity: '1',
-        execution_price: '100',
-        executed_at: '2025-01-15T10:01:00Z',
-      }),
-    );
-    await apply(
-      db,
-      fill({
-        asset: 'LEGUSDT',
-        mode: 'hedge',
-        side: 'Sell',
-        reduce_only: true,
-        execution_quantity: '1',
-        execution_price: '105',
-        executed_at: '2025-01-15T10:02:00Z',
-      }),
-    );
+    await trade(db, 'LEGUSDT', 'Buy', '1', '100', { mode: 'hedge', executed_at: '2025-01-15T10:00:00Z' });
+    await trade(db, 'LEGUSDT', 'Sell', '1', '100', { mode: 'hedge', executed_at: '2025-01-15T10:01:00Z' });
+    await trade(db, 'LEGUSDT', 'Sell', '1', '105', {
+      mode: 'hedge',
+      reduce_only: true,
+      executed_at: '2025-01-15T10:02:00Z',
+    });
     t.match(await events('position_closed', 'LEGUSDT'), [
       { leg: 'long', reason: 'fill', closed_at: '2025-01-15T10:02:00.000Z' },
     ]);
   });
 
   await t.test('R-17: a fix that reverses a one-way position ends one lifecycle and starts another', async (t) => {
-    await apply(
-      db,
-      fill({
-        asset: 'REVUSDT',
-        side: 'Sell',
-        execution_quantity: '1',
-        execution_price: '100',
-        executed_at: '2025-01-15T10:00:00Z',
-      }),
-    );
+    await trade(db, 'REVUSDT', 'Sell', '1', '100', { executed_at: '2025-01-15T10:00:00Z' });
     await report(db, {
       event_type: 'position',
       data: { symbol: 'REVUSDT', side: 'Buy', size: '1', avgPrice: '105', timestamp: '2025-01-15T10:05:00Z' },
@@ -875,26 +681,8 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
   await t.test(
     "R-17: adopting a reopened size takes the report's unrealized PnL, though the row was flat",
     async (t) => {
-      await apply(
-        db,
-        fill({
-          asset: 'UPAUSDT',
-          side: 'Buy',
-          execution_quantity: '1',
-          execution_price: '100',
-          executed_at: '2025-03-01T00:00:00Z',
-        }),
-      );
-      await apply(
-        db,
-        fill({
-          asset: 'UPAUSDT',
-          side: 'Sell',
-          execution_quantity: '1',
-          execution_price: '101',
-          executed_at: '2025-03-01T00:01:00Z',
-        }),
-      );
+      await trade(db, 'UPAUSDT', 'Buy', '1', '100', { executed_at: '2025-03-01T00:00:00Z' });
+      await trade(db, 'UPAUSDT', 'Sell', '1', '101', { executed_at: '2025-03-01T00:01:00Z' });
       await report(db, {
         event_type: 'position',
         data: {
@@ -914,16 +702,7 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
   );
 
   await t.test("R-17/R-7: without the report's PnL the adopted size is marked to the mark price", async (t) => {
-    await apply(
-      db,
-      fill({
-        asset: 'UPBUSDT',
-        side: 'Buy',
-        execution_quantity: '1',
-        execution_price: '100',
-        executed_at: '2025-03-01T00:00:00Z',
-      }),
-    );
+    await trade(db, 'UPBUSDT', 'Buy', '1', '100', { executed_at: '2025-03-01T00:00:00Z' });
     await report(db, {
       event_type: 'position',
       data: { symbol: 'UPBUSDT', side: 'Buy', size: '3', markPrice: '110', updatedTime: 1740787500000 },
@@ -933,17 +712,7 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
   });
 
   await t.test("R-17 in hedge mode: an adopted leg that was flat takes its report's PnL", async (t) => {
-    await apply(
-      db,
-      fill({
-        asset: 'UPHUSDT',
-        mode: 'hedge',
-        side: 'Buy',
-        execution_quantity: '2',
-        execution_price: '50',
-        executed_at: '2025-03-01T00:00:00Z',
-      }),
-    );
+    await trade(db, 'UPHUSDT', 'Buy', '2', '50', { mode: 'hedge', executed_at: '2025-03-01T00:00:00Z' });
     await report(db, {
       event_type: 'position',
       data: {
@@ -976,10 +745,7 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
     t.match(r, [{ outcome: 'applied' }]);
     let p = await row(db, 'HNAUSDT', 'hedge');
     t.same([p.long_size, p.long_avg_price, p.average_entry_price, p.unrealized_pnl].map(dec), ['2', null, null, '1.5']);
-    p = await apply(
-      db,
-      fill({ asset: 'HNAUSDT', mode: 'hedge', side: 'Sell', execution_quantity: '1', execution_price: '12' }),
-    );
+    p = await trade(db, 'HNAUSDT', 'Sell', '1', '12', { mode: 'hedge' });
     t.same(
       [p.short_size, p.short_avg_price, p.long_unrealized_pnl, p.short_unrealized_pnl].map(dec),
       ['1', '12', '1.5', '2'],
@@ -994,26 +760,13 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
         event_type: 'position',
         data: { symbol: 'NOAVUSDT', side: 'Buy', size: '2', markPrice: '60', unrealisedPnl: '100' },
       });
-      const p = await apply(
-        db,
-        fill({ asset: 'NOAVUSDT', side: 'Sell', execution_quantity: '1.5', execution_price: '61' }),
-      );
+      const p = await trade(db, 'NOAVUSDT', 'Sell', '1.5', '61');
       t.same([p.size, p.average_entry_price, p.unrealized_pnl].map(dec), ['0.5', null, '25'], '100 x 0.5 / 2');
       await report(db, {
         event_type: 'position',
         data: { symbol: 'NOAVUSDT', positionIdx: 2, side: 'Sell', size: '4', markPrice: '60', unrealisedPnl: '-40' },
       });
-      const h = await apply(
-        db,
-        fill({
-          asset: 'NOAVUSDT',
-          mode: 'hedge',
-          side: 'Buy',
-          reduce_only: true,
-          execution_quantity: '3',
-          execution_price: '61',
-        }),
-      );
+      const h = await trade(db, 'NOAVUSDT', 'Buy', '3', '61', { mode: 'hedge', reduce_only: true });
       t.same(
         [h.short_size, h.short_unrealized_pnl, h.unrealized_pnl].map(dec),
         ['1', '-10', '-10'],
@@ -1025,52 +778,16 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
   await t.test(
     "R-17: a validation fix recomputes the position from the mark; the adopted leg takes its report's figure",
     async (t) => {
-      await apply(
-        db,
-        fill({
-          asset: 'TWOLUSDT',
-          mode: 'hedge',
-          side: 'Buy',
-          execution_quantity: '1',
-          execution_price: '100',
-          executed_at: '2025-03-01T00:00:00Z',
-        }),
-      );
-      await apply(
-        db,
-        fill({
-          asset: 'TWOLUSDT',
-          mode: 'hedge',
-          side: 'Sell',
-          execution_quantity: '1',
-          execution_price: '100',
-          executed_at: '2025-03-01T00:00:00Z',
-        }),
-      );
-      await report(db, {
-        event_type: 'position',
-        data: {
-          symbol: 'TWOLUSDT',
-          positionIdx: 1,
-          side: 'Buy',
-          size: '1',
-          markPrice: '110',
-          unrealisedPnl: '10.5',
-          updatedTime: 1740787500000,
-        },
-      });
-      await report(db, {
-        event_type: 'position',
-        data: {
-          symbol: 'TWOLUSDT',
-          positionIdx: 2,
-          side: 'Sell',
-          size: '3',
-          markPrice: '110',
-          unrealisedPnl: '-31',
-          updatedTime: 1740787500000,
-        },
-      });
+      await trade(db, 'TWOLUSDT', 'Buy', '1', '100', { mode: 'hedge', executed_at: '2025-03-01T00:00:00Z' });
+      await trade(db, 'TWOLUSDT', 'Sell', '1', '100', { mode: 'hedge', executed_at: '2025-03-01T00:00:00Z' });
+      // a report for each leg, both at mark 110
+      for (const [positionIdx, side, size, unrealisedPnl] of [
+        [1, 'Buy', '1', '10.5'],
+        [2, 'Sell', '3', '-31'],
+      ] as const) {
+        const data = { symbol: 'TWOLUSDT', positionIdx, side, size, markPrice: '110', unrealisedPnl };
+        await report(db, { event_type: 'position', data: { ...data, updatedTime: 1740787500000 } });
+      }
       await validate('TWOLUSDT', 'hedge');
       const p = await row(db, 'TWOLUSDT', 'hedge');
       t.same(
@@ -1103,39 +820,21 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
   await t.test('R-10: side "" (or "None") is flat whatever the size', async (t) => {
     await report(db, { event_type: 'position', data: { symbol: 'EMPUSDT', side: '', size: '1', avgPrice: '10' } });
     t.equal(await row(db, 'EMPUSDT'), undefined, 'flat for an unknown position: no row');
-    await apply(db, fill({ asset: 'EMQUSDT', side: 'Buy', execution_quantity: '1', execution_price: '5' }));
+    await trade(db, 'EMQUSDT', 'Buy', '1', '5');
     await report(db, { event_type: 'position', data: { symbol: 'EMQUSDT', side: 'None', size: '1', avgPrice: '5' } });
     t.equal((await row(db, 'EMQUSDT')).exchange_state.net.size, 0, 'the exchange reports it flat');
   });
 
   await t.test('§2 conv. 5: a time outside the years 0001-9999 is invalid input, naming the field', async (t) => {
     await t.rejects(
-      apply(
-        db,
-        fill({
-          asset: 'FUTUSDT',
-          side: 'Buy',
-          execution_quantity: '1',
-          execution_price: '1',
-          executed_at: '0001-01-01T00:00:00+05:00',
-        }),
-      ),
+      trade(db, 'FUTUSDT', 'Buy', '1', '1', { executed_at: '0001-01-01T00:00:00+05:00' }),
       { code: '22023', message: /^executed_at: is outside/ },
       'a BC time',
     );
-    await t.rejects(
-      apply(
-        db,
-        fill({
-          asset: 'FUTUSDT',
-          side: 'Buy',
-          execution_quantity: '1',
-          execution_price: '1',
-          executed_at: '2000000000000000',
-        }),
-      ),
-      { code: '22023', message: /^executed_at: is outside the years 0001 to 9999/ },
-    );
+    await t.rejects(trade(db, 'FUTUSDT', 'Buy', '1', '1', { executed_at: '2000000000000000' }), {
+      code: '22023',
+      message: /^executed_at: is outside the years 0001 to 9999/,
+    });
     await t.rejects(
       report(db, {
         event_type: 'position',
@@ -1143,16 +842,7 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
       }),
       { code: '22023', message: /^createdTime: is outside the years 0001 to 9999/ },
     );
-    const p = await apply(
-      db,
-      fill({
-        asset: 'FUTUSDT',
-        side: 'Buy',
-        execution_quantity: '1',
-        execution_price: '1',
-        executed_at: '9999-12-31T23:59:59Z',
-      }),
-    );
+    const p = await trade(db, 'FUTUSDT', 'Buy', '1', '1', { executed_at: '9999-12-31T23:59:59Z' });
     t.equal(
       (await json(db, 'FUTUSDT')).opened_at,
       '9999-12-31T23:59:59.000Z',
@@ -1223,16 +913,7 @@ t.test('review findings: exchange adoption, reports and old timestamps', async (
   );
 
   await t.test('positions_view survives a price time more than 68 years old', async (t) => {
-    await apply(
-      db,
-      fill({
-        asset: 'OLDUSDT',
-        side: 'Buy',
-        execution_quantity: '1',
-        execution_price: '5',
-        executed_at: '1900-01-01T00:00:00Z',
-      }),
-    );
+    await trade(db, 'OLDUSDT', 'Buy', '1', '5', { executed_at: '1900-01-01T00:00:00Z' });
     const v = (await db.query("select price_age_seconds from positions_view where asset = 'OLDUSDT'")).rows[0];
     t.ok(BigInt(v.price_age_seconds) > 2n ** 31n, `price_age_seconds ${v.price_age_seconds}`);
   });

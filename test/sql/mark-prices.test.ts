@@ -2,21 +2,22 @@
 // PostgreSQL, with worked numbers: one ticker answer moves every open position it names, both
 // hedge legs, newer prices only, no audit row, one position_updated per new version.
 import t from 'tap';
-import { canonical, freshDatabase, positionRow, type TestDb } from '../helpers/db.js';
+import { type FillFields, fillFields } from '../helpers/ledger-fill.js';
+import { canonical as dec, freshDatabase, positionRow as row, type TestDb } from '../helpers/db.js';
 
 let seq = 0;
 const fill = (f: Record<string, unknown>) => ({ execution_id: `mp-${++seq}`, ...f });
 const apply = (db: TestDb, f: Record<string, unknown>) =>
   db.query('select apply_order_fill($1::jsonb)', [JSON.stringify(fill(f))]);
+/** One fill: asset, side, quantity and price, and any other fields (ledger-fill.ts). */
+const trade = (db: TestDb, ...f: FillFields) => apply(db, fillFields(...f));
 const report = (db: TestDb, r: Record<string, unknown>) =>
   db.query('select _apply_position_report(null, $1::jsonb) as r', [
     JSON.stringify({ event_type: 'position', event_id: `ev-${++seq}`, payload: r }),
   ]);
-const row = positionRow;
 /** An hour ago in whole seconds: prices must not be from the future (R-31 rejects > 5 min ahead). */
 const base = () => Math.floor(Date.now() / 1000) * 1000 - 3_600_000;
 const iso = (ms: number) => new Date(ms).toISOString();
-const dec = canonical;
 
 /** A Bybit V5 /v5/market/tickers answer; `list` entries as Bybit sends them (strings). */
 function tickers(time: number, list: Record<string, unknown>[]) {
@@ -44,13 +45,7 @@ t.test("a one-way long bought at 50000, 50500 and 51000 is marked to the market 
     ['50500', 1],
     ['51000', 2],
   ] as const)
-    await apply(db, {
-      asset: 'BTCUSDT',
-      side: 'Buy',
-      execution_quantity: '0.1',
-      execution_price: price,
-      executed_at: new Date(at + i * 1000).toISOString(),
-    });
+    await trade(db, 'BTCUSDT', 'Buy', '0.1', price, { executed_at: new Date(at + i * 1000).toISOString() });
   let p = await row(db, 'BTCUSDT');
   t.equal(dec(p.average_entry_price), '50500');
   t.equal(dec(p.current_price), '50000', "without a mark, the first fill's price");
@@ -128,43 +123,11 @@ t.test('hedge: one mark moves both legs; a short and a closed position', async (
   const db = await freshDatabase(t);
   const at = base();
   const ts = (s: number) => new Date(at + s * 1000).toISOString();
-  await apply(db, {
-    asset: 'ETHUSDT',
-    mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '2',
-    execution_price: '3000',
-    executed_at: ts(0),
-  });
-  await apply(db, {
-    asset: 'ETHUSDT',
-    mode: 'hedge',
-    side: 'Sell',
-    execution_quantity: '1',
-    execution_price: '3100',
-    executed_at: ts(1),
-  });
-  await apply(db, {
-    asset: 'SOLUSDT',
-    side: 'Sell',
-    execution_quantity: '10',
-    execution_price: '100',
-    executed_at: ts(2),
-  });
-  await apply(db, {
-    asset: 'XRPUSDT',
-    side: 'Buy',
-    execution_quantity: '10',
-    execution_price: '1',
-    executed_at: ts(3),
-  });
-  await apply(db, {
-    asset: 'XRPUSDT',
-    side: 'Sell',
-    execution_quantity: '10',
-    execution_price: '1.1',
-    executed_at: ts(4),
-  });
+  await trade(db, 'ETHUSDT', 'Buy', '2', '3000', { mode: 'hedge', executed_at: ts(0) });
+  await trade(db, 'ETHUSDT', 'Sell', '1', '3100', { mode: 'hedge', executed_at: ts(1) });
+  await trade(db, 'SOLUSDT', 'Sell', '10', '100', { executed_at: ts(2) });
+  await trade(db, 'XRPUSDT', 'Buy', '10', '1', { executed_at: ts(3) });
+  await trade(db, 'XRPUSDT', 'Sell', '10', '1.1', { executed_at: ts(4) });
   const closed = await row(db, 'XRPUSDT');
 
   const r = await mark(
@@ -199,13 +162,7 @@ t.test('hedge: one mark moves both legs; a short and a closed position', async (
 t.test('reports and the ticker: whichever price is newer wins; a report marks both hedge legs', async (t) => {
   const db = await freshDatabase(t);
   const at = base();
-  await apply(db, {
-    asset: 'BTCUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '50000',
-    executed_at: new Date(at).toISOString(),
-  });
+  await trade(db, 'BTCUSDT', 'Buy', '1', '50000', { executed_at: new Date(at).toISOString() });
   await mark(db, tickers(at + 60_000, [{ symbol: 'BTCUSDT', markPrice: '50600' }]));
   // a report older than the ticker's price: its PnL is taken (R-13), its mark is not
   await report(db, {
@@ -242,22 +199,8 @@ t.test('reports and the ticker: whichever price is newer wins; a report marks bo
 
   // R-13 in hedge mode: long 1 @ 50000 and short 2 @ 51000 (ACCOUNTING.md §2 example 7's legs);
   // a report for the short leg at mark 50500 re-marks the long leg at the same price.
-  await apply(db, {
-    asset: 'ETHUSDT',
-    mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '50000',
-    executed_at: new Date(at).toISOString(),
-  });
-  await apply(db, {
-    asset: 'ETHUSDT',
-    mode: 'hedge',
-    side: 'Sell',
-    execution_quantity: '2',
-    execution_price: '51000',
-    executed_at: new Date(at + 1000).toISOString(),
-  });
+  await trade(db, 'ETHUSDT', 'Buy', '1', '50000', { mode: 'hedge', executed_at: new Date(at).toISOString() });
+  await trade(db, 'ETHUSDT', 'Sell', '2', '51000', { mode: 'hedge', executed_at: new Date(at + 1000).toISOString() });
   await report(db, {
     symbol: 'ETHUSDT',
     side: 'Sell',
@@ -280,7 +223,7 @@ t.test('reports and the ticker: whichever price is newer wins; a report marks bo
 
 t.test('a bad answer is rejected naming what is wrong, and nothing is applied', async (t) => {
   const db = await freshDatabase(t);
-  await apply(db, { asset: 'BTCUSDT', side: 'Buy', execution_quantity: '1', execution_price: '50000' });
+  await trade(db, 'BTCUSDT', 'Buy', '1', '50000');
   const before = await row(db, 'BTCUSDT');
   const bad = async (answer: unknown, field: RegExp) => {
     await t.rejects(mark(db, answer), { code: '22023', message: field });

@@ -367,30 +367,25 @@ t.test("the service's own paths still write, and each closes the window behind i
 
   // In one transaction: the function, then a plain UPDATE of the same connection, which must be
   // ignored like any other foreign write (and the setting must not be 'on' any more).
+  const fillSql = (execution_id: string, asset: string, execution_price: string) =>
+    `select apply_order_fill('${JSON.stringify({ execution_id, asset, side: 'Buy', execution_quantity: '1', execution_price })}'::jsonb)`;
+  const reportSql = (event_id: string, data: Record<string, string>) =>
+    `select apply_position_report('${JSON.stringify({ event_id, event_type: 'position', data })}'::jsonb)`;
   const functions: [string, string][] = [
-    [
-      'apply_order_fill',
-      `select apply_order_fill('{"execution_id":"win-1","asset":"WINUSDT","side":"Buy","execution_quantity":"1","execution_price":"10"}'::jsonb)`,
-    ],
-    [
-      'apply_order_fill (an existing row)',
-      `select apply_order_fill('{"execution_id":"win-1b","asset":"WINUSDT","side":"Buy","execution_quantity":"1","execution_price":"12"}'::jsonb)`,
-    ],
-    [
-      'apply_order_fill (new row)',
-      `select apply_order_fill('{"execution_id":"win-2","asset":"WIN2USDT","side":"Buy","execution_quantity":"1","execution_price":"10"}'::jsonb)`,
-    ],
+    ['apply_order_fill', fillSql('win-1', 'WINUSDT', '10')],
+    ['apply_order_fill (an existing row)', fillSql('win-1b', 'WINUSDT', '12')],
+    ['apply_order_fill (new row)', fillSql('win-2', 'WIN2USDT', '10')],
     [
       'apply_position_report (changed)',
-      `select apply_position_report('{"event_id":"win-r1","event_type":"position","data":{"symbol":"WINUSDT","side":"Buy","size":"2","markPrice":"11"}}'::jsonb)`,
+      reportSql('win-r1', { symbol: 'WINUSDT', side: 'Buy', size: '2', markPrice: '11' }),
     ],
     [
       'apply_position_report (unchanged)',
-      `select apply_position_report('{"event_id":"win-r2","event_type":"position","data":{"symbol":"WINUSDT","side":"Buy","size":"2","markPrice":"11"}}'::jsonb)`,
+      reportSql('win-r2', { symbol: 'WINUSDT', side: 'Buy', size: '2', markPrice: '11' }),
     ],
     [
       'apply_position_report (new row)',
-      `select apply_position_report('{"event_id":"win-r3","event_type":"position","data":{"symbol":"WIN3USDT","side":"Sell","size":"1","markPrice":"5","avgPrice":"5"}}'::jsonb)`,
+      reportSql('win-r3', { symbol: 'WIN3USDT', side: 'Sell', size: '1', markPrice: '5', avgPrice: '5' }),
     ],
     ['validate_position', "select validate_position('WINUSDT')"],
     ['create_position_snapshot', "select create_position_snapshot('WINUSDT')"],

@@ -2,6 +2,7 @@
 // through the SQL functions and views against the real PostgreSQL (SPEC.md R-20..R-27, §9).
 import t from 'tap';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { GRAFANA_VIEWS, PORTFOLIO_TOTALS } from '../helpers/ledger-names.js';
 
 let seq = 0;
 async function fill(
@@ -303,15 +304,7 @@ t.test('R-23 limit: one event per crossing; R-22 publication', async (t) => {
     before + 1,
   );
   const m = await metrics(db);
-  for (const k of [
-    'total_exposure_usdt',
-    'total_unrealized_pnl_usdt',
-    'total_realized_pnl_usdt',
-    'portfolio_value_usdt',
-    'net_exposure_usdt',
-    'open_positions_count',
-  ])
-    t.equal(last.payload[k], m[k], `portfolio_updated.${k} equals portfolio_metrics()`);
+  for (const k of PORTFOLIO_TOTALS) t.equal(last.payload[k], m[k], `portfolio_updated.${k} equals portfolio_metrics()`);
   t.ok(Number((await one(db, 'select count(*) as n from portfolio_metrics_history')).n) >= 2, 'history rows');
 
   await db.query('select schedule_portfolio_update()');
@@ -531,18 +524,7 @@ t.test('grafana_reader reads the views and nothing else', async (t) => {
   const c = await db.pool.connect();
   t.teardown(() => c.release());
   await c.query('set role grafana_reader');
-  for (const v of [
-    'positions_view',
-    'portfolio_metrics_view',
-    'portfolio_by_asset_view',
-    'position_snapshots_view',
-    'portfolio_metrics_history_view',
-    'portfolio_pnl_hourly',
-    'position_pnl_hourly',
-    'position_events_view',
-    'job_history_view',
-    'job_queue_view',
-  ]) {
+  for (const v of GRAFANA_VIEWS) {
     const r = await c.query(`select * from ${v}`);
     t.ok(r.rowCount! >= (v.startsWith('job') ? 0 : 1), `${v} is readable`);
   }

@@ -126,6 +126,8 @@ class Rng {
 // operations
 
 type Slot = { asset: number; mode: Mode };
+/** The quantities a fill may have for one base price, [lowest, highest]. */
+type QtyRange = [string, string];
 
 interface FillOp {
   kind: 'fill';
@@ -167,7 +169,7 @@ const BASE_PRICES = [
   '0.00012345',
   '98765.4321',
 ];
-const QTY_RANGES: Record<string, [string, string]> = {}; // by base price: keep notional sensible
+const QTY_RANGES: Record<string, QtyRange> = {}; // by base price: keep notional sensible
 for (const p of BASE_PRICES) {
   const n = Number(p);
   QTY_RANGES[p] = n > 10000 ? ['0.001', '3'] : n > 100 ? ['0.01', '50'] : n > 1 ? ['1', '500'] : ['10', '100000'];
@@ -191,7 +193,21 @@ function feeFor(rng: Rng, qty: Decimal, price: Decimal): string | undefined {
   return f.toFixed();
 }
 
-function qtyRandom(rng: Rng, range: [string, string]): Decimal {
+/** A generated fill with a random fee (drawn before the quantity's and the price's text, as always). */
+function fillOp(rng: Rng, slot: number, side: Side, qty: Decimal, price: Decimal, more: Partial<FillOp> = {}): FillOp {
+  const fee = feeFor(rng, qty, price);
+  return {
+    kind: 'fill',
+    slot,
+    side,
+    qty: text(rng, qty),
+    price: text(rng, price),
+    ...(fee === undefined ? {} : { fee }),
+    ...more,
+  };
+}
+
+function qtyRandom(rng: Rng, range: QtyRange): Decimal {
   let q = rng.dec(range[0], range[1], 8);
   if (q.isZero()) q = new Decimal('0.00000001');
   return q;
@@ -248,13 +264,7 @@ function generate(index: number, seed: number): Sequence {
   return { slots, basePrice, ops };
 }
 
-function genOneWayFill(
-  rng: Rng,
-  slot: number,
-  pos: PositionModel | undefined,
-  base: Decimal,
-  range: [string, string],
-): FillOp {
+function genOneWayFill(rng: Rng, slot: number, pos: PositionModel | undefined, base: Decimal, range: QtyRange): FillOp {
   const price = priceNear(rng, base);
   let side: Side = rng.pick(['Buy', 'Sell'] as const);
   let qty = qtyRandom(rng, range);
@@ -275,24 +285,10 @@ function genOneWayFill(
       if (qty.gt(abs)) qty = abs;
     }
   }
-  const fee = feeFor(rng, qty, price);
-  return {
-    kind: 'fill',
-    slot,
-    side,
-    qty: text(rng, qty),
-    price: text(rng, price),
-    ...(fee === undefined ? {} : { fee }),
-  };
+  return fillOp(rng, slot, side, qty, price);
 }
 
-function genHedgeFill(
-  rng: Rng,
-  slot: number,
-  pos: PositionModel | undefined,
-  base: Decimal,
-  range: [string, string],
-): FillOp {
+function genHedgeFill(rng: Rng, slot: number, pos: PositionModel | undefined, base: Decimal, range: QtyRange): FillOp {
   const price = priceNear(rng, base);
   const legName = rng.pick(['long', 'short'] as const);
   const leg = pos ? (legName === 'long' ? pos.long : pos.short) : undefined;
@@ -326,17 +322,10 @@ function genHedgeFill(
       reduce_only = true;
     } else reduce_only = true;
   }
-  const fee = feeFor(rng, qty, price);
-  return {
-    kind: 'fill',
-    slot,
-    side,
-    qty: text(rng, qty),
-    price: text(rng, price),
-    ...(fee === undefined ? {} : { fee }),
+  return fillOp(rng, slot, side, qty, price, {
     ...(position_idx === undefined ? {} : { position_idx }),
     ...(reduce_only === undefined ? {} : { reduce_only }),
-  };
+  });
 }
 
 function signedPnl(rng: Rng, scale: Decimal): string {
@@ -351,7 +340,7 @@ function genReport(
   slot: number,
   pos: PositionModel | undefined,
   base: Decimal,
-  range: [string, string],
+  range: QtyRange,
   mustAvg: boolean,
 ): ReportOp {
   const op: ReportOp = { kind: 'report', slot, sizeFromModel: true };

@@ -4,26 +4,26 @@
 // mode defaults (convention 2) and error messages without empty values (R-17).
 import t from 'tap';
 import {
-  canonical,
+  canonical as dec,
   freshDatabase,
-  jobsWithKey,
-  positionRow,
+  jobsWithKey as jobs,
+  positionRow as row,
   writePositionsDirectly,
   type TestDb,
 } from '../helpers/db.js';
+import { type FillFields, fillFields } from '../helpers/ledger-fill.js';
 
 let seq = 0;
 const ingestFill = async (db: TestDb, f: Record<string, unknown>) =>
   (await db.query('select _apply_order_fill(null, $1::jsonb) as r', [JSON.stringify(f)])).rows[0].r;
+/** One fill: asset, side, quantity and price, and any other fields (ledger-fill.ts). */
+const trade = (db: TestDb, ...f: FillFields) => ingestFill(db, fillFields(...f));
 const report = async (db: TestDb, payload: Record<string, unknown>) =>
   (
     await db.query('select _apply_position_report(null, $1::jsonb) as r', [
       JSON.stringify({ event_type: 'position', event_id: `rs-${++seq}`, payload }),
     ])
   ).rows[0].r;
-const row = positionRow;
-const dec = canonical;
-const jobs = jobsWithKey;
 
 t.test(
   'R-12 per leg: the Gateway sends the two legs of one hedge update as two messages; both are right at once',
@@ -97,13 +97,9 @@ t.test(
 t.test('R-12 per leg: the other leg opened by fills; a closed row reopens from the adopted leg', async (t) => {
   const db = await freshDatabase(t);
   const at = Date.now() - 120_000;
-  await ingestFill(db, {
+  await trade(db, 'ETHUSDT', 'Buy', '1', '3000', {
     execution_id: 'f1',
-    asset: 'ETHUSDT',
     mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '3000',
     executed_at: new Date(at).toISOString(),
   });
   const r = await report(db, {
@@ -125,23 +121,15 @@ t.test('R-12 per leg: the other leg opened by fills; a closed row reopens from t
   );
 
   // a hedge row that is closed (both legs flat) and whose short leg never held anything
-  await ingestFill(db, {
+  await trade(db, 'SOLUSDT', 'Buy', '1', '100', {
     execution_id: 'g1',
-    asset: 'SOLUSDT',
     mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '100',
     executed_at: new Date(at).toISOString(),
   });
-  await ingestFill(db, {
+  await trade(db, 'SOLUSDT', 'Sell', '1', '101', {
     execution_id: 'g2',
-    asset: 'SOLUSDT',
     mode: 'hedge',
-    side: 'Sell',
     reduce_only: true,
-    execution_quantity: '1',
-    execution_price: '101',
     executed_at: new Date(at + 1000).toISOString(),
   });
   t.ok((await row(db, 'SOLUSDT', 'hedge')).closed_at, 'closed');
@@ -167,14 +155,7 @@ t.test('R-12 per leg: the other leg opened by fills; a closed row reopens from t
 t.test('R-6.4: one shape per order; the other shape is not applied and validation is scheduled', async (t) => {
   const db = await freshDatabase(t);
   // counted as executions first
-  await ingestFill(db, {
-    execution_id: 'e-1',
-    order_id: 'o-1',
-    asset: 'BTCUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '100',
-  });
+  await trade(db, 'BTCUSDT', 'Buy', '1', '100', { execution_id: 'e-1', order_id: 'o-1' });
   const other = await ingestFill(db, {
     event_id: 'cum-1',
     order_id: 'o-1',
@@ -193,14 +174,7 @@ t.test('R-6.4: one shape per order; the other shape is not applied and validatio
     event_type: 'partially_filled',
     order: { order_id: 'o-2', asset: 'ETHUSDT', side: 'Buy', filled_quantity: '1', average_price: '10' },
   });
-  const exec = await ingestFill(db, {
-    execution_id: 'e-2',
-    order_id: 'o-2',
-    asset: 'ETHUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
+  const exec = await trade(db, 'ETHUSDT', 'Buy', '1', '10', { execution_id: 'e-2', order_id: 'o-2' });
   t.match(exec, { outcome: 'other_shape', warning: /order o-2 is counted as cumulative statements/ });
   t.equal(dec((await row(db, 'ETHUSDT')).size), '1', 'not double-counted');
   // the same shape goes on as before
@@ -237,14 +211,7 @@ t.test("§6.1: an order's average fill price may have up to 30 places; an execut
   });
   t.match(flat, { outcome: 'applied' }, 'the flat cumulative shape alike');
   await t.rejects(
-    ingestFill(db, {
-      execution_id: 'x-1',
-      order_id: 'o-c',
-      asset: 'DOTUSDT',
-      side: 'Buy',
-      execution_quantity: '1',
-      execution_price: avg,
-    }),
+    trade(db, 'DOTUSDT', 'Buy', '1', avg, { execution_id: 'x-1', order_id: 'o-c' }),
     { code: '22023', message: /^execution_price: at most 8 fractional digits/ },
     "one execution's price is a price",
   );
@@ -253,113 +220,27 @@ t.test("§6.1: an order's average fill price may have up to 30 places; an execut
 t.test('convention 5: a 10-digit epoch is seconds, 13 digits milliseconds', async (t) => {
   const db = await freshDatabase(t);
   const seconds = 1736935200; // 2025-01-15T10:00:00Z
-  await ingestFill(db, {
-    execution_id: 's-1',
-    asset: 'BTCUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '100',
-    executed_at: seconds,
-  });
-  await ingestFill(db, {
-    execution_id: 's-2',
-    asset: 'ETHUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '100',
-    executed_at: String(seconds * 1000),
-  });
+  await trade(db, 'BTCUSDT', 'Buy', '1', '100', { execution_id: 's-1', executed_at: seconds });
+  await trade(db, 'ETHUSDT', 'Buy', '1', '100', { execution_id: 's-2', executed_at: String(seconds * 1000) });
   t.equal(((await row(db, 'BTCUSDT')).opened_at as Date).toISOString(), '2025-01-15T10:00:00.000Z');
   t.equal(((await row(db, 'ETHUSDT')).opened_at as Date).toISOString(), '2025-01-15T10:00:00.000Z');
 });
 
 t.test('convention 2: without a mode, lists cover both modes and a single lookup finds the open row', async (t) => {
   const db = await freshDatabase(t);
-  await ingestFill(db, {
-    execution_id: 'c-1',
-    asset: 'HEDGEUSDT',
-    mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
-  await ingestFill(db, {
-    execution_id: 'c-2',
-    asset: 'ONEUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
-  await ingestFill(db, {
-    execution_id: 'c-3',
-    asset: 'BOTHUSDT',
-    mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
-  await ingestFill(db, {
-    execution_id: 'c-4',
-    asset: 'BOTHUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
+  await trade(db, 'HEDGEUSDT', 'Buy', '1', '10', { execution_id: 'c-1', mode: 'hedge' });
+  await trade(db, 'ONEUSDT', 'Buy', '1', '10', { execution_id: 'c-2' });
+  await trade(db, 'BOTHUSDT', 'Buy', '1', '10', { execution_id: 'c-3', mode: 'hedge' });
+  await trade(db, 'BOTHUSDT', 'Buy', '1', '10', { execution_id: 'c-4' });
   // closed one-way row updated last, open hedge row: the open one is meant
-  await ingestFill(db, {
-    execution_id: 'c-5',
-    asset: 'MIXUSDT',
-    mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
-  await ingestFill(db, {
-    execution_id: 'c-6',
-    asset: 'MIXUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
-  await ingestFill(db, {
-    execution_id: 'c-7',
-    asset: 'MIXUSDT',
-    side: 'Sell',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
+  await trade(db, 'MIXUSDT', 'Buy', '1', '10', { execution_id: 'c-5', mode: 'hedge' });
+  await trade(db, 'MIXUSDT', 'Buy', '1', '10', { execution_id: 'c-6' });
+  await trade(db, 'MIXUSDT', 'Sell', '1', '10', { execution_id: 'c-7' });
   // both closed: the most recently updated
-  await ingestFill(db, {
-    execution_id: 'c-8',
-    asset: 'OLDUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
-  await ingestFill(db, {
-    execution_id: 'c-9',
-    asset: 'OLDUSDT',
-    side: 'Sell',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
-  await ingestFill(db, {
-    execution_id: 'c-10',
-    asset: 'OLDUSDT',
-    mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '10',
-  });
-  await ingestFill(db, {
-    execution_id: 'c-11',
-    asset: 'OLDUSDT',
-    mode: 'hedge',
-    side: 'Sell',
-    reduce_only: true,
-    execution_quantity: '1',
-    execution_price: '10',
-  });
+  await trade(db, 'OLDUSDT', 'Buy', '1', '10', { execution_id: 'c-8' });
+  await trade(db, 'OLDUSDT', 'Sell', '1', '10', { execution_id: 'c-9' });
+  await trade(db, 'OLDUSDT', 'Buy', '1', '10', { execution_id: 'c-10', mode: 'hedge' });
+  await trade(db, 'OLDUSDT', 'Sell', '1', '10', { execution_id: 'c-11', mode: 'hedge', reduce_only: true });
 
   const list = (await db.query('select list_positions() as l')).rows[0].l;
   t.same(
@@ -386,13 +267,7 @@ t.test('convention 2: without a mode, lists cover both modes and a single lookup
 t.test('R-17: an error_message never renders a null value as an empty string', async (t) => {
   const db = await freshDatabase(t);
   await report(db, { symbol: 'NOAVGUSDT', side: 'Buy', size: '2', markPrice: '10' }); // adopted without an average
-  await ingestFill(db, {
-    execution_id: 'n-1',
-    asset: 'NOAVGUSDT',
-    side: 'Buy',
-    execution_quantity: '1',
-    execution_price: '12',
-  });
+  await trade(db, 'NOAVGUSDT', 'Buy', '1', '12', { execution_id: 'n-1' });
   await writePositionsDirectly(db, "update positions set average_entry_price = null where asset = 'NOAVGUSDT'");
   const v = (await db.query("select validate_position('NOAVGUSDT', null, false) as v")).rows[0].v;
   t.equal(v.is_valid, false);

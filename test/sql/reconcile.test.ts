@@ -3,11 +3,21 @@
 // finds. The scenarios of the issue: a fill lost on the way, a position never seen here, one
 // open here and flat or absent there; and a re-read of an unchanged account changes nothing.
 import t from 'tap';
-import { canonical, freshDatabase, jobsWithKey, positionRow, type TestDb } from '../helpers/db.js';
+import { bybitPosition } from '../helpers/ledger-bybit.js';
+import { type FillFields, fillFields } from '../helpers/ledger-fill.js';
+import {
+  canonical as dec,
+  freshDatabase,
+  jobsWithKey as jobs,
+  positionRow as row,
+  type TestDb,
+} from '../helpers/db.js';
 
 let seq = 0;
 const fill = (db: TestDb, f: Record<string, unknown>) =>
   db.query('select apply_order_fill($1::jsonb)', [JSON.stringify({ execution_id: `rc-${++seq}`, ...f })]);
+/** One fill: asset, side, quantity and price, and any other fields (ledger-fill.ts). */
+const trade = (db: TestDb, ...f: FillFields) => fill(db, fillFields(...f));
 const page = (list: Record<string, unknown>[], time: number, cursor = '') => ({
   retCode: 0,
   retMsg: 'OK',
@@ -19,9 +29,6 @@ const reconcile = async (db: TestDb, pages: unknown[]) =>
   (await db.query('select reconcile_positions($1::jsonb, $2) as r', [JSON.stringify(pages), 'rc-trace'])).rows[0].r;
 const validate = async (db: TestDb, asset: string, mode = 'one-way') =>
   (await db.query('select validate_position($1, $2, true, $3) as v', [asset, mode, 'rc-validation'])).rows[0].v;
-const row = positionRow;
-const dec = canonical;
-const jobs = jobsWithKey;
 
 t.test(
   "a fill lost on the way: reconciliation finds it, validation brings the position to the exchange's size",
@@ -29,34 +36,15 @@ t.test(
     const db = await freshDatabase(t);
     const t0 = Date.now() - 600_000;
     const iso = (ms: number) => new Date(ms).toISOString();
-    await fill(db, {
-      asset: 'BTCUSDT',
-      side: 'Buy',
-      execution_quantity: '1',
-      execution_price: '50000',
-      executed_at: iso(t0),
-    });
+    await trade(db, 'BTCUSDT', 'Buy', '1', '50000', { executed_at: iso(t0) });
     // a second Buy 0.5 @ 51000 at t0 + 60 s was executed on the exchange and never published
-    const r = await reconcile(db, [
-      page(
-        [
-          {
-            symbol: 'BTCUSDT',
-            positionIdx: 0,
-            side: 'Buy',
-            size: '1.5',
-            avgPrice: '50333.33333333',
-            markPrice: '50500',
-            unrealisedPnl: '250',
-            cumRealisedPnl: '0',
-            updatedTime: String(t0 + 60_000),
-            createdTime: String(t0),
-            seq: 101,
-          },
-        ],
-        t0 + 120_000,
-      ),
-    ]);
+    const listed = bybitPosition('BTCUSDT', 0, 'Buy', '1.5', '50333.33333333', '50500', '250', {
+      cumRealisedPnl: '0',
+      updatedTime: String(t0 + 60_000),
+      createdTime: String(t0),
+      seq: 101,
+    });
+    const r = await reconcile(db, [page([listed], t0 + 120_000)]);
     t.match(r, {
       listed: 1,
       absent: 0,
@@ -100,26 +88,7 @@ t.test(
 
     // the unchanged account read again: every report is a duplicate, nothing changes
     const version = (await row(db, 'BTCUSDT')).version;
-    const again = await reconcile(db, [
-      page(
-        [
-          {
-            symbol: 'BTCUSDT',
-            positionIdx: 0,
-            side: 'Buy',
-            size: '1.5',
-            avgPrice: '50333.33333333',
-            markPrice: '50500',
-            unrealisedPnl: '250',
-            cumRealisedPnl: '0',
-            updatedTime: String(t0 + 60_000),
-            createdTime: String(t0),
-            seq: 101,
-          },
-        ],
-        t0 + 180_000,
-      ),
-    ]);
+    const again = await reconcile(db, [page([listed], t0 + 180_000)]);
     t.match(again, { outcomes: { duplicate: 1 }, discrepancies: [] });
     t.equal((await row(db, 'BTCUSDT')).version, version);
   },
@@ -128,55 +97,23 @@ t.test(
 t.test('a position this service never saw is adopted (R-12), one-way and per hedge leg, across pages', async (t) => {
   const db = await freshDatabase(t);
   const now = Date.now() - 5000;
-  await fill(db, {
-    asset: 'ETHUSDT',
-    mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '2',
-    execution_price: '3000',
-    executed_at: new Date(now - 60_000).toISOString(),
-  });
+  await trade(db, 'ETHUSDT', 'Buy', '2', '3000', { mode: 'hedge', executed_at: new Date(now - 60_000).toISOString() });
   const r = await reconcile(db, [
     page(
       [
-        {
-          symbol: 'SOLUSDT',
-          positionIdx: 0,
-          side: 'Sell',
-          size: '10',
-          avgPrice: '150',
-          markPrice: '149',
-          unrealisedPnl: '10',
+        bybitPosition('SOLUSDT', 0, 'Sell', '10', '150', '149', '10', {
           cumRealisedPnl: '-3',
           updatedTime: String(now),
           createdTime: String(now - 3_600_000),
-        },
+        }),
       ],
       now + 1000,
       'c1',
     ),
     page(
       [
-        {
-          symbol: 'ETHUSDT',
-          positionIdx: 1,
-          side: 'Buy',
-          size: '2',
-          avgPrice: '3000',
-          markPrice: '3010',
-          unrealisedPnl: '20',
-          updatedTime: String(now),
-        },
-        {
-          symbol: 'ETHUSDT',
-          positionIdx: 2,
-          side: 'Sell',
-          size: '1',
-          avgPrice: '3050',
-          markPrice: '3010',
-          unrealisedPnl: '40',
-          updatedTime: String(now),
-        },
+        bybitPosition('ETHUSDT', 1, 'Buy', '2', '3000', '3010', '20', { updatedTime: String(now) }),
+        bybitPosition('ETHUSDT', 2, 'Sell', '1', '3050', '3010', '40', { updatedTime: String(now) }),
       ],
       now + 1000,
     ),
@@ -207,61 +144,17 @@ t.test('a position this service never saw is adopted (R-12), one-way and per hed
 t.test('open here, flat or absent there: a discrepancy, and validation closes it', async (t) => {
   const db = await freshDatabase(t);
   const t0 = Date.now() - 600_000;
-  await fill(db, {
-    asset: 'XRPUSDT',
-    side: 'Buy',
-    execution_quantity: '100',
-    execution_price: '0.5',
-    executed_at: new Date(t0).toISOString(),
-  });
-  await fill(db, {
-    asset: 'ADAUSDT',
-    side: 'Sell',
-    execution_quantity: '50',
-    execution_price: '1',
-    executed_at: new Date(t0).toISOString(),
-  });
-  await fill(db, {
-    asset: 'DOTUSDT',
-    mode: 'hedge',
-    side: 'Buy',
-    execution_quantity: '3',
-    execution_price: '7',
-    executed_at: new Date(t0).toISOString(),
-  });
-  await fill(db, {
-    asset: 'DOTUSDT',
-    mode: 'hedge',
-    side: 'Sell',
-    execution_quantity: '1',
-    execution_price: '7',
-    executed_at: new Date(t0).toISOString(),
-  });
+  await trade(db, 'XRPUSDT', 'Buy', '100', '0.5', { executed_at: new Date(t0).toISOString() });
+  await trade(db, 'ADAUSDT', 'Sell', '50', '1', { executed_at: new Date(t0).toISOString() });
+  await trade(db, 'DOTUSDT', 'Buy', '3', '7', { mode: 'hedge', executed_at: new Date(t0).toISOString() });
+  await trade(db, 'DOTUSDT', 'Sell', '1', '7', { mode: 'hedge', executed_at: new Date(t0).toISOString() });
   const r = await reconcile(db, [
     page(
       [
         // ADAUSDT listed flat (Bybit lists a symbol with size 0 and side "")
-        {
-          symbol: 'ADAUSDT',
-          positionIdx: 0,
-          side: '',
-          size: '0',
-          avgPrice: '0',
-          markPrice: '1.01',
-          unrealisedPnl: '',
-          updatedTime: String(t0 + 60_000),
-        },
+        bybitPosition('ADAUSDT', 0, '', '0', '0', '1.01', '', { updatedTime: String(t0 + 60_000) }),
         // DOTUSDT: only the long leg listed
-        {
-          symbol: 'DOTUSDT',
-          positionIdx: 1,
-          side: 'Buy',
-          size: '3',
-          avgPrice: '7',
-          markPrice: '7.1',
-          unrealisedPnl: '0.3',
-          updatedTime: String(t0 + 60_000),
-        },
+        bybitPosition('DOTUSDT', 1, 'Buy', '3', '7', '7.1', '0.3', { updatedTime: String(t0 + 60_000) }),
       ],
       t0 + 120_000,
     ),
@@ -321,19 +214,7 @@ t.test('a stale entry changes nothing; a bad answer is rejected whole', async (t
   ]);
   const r = await reconcile(db, [
     page(
-      [
-        {
-          symbol: 'BTCUSDT',
-          positionIdx: 0,
-          side: 'Buy',
-          size: '2',
-          avgPrice: '100',
-          markPrice: '90',
-          unrealisedPnl: '-10',
-          seq: 49,
-          updatedTime: String(now - 1000),
-        },
-      ],
+      [bybitPosition('BTCUSDT', 0, 'Buy', '2', '100', '90', '-10', { seq: 49, updatedTime: String(now - 1000) })],
       now + 1000,
     ),
   ]);
