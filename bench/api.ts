@@ -54,6 +54,7 @@ const D = Number(opt.duration);
 const SEQ = Number(opt.sequential);
 const ROUNDS = Math.max(1, Number(opt.rounds));
 
+/** Seeds n open positions, then ANALYZE: with autovacuum off the planner would not see them. */
 async function seed(pool: import('pg').Pool, n: number): Promise<void> {
   // one open position per asset, half long, half short, marked at a price away from entry
   await pool.query(
@@ -75,6 +76,7 @@ async function seed(pool: import('pg').Pool, n: number): Promise<void> {
     pool,
     `update positions set unrealized_pnl = (current_price - average_entry_price) * size`,
   );
+  await pool.query('analyze');
 }
 
 async function cacheCounts(svc: RunningService): Promise<{ hit: number; miss: number }> {

@@ -85,9 +85,18 @@ export interface BenchDb {
   pool: pg.Pool;
 }
 
+let autovacuumChecked = false;
+
 /** A migrated database copied from the test template; dropped (with force) at teardown. */
 export async function benchDatabase(t: Teardown, prefix: string, poolSize = 20): Promise<BenchDb> {
-  return freshDatabase(t, { prefix, poolSize });
+  const db = await freshDatabase(t, { prefix, poolSize });
+  if (!autovacuumChecked) {
+    autovacuumChecked = true;
+    const on = (await db.pool.query<{ autovacuum: string }>('show autovacuum')).rows[0]!.autovacuum === 'on';
+    // Without autovacuum, statistics of growing tables stay as they were: plans rot (README).
+    if (!on) console.log('note: autovacuum is off on this server; the benchmarks ANALYZE after seeding');
+  }
+  return db;
 }
 
 export async function pgVersion(): Promise<string> {
