@@ -37,7 +37,7 @@ async function main(): Promise<void> {
   let pool: pg.Pool | undefined;
   let server: Server | undefined;
   let stopping = false;
-  const stop = async (exitCode: number) => {
+  const stop = async (exitCode: number, signal?: string) => {
     if (stopping) return;
     stopping = true;
     const timer = setTimeout(() => {
@@ -45,7 +45,7 @@ async function main(): Promise<void> {
       process.exit(1);
     }, config.shutdownTimeoutMs);
     timer.unref();
-    log.info({ exit_code: exitCode }, 'shutting down');
+    log.info({ exit_code: exitCode, ...(signal ? { signal } : {}) }, 'shutting down');
     await closeHttp(server, config.shutdownTimeoutMs / 2);
     for (const c of [...components].reverse()) {
       try {
@@ -122,11 +122,7 @@ async function main(): Promise<void> {
   answerClientErrors(server);
   log.info({ port: config.port }, 'listening');
 
-  const shutdown = (signal: string) => {
-    if (stopping) return;
-    log.info({ signal }, 'shutting down');
-    void stop(0);
-  };
+  const shutdown = (signal: string) => void stop(0, signal);
   // A connection that drops while no query is waiting on it surfaces as a stray 'error' event;
   // every component reconnects by itself, so that is logged, not fatal. Anything else is a bug:
   // exit non-zero and let the supervisor restart a clean process (nothing is acked uncommitted).

@@ -19,6 +19,9 @@ export interface Broker {
 
 export function connectBroker(url: string, state: BrokerState, log: Logger): Broker {
   const setups: Setup[] = [];
+  // The setups each connection has run: one registered while the first connection was being made
+  // ran in its loop already and must not run twice.
+  const ran = new WeakMap<amqp.ChannelModel, Set<Setup>>();
   let connection: amqp.ChannelModel | undefined;
   let closed = false;
   let timer: NodeJS.Timeout | undefined;
@@ -58,8 +61,13 @@ export function connectBroker(url: string, state: BrokerState, log: Logger): Bro
         scheduleReconnect();
       }
     });
+    const done = new Set<Setup>();
+    ran.set(conn, done);
     try {
-      for (const setup of setups) await setup(conn);
+      for (const setup of setups) {
+        await setup(conn);
+        done.add(setup);
+      }
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'broker setup failed; reconnecting');
       await conn.close().catch(() => undefined);
@@ -86,7 +94,7 @@ export function connectBroker(url: string, state: BrokerState, log: Logger): Bro
     async onConnected(setup) {
       setups.push(setup);
       await started;
-      if (connection) await setup(connection);
+      if (connection && !ran.get(connection)?.has(setup)) await setup(connection);
     },
     async close() {
       closed = true;

@@ -76,6 +76,11 @@ t.test('SIGTERM lets a request in flight finish with its answer (its write commi
   const r = await req;
   t.equal(r.status, 201, 'the client gets its answer');
   t.equal(await exit, 0);
+  t.same(
+    svc.logs.filter((l) => l.msg === 'shutting down').map((l) => [l.signal, l.exit_code]),
+    [['SIGTERM', 0]],
+    'one shutdown line, with the signal and the exit code',
+  );
   t.equal((await db.query("select count(*)::int as n from position_snapshots where trigger = 'manual'")).rows[0].n, 1);
 });
 
