@@ -1,8 +1,9 @@
 -- Up Migration
 -- The sql/ step records the functions it defines (sql_definitions.functions) and drops, at the
 -- next change of sql/, those the new files no longer define. A database whose definitions were
--- applied before that has no record: it gets the functions sql/ defined until then (commit e444ac0)
--- and the old signatures its `drop function if exists` lines removed (one already gone is skipped).
+-- applied before that has no record: it gets the functions sql/ defined until then (commit e444ac0),
+-- the batch entry of the release before it (ingest_messages(jsonb), e3f0b92) and the old signatures
+-- its `drop function if exists` lines removed (one already gone is skipped).
 create table if not exists sql_definitions (
   singleton boolean primary key default true check (singleton),
   hash text not null,
@@ -31,6 +32,7 @@ update sql_definitions set functions = array[
   'get_position(text,text)',
   'guard_positions_writer()',
   'inbox_claim(text,text,text)',
+  'ingest_messages(jsonb)',
   'ingest_messages(text,jsonb[],jsonb[])',
   'ingest_order_fill(jsonb)',
   'ingest_position_report(jsonb)',
