@@ -1,8 +1,11 @@
 // Queues and the exchange (SPEC.md §6). Other services' queues are checked passively and
 // declared only when missing, with their owner's arguments: redeclaring a queue with other
-// arguments fails the channel (406 PRECONDITION_FAILED).
+// arguments fails the channel (406 PRECONDITION_FAILED). The service's own queues are declared
+// with `x-queue-version: 2` (the leaner classic-queue index); one that already exists without it
+// (declared by an earlier version) refuses that declaration the same way, and is kept as it is.
 import type amqp from 'amqplib';
 import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
 
 export const DEAD_LETTER_QUEUE = 'position-manager.dead_letter';
 const PUBLISHED_QUEUES = [
@@ -12,6 +15,9 @@ const PUBLISHED_QUEUES = [
   'position-manager.position_closed',
   'position-manager.portfolio_limit_exceeded',
 ] as const;
+
+/** How the service declares the queues it owns (the dead-letter queue and the published ones). */
+export const OWN_QUEUE_OPTIONS: amqp.Options.AssertQueue = { durable: true, arguments: { 'x-queue-version': 2 } };
 
 const OWNER_ARGUMENTS: Record<string, amqp.Options.AssertQueue> = {
   'ws-gateway.position': {
@@ -46,13 +52,51 @@ export async function declareConsumedQueues(connection: amqp.ChannelModel, confi
   for (const q of [...config.orderEventsQueues, config.positionEventsQueue]) await ensureForeignQueue(connection, q);
 }
 
-export async function declareOwnTopology(connection: amqp.ChannelModel, config: Config): Promise<void> {
-  const ch = await connection.createChannel();
+/** Queues already reported as kept with other arguments, so that each is logged once per process. */
+const reportedKept = new Set<string>();
+
+/**
+ * Declares one of the service's own queues on `ch`, or, when it already exists with other
+ * arguments (the declaration is refused, 406, which closes `ch`), keeps it as it is: checked
+ * passively on a fresh channel, logged once. Returns the channel to go on with.
+ */
+async function declareOwnQueue(
+  connection: amqp.ChannelModel,
+  ch: amqp.Channel,
+  queue: string,
+  log: Logger | undefined,
+): Promise<amqp.Channel> {
   try {
-    await ch.assertQueue(DEAD_LETTER_QUEUE, { durable: true });
+    await ch.assertQueue(queue, OWN_QUEUE_OPTIONS);
+    return ch;
+  } catch (err) {
+    if ((err as { code?: number }).code !== 406) throw err;
+    const next = await connection.createChannel();
+    next.on('error', () => undefined);
+    await next.checkQueue(queue); // it exists (a 404 here fails the start, as any broker error)
+    if (!reportedKept.has(queue)) {
+      reportedKept.add(queue);
+      log?.warn(
+        { queue, err: (err as Error).message },
+        'queue exists with other arguments and is kept as declared; to make it a version 2 classic queue, ' +
+          `apply a policy (rabbitmqctl set_policy --apply-to queues pm-queue-version '^${queue.replace(/\./g, '\\.')}$' ` +
+          `'{"queue-version":2}') or delete it when empty and restart the service`,
+      );
+    }
+    return next;
+  }
+}
+
+export async function declareOwnTopology(connection: amqp.ChannelModel, config: Config, log?: Logger): Promise<void> {
+  let ch = await connection.createChannel();
+  // A refused declaration closes the channel with an error event; unheard, it would take the
+  // connection down.
+  ch.on('error', () => undefined);
+  try {
+    ch = await declareOwnQueue(connection, ch, DEAD_LETTER_QUEUE, log);
     await ch.assertExchange(config.eventsExchange, 'topic', { durable: true });
     for (const q of PUBLISHED_QUEUES) {
-      await ch.assertQueue(q, { durable: true });
+      ch = await declareOwnQueue(connection, ch, q, log);
       await ch.bindQueue(q, config.eventsExchange, q);
     }
   } finally {
