@@ -65,8 +65,14 @@ async function recordingConnection(t: { teardown(fn: () => unknown): void }, ack
   return conn;
 }
 
-function consumer(deadLetterChannel: () => amqp.ConfirmChannel | undefined) {
-  return new QueueConsumer({
+/** A consumer of FILLS attached on a recording connection; its acks land in `acks`. */
+async function attached(
+  t: { teardown(fn: () => unknown): void },
+  acks: Ack[],
+  deadLetterChannel: () => amqp.ConfirmChannel | undefined,
+): Promise<QueueConsumer> {
+  const conn = await recordingConnection(t, acks);
+  const c = new QueueConsumer({
     queue: FILLS,
     kind: 'fill',
     pool: db.pool,
@@ -76,6 +82,8 @@ function consumer(deadLetterChannel: () => amqp.ConfirmChannel | undefined) {
     deadLetterChannel,
     detached: new Set(),
   });
+  await c.attach(conn, 100);
+  return c;
 }
 
 const fill = (asset: string, qty: number) => ({
@@ -88,9 +96,7 @@ const fill = (asset: string, qty: number) => ({
 t.test('a batch is acknowledged with fewer ack frames than messages, and every message is acked', async (t) => {
   for (let i = 1; i <= 30; i++) await broker.publish(FILLS, fill('MULTIUSDT', i));
   const acks: Ack[] = [];
-  const conn = await recordingConnection(t, acks);
-  const c = consumer(() => undefined);
-  await c.attach(conn, 100);
+  const c = await attached(t, acks, () => undefined);
   await waitFor(async () => (await size('MULTIUSDT')) === '465', { what: 'all 30 fills applied' });
   await waitFor(async () => (await counts(FILLS)).unacked === 0, { what: 'all acknowledged' });
   t.same(await counts(FILLS), { ready: 0, unacked: 0 }, 'the broker holds none of them');
@@ -120,9 +126,7 @@ t.test('a delivery still unsettled is not acknowledged by a later multiple ack',
     publish(exchange, routingKey, content, options, (err, ok) => void gate.then(() => cb?.(err, ok)));
 
   const acks: Ack[] = [];
-  const conn = await recordingConnection(t, acks);
-  const c = consumer(() => dl);
-  await c.attach(conn, 100);
+  const c = await attached(t, acks, () => dl);
   await waitFor(async () => (await size('HELDUSDT')) === '55', { what: 'the 10 good fills applied' });
   await waitFor(async () => (await counts(FILLS)).unacked === 1, { what: 'the good fills acknowledged' });
   const badTag = 6; // the sixth delivery on a fresh channel
