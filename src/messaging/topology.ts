@@ -1,8 +1,11 @@
 // Queues and the exchange (SPEC.md §6). Other services' queues are checked passively and
 // declared only when missing, with their owner's arguments: redeclaring a queue with other
-// arguments fails the channel (406 PRECONDITION_FAILED). The service's own queues are declared
-// with `x-queue-version: 2` (the leaner classic-queue index); one that already exists without it
-// (declared by an earlier version) refuses that declaration the same way, and is kept as it is.
+// arguments fails the channel (406 PRECONDITION_FAILED). The dead-letter queue, which only this
+// service declares, is a version 2 classic queue (the leaner index); one that already exists
+// without that argument (an earlier version's) refuses the declaration the same way and is kept.
+// The published queues stay plain durable queues: their consumers declare them too (Model
+// Service: `declare_queue(name, durable=True)`), and any argument they do not repeat would fail
+// their declaration. Operators convert those with a `queue-version` policy (README).
 import type amqp from 'amqplib';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
@@ -16,8 +19,11 @@ const PUBLISHED_QUEUES = [
   'position-manager.portfolio_limit_exceeded',
 ] as const;
 
-/** How the service declares the queues it owns (the dead-letter queue and the published ones). */
-export const OWN_QUEUE_OPTIONS: amqp.Options.AssertQueue = { durable: true, arguments: { 'x-queue-version': 2 } };
+/** How the service declares its dead-letter queue. */
+export const DEAD_LETTER_QUEUE_OPTIONS: amqp.Options.AssertQueue = {
+  durable: true,
+  arguments: { 'x-queue-version': 2 },
+};
 
 const OWNER_ARGUMENTS: Record<string, amqp.Options.AssertQueue> = {
   'ws-gateway.position': {
@@ -56,18 +62,18 @@ export async function declareConsumedQueues(connection: amqp.ChannelModel, confi
 const reportedKept = new Set<string>();
 
 /**
- * Declares one of the service's own queues on `ch`, or, when it already exists with other
+ * Declares the dead-letter queue on `ch`, or, when it already exists with other
  * arguments (the declaration is refused, 406, which closes `ch`), keeps it as it is: checked
  * passively on a fresh channel, logged once. Returns the channel to go on with.
  */
-async function declareOwnQueue(
+async function declareDeadLetterQueue(
   connection: amqp.ChannelModel,
   ch: amqp.Channel,
-  queue: string,
   log: Logger | undefined,
 ): Promise<amqp.Channel> {
+  const queue = DEAD_LETTER_QUEUE;
   try {
-    await ch.assertQueue(queue, OWN_QUEUE_OPTIONS);
+    await ch.assertQueue(queue, DEAD_LETTER_QUEUE_OPTIONS);
     return ch;
   } catch (err) {
     if ((err as { code?: number }).code !== 406) throw err;
@@ -93,10 +99,10 @@ export async function declareOwnTopology(connection: amqp.ChannelModel, config: 
   // connection down.
   ch.on('error', () => undefined);
   try {
-    ch = await declareOwnQueue(connection, ch, DEAD_LETTER_QUEUE, log);
+    ch = await declareDeadLetterQueue(connection, ch, log);
     await ch.assertExchange(config.eventsExchange, 'topic', { durable: true });
     for (const q of PUBLISHED_QUEUES) {
-      ch = await declareOwnQueue(connection, ch, q, log);
+      await ch.assertQueue(q, { durable: true });
       await ch.bindQueue(q, config.eventsExchange, q);
     }
   } finally {

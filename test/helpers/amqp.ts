@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import amqp from 'amqplib';
-import { OWN_QUEUE_OPTIONS } from '../../src/messaging/topology.js';
+import { DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_OPTIONS } from '../../src/messaging/topology.js';
 
 const run = promisify(execFile);
 const TEST_AMQP_URL = process.env.TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
@@ -40,9 +40,9 @@ export function confirmed(resolve: () => void, reject: (err: Error) => void) {
   return (err: unknown) => (err ? reject(err instanceof Error ? err : new Error(JSON.stringify(err))) : resolve());
 }
 
-/** How a test declares a queue it reads: the service's own queues as the service declares them. */
+/** How a test declares a queue it reads: the dead-letter queue as the service declares it. */
 export const queueOptions = (queue: string): amqp.Options.AssertQueue =>
-  queue.startsWith('position-manager.') ? OWN_QUEUE_OPTIONS : { durable: true };
+  queue === DEAD_LETTER_QUEUE ? DEAD_LETTER_QUEUE_OPTIONS : { durable: true };
 
 export async function freshBroker(t: Teardown): Promise<TestBroker> {
   const vhost = `pm_test_${randomBytes(6).toString('hex')}`;

@@ -6,7 +6,7 @@ import amqp from 'amqplib';
 import { pino } from 'pino';
 import t from 'tap';
 import { QueueConsumer } from '../../src/messaging/consumer.js';
-import { DEAD_LETTER_QUEUE, OWN_QUEUE_OPTIONS } from '../../src/messaging/topology.js';
+import { DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_OPTIONS } from '../../src/messaging/topology.js';
 import { freshBroker } from '../helpers/amqp.js';
 import { freshDatabase } from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
@@ -17,7 +17,7 @@ const db = await freshDatabase(t);
 const broker = await freshBroker(t);
 const setup = await broker.connection.createChannel();
 await setup.assertQueue(FILLS, { durable: true });
-await setup.assertQueue(DEAD_LETTER_QUEUE, OWN_QUEUE_OPTIONS);
+await setup.assertQueue(DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_OPTIONS);
 await setup.close();
 
 const size = async (asset: string) =>
