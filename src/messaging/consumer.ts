@@ -2,7 +2,8 @@
 // applied by one call of ingest_messages() (one transaction, one subtransaction per message),
 // acknowledged only after commit. Data errors are dead-lettered one by one; transient database
 // errors are retried with back-off while unacked messages hold the prefetch window shut, so
-// consumption pauses; other failures are retried a bounded number of times.
+// consumption pauses; other failures are retried a bounded number of times. A batch's settled
+// deliveries are acknowledged together by one multiple ack (see flushAcks).
 import type amqp from 'amqplib';
 import type pg from 'pg';
 import { backoffMs } from '../backoff.js';
@@ -78,6 +79,16 @@ export interface QueueConsumerOptions {
   detached: Set<string>;
 }
 
+/**
+ * Per channel (delivery tags count per channel, from 1 on each new one): the deliveries received
+ * and not yet settled, in delivery-tag order, and those settled (committed, or dead-lettered)
+ * but not yet acknowledged.
+ */
+interface AckBook {
+  unsettled: Set<number>;
+  settled: amqp.ConsumeMessage[];
+}
+
 // Retries of a batch and re-attachments wait 1 s, doubling to 30 s.
 const retryDelayMs = (attempt: number) => backoffMs(attempt, 1000, 30_000);
 
@@ -91,6 +102,7 @@ export class QueueConsumer {
   private connection: amqp.ChannelModel | undefined;
   private prefetch = 1;
   private reattachTimer: NodeJS.Timeout | undefined;
+  private readonly books = new Map<amqp.Channel, AckBook>();
 
   constructor(private readonly o: QueueConsumerOptions) {
     o.detached.add(o.queue);
@@ -112,6 +124,8 @@ export class QueueConsumer {
 
   private async consume(connection: amqp.ChannelModel): Promise<void> {
     const channel = await connection.createChannel();
+    this.books.set(channel, { unsettled: new Set(), settled: [] });
+    channel.on('close', () => this.books.delete(channel));
     channel.on('error', (err: Error) =>
       this.o.log.warn({ err: err.message, queue: this.o.queue }, 'consumer channel error'),
     );
@@ -172,6 +186,7 @@ export class QueueConsumer {
   }
 
   private receive(channel: amqp.Channel, msg: amqp.ConsumeMessage): void {
+    this.books.get(channel)?.unsettled.add(msg.fields.deliveryTag);
     const headerTrace: unknown = msg.properties.headers?.trace_id;
     const checked = safeCheckBody(this.o.kind, msg.content);
     const d: Delivery = {
@@ -202,6 +217,7 @@ export class QueueConsumer {
     while (this.pending.length && !this.stopped) {
       const batch = this.pending.splice(0, this.o.maxBatch);
       await Promise.all(lanes(batch).map((lane) => this.apply(lockOrder(lane))));
+      this.flushAcks();
     }
   }
 
@@ -328,7 +344,7 @@ export class QueueConsumer {
         );
     }
     metrics.messages.inc({ queue: this.o.queue, outcome });
-    this.ack(d);
+    this.settled(d); // acknowledged with its batch, by flush()
   }
 
   private async deadLetter(d: Delivery, reason: string): Promise<void> {
@@ -341,7 +357,8 @@ export class QueueConsumer {
         { trace_id: d.meta.trace_id, queue: this.o.queue, reason, message_id: d.msg.properties.messageId },
         'message dead-lettered',
       );
-      this.ack(d);
+      this.settled(d);
+      this.flushAcks();
     } catch (err) {
       this.o.log.error(
         { err: (err as Error).message, trace_id: d.meta.trace_id, queue: this.o.queue },
@@ -352,14 +369,41 @@ export class QueueConsumer {
       } catch {
         // channel gone: the broker requeues it anyway
       }
+      // back with the broker: no longer holds back the acknowledgement of later deliveries
+      this.books.get(d.channel)?.unsettled.delete(d.msg.fields.deliveryTag);
+      this.flushAcks();
     }
   }
 
-  private ack(d: Delivery): void {
-    try {
-      d.channel.ack(d.msg);
-    } catch {
-      // The channel closed after commit: the broker redelivers and the inbox makes it a no-op.
+  /** Committed (or dead-lettered): to be acknowledged by the next flushAcks(). */
+  private settled(d: Delivery): void {
+    const book = this.books.get(d.channel);
+    if (!book) return; // the channel closed after commit: the broker redelivers, the inbox makes it a no-op
+    book.unsettled.delete(d.msg.fields.deliveryTag);
+    book.settled.push(d.msg);
+  }
+
+  /**
+   * Acknowledges every settled delivery. Those below the lowest delivery still unsettled on their
+   * channel (being retried, dead-lettered, or waiting for the next batch) go with one multiple
+   * ack, which covers every tag up to the highest of them and so never reaches an unsettled one;
+   * any settled above it are acknowledged one by one.
+   */
+  private flushAcks(): void {
+    for (const [channel, book] of this.books) {
+      if (book.settled.length === 0) continue;
+      const settled = book.settled.sort((a, b) => a.fields.deliveryTag - b.fields.deliveryTag);
+      book.settled = [];
+      // tags arrive in ascending order, so the first still in the set is the lowest
+      const first = book.unsettled.values().next();
+      const lowest = first.done ? Infinity : first.value;
+      const below = settled.filter((m) => m.fields.deliveryTag < lowest);
+      try {
+        if (below.length) channel.ack(below[below.length - 1]!, below.length > 1);
+        for (const m of settled.slice(below.length)) channel.ack(m);
+      } catch {
+        // The channel closed after commit: the broker redelivers and the inbox makes it a no-op.
+      }
     }
   }
 

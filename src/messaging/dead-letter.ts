@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type amqp from 'amqplib';
 import { publishConfirmed } from './confirm.js';
-import { DEAD_LETTER_QUEUE } from './topology.js';
+import { DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_OPTIONS } from './topology.js';
 
 export async function publishDeadLetter(
   channel: amqp.ConfirmChannel,
@@ -64,6 +64,6 @@ export async function publishDeadLetter(
   };
   if (await publish()) return;
   // The queue is gone (deleted by hand?): declare it again, as at start, and try once more.
-  await channel.assertQueue(DEAD_LETTER_QUEUE, { durable: true });
+  await channel.assertQueue(DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_OPTIONS);
   if (!(await publish())) throw new Error(`dead letter returned: ${DEAD_LETTER_QUEUE} is unroutable`);
 }

@@ -15,7 +15,7 @@ export async function startMessaging(rt: Runtime, roles: { consumer: boolean; re
   let consumersComponent: Component | undefined;
 
   await broker.onConnected(async (conn) => {
-    await declareOwnTopology(conn, config);
+    await declareOwnTopology(conn, config, log);
     if (roles.consumer) await declareConsumedQueues(conn, config);
   });
 

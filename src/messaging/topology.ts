@@ -1,8 +1,14 @@
 // Queues and the exchange (SPEC.md §6). Other services' queues are checked passively and
 // declared only when missing, with their owner's arguments: redeclaring a queue with other
-// arguments fails the channel (406 PRECONDITION_FAILED).
+// arguments fails the channel (406 PRECONDITION_FAILED). The dead-letter queue, which only this
+// service declares, is a version 2 classic queue (the leaner index); one that already exists
+// without that argument (an earlier version's) refuses the declaration the same way and is kept.
+// The published queues stay plain durable queues: their consumers declare them too (Model
+// Service: `declare_queue(name, durable=True)`), and any argument they do not repeat would fail
+// their declaration. Operators convert those with a `queue-version` policy (README).
 import type amqp from 'amqplib';
 import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
 
 export const DEAD_LETTER_QUEUE = 'position-manager.dead_letter';
 const PUBLISHED_QUEUES = [
@@ -12,6 +18,12 @@ const PUBLISHED_QUEUES = [
   'position-manager.position_closed',
   'position-manager.portfolio_limit_exceeded',
 ] as const;
+
+/** How the service declares its dead-letter queue. */
+export const DEAD_LETTER_QUEUE_OPTIONS: amqp.Options.AssertQueue = {
+  durable: true,
+  arguments: { 'x-queue-version': 2 },
+};
 
 const OWNER_ARGUMENTS: Record<string, amqp.Options.AssertQueue> = {
   'ws-gateway.position': {
@@ -46,10 +58,48 @@ export async function declareConsumedQueues(connection: amqp.ChannelModel, confi
   for (const q of [...config.orderEventsQueues, config.positionEventsQueue]) await ensureForeignQueue(connection, q);
 }
 
-export async function declareOwnTopology(connection: amqp.ChannelModel, config: Config): Promise<void> {
-  const ch = await connection.createChannel();
+/** Queues already reported as kept with other arguments, so that each is logged once per process. */
+const reportedKept = new Set<string>();
+
+/**
+ * Declares the dead-letter queue on `ch`, or, when it already exists with other
+ * arguments (the declaration is refused, 406, which closes `ch`), keeps it as it is: checked
+ * passively on a fresh channel, logged once. Returns the channel to go on with.
+ */
+async function declareDeadLetterQueue(
+  connection: amqp.ChannelModel,
+  ch: amqp.Channel,
+  log: Logger | undefined,
+): Promise<amqp.Channel> {
+  const queue = DEAD_LETTER_QUEUE;
   try {
-    await ch.assertQueue(DEAD_LETTER_QUEUE, { durable: true });
+    await ch.assertQueue(queue, DEAD_LETTER_QUEUE_OPTIONS);
+    return ch;
+  } catch (err) {
+    if ((err as { code?: number }).code !== 406) throw err;
+    const next = await connection.createChannel();
+    next.on('error', () => undefined);
+    await next.checkQueue(queue); // it exists (a 404 here fails the start, as any broker error)
+    if (!reportedKept.has(queue)) {
+      reportedKept.add(queue);
+      log?.warn(
+        { queue, err: (err as Error).message },
+        'queue exists with other arguments and is kept as declared; to make it a version 2 classic queue, ' +
+          `apply a policy (rabbitmqctl set_policy --apply-to queues pm-queue-version '^${queue.replace(/\./g, '\\.')}$' ` +
+          `'{"queue-version":2}') or delete it when empty and restart the service`,
+      );
+    }
+    return next;
+  }
+}
+
+export async function declareOwnTopology(connection: amqp.ChannelModel, config: Config, log?: Logger): Promise<void> {
+  let ch = await connection.createChannel();
+  // A refused declaration closes the channel with an error event; unheard, it would take the
+  // connection down.
+  ch.on('error', () => undefined);
+  try {
+    ch = await declareDeadLetterQueue(connection, ch, log);
     await ch.assertExchange(config.eventsExchange, 'topic', { durable: true });
     for (const q of PUBLISHED_QUEUES) {
       await ch.assertQueue(q, { durable: true });

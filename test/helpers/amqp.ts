@@ -4,6 +4,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import amqp from 'amqplib';
+import { DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE_OPTIONS } from '../../src/messaging/topology.js';
 
 const run = promisify(execFile);
 const TEST_AMQP_URL = process.env.TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
@@ -39,6 +40,10 @@ export function confirmed(resolve: () => void, reject: (err: Error) => void) {
   return (err: unknown) => (err ? reject(err instanceof Error ? err : new Error(JSON.stringify(err))) : resolve());
 }
 
+/** How a test declares a queue it reads: the dead-letter queue as the service declares it. */
+export const queueOptions = (queue: string): amqp.Options.AssertQueue =>
+  queue === DEAD_LETTER_QUEUE ? DEAD_LETTER_QUEUE_OPTIONS : { durable: true };
+
 export async function freshBroker(t: Teardown): Promise<TestBroker> {
   const vhost = `pm_test_${randomBytes(6).toString('hex')}`;
   const user = new URL(TEST_AMQP_URL).username || 'guest';
@@ -67,7 +72,7 @@ export async function freshBroker(t: Teardown): Promise<TestBroker> {
     },
     async collect(queue) {
       const ch = await connection.createChannel();
-      await ch.assertQueue(queue, { durable: true });
+      await ch.assertQueue(queue, queueOptions(queue));
       const messages: amqp.ConsumeMessage[] = [];
       const arrivals: number[] = [];
       await ch.consume(queue, (m) => {

@@ -5,7 +5,7 @@
 // service must turn into a no-op. Collecting acknowledges after storing; a redelivery
 // after a lost acknowledgement is a duplicate of the same event_id (allowed).
 import amqp from 'amqplib';
-import { confirmed } from '../helpers/amqp.js';
+import { confirmed, queueOptions } from '../helpers/amqp.js';
 import { waitFor } from '../helpers/wait.js';
 
 interface Teardown {
@@ -124,7 +124,7 @@ export async function resilientCollector(t: Teardown, url: string, queue: string
     conn = c;
     const ch = await c.createChannel();
     ch.on('error', () => undefined);
-    await ch.assertQueue(queue, { durable: true });
+    await ch.assertQueue(queue, queueOptions(queue));
     await ch.prefetch(500);
     await ch.consume(queue, (m) => {
       if (!m) return;
