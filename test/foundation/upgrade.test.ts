@@ -7,7 +7,7 @@ import { gunzipSync } from 'node:zlib';
 import pg from 'pg';
 import t from 'tap';
 import { migrate } from '../../src/db/migrate.js';
-import { emptyDatabase, freshDatabase } from '../helpers/db.js';
+import { admin, emptyDatabase, freshDatabase } from '../helpers/db.js';
 
 const DUMP = new URL('../fixtures/release-e3f0b92.sql.gz', import.meta.url);
 const FUNCTIONS = `select p.oid::regprocedure::text as f from pg_proc p join pg_namespace n on n.oid = p.pronamespace
@@ -15,15 +15,8 @@ const FUNCTIONS = `select p.oid::regprocedure::text as f from pg_proc p join pg_
                           select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e')
                     order by 1`;
 
-async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
+/** A short-lived connection of its own to the database at `url`. */
+const withClient = <T>(url: string, fn: (c: pg.Client) => Promise<T>) => admin(fn, url);
 
 t.test('a database of release e3f0b92 migrates to this version', async (t) => {
   const old = await emptyDatabase(t, 'pm_upgrade');

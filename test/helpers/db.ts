@@ -34,9 +34,9 @@ function schemaHash(): string {
   return h.digest('hex').slice(0, 16);
 }
 
-/** Runs fn on a short-lived connection to the server's maintenance database. */
-export async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: TEST_DATABASE_URL });
+/** Runs fn on a short-lived connection to the server's maintenance database (or to `url`). */
+export async function admin<T>(fn: (c: pg.Client) => Promise<T>, url = TEST_DATABASE_URL): Promise<T> {
+  const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
     return await fn(c);
