@@ -192,3 +192,40 @@ create or replace function _schedule_validation(asset text, mode text) returns v
       run_at => now() + make_interval(secs => (select size_discrepancy_grace_seconds from position_manager_settings)),
       job_key => 'validate:' || asset || ':' || mode, job_key_mode => 'preserve_run_at', max_attempts => 5);
   $$;
+
+-- The rows of a batch's (asset, mode) pairs, locked: existing rows in (asset, mode) order by one
+-- statement, then the keys of rows not created yet (as _position_lock does). `slots` maps
+-- 'asset mode' to the row's index in `held`; a key without a row holds a row of nulls there.
+create or replace function _batch_lock(assets text[], modes text[], out slots jsonb, out held positions[])
+  language plpgsql
+  as $$
+declare
+  p positions;
+  k record;
+  i integer := 0;
+begin
+  slots := '{}'; held := '{}';
+  for p in
+    select r.* from positions r
+     where (r.asset, r.mode) in (select a, m from unnest(assets, modes) k(a, m))
+     order by r.asset, r.mode for update of r
+  loop
+    i := i + 1; held[i] := p; slots := slots || jsonb_build_object(p.asset || ' ' || p.mode, i);
+  end loop;
+  for k in select distinct a, m from unnest(assets, modes) u(a, m) where not slots ? (a || ' ' || m) order by a, m loop
+    i := i + 1; held[i] := _position_lock(k.a, k.m); slots := slots || jsonb_build_object(k.a || ' ' || k.m, i);
+  end loop;
+end $$;
+
+-- A row as _position_save would store it (version, times, gross size), without writing it: a
+-- batch writes each of its rows once, at the end.
+create or replace function _position_saved(n positions, held positions) returns positions
+  language plpgsql stable
+  as $$
+begin
+  n.version := coalesce(held.version, 0) + 1;
+  n.last_updated := now();
+  n.created_at := coalesce(held.created_at, now());
+  n.gross_size := _position_gross(n);
+  return n;
+end $$;

@@ -60,6 +60,38 @@ create or replace function _position_updated_fields(after positions, pos jsonb, 
       'update_source', update_source, 'changed_fields', to_jsonb(changed), 'position', pos)
   $$;
 
+-- Audit rows (R-28) in the given order: the one insert into position_events besides the guard's.
+create or replace function _write_position_events(audit position_events[]) returns void
+  language plpgsql
+  as $$
+begin
+  insert into position_events (position_id, asset, mode, at, source, kind, before, after, changed_fields, message_key,
+                               trace_id, details)
+  select a.position_id, a.asset, a.mode, a.at, a.source, a.kind, a.before, a.after, a.changed_fields, a.message_key,
+         a.trace_id, a.details
+    from unnest(audit) with ordinality a order by a.ordinality;
+end $$;
+
+-- The audit row (R-28) and the position_updated event (R-29) of a change, not written yet: a
+-- batch writes them with its other rows. `total_exposure` is the portfolio's after the change.
+create or replace function _position_change(
+  before positions, after positions, source text, kind text, message_key text, trace_id text, details jsonb,
+  total_exposure numeric, out audit position_events, out payload jsonb)
+  language plpgsql
+  as $$
+declare
+  before_image jsonb := to_jsonb(before);
+  after_image jsonb := to_jsonb(after);
+  changed text[] := _position_changed_fields(before_image, after_image);
+begin
+  audit.position_id := after.id; audit.asset := after.asset; audit.mode := after.mode; audit.at := now();
+  audit.source := source; audit.kind := kind; audit.before := before_image; audit.after := after_image;
+  audit.changed_fields := changed; audit.message_key := message_key; audit.trace_id := trace_id;
+  audit.details := details;
+  payload := _position_updated_fields(after, position_json(after, total_exposure, now()),
+                                      case source when 'manual' then 'validation' else source end, changed);
+end $$;
+
 create or replace function _record_position_change(
   before positions, after positions, source text, kind text,
   message_key text, trace_id text, details jsonb default null)
@@ -67,40 +99,60 @@ create or replace function _record_position_change(
   language plpgsql
   as $$
 declare
-  before_image jsonb := to_jsonb(before);
-  after_image jsonb := to_jsonb(after);
-  changed text[] := _position_changed_fields(before_image, after_image);
-  pos jsonb := position_json(after, _transaction_total_exposure(before, after), now());
+  change record := _position_change(before, after, source, kind, message_key, trace_id, details,
+                                    _transaction_total_exposure(before, after));
 begin
-  insert into position_events (position_id, asset, mode, source, kind, before, after, changed_fields, message_key, trace_id, details)
-  values (after.id, after.asset, after.mode, source, kind, before_image, after_image, changed, message_key, trace_id, details);
-  perform _enqueue_events('position_updated', trace_id, array[
-    _position_updated_fields(after, pos, case source when 'manual' then 'validation' else source end, changed)]);
+  perform _write_position_events(array[change.audit]);
+  perform _enqueue_events('position_updated', trace_id, array[change.payload]);
   perform _notify_position_changes(json_build_object('asset', after.asset, 'mode', after.mode, 'version', after.version));
 end $$;
 
 -- An audit row without images (stale reports, discrepancies).
+create or replace function _position_note(p positions, source text, kind text, message_key text, trace_id text,
+                                          details jsonb)
+  returns position_events
+  language plpgsql stable
+  as $$
+declare
+  note position_events;
+begin
+  note.position_id := p.id; note.asset := p.asset; note.mode := p.mode; note.at := now(); note.source := source;
+  note.kind := kind; note.message_key := message_key; note.trace_id := trace_id; note.details := details;
+  return note;
+end $$;
+
 create or replace function _record_position_note(p positions, source text, kind text, message_key text, trace_id text,
                                                   details jsonb)
   returns void
-  language sql
+  language plpgsql
   as $$
-    insert into position_events (position_id, asset, mode, source, kind, message_key, trace_id, details)
-    values (p.id, p.asset, p.mode, source, kind, message_key, trace_id, details)
-  $$;
+begin
+  perform _write_position_events(array[_position_note(p, source, kind, message_key, trace_id, details)]);
+end $$;
 
 -- closed_at is passed, not read from the row: the closing half of a flip and a hedge leg that
 -- closes while the other stays open end a lifecycle on a row that is still open.
-create or replace function _enqueue_position_closed(
+create or replace function _position_closed_payload(
   p positions, leg text, closed_size numeric, avg_price numeric, exit_price numeric,
-  realized_delta numeric, opened_at timestamptz, closed_at timestamptz, reason text, trace_id text)
-  returns void
-  language sql
+  realized_delta numeric, opened_at timestamptz, closed_at timestamptz, reason text)
+  returns jsonb
+  language sql stable
   as $$
-    select _enqueue_events('position_closed', trace_id, array[jsonb_build_object(
+    select jsonb_build_object(
       'position_id', p.id, 'asset', p.asset, 'mode', p.mode, 'leg', leg,
       'closed_size', dec_out(closed_size), 'average_entry_price', dec_out(avg_price), 'exit_price', dec_out(exit_price),
       'realized_pnl_delta', dec_out(realized_delta), 'realized_pnl', dec_out(p.realized_pnl),
       'total_fees', dec_out(p.total_fees), 'opened_at', ts_out(opened_at),
-      'closed_at', ts_out(closed_at), 'reason', reason)]);
+      'closed_at', ts_out(closed_at), 'reason', reason)
   $$;
+
+create or replace function _enqueue_position_closed(
+  p positions, leg text, closed_size numeric, avg_price numeric, exit_price numeric,
+  realized_delta numeric, opened_at timestamptz, closed_at timestamptz, reason text, trace_id text)
+  returns void
+  language plpgsql
+  as $$
+begin
+  perform _enqueue_events('position_closed', trace_id, array[
+    _position_closed_payload(p, leg, closed_size, avg_price, exit_price, realized_delta, opened_at, closed_at, reason)]);
+end $$;

@@ -1,6 +1,8 @@
--- Applying an order fill (SPEC.md R-5..R-8): parse the message, resolve what of its order the
--- ledger still lacks (R-6), account for that on its leg and write position, ledger, audit, inbox
--- and events in the caller's transaction.
+-- Applying order fills (SPEC.md R-5..R-8), a batch at a time: parse every message, lock their
+-- rows and read their inbox keys and ledger rows together, then per message in arrival order
+-- resolve what of its order the ledger still lacks (R-6) and account for that on its leg in
+-- memory; the batch's rows, ledger, audit, inbox and events are written at the end
+-- (sql/135_apply_batch.sql), in the caller's transaction. One message is a batch of one.
 
 -- A fill message (SPEC.md §6.1: a flat execution, or an order statement {order: {...}}) as typed
 -- values. quantity is this message's; cumulative_quantity the order's total so far (R-6).
@@ -88,69 +90,13 @@ begin
   end if;
 end $$;
 
--- R-6: what of the fill the ledger still lacks, with the row locked. `outcome` says why nothing
--- is applied: 'duplicate' (the execution is in the ledger), 'other_shape' (R-6.4: the order is
--- counted in the other shape) or 'no_op' (the order's cumulative quantity is applied already).
-create or replace function _fill_resolve(fill record, held positions,
-  out outcome text, out quantity numeric, out price numeric, out fee numeric, out warning text)
-  language plpgsql
-  as $$
-declare
-  applied_quantity numeric;
-  applied_notional numeric;
-  applied_fees numeric;
-  this_shape text := case when fill.execution_id is null then 'cumulative statement' else 'execution' end;
-  counted_as text := case when fill.execution_id is null then 'executions' else 'cumulative statements' end;
-begin
-  quantity := fill.quantity; price := fill.price; fee := fill.fee;
-  if fill.execution_id is not null
-     and exists (select 1 from position_fills f where f.execution_id = fill.execution_id) then
-    outcome := 'duplicate';
-    perform _inbox_settle(fill.source, fill.message_key, held.id, 'no_op');
-    return;
-  end if;
-  if fill.order_id is null then return; end if;
-
-  if exists (select 1 from position_fills f
-              where f.order_id = fill.order_id and f.asset = fill.asset and f.mode = fill.mode and f.kind = 'fill'
-                and (f.execution_id is null) <> (fill.execution_id is null)) then
-    -- the order is counted in the shape first applied for it; the exchange settles the rest
-    outcome := 'other_shape';
-    perform _inbox_settle(fill.source, fill.message_key, held.id, 'other_shape');
-    raise warning 'order % of % %: a % arrived for an order counted as %: not applied, validation scheduled',
-      fill.order_id, fill.asset, fill.mode, this_shape || coalesce(' ' || fill.execution_id, ''), counted_as;
-    perform _schedule_validation(fill.asset, fill.mode);
-    warning := format('order %s is counted as %s; this %s was not applied', fill.order_id, counted_as, this_shape);
-    return;
-  end if;
-  if fill.execution_id is not null then return; end if;
-
-  -- R-6 (2): a cumulative statement about the order; apply what the ledger lacks.
-  select coalesce(sum(f.quantity), 0), coalesce(sum(f.quantity * f.price), 0), coalesce(sum(f.fee), 0)
-    into applied_quantity, applied_notional, applied_fees
-    from position_fills f
-   where f.order_id = fill.order_id and f.asset = fill.asset and f.mode = fill.mode and f.kind = 'fill';
-  if fill.cumulative_quantity - applied_quantity <= 0 then
-    outcome := 'no_op';
-    perform _inbox_settle(fill.source, fill.message_key, held.id, 'no_op');
-    raise log 'order % of %: cumulative quantity % already applied (%): no-op',
-      fill.order_id, fill.asset, fill.cumulative_quantity, applied_quantity;
-    return;
-  end if;
-  if applied_quantity > 0 then
-    price := div10(fill.cumulative_quantity * fill.price - applied_notional, fill.cumulative_quantity - applied_quantity);
-    if price <= 0 then
-      perform _bad_input('execution_price', 'cumulative average price is inconsistent with the fills already applied');
-    end if;
-    fee := greatest(fill.fee - applied_fees, 0);
-  end if;
-  quantity := fill.cumulative_quantity - applied_quantity;
-end $$;
-
--- Accounts for `quantity` at `price` (what _fill_resolve left of the fill) on the fill's leg of
--- the locked row `held` (null: none yet), and writes the row, the ledger, the audit and events.
-create or replace function _fill_apply(fill record, held positions, quantity numeric, price numeric, fee numeric)
-  returns jsonb
+-- Accounts for `quantity` at `price` (what the resolution left of the fill) on the fill's leg
+-- of the row `held` (a row of nulls: none yet). Returns the row as it is to be saved, with its
+-- ledger row, audit row, events and outcome; `total` is the portfolio's exposure before it.
+create or replace function _fill_step(fill _fill_message, held positions, quantity numeric, price numeric,
+  fee numeric, total numeric,
+  out after positions, out ledger position_fills, out audit position_events, out note position_events,
+  out updated jsonb, out closed jsonb, out outcome jsonb, out total_after numeric)
   language plpgsql
   as $$
 declare
@@ -161,6 +107,7 @@ declare
   side_name text := case fill.side when 1 then 'Buy' else 'Sell' end;
   gross_before numeric := coalesce(held.gross_size, 0);
   gross_after numeric;
+  change record;
 begin
   n := _with_leg(n, fill.leg, done.new_size, done.new_avg, leg_before.unrealized_pnl,
                  coalesce(leg_before.realized_pnl, 0) + done.realized);
@@ -177,65 +124,208 @@ begin
   -- A hedge reduction that arrived before its leg opened (R-8) creates the row flat: the fee was
   -- paid and the ledger keeps the fill; the validation it schedules settles the size.
   if gross_before > 0 and gross_after = 0 or is_new and gross_after = 0 then n.closed_at := fill.executed_at; end if;
-  n := _position_mark(n, held);
-  n := _position_save(n, is_new);
+  after := _position_saved(_position_mark(n, held), held);
 
-  insert into position_fills (position_id, asset, mode, kind, leg, side, quantity, price, fee, order_id, execution_id,
-                              executed_at, message_key, trace_id)
-  values (n.id, fill.asset, fill.mode, 'fill', fill.leg, side_name, quantity, price, fee, fill.order_id,
-          fill.execution_id, fill.executed_at, fill.message_key, fill.trace_id);
-  perform _inbox_settle(fill.source, fill.message_key, n.id);
-  perform _record_position_change(case when is_new then null else held end, n, 'order_execution',
+  ledger.position_id := after.id; ledger.asset := fill.asset; ledger.mode := fill.mode; ledger.kind := 'fill';
+  ledger.leg := fill.leg; ledger.side := side_name; ledger.quantity := quantity; ledger.price := price;
+  ledger.fee := fee; ledger.order_id := fill.order_id; ledger.execution_id := fill.execution_id;
+  ledger.executed_at := fill.executed_at; ledger.message_key := fill.message_key; ledger.trace_id := fill.trace_id;
+  total_after := total + _position_exposure(after) - coalesce(_position_exposure(held), 0);
+  change := _position_change(case when is_new then null else held end, after, 'order_execution',
     case when is_new then 'created' when gross_before = 0 and gross_after > 0 then 'reopened'
          when gross_before > 0 and gross_after = 0 then 'closed' else 'fill' end,
     fill.message_key, fill.trace_id,
     jsonb_build_object('side', side_name, 'quantity', quantity, 'price', price, 'fee', fee,
-                       'leg', fill.leg, 'order_id', fill.order_id, 'execution_id', fill.execution_id));
+                       'leg', fill.leg, 'order_id', fill.order_id, 'execution_id', fill.execution_id),
+    total_after);
+  audit := change.audit; updated := change.payload;
   if done.closed then
     -- closed_size is the leg's size before closing, as stored (signed for the one-way leg: SPEC.md's glossary)
-    perform _enqueue_position_closed(n, fill.leg, leg_before.size, leg_before.avg_price, price, done.realized,
-                                     held.opened_at, fill.executed_at, case when done.opened then 'flip' else 'fill' end,
-                                     fill.trace_id);
+    closed := _position_closed_payload(after, fill.leg, leg_before.size, leg_before.avg_price, price, done.realized,
+                                       held.opened_at, fill.executed_at, case when done.opened then 'flip' else 'fill' end);
   end if;
+  outcome := _message_outcome('applied', fill.message_key, fill.asset, fill.mode, after);
   if done.excess > 0 then
     -- R-8: a hedge leg never crosses zero; the excess means the ledger misses something.
-    perform _record_position_note(n, 'order_execution', 'size_discrepancy', fill.message_key, fill.trace_id,
+    note := _position_note(after, 'order_execution', 'size_discrepancy', fill.message_key, fill.trace_id,
       jsonb_build_object('leg', fill.leg, 'requested', quantity, 'applied', done.closed_qty, 'excess', done.excess));
     raise warning 'position % %: reduction of % on the % leg exceeds it by %', fill.asset, fill.mode, quantity, fill.leg, done.excess;
-    perform _schedule_validation(fill.asset, fill.mode);
+    outcome := outcome || jsonb_build_object('size_discrepancy', jsonb_build_object(
+      'leg', fill.leg, 'requested', dec_out(quantity), 'applied', dec_out(done.closed_qty), 'excess', dec_out(done.excess)));
   end if;
-  return _message_outcome('applied', fill.message_key, fill.asset, fill.mode, n)
-         || case when done.excess > 0 then jsonb_build_object('size_discrepancy', jsonb_build_object(
-              'leg', fill.leg, 'requested', dec_out(quantity), 'applied', dec_out(done.closed_qty),
-              'excess', dec_out(done.excess)))
-            else '{}' end;
 end $$;
 
--- A fill with the transport's meta (ingest_messages); returns its outcome.
-create or replace function _apply_order_fill(meta jsonb, body jsonb) returns jsonb
+-- The fills of one queue's batch (ingest_messages), or of one message; one outcome per message,
+-- in order. A data error in any message raises (ingest_messages then applies them one by one).
+create or replace function _apply_fills(metas jsonb[], bodies jsonb[]) returns jsonb
   language plpgsql
   as $$
 declare
-  fill record := _fill_parse(meta, body);
-  held positions;
-  todo record;
+  msgs _fill_message[] := '{}';
+  f _fill_message;
+  assets text[] := '{}';
+  modes text[] := '{}';
+  lock record;
+  locked positions[]; -- each row as locked (a row of nulls: none yet)
+  rows positions[];   -- each row as the batch has left it so far
+  slot integer;
+  h positions;
+  k text;
+  seen jsonb := '{}';  -- the batch's keys so far
+  known jsonb;         -- its keys the inbox had before
+  executed jsonb;      -- execution ids in the ledger
+  orders jsonb;        -- per order_id, asset and mode: the shapes and sums in the ledger (R-6)
+  order_key text;
+  ord jsonb;
+  todo_quantity numeric; todo_price numeric; todo_fee numeric; applied_quantity numeric;
+  step record;
+  total numeric;
+  outcomes jsonb[] := '{}';
+  key inbox;
+  keys inbox[] := '{}';
+  ledger position_fills[] := '{}';
+  audit position_events[] := '{}';
+  event_types text[] := '{}'; trace_ids text[] := '{}'; payloads jsonb[] := '{}';
+  to_validate text[] := '{}';
 begin
-  if fill.no_op then
-    return jsonb_strip_nulls(jsonb_build_object(
-      'outcome', case when _inbox_claim(fill.source, fill.message_key, 'no_op') then 'no_op' else 'duplicate' end,
-      'message_key', fill.message_key, 'asset', fill.asset, 'mode', fill.mode));
+  if coalesce(cardinality(metas), 0) <> coalesce(cardinality(bodies), 0) then
+    perform _bad_input('metas', 'must have one element per body');
   end if;
-  if not _inbox_claim(fill.source, fill.message_key) then
-    select * into held from positions where asset = fill.asset and mode = fill.mode;
-    return _message_outcome('duplicate', fill.message_key, fill.asset, fill.mode, held);
-  end if;
-  held := _position_lock(fill.asset, fill.mode);
-  todo := _fill_resolve(fill, held);
-  if todo.outcome is not null then
-    return _message_outcome(todo.outcome, fill.message_key, fill.asset, fill.mode, held)
-           || jsonb_strip_nulls(jsonb_build_object('warning', todo.warning));
-  end if;
-  return _fill_apply(fill, held, todo.quantity, todo.price, todo.fee);
+  for i in 1 .. coalesce(cardinality(bodies), 0) loop
+    f := _fill_parse(metas[i], bodies[i]);
+    msgs[i] := f;
+    if not f.no_op then assets := assets || f.asset; modes := modes || f.mode; end if;
+  end loop;
+  lock := _batch_lock(assets, modes);
+  locked := lock.held; rows := lock.held;
+  select coalesce(jsonb_object_agg(i.source || ' ' || i.message_key, true), '{}') into known
+    from inbox i where (i.source, i.message_key) in (select m.source, m.message_key from unnest(msgs) m);
+  select coalesce(jsonb_object_agg(x.execution_id, true), '{}') into executed
+    from position_fills x where x.execution_id in (select m.execution_id from unnest(msgs) m where not m.no_op);
+  select coalesce(jsonb_object_agg(o.order_key, jsonb_build_object(
+           'statement', o.statement, 'execution', o.execution, 'quantity', o.quantity, 'notional', o.notional,
+           'fees', o.fees)), '{}') into orders
+    from (select x.order_id || ' ' || x.asset || ' ' || x.mode as order_key,
+                 bool_or(x.execution_id is null) as statement, bool_or(x.execution_id is not null) as execution,
+                 sum(x.quantity) as quantity, sum(x.quantity * x.price) as notional, sum(x.fee) as fees
+            from position_fills x
+           where x.kind = 'fill' and x.order_id is not null
+             and (x.order_id, x.asset, x.mode) in (select m.order_id, m.asset, m.mode from unnest(msgs) m
+                                                    where not m.no_op and m.order_id is not null)
+           group by x.order_id, x.asset, x.mode) o;
+
+  for i in 1 .. cardinality(msgs) loop
+    f := msgs[i];
+    k := f.source || ' ' || f.message_key;
+    -- a message that fills nothing concerns no row (even one another message of the batch locked)
+    slot := case when not f.no_op then (lock.slots ->> (f.asset || ' ' || f.mode))::integer end;
+    h := case when slot is not null then rows[slot] end;
+    key := row(f.source, f.message_key, 'applied', h.id, now());
+    if seen ? k or known ? k then
+      outcomes[i] := case when f.no_op
+                       then jsonb_strip_nulls(jsonb_build_object('outcome', 'duplicate', 'message_key', f.message_key,
+                                                                 'asset', f.asset, 'mode', f.mode))
+                       else _message_outcome('duplicate', f.message_key, f.asset, f.mode, h) end;
+      continue;
+    end if;
+    seen := seen || jsonb_build_object(k, true);
+    if f.no_op then
+      key.outcome := 'no_op'; keys := keys || key;
+      outcomes[i] := jsonb_strip_nulls(jsonb_build_object('outcome', 'no_op', 'message_key', f.message_key,
+                                                          'asset', f.asset, 'mode', f.mode));
+      continue;
+    end if;
+
+    -- R-6: what of the fill the ledger still lacks
+    todo_quantity := f.quantity; todo_price := f.price; todo_fee := f.fee;
+    if f.execution_id is not null and executed ? f.execution_id then
+      key.outcome := 'no_op'; keys := keys || key;
+      outcomes[i] := _message_outcome('duplicate', f.message_key, f.asset, f.mode, h);
+      continue;
+    end if;
+    if f.order_id is not null then
+      order_key := f.order_id || ' ' || f.asset || ' ' || f.mode;
+      ord := orders -> order_key;
+      if coalesce((ord ->> case when f.execution_id is null then 'execution' else 'statement' end)::boolean, false) then
+        -- R-6.4: the order is counted in the shape first applied for it; the exchange settles the rest
+        key.outcome := 'other_shape'; keys := keys || key;
+        raise warning 'order % of % %: a % arrived for an order counted as %: not applied, validation scheduled',
+          f.order_id, f.asset, f.mode,
+          case when f.execution_id is null then 'cumulative statement' else 'execution ' || f.execution_id end,
+          case when f.execution_id is null then 'executions' else 'cumulative statements' end;
+        to_validate := to_validate || (f.asset || ' ' || f.mode);
+        outcomes[i] := _message_outcome('other_shape', f.message_key, f.asset, f.mode, h)
+          || jsonb_build_object('warning', format('order %s is counted as %s; this %s was not applied', f.order_id,
+               case when f.execution_id is null then 'executions' else 'cumulative statements' end,
+               case when f.execution_id is null then 'cumulative statement' else 'execution' end));
+        continue;
+      end if;
+      if f.execution_id is null then
+        -- R-6 (2): a cumulative statement about the order; apply what the ledger lacks
+        applied_quantity := coalesce((ord ->> 'quantity')::numeric, 0);
+        if f.cumulative_quantity - applied_quantity <= 0 then
+          key.outcome := 'no_op'; keys := keys || key;
+          raise log 'order % of %: cumulative quantity % already applied (%): no-op',
+            f.order_id, f.asset, f.cumulative_quantity, applied_quantity;
+          outcomes[i] := _message_outcome('no_op', f.message_key, f.asset, f.mode, h);
+          continue;
+        end if;
+        if applied_quantity > 0 then
+          todo_price := div10(f.cumulative_quantity * f.price - (ord ->> 'notional')::numeric,
+                              f.cumulative_quantity - applied_quantity);
+          if todo_price <= 0 then
+            perform _bad_input('execution_price', 'cumulative average price is inconsistent with the fills already applied');
+          end if;
+          todo_fee := greatest(f.fee - (ord ->> 'fees')::numeric, 0);
+        end if;
+        todo_quantity := f.cumulative_quantity - applied_quantity;
+      end if;
+    end if;
+
+    if total is null then
+      total := coalesce(nullif(current_setting('position_manager.total_exposure', true), '')::numeric,
+                        _portfolio_total_exposure());
+    end if;
+    step := _fill_step(f, h, todo_quantity, todo_price, todo_fee, total);
+    total := step.total_after;
+    rows[slot] := step.after;
+    ledger := ledger || step.ledger;
+    key.outcome := 'applied'; key.position_id := (step.after).id; keys := keys || key;
+    audit := audit || step.audit;
+    event_types := event_types || 'position_updated'::text; trace_ids := trace_ids || f.trace_id;
+    payloads := payloads || step.updated;
+    if step.closed is not null then
+      event_types := event_types || 'position_closed'::text; trace_ids := trace_ids || f.trace_id;
+      payloads := payloads || step.closed;
+    end if;
+    if (step.note).kind is not null then
+      audit := audit || step.note; to_validate := to_validate || (f.asset || ' ' || f.mode);
+    end if;
+    outcomes[i] := step.outcome;
+    -- what the rest of the batch finds in the ledger
+    if f.execution_id is not null then executed := executed || jsonb_build_object(f.execution_id, true); end if;
+    if f.order_id is not null then
+      ord := coalesce(ord, '{"statement": false, "execution": false, "quantity": 0, "notional": 0, "fees": 0}');
+      orders := orders || jsonb_build_object(order_key, jsonb_build_object(
+        'statement', (ord ->> 'statement')::boolean or f.execution_id is null,
+        'execution', (ord ->> 'execution')::boolean or f.execution_id is not null,
+        'quantity', (ord ->> 'quantity')::numeric + todo_quantity,
+        'notional', (ord ->> 'notional')::numeric + todo_quantity * todo_price,
+        'fees', (ord ->> 'fees')::numeric + todo_fee));
+    end if;
+  end loop;
+
+  perform _batch_write(locked, rows, ledger, keys, audit, event_types, trace_ids, payloads, to_validate);
+  if total is not null then perform set_config('position_manager.total_exposure', total::text, true); end if;
+  return to_jsonb(outcomes);
+end $$;
+
+-- One fill with the transport's meta; its outcome.
+create or replace function _apply_order_fill(meta jsonb, body jsonb) returns jsonb
+  language plpgsql
+  as $$
+begin
+  return _apply_fills(array[meta], array[body]) -> 0;
 end $$;
 
 create or replace function apply_order_fill(fill jsonb) returns positions

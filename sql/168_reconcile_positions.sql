@@ -10,8 +10,7 @@ declare
   answer_at timestamptz;
   items jsonb;
   absent jsonb;
-  item jsonb;
-  results jsonb := '[]';
+  results jsonb;
   trace text := coalesce(reconcile_positions.trace_id, gen_random_uuid()::text);
 begin
   if pages is null or jsonb_typeof(pages) <> 'array' or jsonb_array_length(pages) = 0 then
@@ -42,12 +41,15 @@ begin
    where not exists (select 1 from jsonb_array_elements(items) x
                       where upper(x ->> 'symbol') = o.asset and coalesce(x ->> 'positionIdx', '0') = o.idx::text);
 
-  for item in select value from jsonb_array_elements(items) union all select value from jsonb_array_elements(absent) loop
-    -- the exchange's own stamp keys the report: reading an unchanged position again is a duplicate
-    results := results || _report_apply(item, _report_message(
-      'exchange_rest', now(), trace, 'rest:' || coalesce(item ->> 'updatedTime', '') || ':' || coalesce(item ->> 'seq', ''),
-      true, answer_at));
-  end loop;
+  -- the exchange's own stamp keys the report: reading an unchanged position again is a duplicate
+  select to_jsonb(_apply_report_items(array_agg(
+           _report_read(x.item, 1, 'exchange_rest', now(), trace,
+                        'rest:' || coalesce(x.item ->> 'updatedTime', '') || ':' || coalesce(x.item ->> 'seq', ''),
+                        true, answer_at) order by x.i)))
+    into results
+    from (select value as item, ordinality as i from jsonb_array_elements(items) with ordinality
+          union all
+          select value, jsonb_array_length(items) + ordinality from jsonb_array_elements(absent) with ordinality) x;
   return jsonb_build_object(
     'listed', jsonb_array_length(items),
     'absent', jsonb_array_length(absent),

@@ -1,5 +1,6 @@
 // Ingest (SPEC.md R-1..R-4): a batch of messages of one kind applied by one call of
-// ingest_messages(), one transaction, one subtransaction per message. Each message goes as its
+// ingest_messages(), one transaction: set-based as one batch, or message by message (each in a
+// subtransaction) when a message of the batch carries bad data. Each message goes as its
 // envelope (meta) and its body, the raw text as received: the body is never rewritten.
 import { randomUUID } from 'node:crypto';
 import { queryValue, type Queryable } from './query.js';

@@ -1,5 +1,5 @@
 // Consumers of fills and reports (SPEC.md R-1..R-4). Messages are collected into batches and
-// applied by one call of ingest_messages() (one transaction, one subtransaction per message),
+// applied by one call of ingest_messages() (one transaction; set-based, see sql/135_apply_batch.sql),
 // acknowledged only after commit. Data errors are dead-lettered one by one; transient database
 // errors are retried with back-off while unacked messages hold the prefetch window shut, so
 // consumption pauses; other failures are retried a bounded number of times. A batch's settled

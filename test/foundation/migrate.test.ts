@@ -391,7 +391,7 @@ t.test('a database migrated before the function record drops the old signatures 
   await c.query("create function validate_all_positions(since timestamptz) returns void language sql as ''");
   await c.query("update sql_definitions set hash = 'e444ac0'");
   const again = await migrate(db.url);
-  t.same(again.migrationsApplied, ['1000000000012_sql-function-record']);
+  t.same(again.migrationsApplied.slice(0, 1), ['1000000000012_sql-function-record']);
   t.equal(
     (await c.query("select to_regprocedure('validate_all_positions(timestamptz)') is null as gone")).rows[0].gone,
     true,

@@ -76,8 +76,9 @@ const FILL_SQL = EXPAND ? 'select (apply_order_fill($1::jsonb)).*' : 'select * f
 const REPORT_SQL = EXPAND
   ? 'select (apply_position_report($1::jsonb)).*'
   : 'select * from apply_position_report($1::jsonb)';
-// Most sequences are sent as one statement (one transaction, operations in order), a tenth step by
-// step with one transaction per operation (every sequence with PROPERTY_BATCH=0).
+// Most sequences are sent as one statement (one transaction, operations in order) or as the
+// consumers send them (runs of one kind, each one ingest_messages call: the set-based batch path),
+// a tenth step by step with one transaction per operation (every sequence with PROPERTY_BATCH=0).
 const BATCH = !/^(0|false|no)$/i.test(envOr('batch', 'PROPERTY_BATCH') ?? '1');
 const STEP_EVERY = Number(envOr('step-every', 'PROPERTY_STEP_EVERY') ?? 10);
 const MAX_PRINTED = 5;
@@ -498,6 +499,25 @@ const BATCH_SQL = `
 interface RunOptions {
   /** all of the sequence's operations in one statement (one transaction), in order */
   batch: boolean;
+  /** batched as the consumers do: each run of fills or of reports one ingest_messages call */
+  ingest?: boolean;
+}
+
+const INGEST_SQL = 'select ingest_messages($1, $2::jsonb[], $3::jsonb[]) as outcomes';
+
+/** The operations as runs of one kind, each applied by one ingest_messages call; the first error. */
+async function ingestRuns(db: TestDb, steps: StepLog[]): Promise<string | undefined> {
+  for (let from = 0; from < steps.length;) {
+    const kind = steps[from]!.op.kind;
+    let to = from;
+    while (to < steps.length && steps[to]!.op.kind === kind) to++;
+    const bodies = steps.slice(from, to).map((s) => JSON.stringify(s.body));
+    const outcomes = (await db.query(INGEST_SQL, [kind, bodies.map(() => null), bodies])).rows[0].outcomes;
+    const failed = (outcomes as { outcome?: string; message?: string }[]).findIndex((o) => o.outcome === 'error');
+    if (failed >= 0) return `op ${from + failed}: ${outcomes[failed].message}`;
+    from = to;
+  }
+  return undefined;
 }
 
 async function runSequence(
@@ -551,7 +571,15 @@ async function runSequence(
       return { ops: j + 1, divergence, steps, positions: [] };
     }
   }
-  if (opts.batch && steps.length) {
+  if (opts.ingest && steps.length) {
+    let error: string | undefined;
+    try {
+      error = await ingestRuns(db, steps);
+    } catch (err) {
+      error = `sql: ${(err as Error).message}`;
+    }
+    if (error) return { ops: steps.length, error, steps, positions: [], recheck: true };
+  } else if (opts.batch && steps.length) {
     let rows: Record<string, unknown>[];
     try {
       rows = (await db.query(BATCH_SQL, [steps.map((s) => s.op.kind), steps.map((s) => JSON.stringify(s.body))])).rows;
@@ -849,7 +877,9 @@ t.test('property: apply_order_fill / apply_position_report agree with the refere
       const index = indices[next++]!;
       const seq = generate(index, SEED);
       const stepwise = !BATCH || (STEP_EVERY > 0 && index % STEP_EVERY === 0);
-      let result = await runSequence(db, seq, (a) => `P${index}X${a}USDT`, { batch: !stepwise });
+      // the batched sequences alternate: one statement of single-message calls, or the consumers' batches
+      const ingest = !stepwise && index % 2 === 1;
+      let result = await runSequence(db, seq, (a) => `P${index}X${a}USDT`, { batch: !stepwise, ingest });
       if (result.recheck) {
         // the batch differed (or could not be checked): replay step by step on fresh assets for the
         // state after each operation; if that agrees, the difference is the batch's own
