@@ -203,18 +203,20 @@ declare
   p positions;
   k record;
   i integer := 0;
+  names text[] := '{}';
 begin
-  slots := '{}'; held := '{}';
+  held := '{}';
   for p in
-    select r.* from positions r
-     where (r.asset, r.mode) in (select a, m from unnest(assets, modes) k(a, m))
+    select r.* from (select distinct a, m from unnest(assets, modes) u(a, m)) wanted
+      join positions r on r.asset = wanted.a and r.mode = wanted.m
      order by r.asset, r.mode for update of r
   loop
-    i := i + 1; held[i] := p; slots := slots || jsonb_build_object(p.asset || ' ' || p.mode, i);
+    i := i + 1; held[i] := p; names[i] := p.asset || ' ' || p.mode;
   end loop;
-  for k in select distinct a, m from unnest(assets, modes) u(a, m) where not slots ? (a || ' ' || m) order by a, m loop
-    i := i + 1; held[i] := _position_lock(k.a, k.m); slots := slots || jsonb_build_object(k.a || ' ' || k.m, i);
+  for k in select distinct a, m from unnest(assets, modes) u(a, m) where not (a || ' ' || m) = any(names) order by a, m loop
+    i := i + 1; held[i] := _position_lock(k.a, k.m); names[i] := k.a || ' ' || k.m;
   end loop;
+  slots := (select coalesce(jsonb_object_agg(u.name, u.i), '{}') from unnest(names) with ordinality u(name, i));
 end $$;
 
 -- A row as _position_save would store it (version, times, gross size), without writing it: a

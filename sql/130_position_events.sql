@@ -60,36 +60,77 @@ create or replace function _position_updated_fields(after positions, pos jsonb, 
       'update_source', update_source, 'changed_fields', to_jsonb(changed), 'position', pos)
   $$;
 
--- Audit rows (R-28) in the given order: the one insert into position_events besides the guard's.
-create or replace function _write_position_events(audit position_events[]) returns void
-  language plpgsql
-  as $$
-begin
-  insert into position_events (position_id, asset, mode, at, source, kind, before, after, changed_fields, message_key,
-                               trace_id, details)
-  select a.position_id, a.asset, a.mode, a.at, a.source, a.kind, a.before, a.after, a.changed_fields, a.message_key,
-         a.trace_id, a.details
-    from unnest(audit) with ordinality a order by a.ordinality;
-end $$;
-
--- The audit row (R-28) and the position_updated event (R-29) of a change, not written yet: a
--- batch writes them with its other rows. `total_exposure` is the portfolio's after the change.
-create or replace function _position_change(
-  before positions, after positions, source text, kind text, message_key text, trace_id text, details jsonb,
-  total_exposure numeric, out audit position_events, out payload jsonb)
+-- Changes of positions written together (R-28, R-29), set-based: one insert of audit rows and
+-- one of events for a whole batch. Change i is the row before it (a row of nulls: created),
+-- after it, the audit row that says what it was (source, kind, message_key, trace_id, details;
+-- its id is the change's place in the batch) and the portfolio's total exposure after it (for
+-- position_size_norm, R-19). `notes` are audit rows without images, and the other events
+-- (event_seqs, event_types, trace_ids, payloads) take their places among the changes' by the
+-- same numbering.
+create or replace function _write_position_changes(
+  befores positions[], afters positions[], changes position_events[], totals numeric[], notes position_events[],
+  event_seqs bigint[], event_types text[], trace_ids text[], payloads jsonb[])
+  returns void
   language plpgsql
   as $$
 declare
-  before_image jsonb := to_jsonb(before);
-  after_image jsonb := to_jsonb(after);
-  changed text[] := _position_changed_fields(before_image, after_image);
+  types text[];
+  traces text[];
+  bodies jsonb[];
 begin
-  audit.position_id := after.id; audit.asset := after.asset; audit.mode := after.mode; audit.at := now();
-  audit.source := source; audit.kind := kind; audit.before := before_image; audit.after := after_image;
-  audit.changed_fields := changed; audit.message_key := message_key; audit.trace_id := trace_id;
-  audit.details := details;
-  payload := _position_updated_fields(after, position_json(after, total_exposure, now()),
-                                      case source when 'manual' then 'validation' else source end, changed);
+  if coalesce(cardinality(afters), 0) + coalesce(cardinality(notes), 0) + coalesce(cardinality(payloads), 0) = 0 then
+    return;
+  end if;
+  with ch as materialized (
+    select x.c, x.a, x.t, x.b_img, x.a_img,
+           -- the stored columns that changed (version and last_updated always do)
+           (select coalesce(array_agg(f.key order by f.key), '{}') from jsonb_each(x.a_img) f
+             where f.key not in ('version', 'last_updated', 'gross_size', 'exchange_state')
+               and (x.b_img is null or x.b_img -> f.key is distinct from f.value)) as changed
+      from (select changes[i] as c, afters[i] as a, totals[i] as t,
+                   case when (befores[i]).id is not null then to_jsonb(befores[i]) end as b_img,
+                   to_jsonb(afters[i]) as a_img
+              from generate_subscripts(afters, 1) i offset 0) x
+  ), audit as (
+    insert into position_events (position_id, asset, mode, at, source, kind, before, after, changed_fields, message_key,
+                                 trace_id, details)
+    select r.position_id, r.asset, r.mode, r.at, r.source, r.kind, r.before, r.after, r.changed_fields, r.message_key,
+           r.trace_id, r.details
+      from (select (ch.c).id as seq, (ch.a).id as position_id, (ch.a).asset, (ch.a).mode, now() as at, (ch.c).source,
+                   (ch.c).kind, ch.b_img as before, ch.a_img as after, ch.changed as changed_fields, (ch.c).message_key,
+                   (ch.c).trace_id, (ch.c).details
+              from ch
+            union all
+            select n.id, n.position_id, n.asset, n.mode, now(), n.source, n.kind, n.before, n.after, n.changed_fields,
+                   n.message_key, n.trace_id, n.details
+              from unnest(notes) n) r
+     order by r.seq
+  )
+  select array_agg(e.event_type order by e.seq), array_agg(e.trace_id order by e.seq), array_agg(e.payload order by e.seq)
+    into types, traces, bodies
+    from (select (ch.c).id as seq, 'position_updated' as event_type, (ch.c).trace_id,
+                 _position_updated_fields(ch.a, position_json(ch.a, ch.t, now()),
+                                          case (ch.c).source when 'manual' then 'validation' else (ch.c).source end,
+                                          ch.changed) as payload
+            from ch
+          union all
+          select u.seq, u.event_type, u.trace_id, u.payload
+            from unnest(event_seqs, event_types, trace_ids, payloads) u(seq, event_type, trace_id, payload)) e;
+  perform _enqueue_events(types, traces, bodies);
+end $$;
+
+-- What a change was, for _write_position_changes.
+create or replace function _change_info(seq bigint, source text, kind text, message_key text, trace_id text,
+                                        details jsonb)
+  returns position_events
+  language plpgsql immutable
+  as $$
+declare
+  info position_events;
+begin
+  info.id := seq; info.source := source; info.kind := kind; info.message_key := message_key;
+  info.trace_id := trace_id; info.details := details;
+  return info;
 end $$;
 
 create or replace function _record_position_change(
@@ -98,12 +139,10 @@ create or replace function _record_position_change(
   returns void
   language plpgsql
   as $$
-declare
-  change record := _position_change(before, after, source, kind, message_key, trace_id, details,
-                                    _transaction_total_exposure(before, after));
 begin
-  perform _write_position_events(array[change.audit]);
-  perform _enqueue_events('position_updated', trace_id, array[change.payload]);
+  perform _write_position_changes(array[before], array[after],
+                                  array[_change_info(1, source, kind, message_key, trace_id, details)],
+                                  array[_transaction_total_exposure(before, after)], '{}', '{}', '{}', '{}', '{}');
   perform _notify_position_changes(json_build_object('asset', after.asset, 'mode', after.mode, 'version', after.version));
 end $$;
 
@@ -127,7 +166,8 @@ create or replace function _record_position_note(p positions, source text, kind 
   language plpgsql
   as $$
 begin
-  perform _write_position_events(array[_position_note(p, source, kind, message_key, trace_id, details)]);
+  perform _write_position_changes('{}', '{}', '{}', '{}', array[_position_note(p, source, kind, message_key, trace_id, details)],
+                                  '{}', '{}', '{}', '{}');
 end $$;
 
 -- closed_at is passed, not read from the row: the closing half of a flip and a hedge leg that

@@ -5,11 +5,12 @@
 -- messages costs a handful of statements instead of a dozen per message.
 --   locked, rows: each row as the batch locked it (a row of nulls: none yet) and as it ends
 --   keys: every inbox key the batch claims, with its outcome
---   event_types, trace_ids, payloads: the events, element by element (see _enqueue_events)
+--   befores ... payloads: the changes, notes and other events (see _write_position_changes)
 --   to_validate: 'asset mode' of each row a discrepancy sends to validation (R-15)
 create or replace function _batch_write(
-  locked positions[], rows positions[], ledger position_fills[], keys inbox[], audit position_events[],
-  event_types text[], trace_ids text[], payloads jsonb[], to_validate text[])
+  locked positions[], rows positions[], ledger position_fills[], keys inbox[],
+  befores positions[], afters positions[], changes position_events[], totals numeric[], notes position_events[],
+  event_seqs bigint[], event_types text[], trace_ids text[], payloads jsonb[], to_validate text[])
   returns void
   language plpgsql
   as $$
@@ -69,8 +70,7 @@ begin
       raise exception 'an inbox key of this batch was claimed by a concurrent transaction' using errcode = '40001';
     end if;
   end if;
-  if cardinality(audit) > 0 then perform _write_position_events(audit); end if;
-  perform _enqueue_events(event_types, trace_ids, payloads);
+  perform _write_position_changes(befores, afters, changes, totals, notes, event_seqs, event_types, trace_ids, payloads);
   perform _notify_position_changes(json_build_object('asset', n.asset, 'mode', n.mode, 'version', n.version))
      from unnest(created || updated) n;
   perform _schedule_validation(split_part(v.key, ' ', 1), split_part(v.key, ' ', 2))

@@ -92,11 +92,12 @@ end $$;
 
 -- Accounts for `quantity` at `price` (what the resolution left of the fill) on the fill's leg
 -- of the row `held` (a row of nulls: none yet). Returns the row as it is to be saved, with its
--- ledger row, audit row, events and outcome; `total` is the portfolio's exposure before it.
+-- ledger row, what the change was (see _write_position_changes), its note, its position_closed
+-- event and its outcome; `total` is the portfolio's exposure before it.
 create or replace function _fill_step(fill _fill_message, held positions, quantity numeric, price numeric,
   fee numeric, total numeric,
-  out after positions, out ledger position_fills, out audit position_events, out note position_events,
-  out updated jsonb, out closed jsonb, out outcome jsonb, out total_after numeric)
+  out after positions, out ledger position_fills, out change position_events, out note position_events,
+  out closed jsonb, out outcome jsonb, out total_after numeric)
   language plpgsql
   as $$
 declare
@@ -107,7 +108,6 @@ declare
   side_name text := case fill.side when 1 then 'Buy' else 'Sell' end;
   gross_before numeric := coalesce(held.gross_size, 0);
   gross_after numeric;
-  change record;
 begin
   n := _with_leg(n, fill.leg, done.new_size, done.new_avg, leg_before.unrealized_pnl,
                  coalesce(leg_before.realized_pnl, 0) + done.realized);
@@ -131,14 +131,12 @@ begin
   ledger.fee := fee; ledger.order_id := fill.order_id; ledger.execution_id := fill.execution_id;
   ledger.executed_at := fill.executed_at; ledger.message_key := fill.message_key; ledger.trace_id := fill.trace_id;
   total_after := total + _position_exposure(after) - coalesce(_position_exposure(held), 0);
-  change := _position_change(case when is_new then null else held end, after, 'order_execution',
+  change := _change_info(null, 'order_execution',
     case when is_new then 'created' when gross_before = 0 and gross_after > 0 then 'reopened'
          when gross_before > 0 and gross_after = 0 then 'closed' else 'fill' end,
     fill.message_key, fill.trace_id,
     jsonb_build_object('side', side_name, 'quantity', quantity, 'price', price, 'fee', fee,
-                       'leg', fill.leg, 'order_id', fill.order_id, 'execution_id', fill.execution_id),
-    total_after);
-  audit := change.audit; updated := change.payload;
+                       'leg', fill.leg, 'order_id', fill.order_id, 'execution_id', fill.execution_id));
   if done.closed then
     -- closed_size is the leg's size before closing, as stored (signed for the one-way leg: SPEC.md's glossary)
     closed := _position_closed_payload(after, fill.leg, leg_before.size, leg_before.avg_price, price, done.realized,
@@ -170,9 +168,9 @@ declare
   rows positions[];   -- each row as the batch has left it so far
   slot integer;
   h positions;
-  k text;
-  seen jsonb := '{}';  -- the batch's keys so far
-  known jsonb;         -- its keys the inbox had before
+  duplicate boolean[];
+  exec_again boolean[];
+  order_again boolean[];
   executed jsonb;      -- execution ids in the ledger
   orders jsonb;        -- per order_id, asset and mode: the shapes and sums in the ledger (R-6)
   order_key text;
@@ -182,10 +180,14 @@ declare
   total numeric;
   outcomes jsonb[] := '{}';
   key inbox;
+  seq bigint := 0; -- each change, note and other event's place in the batch
+  change position_events;
+  note position_events;
   keys inbox[] := '{}';
   ledger position_fills[] := '{}';
-  audit position_events[] := '{}';
-  event_types text[] := '{}'; trace_ids text[] := '{}'; payloads jsonb[] := '{}';
+  befores positions[] := '{}'; afters positions[] := '{}'; changes position_events[] := '{}'; totals numeric[] := '{}';
+  notes position_events[] := '{}';
+  event_seqs bigint[] := '{}'; event_types text[] := '{}'; trace_ids text[] := '{}'; payloads jsonb[] := '{}';
   to_validate text[] := '{}';
 begin
   if coalesce(cardinality(metas), 0) <> coalesce(cardinality(bodies), 0) then
@@ -198,37 +200,47 @@ begin
   end loop;
   lock := _batch_lock(assets, modes);
   locked := lock.held; rows := lock.held;
-  select coalesce(jsonb_object_agg(i.source || ' ' || i.message_key, true), '{}') into known
-    from inbox i where (i.source, i.message_key) in (select m.source, m.message_key from unnest(msgs) m);
-  select coalesce(jsonb_object_agg(x.execution_id, true), '{}') into executed
-    from position_fills x where x.execution_id in (select m.execution_id from unnest(msgs) m where not m.no_op);
-  select coalesce(jsonb_object_agg(o.order_key, jsonb_build_object(
+  -- Each lookup is driven by the batch's keys (one index probe per key, never a scan of a table
+  -- that only grows). Per message: its key was applied before, or earlier in the batch; a later
+  -- message names the same execution or order (only then is the batch's ledger state kept).
+  select array_agg(x.duplicate order by x.i), array_agg(x.exec_again order by x.i), array_agg(x.order_again order by x.i)
+    into duplicate, exec_again, order_again
+    from (select m.ordinality as i,
+                 row_number() over (partition by m.source, m.message_key order by m.ordinality) > 1
+                 or exists (select 1 from inbox b where b.source = m.source and b.message_key = m.message_key) as duplicate,
+                 m.execution_id is not null
+                 and lead(m.ordinality) over (partition by m.execution_id order by m.ordinality) is not null as exec_again,
+                 m.order_id is not null
+                 and lead(m.ordinality) over (partition by m.order_id, m.asset, m.mode order by m.ordinality) is not null
+                   as order_again
+            from unnest(msgs) with ordinality m) x;
+  select coalesce(jsonb_object_agg(m.execution_id, true), '{}') into executed
+    from (select distinct m.execution_id from unnest(msgs) m where not m.no_op and m.execution_id is not null) m
+    cross join lateral (select 1 from position_fills x where x.execution_id = m.execution_id limit 1) x;
+  select coalesce(jsonb_object_agg(k.order_id || ' ' || k.asset || ' ' || k.mode, jsonb_build_object(
            'statement', o.statement, 'execution', o.execution, 'quantity', o.quantity, 'notional', o.notional,
            'fees', o.fees)), '{}') into orders
-    from (select x.order_id || ' ' || x.asset || ' ' || x.mode as order_key,
-                 bool_or(x.execution_id is null) as statement, bool_or(x.execution_id is not null) as execution,
-                 sum(x.quantity) as quantity, sum(x.quantity * x.price) as notional, sum(x.fee) as fees
-            from position_fills x
-           where x.kind = 'fill' and x.order_id is not null
-             and (x.order_id, x.asset, x.mode) in (select m.order_id, m.asset, m.mode from unnest(msgs) m
-                                                    where not m.no_op and m.order_id is not null)
-           group by x.order_id, x.asset, x.mode) o;
+    from (select distinct m.order_id, m.asset, m.mode from unnest(msgs) m where not m.no_op and m.order_id is not null) k
+    cross join lateral (
+      select bool_or(x.execution_id is null) as statement, bool_or(x.execution_id is not null) as execution,
+             sum(x.quantity) as quantity, sum(x.quantity * x.price) as notional, sum(x.fee) as fees, count(*) as n
+        from position_fills x
+       where x.order_id = k.order_id and x.asset = k.asset and x.mode = k.mode and x.kind = 'fill') o
+   where o.n > 0;
 
   for i in 1 .. cardinality(msgs) loop
     f := msgs[i];
-    k := f.source || ' ' || f.message_key;
     -- a message that fills nothing concerns no row (even one another message of the batch locked)
     slot := case when not f.no_op then (lock.slots ->> (f.asset || ' ' || f.mode))::integer end;
     h := case when slot is not null then rows[slot] end;
     key := row(f.source, f.message_key, 'applied', h.id, now());
-    if seen ? k or known ? k then
+    if duplicate[i] then
       outcomes[i] := case when f.no_op
                        then jsonb_strip_nulls(jsonb_build_object('outcome', 'duplicate', 'message_key', f.message_key,
                                                                  'asset', f.asset, 'mode', f.mode))
                        else _message_outcome('duplicate', f.message_key, f.asset, f.mode, h) end;
       continue;
     end if;
-    seen := seen || jsonb_build_object(k, true);
     if f.no_op then
       key.outcome := 'no_op'; keys := keys || key;
       outcomes[i] := jsonb_strip_nulls(jsonb_build_object('outcome', 'no_op', 'message_key', f.message_key,
@@ -291,20 +303,21 @@ begin
     rows[slot] := step.after;
     ledger := ledger || step.ledger;
     key.outcome := 'applied'; key.position_id := (step.after).id; keys := keys || key;
-    audit := audit || step.audit;
-    event_types := event_types || 'position_updated'::text; trace_ids := trace_ids || f.trace_id;
-    payloads := payloads || step.updated;
+    seq := seq + 1; change := step.change; change.id := seq;
+    befores := befores || h; afters := afters || step.after; changes := changes || change;
+    totals := totals || total;
     if step.closed is not null then
-      event_types := event_types || 'position_closed'::text; trace_ids := trace_ids || f.trace_id;
-      payloads := payloads || step.closed;
+      seq := seq + 1; event_seqs := event_seqs || seq; event_types := event_types || 'position_closed'::text;
+      trace_ids := trace_ids || f.trace_id; payloads := payloads || step.closed;
     end if;
     if (step.note).kind is not null then
-      audit := audit || step.note; to_validate := to_validate || (f.asset || ' ' || f.mode);
+      seq := seq + 1; note := step.note; note.id := seq;
+      notes := notes || note; to_validate := to_validate || (f.asset || ' ' || f.mode);
     end if;
     outcomes[i] := step.outcome;
     -- what the rest of the batch finds in the ledger
-    if f.execution_id is not null then executed := executed || jsonb_build_object(f.execution_id, true); end if;
-    if f.order_id is not null then
+    if exec_again[i] then executed := executed || jsonb_build_object(f.execution_id, true); end if;
+    if order_again[i] then
       ord := coalesce(ord, '{"statement": false, "execution": false, "quantity": 0, "notional": 0, "fees": 0}');
       orders := orders || jsonb_build_object(order_key, jsonb_build_object(
         'statement', (ord ->> 'statement')::boolean or f.execution_id is null,
@@ -315,7 +328,8 @@ begin
     end if;
   end loop;
 
-  perform _batch_write(locked, rows, ledger, keys, audit, event_types, trace_ids, payloads, to_validate);
+  perform _batch_write(locked, rows, ledger, keys, befores, afters, changes, totals, notes,
+                       event_seqs, event_types, trace_ids, payloads, to_validate);
   if total is not null then perform set_config('position_manager.total_exposure', total::text, true); end if;
   return to_jsonb(outcomes);
 end $$;

@@ -304,41 +304,42 @@ declare
   rows positions[];
   slot integer;
   h positions;
-  k text;
-  seen jsonb := '{}';
-  known jsonb;
+  duplicate boolean[];
   made record;
   upd record;
   after positions;
-  change record;
+  note position_events;
   total numeric;
   key inbox;
-  -- what the batch writes at the end, in report order
+  -- what the batch writes at the end, in report order (seq: each change and note's place)
   outcomes jsonb[] := '{}';
   ledger position_fills[] := '{}';
   keys inbox[] := '{}';
-  audit position_events[] := '{}';
-  payloads jsonb[] := '{}'; trace_ids text[] := '{}';
+  seq bigint := 0;
+  befores positions[] := '{}'; afters positions[] := '{}'; changes position_events[] := '{}'; totals numeric[] := '{}';
+  notes position_events[] := '{}';
   to_validate text[] := '{}';
   marks_symbol text[] := '{}'; marks_price numeric[] := '{}'; marks_at timestamptz[] := '{}';
 begin
   select * into settings from position_manager_settings;
   lock := _batch_lock(array(select x.asset from unnest(reports) x), array(select x.mode from unnest(reports) x));
   locked := lock.held; rows := lock.held;
-  select coalesce(jsonb_object_agg(i.source || ' ' || i.message_key, true), '{}') into known
-    from inbox i where (i.source, i.message_key) in (select x.source, x.message_key from unnest(reports) x);
+  -- per report: its key was applied before, or earlier in the batch
+  select array_agg(x.duplicate order by x.i) into duplicate
+    from (select m.ordinality as i,
+                 row_number() over (partition by m.source, m.message_key order by m.ordinality) > 1
+                 or exists (select 1 from inbox b where b.source = m.source and b.message_key = m.message_key) as duplicate
+            from unnest(reports) with ordinality m) x;
 
   for i in 1 .. coalesce(cardinality(reports), 0) loop
     r := reports[i];
-    k := r.source || ' ' || r.message_key;
     slot := (lock.slots ->> (r.asset || ' ' || r.mode))::integer;
     h := rows[slot];
     key := row(r.source, r.message_key, 'applied', h.id, now());
-    if seen ? k or known ? k then
+    if duplicate[i] then
       outcomes[i] := _message_outcome('duplicate', r.message_key, r.asset, r.mode, h);
       continue;
     end if;
-    seen := seen || jsonb_build_object(k, true);
     if total is null then
       total := coalesce(nullif(current_setting('position_manager.total_exposure', true), '')::numeric,
                         _portfolio_total_exposure());
@@ -352,17 +353,18 @@ begin
       after := _position_saved(made.n, h);
       ledger := ledger || made.ledger;
       total := total + _position_exposure(after);
-      change := _position_change(null, after, r.audit_source, 'created', r.message_key, r.trace_id,
-                                 jsonb_build_object('report', r.item), total);
-      audit := audit || change.audit; payloads := payloads || change.payload; trace_ids := trace_ids || r.trace_id;
+      seq := seq + 1; befores := befores || h; afters := afters || after; totals := totals || total;
+      changes := changes || _change_info(seq, r.audit_source, 'created', r.message_key, r.trace_id,
+                                         jsonb_build_object('report', r.item));
       rows[slot] := after;
       key.position_id := after.id; keys := keys || key;
       outcomes[i] := _message_outcome('applied', r.message_key, r.asset, r.mode, after) || jsonb_build_object('created', true);
     elsif _report_is_stale(h.exchange_state -> r.leg, r.seq, r.exchange_at) then
       key.outcome := 'stale'; keys := keys || key;
-      audit := audit || _position_note(h, r.audit_source, 'report_stale', r.message_key, r.trace_id,
+      note := _position_note(h, r.audit_source, 'report_stale', r.message_key, r.trace_id,
         jsonb_build_object('leg', r.leg, 'seq', r.seq, 'exchange_ts', r.exchange_at,
                            'last_accepted', h.exchange_state -> r.leg));
+      seq := seq + 1; note.id := seq; notes := notes || note;
       raise log 'stale report for % % (%): ignored', r.asset, r.mode, r.leg;
       outcomes[i] := _message_outcome('stale', r.message_key, r.asset, r.mode, h);
     else
@@ -373,7 +375,8 @@ begin
         marks_at := marks_at || coalesce(r.exchange_at, r.received_at);
       end if;
       if (upd.discrepancy).kind is not null then
-        audit := audit || upd.discrepancy; to_validate := to_validate || (r.asset || ' ' || r.mode);
+        seq := seq + 1; note := upd.discrepancy; note.id := seq; notes := notes || note;
+        to_validate := to_validate || (r.asset || ' ' || r.mode);
       end if;
       keys := keys || key;
       if cardinality(_position_changed_fields(h, upd.n)) = 0 then
@@ -385,10 +388,11 @@ begin
       else
         after := _position_saved(upd.n, h);
         total := total + _position_exposure(after) - _position_exposure(h);
-        change := _position_change(h, after, r.audit_source, case when upd.details ? 'reopened' then 'reopened' else 'report' end,
-                                   r.message_key, r.trace_id,
-                                   (upd.details - 'reopened') || jsonb_build_object('leg', r.leg), total);
-        audit := audit || change.audit; payloads := payloads || change.payload; trace_ids := trace_ids || r.trace_id;
+        seq := seq + 1; befores := befores || h; afters := afters || after; totals := totals || total;
+        changes := changes || _change_info(seq, r.audit_source,
+                                           case when upd.details ? 'reopened' then 'reopened' else 'report' end,
+                                           r.message_key, r.trace_id,
+                                           (upd.details - 'reopened') || jsonb_build_object('leg', r.leg));
         rows[slot] := after;
         outcomes[i] := _message_outcome('applied', r.message_key, r.asset, r.mode, after)
                        || jsonb_build_object('changed', true) || (upd.details - 'reopened');
@@ -396,8 +400,7 @@ begin
     end if;
   end loop;
 
-  perform _batch_write(locked, rows, ledger, keys, audit,
-                       array_fill('position_updated'::text, array[cardinality(payloads)]), trace_ids, payloads,
+  perform _batch_write(locked, rows, ledger, keys, befores, afters, changes, totals, notes, '{}', '{}', '{}', '{}',
                        to_validate);
   -- the latest mark of each symbol (R-31: never an older one over a newer)
   if cardinality(marks_symbol) > 0 then
