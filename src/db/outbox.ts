@@ -42,10 +42,10 @@ export async function takeRelayLock(connectionString: string): Promise<pg.Client
 /** The oldest `limit` events not sent yet, in outbox order. */
 export async function pendingEvents(db: Queryable, limit: number): Promise<OutboxEvent[]> {
   const r = await db.query<OutboxEvent>(
-    `select e.id, e.event_id, e.routing_key, e.event_type, e.payload::text as payload, e.trace_id, p.order_key
+    `select id, event_id, routing_key, event_type, payload::text as payload, trace_id, order_key
        from (select id, order_key from outbox_pending order by id limit $1) p
-       join outbox_events e on e.id = p.id
-      order by p.id`,
+       join outbox_events using (id)
+      order by id`,
     [limit],
   );
   return r.rows;
