@@ -6,42 +6,48 @@
 -- every event and its index entries. The relation `outbox` (SPEC.md §3) becomes a view over them
 -- (sql/020_outbox.sql), so operators' `... from outbox where sent_at is null` reads as before.
 -- Every event, pending or sent, keeps its id, attempts and last_error.
-lock table outbox in access exclusive mode;
+do $$
+begin
+  -- already converted (a migration re-run by hand, as tests do to simulate older databases)
+  if to_regclass('public.outbox_events') is not null then return; end if;
 
-alter table outbox rename to outbox_events;
-alter sequence outbox_id_seq rename to outbox_events_id_seq;
-alter index outbox_pkey rename to outbox_events_pkey;
-alter index outbox_event_id_key rename to outbox_events_event_id_key;
-drop index outbox_pending_idx, outbox_sent_at_idx;
+  lock table outbox in access exclusive mode;
 
--- The order key (events with the same key leave in id order: a position's, or else one routing
--- key's) is computed once at insert, so the relay reads no jsonb field of a pending event. No
--- foreign keys: one statement of one function writes both tables, and a row trigger per event
--- would cost about as much as the row itself.
-create table outbox_pending (
-  id bigint primary key,
-  order_key text not null,
-  attempts integer not null default 0,
-  last_error text
-);
+  alter table outbox rename to outbox_events;
+  alter sequence outbox_id_seq rename to outbox_events_id_seq;
+  alter index outbox_pkey rename to outbox_events_pkey;
+  alter index outbox_event_id_key rename to outbox_events_event_id_key;
+  drop index outbox_pending_idx, outbox_sent_at_idx;
 
-create table outbox_sent (
-  id bigint primary key,
-  sent_at timestamptz not null,
-  attempts integer not null,
-  last_error text
-);
--- retention (prune_inbox_outbox) and the view's `sent_at is null` both find rows by sent_at
-create index outbox_sent_at_idx on outbox_sent (sent_at);
+  -- The order key (events with the same key leave in id order: a position's, or else one routing
+  -- key's) is computed once at insert, so the relay reads no jsonb field of a pending event. No
+  -- foreign keys: one statement of one function writes both tables, and a row trigger per event
+  -- would cost about as much as the row itself.
+  create table outbox_pending (
+    id bigint primary key,
+    order_key text not null,
+    attempts integer not null default 0,
+    last_error text
+  );
 
-insert into outbox_pending (id, order_key, attempts, last_error)
-select id, coalesce(payload ->> 'position_id', routing_key), attempts, last_error
-  from outbox_events where sent_at is null;
-insert into outbox_sent (id, sent_at, attempts, last_error)
-select id, sent_at, attempts, last_error from outbox_events where sent_at is not null;
+  create table outbox_sent (
+    id bigint primary key,
+    sent_at timestamptz not null,
+    attempts integer not null,
+    last_error text
+  );
+  -- retention (prune_inbox_outbox) and the view's `sent_at is null` both find rows by sent_at
+  create index outbox_sent_at_idx on outbox_sent (sent_at);
 
--- Dropping columns rewrites nothing: old row versions keep the bytes until they are next written.
-alter table outbox_events drop column sent_at, drop column attempts, drop column last_error;
+  insert into outbox_pending (id, order_key, attempts, last_error)
+  select id, coalesce(payload ->> 'position_id', routing_key), attempts, last_error
+    from outbox_events where sent_at is null;
+  insert into outbox_sent (id, sent_at, attempts, last_error)
+  select id, sent_at, attempts, last_error from outbox_events where sent_at is not null;
+
+  -- Dropping columns rewrites nothing: old row versions keep the bytes until they are next written.
+  alter table outbox_events drop column sent_at, drop column attempts, drop column last_error;
+end $$;
 
 -- Down Migration
 drop view if exists outbox;
