@@ -15,9 +15,12 @@ begin
     exit when in_batch < batch_size;
   end loop;
   loop
-    delete from outbox where id in (
-      select id from outbox where sent_at is not null and sent_at < now() - make_interval(hours => outbox_hours)
-       limit batch_size);
+    -- an event goes with its record of delivery; pending events are never touched
+    with gone as (
+      delete from outbox_sent where id in (
+        select id from outbox_sent where sent_at < now() - make_interval(hours => outbox_hours) limit batch_size)
+      returning id)
+    delete from outbox_events where id in (select gone.id from gone);
     get diagnostics in_batch = row_count; outbox_deleted := outbox_deleted + in_batch;
     exit when in_batch < batch_size;
   end loop;

@@ -71,8 +71,8 @@ export function createMonitor(connectionString: string, applicationName: string)
          from (select count(*) filter (where mode = 'one-way') as one_way, count(*) filter (where mode = 'hedge') as hedge,
                       count(*) filter (where current_price_at < now() - make_interval(secs => s.price_stale_seconds)) as stale
                  from positions, position_manager_settings s where gross_size > 0) p,
-              (select count(*) as pending, extract(epoch from now() - min(created_at))::text as age
-                 from outbox where sent_at is null) o,
+              (select count(*) as pending, extract(epoch from now() - min(e.created_at))::text as age
+                 from outbox_pending p join outbox_events e on e.id = p.id) o,
               -- an index-only count on the partial index position_events_foreign_write_idx
               (select count(*) as foreign_writes from position_events where kind = 'foreign_write') f`,
       );

@@ -91,7 +91,7 @@ t.test('the outbox gauges are read at scrape time in a process without the relay
   const pending = await unsent();
   t.ok(pending >= 2, 'the fills left events waiting (no relay anywhere)');
   await db.query(
-    "update outbox set created_at = now() - interval '90 seconds' where id = (select min(id) from outbox)",
+    "update outbox_events set created_at = now() - interval '90 seconds' where id = (select min(id) from outbox_pending)",
   );
   const text = await scrape();
   t.equal(sample(text, 'position_manager_outbox_pending'), pending);
@@ -110,7 +110,7 @@ t.test('the outbox gauges are read at scrape time in a process without the relay
     'a row waiting over 60 s: no relay is publishing',
   );
   t.ok(h.body.oldest_outbox_age_seconds >= 90);
-  await db.query("update outbox set created_at = now() where created_at < now() - interval '60 seconds'");
+  await db.query("update outbox_events set created_at = now() where created_at < now() - interval '60 seconds'");
 });
 
 t.test('a slow database is not a down one: /health and /metrics while positions and outbox are locked', async (t) => {

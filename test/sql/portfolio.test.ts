@@ -1,6 +1,7 @@
 // Portfolio figures, limits, portfolio events, snapshots, retention and the Grafana role,
 // through the SQL functions and views against the real PostgreSQL (SPEC.md R-20..R-27, §9).
 import t from 'tap';
+import { markSent } from '../../src/db/outbox.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 import { GRAFANA_VIEWS, PORTFOLIO_TOTALS } from '../helpers/ledger-names.js';
 
@@ -500,14 +501,26 @@ t.test('retention of inbox and outbox, job history', async (t) => {
   const db = await freshDatabase(t);
   await fill(db, 'BTCUSDT', 'Buy', '1', '100');
   await fill(db, 'BTCUSDT', 'Buy', '1', '100');
+  await fill(db, 'BTCUSDT', 'Buy', '1', '100');
   await db.query(
     "update inbox set applied_at = now() - interval '8 days' where message_key = (select min(message_key) from inbox)",
   );
-  await db.query("update outbox set sent_at = now() - interval '25 hours' where id = (select min(id) from outbox)");
-  await db.query('update outbox set sent_at = now() where id = (select max(id) from outbox)');
+  // the oldest event was sent 25 hours ago, the newest just now, the one between is pending
+  const ids = (await db.query<{ id: string }>('select id from outbox order by id')).rows.map((r) => r.id);
+  t.equal(ids.length, 3);
+  await markSent(db.pool, [ids[0]!, ids[2]!]);
+  await db.query("update outbox_sent set sent_at = now() - interval '25 hours' where id = $1", [ids[0]]);
   const r = (await one(db, 'select prune_inbox_outbox(7, 24, 1) as r')).r;
   t.same(r, { inbox_deleted: 1, outbox_deleted: 1 });
-  t.equal(Number((await one(db, 'select count(*) as n from outbox')).n), 1, 'recently sent and pending rows stay');
+  t.same(
+    (await db.query('select id, sent_at is null as pending from outbox order by id')).rows,
+    [
+      { id: ids[1], pending: true },
+      { id: ids[2], pending: false },
+    ],
+    'recently sent and pending rows stay',
+  );
+  t.equal(Number((await one(db, 'select count(*) as n from outbox_events')).n), 2, 'the event row went too');
   const id = (await one(db, "select job_run_start('x', null, null, '{}', 1, 't') as id")).id;
   await db.query("select job_run_finish($1, 'failure', 'boom', null)", [id]);
   t.match(await one(db, 'select * from job_history_view'), { task: 'x', outcome: 'failure', error: 'boom' });
@@ -535,12 +548,17 @@ t.test('grafana_reader reads the views and nothing else', async (t) => {
     'position_snapshots',
     'inbox',
     'outbox',
+    'outbox_events',
+    'outbox_pending',
+    'outbox_sent',
     'job_runs',
     'portfolio_metrics_history',
     'position_manager_settings',
   ]) {
     await t.rejects(c.query(`select 1 from ${table} limit 1`), { code: '42501' }, `cannot read ${table}`);
-    await t.rejects(c.query(`delete from ${table}`), { code: '42501' }, `cannot delete from ${table}`);
+    // outbox is a view that takes no writes from anyone (55000); its tables are in the list
+    const code = table === 'outbox' ? '55000' : '42501';
+    await t.rejects(c.query(`delete from ${table}`), { code }, `cannot delete from ${table}`);
   }
   await t.rejects(
     c.query(
