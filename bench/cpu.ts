@@ -4,10 +4,10 @@
 // A group is the PostgreSQL backends of one database (found by their process title,
 // "postgres: <cluster>: <user> <database> <client> <activity>", the same pids pg_stat_activity
 // lists for that datname), the server's auxiliary processes (WAL writer, checkpointer,
-// background writer: shared by every database), one process by pid, or a program by name
-// (the broker, beam.smp). The probe samples every `intervalMs` while it runs, so processes that
-// start during the run are counted from zero and those that end keep their last sample (at most
-// one interval of their CPU is lost); processes present at the start count from the start.
+// background writer: shared by every database), one process by pid, or the RabbitMQ server.
+// The probe samples every `intervalMs` while it runs, so processes that start during the run
+// are counted from zero and those that end keep their last sample (at most one interval of
+// their CPU is lost); processes present at the start count from the start.
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 
@@ -82,9 +82,13 @@ export const processById = (label: string, pid: number | undefined): CpuGroup =>
   match: (p) => p.pid === pid,
 });
 
-export const processByName = (label: string, comm: string): CpuGroup => ({
-  label,
-  match: (p) => p.comm === comm,
+/**
+ * The RabbitMQ server: the Erlang VM started with `-s rabbit boot` (the whole broker, every
+ * vhost). Not the short-lived VMs of rabbitmqctl, which are beam.smp too.
+ */
+export const rabbitmqServer = (): CpuGroup => ({
+  label: 'broker (RabbitMQ server, all its vhosts)',
+  match: (p) => p.comm === 'beam.smp' && p.title().includes(' -s rabbit boot'),
 });
 
 /** The postmaster of the server a backend (pg_backend_pid()) belongs to: its parent. */

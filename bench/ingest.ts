@@ -58,7 +58,7 @@ import {
   postgresBackends,
   postmasterOf,
   processById,
-  processByName,
+  rabbitmqServer,
   type CpuGroup,
   type CpuReport,
 } from './cpu.js';
@@ -145,7 +145,7 @@ async function cpuGroups(
       ? [postgresBackends(db.name, 'postgres backends of the run’s database'), postgresAuxiliary(postmaster)]
       : []),
     ...pids.map(([label, pid]) => processById(label, pid)),
-    processByName('broker (beam.smp; all its vhosts)', 'beam.smp'),
+    rabbitmqServer(),
     processById('this process (publisher, sink)', process.pid),
   ];
 }
