@@ -18,19 +18,18 @@
 // rounds; p50 and p99 are the median round's). TC-032: 1,000 sequential GET /api/v1/portfolio by
 // fetch (which asks for gzip and inflates), mean latency and the cache hit ratio from
 // position_manager_metrics_cache_requests_total on GET /metrics.
-import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { writePositionsDirectly } from '../test/helpers/db.js';
 import { freePort, startService, type RunningService } from '../test/helpers/service.js';
 import { waitFor } from '../test/helpers/wait.js';
 import {
   args,
   assetName,
+  benchChild,
   benchDatabase,
   httpLoad,
   int,
@@ -118,21 +117,7 @@ async function startBare(t: Teardown, portfolioBody: string, positionBody: strin
   writeFileSync(join(dir, 'portfolio.json'), portfolioBody);
   writeFileSync(join(dir, 'position.json'), positionBody);
   const port = await freePort();
-  const script = fileURLToPath(new URL('./bare-express.mjs', import.meta.url));
-  const child = spawn(
-    process.execPath,
-    [script, String(port), join(dir, 'portfolio.json'), join(dir, 'position.json')],
-    {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  const exited = new Promise((r) => child.once('exit', r));
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      await exited;
-    }
-  });
+  benchChild(t, 'bare-express.mjs', [String(port), join(dir, 'portfolio.json'), join(dir, 'position.json')]);
   await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/health`).catch(() => undefined))?.status === 200, {
     timeoutMs: 10_000,
     what: 'bare express',

@@ -1,41 +1,75 @@
-// Ingest throughput (SPEC.md §11 "Ingest throughput", seed TC-031).
+// Ingest throughput (SPEC.md §11 "Ingest throughput", "Fill latency", seed TC-031; issue 23).
 //
 //   node --import=./node_modules/@tapjs/typescript/dist/esm/import.mjs bench/ingest.ts [--n 50000]
-//        [--assets 200] [--concurrency 10] [--window 2000] [--seed 42] [--direct-n 10000] [--skip-direct] [--skip-tc031]
-//        [--single] [--timeout 900] [--paced-seconds 15] [--paced-rate <fills/s>]
+//        [--assets 200] [--concurrency 10] [--window 2000] [--seed 42] [--direct-n 10000] [--batch-n 20000]
+//        [--prefetch 200] [--skip-direct] [--skip-echo] [--skip-tc031] [--single] [--timeout 900]
+//        [--paced-seconds 15] [--paced-rate 1000 (0: half the measured end-to-end rate)] [--profile-top 15]
 //
 // End to end: N fills (opens, adds, reduces, closes, flips and ~1 % re-sent duplicates) over
 // 200 assets are published as fast as possible on a confirm channel to the real RabbitMQ
-// (queue order-manager.order_executed, own vhost); the built service (roles consumer,relay)
-// applies them and its relay publishes one position_updated per applied fill. The clock runs
-// from the first publish until every expected event (N − duplicates distinct event_ids) has
-// arrived on position-manager.position_updated. Latency is per fill: receive time of the
-// event carrying the fill's trace_id − publish time of the fill.
+// (queue order-manager.order_executed, own vhost); the built service (roles consumer,relay,
+// prefetch --prefetch) applies them and its relay publishes one position_updated per applied
+// fill. The clock runs from the first publish until every expected event (N − duplicates
+// distinct event_ids) has arrived on position-manager.position_updated. Latency is per fill:
+// receive time of the event carrying the fill's trace_id − publish time of the fill.
 //
-// Baseline, same run, separate fresh database: `select apply_order_fill($1::jsonb)` per fill from
-// --concurrency pg clients (--single: also from one client), over the first --direct-n fills of
-// the same stream (a rate needs no more, and it keeps `npm run bench` under 10 minutes). For reference also
-// the service's own batched path (`select ingest_messages(kind, metas, bodies)`, 200 messages per call,
-// one client, as the consumer calls it) without the broker.
+// Bare AMQP echo, same run, just before the end-to-end run (SPEC.md §11's baseline): the same N
+// message bodies published the same way to a queue of another vhost, consumed by bench/echo.ts
+// in its own process (same prefetch as the service) which republishes each persistent on a
+// confirm channel and acks after the confirm; no database. The clock runs until every echo has
+// arrived. Printed: both rates and end to end / echo (target ≥ 0.8).
 //
-// Then latency below saturation: fills at a steady rate (--paced-rate, default half the
-// measured end-to-end throughput) for --paced-seconds, p50/p99 publish → event.
+// SQL baselines, same run, each in a fresh database: the consumer's batched path without the
+// broker (`ingest_messages` called as src/messaging/consumer.ts calls it: batches of --prefetch
+// messages with the consumer's envelopes, split into its lanes by asset, each lane in lock
+// order on its own pooled connection) over the first --batch-n fills of the same stream; the
+// same with track_functions = 'all' over the first --direct-n fills, for the per-function profile
+// (top --profile-top by self time); and `select apply_order_fill($1::jsonb)` per fill from
+// --concurrency clients (--single: also from one client) over the first --direct-n fills.
+//
+// CPU (bench/cpu.ts, from /proc/<pid>/stat): per applied fill, of the PostgreSQL backends of the
+// run's database (target ≤ 0.25 ms per fill in batches), of the server's WAL writer and
+// checkpointer, of the service, of the broker (the whole broker: other users' traffic too), of
+// the echo process and of this process, and the whole machine's busy time; for the batched SQL
+// path, the end-to-end run, the echo and the paced run.
+//
+// Then latency at a steady rate (--paced-rate, default 1,000 fills/s: SPEC.md §11 wants p99
+// ≤ 20 ms there) for --paced-seconds, p50/p99/max publish → position_updated received.
 // TC-031 afterwards, on the same service: 100 fills published concurrently, all applied and
 // their events received within 5 s, none lost.
 //
 // At the end the net size of every position is compared exactly (decimal.js) with the sum of
-// the fills: "exact: yes/no".
+// the fills: "exact: yes/no". The load average is printed at the start and the end and with
+// every measurement.
 import { readFileSync } from 'node:fs';
 import type amqp from 'amqplib';
+import type pg from 'pg';
 import { Decimal } from 'decimal.js';
+import { createPool } from '../src/db/pool.js';
+import { ingestMessages, messageMeta, type MessageMeta } from '../src/db/ingest.js';
+import { lanes, lockOrder } from '../src/messaging/consumer.js';
+import { checkBody } from '../src/messaging/schemas.js';
 import { freshBroker } from '../test/helpers/amqp.js';
 import { startService } from '../test/helpers/service.js';
 import {
+  CpuProbe,
+  perItem,
+  postgresAuxiliary,
+  postgresBackends,
+  postmasterOf,
+  processById,
+  rabbitmqServer,
+  type CpuGroup,
+  type CpuReport,
+} from './cpu.js';
+import {
   args,
+  benchChild,
   benchDatabase,
   checkSizes,
   fillStream,
   int,
+  loadAverage,
   ms,
   now,
   ratio,
@@ -52,6 +86,8 @@ import {
 
 const FILLS_QUEUE = 'order-manager.order_executed';
 const EVENTS_QUEUE = 'position-manager.position_updated';
+const ECHO_IN = 'bench.echo.in';
+const ECHO_OUT = 'bench.echo.out';
 
 const opt = args({
   n: 50_000,
@@ -60,17 +96,24 @@ const opt = args({
   window: 2000,
   seed: 42,
   'direct-n': 10_000,
+  'batch-n': 20_000,
+  prefetch: 200,
   'skip-direct': false,
+  'skip-echo': false,
   'skip-tc031': false,
   single: false,
   timeout: 900,
   'paced-seconds': 15,
-  'paced-rate': 0,
+  'paced-rate': 1000,
+  'profile-top': 15,
 });
 const N = Number(opt.n);
 const ASSETS = Number(opt.assets);
 const CONCURRENCY = Number(opt.concurrency);
 const WINDOW = Number(opt.window);
+const PREFETCH = Number(opt.prefetch);
+/** SPEC.md §11: PostgreSQL CPU per fill in batches. */
+const PG_CPU_TARGET_MS = 0.25;
 
 interface Rate {
   label: string;
@@ -79,15 +122,48 @@ interface Rate {
   rate: number;
   exact: boolean;
   note?: string;
+  /** CPU per applied fill (ms) of the database's backends, when measured. */
+  pgCpuMs?: number;
+  cpu?: CpuReport;
+  load?: string;
 }
 
-/** Baseline 1: apply_order_fill per fill from `concurrency` clients, in autocommit. */
+/** The postmaster of the PostgreSQL server the benchmark databases are on (for its auxiliary processes). */
+let postmaster: number | undefined;
+
+/** The groups whose CPU is probed for a run on this database (and these processes). */
+async function cpuGroups(
+  db: { name: string; pool: pg.Pool } | undefined,
+  pids: [string, number | undefined][] = [],
+): Promise<CpuGroup[]> {
+  if (db && postmaster === undefined)
+    postmaster = postmasterOf(
+      Number((await db.pool.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid),
+    );
+  return [
+    ...(db
+      ? [postgresBackends(db.name, 'postgres backends of the run’s database'), postgresAuxiliary(postmaster)]
+      : []),
+    ...pids.map(([label, pid]) => processById(label, pid)),
+    rabbitmqServer(),
+    processById('this process (publisher, sink)', process.pid),
+  ];
+}
+
+function printCpu(label: string, cpu: CpuReport, items: number, unit = 'fill'): void {
+  console.log(`  CPU per ${unit}, ${label}:`);
+  for (const line of perItem(cpu, items, unit)) console.log(`    ${line}`);
+}
+
+/** Baseline: apply_order_fill per fill from `concurrency` clients, in autocommit. */
 async function directPerFill(t: Teardown, stream: FillStream, concurrency: number): Promise<Rate> {
   const db = await benchDatabase(t, 'pm_bench_direct', concurrency);
   const bodies = stream.fills.map((f) => JSON.stringify(f));
   // open the connections before the clock starts
   const clients = await Promise.all(Array.from({ length: concurrency }, () => db.pool.connect()));
   let next = 0;
+  const load = loadAverage();
+  const probe = new CpuProbe(await cpuGroups(db)).start();
   const started = now();
   await Promise.all(
     clients.map(async (c) => {
@@ -96,6 +172,7 @@ async function directPerFill(t: Teardown, stream: FillStream, concurrency: numbe
     }),
   );
   const seconds = (now() - started) / 1000;
+  const cpu = probe.stop();
   clients.forEach((c) => c.release());
   const bad = await checkSizes(db.pool, stream.expected);
   const events = Number(
@@ -113,50 +190,116 @@ async function directPerFill(t: Teardown, stream: FillStream, concurrency: numbe
     rate: stream.unique / seconds,
     exact: bad.length === 0 && events === stream.unique,
     note: `${events} outbox events`,
+    pgCpuMs: cpu.groups[0]!.ms / stream.unique,
+    cpu,
+    load,
   };
 }
 
-/** Baseline 2 (reference): what the consumer does, without the broker: ingest_messages in batches of 200. */
-async function directBatched(t: Teardown, stream: FillStream, batch = 200): Promise<Rate> {
-  const db = await benchDatabase(t, 'pm_bench_batch', 2);
-  const c = await db.pool.connect();
-  // per-function time (superuser setting), to show where a fill's cost goes
-  await c.query("set track_functions = 'all'");
+interface Delivery {
+  meta: MessageMeta;
+  body: string;
+  asset?: string;
+  lockKey?: string;
+}
+
+/** The deliveries the consumer would build from these fills (src/messaging/consumer.ts receive()). */
+function asDeliveries(fills: Fill[]): Delivery[] {
+  return fills.map((f) => {
+    const raw = Buffer.from(JSON.stringify(f));
+    const checked = checkBody('fill', raw);
+    if (!checked.ok) throw new Error(`the consumer would reject a generated fill: ${checked.reason}`);
+    return {
+      body: raw.toString('utf8'),
+      meta: messageMeta({ source: FILLS_QUEUE, bodyKey: checked.bodyKey, traceId: checked.traceId }),
+      ...(checked.asset ? { asset: checked.asset } : {}),
+      ...(checked.lockKey ? { lockKey: checked.lockKey } : {}),
+    };
+  });
+}
+
+interface ProfileRow {
+  funcname: string;
+  calls: string;
+  total_ms: string;
+  self_ms: string;
+}
+
+/**
+ * The consumer's batched path without the broker: batches of `batch` deliveries, each split into
+ * the consumer's lanes (by asset) applied at once, each lane in lock order on a connection of a
+ * pool made as the service makes its own; the next batch when every lane has committed.
+ * With `profile`, every connection sets track_functions = 'all' (superuser) first and the
+ * per-function statistics are read afterwards.
+ */
+async function directBatched(
+  t: Teardown,
+  stream: FillStream,
+  batch: number,
+  profile: boolean,
+): Promise<Rate & { profile?: ProfileRow[] }> {
+  const db = await benchDatabase(t, profile ? 'pm_bench_prof' : 'pm_bench_batch', 2);
+  const deliveries = asDeliveries(stream.fills);
+  const pool = createPool(db.url, 4, 'bench-ingest-batched');
+  // open the connections before the clock starts
+  const warm = await Promise.all(Array.from({ length: 4 }, () => pool.connect()));
+  for (const c of warm) {
+    if (profile) await c.query("set track_functions = 'all'");
+    c.release();
+  }
+  const load = loadAverage();
+  const probe = new CpuProbe(await cpuGroups(db)).start();
   const started = now();
-  for (let i = 0; i < stream.fills.length; i += batch) {
-    const part = stream.fills.slice(i, i + batch);
-    const metas = part.map((f) =>
-      JSON.stringify({ source: FILLS_QUEUE, received_at: new Date().toISOString(), trace_id: f.trace_id }),
-    );
-    await c.query('select ingest_messages($1, $2::jsonb[], $3::jsonb[])', [
-      'fill',
-      metas,
-      part.map((f) => JSON.stringify(f)),
-    ]);
+  let lanesUsed = 0;
+  for (let i = 0; i < deliveries.length; i += batch) {
+    const parts = lanes(deliveries.slice(i, i + batch));
+    lanesUsed = Math.max(lanesUsed, parts.length);
+    await Promise.all(parts.map((lane) => ingestMessages(pool, 'fill', lockOrder(lane))));
   }
   const seconds = (now() - started) / 1000;
-  c.release();
-  await sleep(1500); // function statistics are flushed at most once a second
-  const prof = await db.pool.query<{ funcname: string; calls: string; total: string; self: string }>(
-    `select funcname, calls, round((total_time / $1)::numeric * 1000, 1)::text as total, round((self_time / $1)::numeric * 1000, 1)::text as self
-       from pg_stat_user_functions order by self_time desc limit 12`,
-    [stream.fills.length],
-  );
-  console.log(
-    `  where the time of ingest_messages goes, per fill (µs; self = in the function itself, total = with callees):`,
-  );
-  for (const r of prof.rows)
-    console.log(
-      `    ${r.funcname.padEnd(30)} self ${r.self.padStart(7)}  total ${r.total.padStart(7)}  calls ${r.calls}`,
-    );
+  const cpu = probe.stop();
+  // the backends flush their function statistics when they exit
+  await pool.end();
   const bad = await checkSizes(db.pool, stream.expected);
+  let rows: ProfileRow[] | undefined;
+  if (profile) {
+    await sleep(1000);
+    rows = (
+      await db.pool.query<ProfileRow>(
+        `select funcname, calls::text, round(total_time::numeric, 1)::text as total_ms,
+                round(self_time::numeric, 1)::text as self_ms
+           from pg_stat_user_functions order by self_time desc`,
+      )
+    ).rows;
+  }
   return {
-    label: `direct SQL ingest_messages, batches of ${batch}, 1 client`,
+    label: `direct SQL ingest_messages, batches of ${batch} in ${lanesUsed} lanes${profile ? ", track_functions = 'all'" : ''}`,
     applied: stream.unique,
     seconds,
     rate: stream.unique / seconds,
     exact: bad.length === 0,
+    pgCpuMs: cpu.groups[0]!.ms / stream.unique,
+    cpu,
+    load,
+    ...(rows ? { profile: rows } : {}),
   };
+}
+
+/** The per-function profile: top `top` by self time, per fill in µs, and the share of the wall time. */
+function printProfile(rows: ProfileRow[], fills: number, seconds: number, top: number): void {
+  const perFill = (msText: string) => ((Number(msText) * 1000) / fills).toFixed(1);
+  const selfSum = rows.reduce((a, r) => a + Number(r.self_ms), 0);
+  console.log(
+    `  per-function profile of ingest_messages over ${int(fills)} applied fills (pg_stat_user_functions, by self time; ` +
+      `top ${top} of ${rows.length}; all functions' self time, summed over the lanes, ${((selfSum * 1000) / fills).toFixed(0)} µs ` +
+      `per fill in ${((seconds * 1e6) / fills).toFixed(0)} µs of wall time per fill):`,
+  );
+  table([
+    ['function', 'calls', 'total ms', 'self ms', 'self µs/fill', 'total µs/fill'],
+    ...rows
+      .slice(0, top)
+      .map((r) => [r.funcname, int(Number(r.calls)), r.total_ms, r.self_ms, perFill(r.self_ms), perFill(r.total_ms)]),
+  ]);
 }
 
 interface E2E extends Rate {
@@ -170,6 +313,7 @@ interface E2E extends Rate {
 /** Publishes fills on a confirm channel with at most `window` unconfirmed; resolves when all are confirmed. */
 async function publishAll(
   ch: amqp.ConfirmChannel,
+  queue: string,
   fills: Fill[],
   window: number,
   published: Map<string, number>,
@@ -189,7 +333,7 @@ async function publishAll(
     if (!published.has(f.trace_id)) published.set(f.trace_id, now());
     inFlight++;
     const ok = ch.sendToQueue(
-      FILLS_QUEUE,
+      queue,
       Buffer.from(JSON.stringify(f)),
       { persistent: true, contentType: 'application/json' },
       (err) => {
@@ -205,10 +349,14 @@ async function publishAll(
 
 interface Paced {
   rate: number;
+  /** fills published per second, as achieved */
+  achieved: number;
   fills: number;
   received: number;
   complete: boolean;
   latency: ReturnType<typeof summary>;
+  cpu: CpuReport;
+  load: string;
 }
 
 interface EventSink {
@@ -219,7 +367,15 @@ interface EventSink {
   lastAt: number;
 }
 
-async function sinkEvents(conn: amqp.ChannelModel): Promise<EventSink> {
+/**
+ * Consumes a queue; `key` names a distinct message (a position_updated event's event_id; for the
+ * echo, every delivery). firstSeen: when the first message carrying each trace_id arrived.
+ */
+async function sink(
+  conn: amqp.ChannelModel,
+  queue: string,
+  key: (m: amqp.ConsumeMessage, body: { event_id?: string }) => string,
+): Promise<EventSink> {
   const ch = await conn.createChannel();
   await ch.prefetch(5000);
   let waiter: (() => void) | undefined;
@@ -244,15 +400,16 @@ async function sinkEvents(conn: amqp.ChannelModel): Promise<EventSink> {
     },
   };
   await ch.consume(
-    EVENTS_QUEUE,
+    queue,
     (m) => {
       if (!m) return;
       const at = now();
       ch.ack(m);
-      const body = JSON.parse(m.content.toString('utf8')) as { event_id: string; trace_id?: string };
-      if (sink.events.has(body.event_id)) sink.duplicatesReceived++;
+      const body = JSON.parse(m.content.toString('utf8')) as { event_id?: string; trace_id?: string };
+      const k = key(m, body);
+      if (sink.events.has(k)) sink.duplicatesReceived++;
       else {
-        sink.events.add(body.event_id);
+        sink.events.add(k);
         sink.lastAt = at;
         if (body.trace_id && !sink.firstSeen.has(body.trace_id)) sink.firstSeen.set(body.trace_id, at);
       }
@@ -263,6 +420,66 @@ async function sinkEvents(conn: amqp.ChannelModel): Promise<EventSink> {
     { noAck: false },
   );
   return sink;
+}
+
+/** Publish → first receipt, per trace_id published. */
+function latencies(published: Map<string, number>, received: Map<string, number>): number[] {
+  const out: number[] = [];
+  for (const [trace, p] of published) {
+    const at = received.get(trace);
+    if (at !== undefined) out.push(at - p);
+  }
+  return out;
+}
+
+interface Echo {
+  messages: number;
+  received: number;
+  seconds: number;
+  rate: number;
+  latency: ReturnType<typeof summary>;
+  cpu: CpuReport;
+  load: string;
+}
+
+/** The bare AMQP echo (bench/echo.ts, own process, own vhost): every fill body in, echoed, received. */
+async function bareEcho(t: Teardown, fills: Fill[]): Promise<Echo> {
+  const broker = await freshBroker(t);
+  const setup = await broker.connection.createChannel();
+  await setup.assertQueue(ECHO_IN, { durable: true });
+  await setup.assertQueue(ECHO_OUT, { durable: true });
+  await setup.close();
+  const { child, exited } = benchChild(t, 'echo.ts', [broker.url, ECHO_IN, ECHO_OUT, String(PREFETCH)]);
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      out += chunk;
+      if (out.includes('ready\n')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`bench/echo.ts exited with ${code} before it was ready`)));
+  });
+  let deliveries = 0;
+  const echoes = await sink(broker.connection, ECHO_OUT, () => String(++deliveries));
+  const ch = broker.channel as amqp.ConfirmChannel;
+  const published = new Map<string, number>();
+  const load = loadAverage();
+  const probe = new CpuProbe(await cpuGroups(undefined, [['echo process', child.pid]])).start();
+  const started = now();
+  await publishAll(ch, ECHO_IN, fills, WINDOW, published);
+  const complete = await echoes.waitFor(fills.length, Number(opt.timeout) * 1000);
+  const seconds = ((complete ? echoes.lastAt : now()) - started) / 1000;
+  const cpu = probe.stop();
+  child.kill('SIGTERM');
+  await exited;
+  return {
+    messages: fills.length,
+    received: echoes.events.size,
+    seconds,
+    rate: echoes.events.size / seconds,
+    latency: summary(latencies(published, echoes.firstSeen)),
+    cpu,
+    load,
+  };
 }
 
 async function endToEnd(
@@ -281,7 +498,11 @@ async function endToEnd(
   const svc = await startService(t, {
     databaseUrl: db.url,
     amqpUrl: broker.url,
-    env: { POSITION_MANAGER_ROLES: 'consumer,relay', POSITION_MANAGER_LOG_LEVEL: 'info' },
+    env: {
+      POSITION_MANAGER_ROLES: 'consumer,relay',
+      POSITION_MANAGER_LOG_LEVEL: 'info',
+      POSITION_MANAGER_CONSUMER_PREFETCH: String(PREFETCH),
+    },
   });
   t.teardown(() => svc.stop('SIGTERM'));
   // the service declares the queues on connect; /health can be up a moment before that
@@ -298,21 +519,20 @@ async function endToEnd(
       await sleep(100);
     }
   }
-  const sink = await sinkEvents(broker.connection);
+  const events = await sink(broker.connection, EVENTS_QUEUE, (_m, body) => String(body.event_id));
   const ch = broker.channel as amqp.ConfirmChannel;
   const published = new Map<string, number>();
+  const groups = await cpuGroups(db, [['service (consumer, relay)', svc.child.pid]]);
 
+  const load = loadAverage();
+  const probe = new CpuProbe(groups).start();
   const started = now();
-  await publishAll(ch, stream.fills, WINDOW, published);
+  await publishAll(ch, FILLS_QUEUE, stream.fills, WINDOW, published);
   const publishSeconds = (now() - started) / 1000;
-  const complete = await sink.waitFor(stream.unique, Number(opt.timeout) * 1000);
-  const seconds = ((complete ? sink.lastAt : now()) - started) / 1000;
+  const complete = await events.waitFor(stream.unique, Number(opt.timeout) * 1000);
+  const seconds = ((complete ? events.lastAt : now()) - started) / 1000;
+  const cpu = probe.stop();
   await sleep(1000); // anything extra (there should be nothing) arrives now
-  const latencies: number[] = [];
-  for (const [trace, at] of sink.firstSeen) {
-    const p = published.get(trace);
-    if (p !== undefined) latencies.push(at - p);
-  }
   const bad = await checkSizes(db.pool, stream.expected);
   if (bad.length) console.log(`  end to end: ${bad.length} size mismatches, first: ${bad.slice(0, 3).join('; ')}`);
   const fillsRows = Number(
@@ -320,16 +540,19 @@ async function endToEnd(
   );
   const e2e: E2E = {
     label: 'end to end (AMQP in → commit → AMQP out)',
-    applied: sink.events.size,
+    applied: events.events.size,
     seconds,
-    rate: sink.events.size / seconds,
-    exact: bad.length === 0 && fillsRows === stream.unique && sink.events.size === stream.unique,
+    rate: events.events.size / seconds,
+    exact: bad.length === 0 && fillsRows === stream.unique && events.events.size === stream.unique,
     publishSeconds,
-    latency: summary(latencies),
-    received: sink.events.size,
-    extraEvents: sink.duplicatesReceived,
-    missing: stream.unique - sink.events.size,
+    latency: summary(latencies(published, events.firstSeen)),
+    received: events.events.size,
+    extraEvents: events.duplicatesReceived,
+    missing: stream.unique - events.events.size,
     note: `ledger rows ${fillsRows}`,
+    pgCpuMs: cpu.groups[0]!.ms / Math.max(1, events.events.size),
+    cpu,
+    load,
   };
 
   // Every later phase adds to the same positions: keep the expected sizes cumulative.
@@ -341,7 +564,7 @@ async function endToEnd(
   let paced: Paced | undefined;
   const pacedSeconds = Number(opt['paced-seconds']);
   if (pacedSeconds > 0 && complete) {
-    // Latency below saturation: a steady rate of half the measured end-to-end throughput.
+    // Latency at a steady rate: --paced-rate (SPEC.md §11: 1,000 fills/s), or half the measured rate.
     const rate = Math.max(10, Math.floor(Number(opt['paced-rate']) || e2e.rate / 2));
     const pStream = fillStream(
       rate * pacedSeconds,
@@ -351,7 +574,9 @@ async function endToEnd(
       0,
     );
     const pPublished = new Map<string, number>();
-    const before = sink.events.size;
+    const before = events.events.size;
+    const pLoad = loadAverage();
+    const pProbe = new CpuProbe(groups).start();
     const t0 = now();
     let i = 0;
     while (i < pStream.fills.length) {
@@ -364,22 +589,22 @@ async function endToEnd(
           contentType: 'application/json',
         });
       }
-      await sleep(5);
+      await sleep(2);
     }
+    const achieved = pStream.fills.length / ((now() - t0) / 1000);
     await ch.waitForConfirms();
-    const ok = await sink.waitFor(before + pStream.unique, 120_000);
-    const lat: number[] = [];
-    for (const [trace, p] of pPublished) {
-      const at = sink.firstSeen.get(trace);
-      if (at !== undefined) lat.push(at - p);
-    }
+    const ok = await events.waitFor(before + pStream.unique, 120_000);
+    const pCpu = pProbe.stop();
     addExpected(pStream.expected);
     paced = {
       rate,
+      achieved,
       fills: pStream.fills.length,
-      received: sink.events.size - before,
+      received: events.events.size - before,
       complete: ok,
-      latency: summary(lat),
+      latency: summary(latencies(pPublished, events.firstSeen)),
+      cpu: pCpu,
+      load: pLoad,
     };
   }
 
@@ -387,14 +612,14 @@ async function endToEnd(
   if (opt['skip-tc031'] !== 'true') {
     // TC-031: 100 events published concurrently, all processed within 5 s, none lost.
     const tcStream = fillStream(100, 10, 7, `tc031-${Date.now().toString(36)}`, 0);
-    const before = sink.events.size;
+    const before = events.events.size;
     const t0 = now();
     await Promise.all(tcStream.fills.map((f) => broker.publish(FILLS_QUEUE, f)));
-    const ok = await sink.waitFor(before + tcStream.unique, 30_000);
-    const secs = ((ok ? sink.lastAt : now()) - t0) / 1000;
+    const ok = await events.waitFor(before + tcStream.unique, 30_000);
+    const secs = ((ok ? events.lastAt : now()) - t0) / 1000;
     addExpected(tcStream.expected);
     const tcBad = await checkSizes(db.pool, combined);
-    tc031 = { seconds: secs, received: sink.events.size - before, exact: ok && tcBad.length === 0 };
+    tc031 = { seconds: secs, received: events.events.size - before, exact: ok && tcBad.length === 0 };
   }
   const peakRssMb = peakRss(svc.child.pid);
   return { e2e, paced, tc031, peakRssMb, logs: svc.logs as LogLine[], stderr: svc.stderr };
@@ -417,49 +642,94 @@ function reportLogs(logs: LogLine[], stderr: string[]): string[] {
   return [...counts].map(([m, n]) => (n > 1 ? `${n} × ${m}` : m));
 }
 
+const met = (ok: boolean) => (ok ? 'met' : 'MISSED');
+
 runBench(async (t) => {
   const prefix = `bench-${Date.now().toString(36)}`;
   const stream = fillStream(N, ASSETS, Number(opt.seed), prefix);
   console.log(
-    `# ingest: ${int(N)} fills over ${ASSETS} assets (${int(stream.unique)} unique, ${stream.duplicates} duplicates)`,
+    `# ingest: ${int(N)} fills over ${ASSETS} assets (${int(stream.unique)} unique, ${stream.duplicates} duplicates), prefetch ${PREFETCH}`,
   );
   console.log(
     `  mix: ${Object.entries(stream.mix)
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')}`,
   );
+  // the first n fills of the same stream (the generator is sequential)
+  const first = (n: number) =>
+    Math.min(N, n) === N ? stream : fillStream(Math.min(N, n), ASSETS, Number(opt.seed), prefix);
 
   const rows: Rate[] = [];
-  let direct: Rate | undefined;
+  let batched: Rate | undefined;
+  let profiled: (Rate & { profile?: ProfileRow[] }) | undefined;
   if (opt['skip-direct'] !== 'true') {
-    const base =
-      Math.min(N, Number(opt['direct-n'])) === N
-        ? stream
-        : fillStream(Number(opt['direct-n']), ASSETS, Number(opt.seed), prefix);
-    if (base !== stream)
-      console.log(`  direct SQL baselines over the first ${int(base.fills.length)} fills of the same stream`);
-    direct = await directPerFill(t, base, CONCURRENCY);
+    const batchBase = first(Number(opt['batch-n']));
+    const base = first(Number(opt['direct-n']));
+    console.log(
+      `  SQL baselines without the broker: batched over the first ${int(batchBase.fills.length)} fills, ` +
+        `profile and per-fill over the first ${int(base.fills.length)}`,
+    );
+    batched = await directBatched(t, batchBase, PREFETCH, false);
+    rows.push(batched);
+    console.log(`  ${batched.label}: ${int(batched.rate)} fills/s (load ${batched.load})`);
+    printCpu('batched SQL path', batched.cpu!, batched.applied);
+    profiled = await directBatched(t, base, PREFETCH, true);
+    rows.push(profiled);
+    console.log(`  ${profiled.label}: ${int(profiled.rate)} fills/s (load ${profiled.load})`);
+    printProfile(profiled.profile ?? [], profiled.applied, profiled.seconds, Number(opt['profile-top']));
+    const direct = await directPerFill(t, base, CONCURRENCY);
     rows.push(direct);
-    console.log(`  ${direct.label}: ${int(direct.rate)} fills/s`);
+    console.log(`  ${direct.label}: ${int(direct.rate)} fills/s (load ${direct.load})`);
     if (opt.single === 'true') {
       const one = await directPerFill(t, base, 1);
       rows.push(one);
       console.log(`  ${one.label}: ${int(one.rate)} fills/s`);
     }
-    const batched = await directBatched(t, base);
-    rows.push(batched);
-    console.log(`  ${batched.label}: ${int(batched.rate)} fills/s`);
-    await t.run(); // drop the baseline databases before the end-to-end run
+    await t.run(); // drop the baseline databases before the broker runs
+  }
+
+  let echo: Echo | undefined;
+  if (opt['skip-echo'] !== 'true') {
+    echo = await bareEcho(t, stream.fills);
+    console.log(
+      `  bare AMQP echo (own process, prefetch ${PREFETCH}, republish persistent + confirm, then ack; no database): ` +
+        `${int(echo.received)} of ${int(echo.messages)} in ${echo.seconds.toFixed(2)} s = ${int(echo.rate)} msg/s ` +
+        `(load ${echo.load}); latency p50 ${ms(echo.latency.p50)} ms, p99 ${ms(echo.latency.p99)} ms (saturated)`,
+    );
+    printCpu('bare echo', echo.cpu, echo.messages, 'message');
+    await t.run(); // its vhost goes before the end-to-end run
   }
 
   const { e2e, paced, tc031, peakRssMb, logs, stderr } = await endToEnd(t, stream);
   rows.unshift(e2e);
   console.log();
   table([
-    ['path', 'applied', 'seconds', 'events/s', 'exact'],
-    ...rows.map((r) => [r.label, int(r.applied), r.seconds.toFixed(2), int(r.rate), r.exact ? 'yes' : 'no']),
+    ['path', 'applied', 'seconds', 'events/s', 'PG CPU ms/fill', 'exact', 'load average at start'],
+    ...rows.map((r) => [
+      r.label,
+      int(r.applied),
+      r.seconds.toFixed(2),
+      int(r.rate),
+      r.pgCpuMs === undefined ? '' : r.pgCpuMs.toFixed(3),
+      r.exact ? 'yes' : 'no',
+      r.load ?? '',
+    ]),
+    ...(echo
+      ? [
+          [
+            'bare AMQP echo (no database; messages)',
+            int(echo.received),
+            echo.seconds.toFixed(2),
+            int(echo.rate),
+            '',
+            echo.received === echo.messages ? 'all' : 'MISSING',
+            echo.load,
+          ],
+        ]
+      : []),
   ]);
   console.log();
+  printCpu('end to end', e2e.cpu!, e2e.applied);
   console.log(
     `end to end: publishing took ${e2e.publishSeconds.toFixed(2)} s (${int(N / e2e.publishSeconds)} msg/s confirmed); ` +
       `${int(e2e.received)} of ${int(stream.unique)} events received, ${e2e.missing} missing, ${e2e.extraEvents} redelivered`,
@@ -468,25 +738,40 @@ runBench(async (t) => {
     `end to end latency publish → position_updated received (saturated, queue backlog included): ` +
       `p50 ${ms(e2e.latency.p50)} ms, p99 ${ms(e2e.latency.p99)} ms, max ${ms(e2e.latency.max)} ms`,
   );
-  if (direct)
+  if (echo)
     console.log(
-      `ratio end to end / direct SQL (${CONCURRENCY} clients): ${ratio(e2e.rate / direct.rate)}` +
-        `; / ingest_messages batched: ${ratio(e2e.rate / rows[rows.length - 1]!.rate)}`,
+      `ratio end to end / bare echo: ${ratio(e2e.rate / echo.rate)} (${int(e2e.rate)} events/s / ${int(echo.rate)} msg/s; ` +
+        `target ≥ 0.8: ${met(e2e.rate >= 0.8 * echo.rate)})`,
+    );
+  if (batched)
+    console.log(
+      `ratio end to end / batched SQL path without the broker: ${ratio(e2e.rate / batched.rate)}` +
+        ` (${int(e2e.rate)} / ${int(batched.rate)})`,
     );
   console.log(
-    `target ≥ 5,000 events/s: ${e2e.rate >= 5000 ? 'met' : `missed (${ratio(e2e.rate / 5000)} × target)`}` +
-      (direct ? `; target ≥ 0.8 × direct SQL: ${e2e.rate >= 0.8 * direct.rate ? 'met' : 'missed'}` : ''),
+    `PostgreSQL CPU per fill (backends of the run's database; target ≤ ${PG_CPU_TARGET_MS} ms in batches): ` +
+      [
+        ...(batched
+          ? [`batched SQL path ${batched.pgCpuMs!.toFixed(3)} ms (${met(batched.pgCpuMs! <= PG_CPU_TARGET_MS)})`]
+          : []),
+        `end to end ${e2e.pgCpuMs!.toFixed(3)} ms (${met(e2e.pgCpuMs! <= PG_CPU_TARGET_MS)})`,
+      ].join('; '),
   );
   console.log(`exact: ${e2e.exact ? 'yes' : 'no'}`);
   console.log(
     `service peak RSS through the run: ${peakRssMb ?? '?'} MB (target < 256 MB: ${peakRssMb === undefined ? 'unknown' : peakRssMb < 256 ? 'met' : 'missed'})`,
   );
-  if (paced)
+  if (paced) {
+    const saturated =
+      paced.rate > e2e.rate ? ` (above the measured end-to-end rate of ${int(e2e.rate)}/s: a backlog builds)` : '';
     console.log(
-      `end to end latency at a steady ${int(paced.rate)} fills/s for ${opt['paced-seconds']} s (below saturation): ` +
-        `p50 ${ms(paced.latency.p50)} ms, p99 ${ms(paced.latency.p99)} ms, max ${ms(paced.latency.max)} ms; ` +
-        `${int(paced.received)} of ${int(paced.fills)} events${paced.complete ? '' : ' (INCOMPLETE)'}`,
+      `end to end latency at a steady ${int(paced.rate)} fills/s (achieved ${int(paced.achieved)}/s) for ${opt['paced-seconds']} s, ` +
+        `load ${paced.load}${saturated}: p50 ${ms(paced.latency.p50)} ms, p99 ${ms(paced.latency.p99)} ms, max ${ms(paced.latency.max)} ms ` +
+        `over ${int(paced.latency.n)} fills; ${int(paced.received)} of ${int(paced.fills)} events${paced.complete ? '' : ' (INCOMPLETE)'}` +
+        (paced.rate === 1000 ? `; target p99 ≤ 20 ms: ${met(paced.latency.p99 <= 20)}` : ''),
     );
+    printCpu(`steady ${int(paced.rate)} fills/s`, paced.cpu, Math.max(1, paced.received));
+  }
   if (tc031)
     console.log(
       `TC-031: 100 concurrent fills processed in ${tc031.seconds.toFixed(2)} s, ${tc031.received} events, exact ${tc031.exact ? 'yes' : 'no'} → ${tc031.seconds < 5 && tc031.exact ? 'pass' : 'FAIL'}`,
@@ -495,6 +780,18 @@ runBench(async (t) => {
   console.log(`service warnings/errors: ${problems.length ? '\n  ' + problems.join('\n  ') : 'none'}`);
   console.log(
     'RESULT ' +
-      JSON.stringify({ bench: 'ingest', n: N, unique: stream.unique, rows, e2e, paced, tc031, peakRssMb, problems }),
+      JSON.stringify({
+        bench: 'ingest',
+        n: N,
+        unique: stream.unique,
+        prefetch: PREFETCH,
+        rows,
+        e2e,
+        echo,
+        paced,
+        tc031,
+        peakRssMb,
+        problems,
+      }),
   );
 });

@@ -1,8 +1,11 @@
 // Shared pieces of the benchmarks (bench/*.ts): argument parsing, teardown, scratch databases
 // copied from the migrated test template, statistics, an HTTP load loop on keep-alive
 // connections and a generator of realistic fill streams.
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import http from 'node:http';
 import { loadavg } from 'node:os';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 import { Decimal } from 'decimal.js';
 import type pg from 'pg';
 import { admin, freshDatabase } from '../test/helpers/db.js';
@@ -47,6 +50,12 @@ export class Teardown {
   }
 }
 
+/** The 1, 5 and 15-minute load averages, "0.52 0.61 0.40". */
+export const loadAverage = () =>
+  loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
+
 /** Runs main with a Teardown that always runs (also on SIGINT/SIGTERM); exits non-zero on error. */
 export function runBench(main: (t: Teardown) => Promise<void>): void {
   const t = new Teardown();
@@ -59,10 +68,7 @@ export function runBench(main: (t: Teardown) => Promise<void>): void {
   };
   process.once('SIGINT', () => void finish(130));
   process.once('SIGTERM', () => void finish(143));
-  const load = () =>
-    loadavg()
-      .map((x) => x.toFixed(2))
-      .join(' ');
+  const load = loadAverage;
   console.log(`(load average before: ${load()})`);
   main(t).then(
     () => {
@@ -74,6 +80,29 @@ export function runBench(main: (t: Teardown) => Promise<void>): void {
       return finish(1);
     },
   );
+}
+
+/**
+ * Runs a script of bench/ (with this process's Node options, so a .ts file loads as this one did)
+ * as a child process, its stdout piped; at teardown it gets SIGTERM and is waited for.
+ */
+export function benchChild(
+  t: Teardown,
+  file: string,
+  argv: string[],
+): { child: ChildProcessByStdio<null, Readable, null>; exited: Promise<unknown> } {
+  const script = fileURLToPath(new URL(`./${file}`, import.meta.url));
+  const child = spawn(process.execPath, [...process.execArgv, script, ...argv], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((r) => child.once('exit', r));
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
+  return { child, exited };
 }
 
 // ---------------------------------------------------------------------------------------------
