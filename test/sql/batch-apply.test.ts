@@ -217,7 +217,7 @@ t.test('a batch writes in one transaction without a subtransaction per message',
     'fills applied',
   );
   // a subtransaction would give its rows its own transaction id
-  for (const table of ['positions', 'position_fills', 'position_events', 'inbox', 'outbox']) {
+  for (const table of ['positions', 'position_fills', 'position_events', 'inbox', 'outbox_events', 'outbox_pending']) {
     const xids = (await db.query(`select count(distinct xmin::text)::int as n from ${table}`)).rows[0].n;
     t.equal(xids, 1, `${table}: one writing transaction`);
   }

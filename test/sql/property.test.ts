@@ -67,7 +67,8 @@ const PRUNE_SQL = `
   f as (delete from position_fills where position_id in (select id from p))
   delete from positions where id in (select id from p)`;
 const VACUUM_EVERY = 2000;
-const VACUUM_SQL = 'vacuum (analyze) position_events, position_fills, positions, inbox, outbox';
+const VACUUM_SQL =
+  'vacuum (analyze) position_events, position_fills, positions, inbox, outbox_events, outbox_pending, outbox_sent';
 // `select (f($1)).*` makes PostgreSQL call f once per output column (27 calls for a positions row;
 // all but the first are inbox duplicates, but each costs about a millisecond), so the functions are
 // called as `select * from f($1)` — one call, the same row. PROPERTY_CALL_FORM=expand uses `(f($1)).*`.
