@@ -82,12 +82,13 @@ begin
     return;
   end if;
   with ch as materialized (
-    select x.c, x.a, x.t, x.b_img, x.a_img,
+    select x.c, x.a, x.pos, x.b_img, x.a_img,
            -- the stored columns that changed (version and last_updated always do)
            (select coalesce(array_agg(f.key order by f.key), '{}') from jsonb_each(x.a_img) f
              where f.key not in ('version', 'last_updated', 'gross_size', 'exchange_state')
                and (x.b_img is null or x.b_img -> f.key is distinct from f.value)) as changed
-      from (select changes[i] as c, afters[i] as a, totals[i] as t,
+      -- the Position object computed here, once, so that _position_updated_fields is inlined
+      from (select changes[i] as c, afters[i] as a, position_json(afters[i], totals[i], now()) as pos,
                    case when (befores[i]).id is not null then to_jsonb(befores[i]) end as b_img,
                    to_jsonb(afters[i]) as a_img
               from generate_subscripts(afters, 1) i offset 0) x
@@ -109,7 +110,7 @@ begin
   select array_agg(e.event_type order by e.seq), array_agg(e.trace_id order by e.seq), array_agg(e.payload order by e.seq)
     into types, traces, bodies
     from (select (ch.c).id as seq, 'position_updated' as event_type, (ch.c).trace_id,
-                 _position_updated_fields(ch.a, position_json(ch.a, ch.t, now()),
+                 _position_updated_fields(ch.a, ch.pos,
                                           case (ch.c).source when 'manual' then 'validation' else (ch.c).source end,
                                           ch.changed) as payload
             from ch

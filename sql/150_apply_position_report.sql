@@ -309,6 +309,7 @@ declare
   upd record;
   after positions;
   note position_events;
+  probe positions;
   total numeric;
   key inbox;
   -- what the batch writes at the end, in report order (seq: each change and note's place)
@@ -379,7 +380,8 @@ begin
         to_validate := to_validate || (r.asset || ' ' || r.mode);
       end if;
       keys := keys || key;
-      if cardinality(_position_changed_fields(h, upd.n)) = 0 then
+      probe := upd.n; probe.exchange_state := h.exchange_state;
+      if probe is not distinct from h then
         -- only what the exchange last said changed: no new version, no event
         h.exchange_state := (upd.n).exchange_state;
         rows[slot] := h;
