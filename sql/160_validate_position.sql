@@ -52,9 +52,10 @@ end $$;
 
 -- A leg's replay, on from its checkpoint (or, `full`, from the start: an audit that trusts no
 -- checkpoint), which it then moves to the leg's last ledger row. The caller holds the position's
--- row lock, which every writer of its ledger holds from taking an id until commit: no row can
--- appear later below the new checkpoint. It commits or rolls back with the validation, so it
--- never covers a row that does not stay. A full replay rewrites the checkpoint even when no row
+-- row lock, which every writer of its ledger holds from taking an id until commit, and the id
+-- sequence (cache 1) hands ids out in time order: no row can appear later below the new
+-- checkpoint. It commits or rolls back with the validation, so it never covers a row that does
+-- not stay. A full replay rewrites the checkpoint even when no row
 -- was added, so an audit also repairs one.
 create or replace function _leg_replay_checkpointed(replayed_position uuid, replayed_leg text, full boolean)
   returns position_checkpoints
@@ -69,7 +70,7 @@ begin
   end if;
   state := _leg_replay(replayed_position, replayed_leg, since);
   if state.ledger_id > coalesce(since.ledger_id, 0) then
-    insert into position_checkpoints as c (position_id, leg, ledger_id, size, avg_price, last_entry_at)
+    insert into position_checkpoints (position_id, leg, ledger_id, size, avg_price, last_entry_at)
     values (replayed_position, replayed_leg, state.ledger_id, state.size, state.avg_price, state.last_entry_at)
     on conflict (position_id, leg) do update
       set ledger_id = excluded.ledger_id, size = excluded.size, avg_price = excluded.avg_price,
@@ -163,6 +164,8 @@ begin
         insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at, trace_id, reason)
         values (p.id, wanted, wanted_mode, 'reset', leg, expected.size, expected.avg_price, expected.reported_at, trace,
                 'validation');
+        -- so that after a validation every leg's checkpoint is at its last ledger row
+        perform _leg_replay_checkpointed(p.id, leg, false);
         n.average_entry_price_source := 'exchange';
         adopted := adopted || leg;
       end if;
