@@ -1,45 +1,91 @@
 -- Ledger replay and validation (SPEC.md R-17, ACCOUNTING.md §4).
 
--- Replays one leg: from its latest `reset` row (or flat), every later fill in ledger id order,
--- with the same _leg_fill arithmetic the fills used. Also returns the time of the last entry.
-create or replace function _leg_replay(replayed_position uuid, replayed_leg text,
-                                       out size numeric, out avg_price numeric, out last_entry_at timestamptz)
+-- Replays one leg on from `since`, the replay as it stood at since.ledger_id (a checkpoint; a row
+-- of nulls: from the start): from the latest `reset` row after it (else from its state), every
+-- later fill in ledger id order, with the same _leg_fill arithmetic the fills used. Returns the
+-- replay at the leg's last ledger row, as a checkpoint would hold it. Replaying on from a
+-- checkpoint gives what a replay from the start gives: a reset sets size and average whole, and
+-- the rest is one fold in id order.
+create or replace function _leg_replay(replayed_position uuid, replayed_leg text, since position_checkpoints)
+  returns position_checkpoints
   language plpgsql stable
   as $$
 declare
+  after_id bigint := coalesce(since.ledger_id, 0);
+  state position_checkpoints;
   base record;
+  newest record;
   f record;
   step record;
 begin
+  state.position_id := replayed_position; state.leg := replayed_leg;
   select id, reset_size, reset_avg_price into base
     from position_fills
-   where position_id = replayed_position and leg = replayed_leg and kind = 'reset' order by id desc limit 1;
-  size := coalesce(base.reset_size, 0);
-  avg_price := base.reset_avg_price;
+   where position_id = replayed_position and leg = replayed_leg and kind = 'reset' and id > after_id
+   order by id desc limit 1;
+  if found then
+    state.size := base.reset_size; state.avg_price := base.reset_avg_price;
+  else
+    state.size := coalesce(since.size, 0); state.avg_price := since.avg_price;
+  end if;
   -- The latest entry that speaks about the size: every fill (also those before an average-only
   -- reset) and every reset except one that only adopted the exchange's average.
-  select max(executed_at) into last_entry_at
+  select max(id) as last_id,
+         max(executed_at) filter (where kind = 'fill' or reason is distinct from 'avg_price_from_report') as last_at
+    into newest
     from position_fills
-   where position_id = replayed_position and leg = replayed_leg
-     and (kind = 'fill' or reason is distinct from 'avg_price_from_report');
+   where position_id = replayed_position and leg = replayed_leg and id > after_id;
+  state.ledger_id := coalesce(newest.last_id, after_id);
+  state.last_entry_at := greatest(since.last_entry_at, newest.last_at);
   for f in
     select side, quantity, price, fee from position_fills
-     where position_id = replayed_position and leg = replayed_leg and kind = 'fill' and id > coalesce(base.id, 0)
+     where position_id = replayed_position and leg = replayed_leg and kind = 'fill'
+       and id > coalesce(base.id, after_id)
      order by id
   loop
-    step := _leg_fill(replayed_leg, size, avg_price, case f.side when 'Buy' then 1 else -1 end, f.quantity, f.price, f.fee);
-    size := step.new_size; avg_price := step.new_avg;
+    step := _leg_fill(replayed_leg, state.size, state.avg_price, case f.side when 'Buy' then 1 else -1 end,
+                      f.quantity, f.price, f.fee);
+    state.size := step.new_size; state.avg_price := step.new_avg;
   end loop;
+  return state;
+end $$;
+
+-- A leg's replay, on from its checkpoint (or, `full`, from the start: an audit that trusts no
+-- checkpoint), which it then moves to the leg's last ledger row. The caller holds the position's
+-- row lock, which every writer of its ledger holds from taking an id until commit, and the id
+-- sequence (cache 1) hands ids out in time order: no row can appear later below the new
+-- checkpoint. It commits or rolls back with the validation, so it never covers a row that does
+-- not stay. A full replay rewrites the checkpoint even when no row
+-- was added, so an audit also repairs one.
+create or replace function _leg_replay_checkpointed(replayed_position uuid, replayed_leg text, full boolean)
+  returns position_checkpoints
+  language plpgsql
+  as $$
+declare
+  since position_checkpoints;
+  state position_checkpoints;
+begin
+  if not _leg_replay_checkpointed.full then
+    select * into since from position_checkpoints c where c.position_id = replayed_position and c.leg = replayed_leg;
+  end if;
+  state := _leg_replay(replayed_position, replayed_leg, since);
+  if state.ledger_id > coalesce(since.ledger_id, 0) then
+    insert into position_checkpoints (position_id, leg, ledger_id, size, avg_price, last_entry_at)
+    values (replayed_position, replayed_leg, state.ledger_id, state.size, state.avg_price, state.last_entry_at)
+    on conflict (position_id, leg) do update
+      set ledger_id = excluded.ledger_id, size = excluded.size, avg_price = excluded.avg_price,
+          last_entry_at = excluded.last_entry_at, written_at = now();
+  end if;
+  return state;
 end $$;
 
 -- What a leg should hold (R-17): its ledger's replay, or the exchange's last accepted report when
 -- that is newer than every ledger entry and disagrees with the replay.
-create or replace function _leg_expected(p positions, leg text, threshold numeric,
+create or replace function _leg_expected(p positions, leg text, threshold numeric, replayed position_checkpoints,
   out authority text, out size numeric, out avg_price numeric, out reported_at timestamptz)
   language plpgsql stable
   as $$
 declare
-  replayed record := _leg_replay(p.id, leg);
   accepted jsonb := p.exchange_state -> leg;
   reported_size numeric := (accepted ->> 'size')::numeric;
 begin
@@ -58,8 +104,12 @@ end $$;
 
 -- trace_id: the job run's or request's (SPEC §6.2), carried into the ledger, audit rows and events;
 -- client: the name of the API key that asked for it (R-33), kept in the audit row of a fix.
+-- full: replay every leg from the start of its ledger, ignoring the checkpoints (an audit; the
+-- result is the same unless a ledger row under a checkpoint was changed behind the service's back).
+-- Besides a fix, the only write is the checkpoints, which change no result.
 create or replace function validate_position(asset text, mode text default null, fix boolean default true,
-                                             trace_id text default null, client text default null)
+                                             trace_id text default null, client text default null,
+                                             full boolean default false)
   returns jsonb
   language plpgsql
   as $$
@@ -94,7 +144,8 @@ begin
   foreach leg in array _legs(wanted_mode) loop
     held_leg := _leg(p, leg);
     field_names := _leg_columns(leg);
-    expected := _leg_expected(p, leg, settings.size_validation_threshold);
+    expected := _leg_expected(p, leg, settings.size_validation_threshold,
+                              _leg_replay_checkpointed(p.id, leg, validate_position.full));
     size_off := _rel_diff(held_leg.size, expected.size) > settings.size_validation_threshold;
     avg_off := expected.size <> 0 and expected.avg_price is not null
                and (held_leg.avg_price is null
@@ -113,6 +164,8 @@ begin
         insert into position_fills (position_id, asset, mode, kind, leg, reset_size, reset_avg_price, executed_at, trace_id, reason)
         values (p.id, wanted, wanted_mode, 'reset', leg, expected.size, expected.avg_price, expected.reported_at, trace,
                 'validation');
+        -- so that after a validation every leg's checkpoint is at its last ledger row
+        perform _leg_replay_checkpointed(p.id, leg, false);
         n.average_entry_price_source := 'exchange';
         adopted := adopted || leg;
       end if;
