@@ -139,16 +139,24 @@ end $$;
 -- A report field: the first present value among its names, then the same names in the report's
 -- `raw` record (the Gateway forwards Bybit's record there, SPEC.md §4.3).
 create or replace function _report_value(item jsonb, names text[]) returns jsonb
-  language sql immutable parallel safe
+  language plpgsql immutable
   as $$
-    select v from (
-      select src.obj -> n.name as v, src.ord, n.ord as nord
-        from (values (item, 1), (case when jsonb_typeof(item -> 'raw') = 'object' then item -> 'raw' end, 2)) src(obj, ord)
-        cross join unnest(names) with ordinality n(name, ord)
-       where src.obj is not null and jsonb_typeof(src.obj -> n.name) is not null
-         and jsonb_typeof(src.obj -> n.name) <> 'null' and src.obj ->> n.name <> ''
-    ) x order by ord, nord limit 1
-  $$;
+declare
+  src jsonb;
+  name text;
+begin
+  -- PL/pgSQL, not an SQL query: a report reads a dozen fields, and an SQL function with a FROM
+  -- clause is not inlined, so it would be planned again for every field of every report
+  foreach src in array array[item, case when jsonb_typeof(item -> 'raw') = 'object' then item -> 'raw' end] loop
+    continue when src is null;
+    foreach name in array names loop
+      if jsonb_typeof(src -> name) is not null and jsonb_typeof(src -> name) <> 'null' and src ->> name <> '' then
+        return src -> name;
+      end if;
+    end loop;
+  end loop;
+  return null;
+end $$;
 
 create or replace function _report_decimal(item jsonb, names text[], max_scale integer default null) returns numeric
   language sql immutable
