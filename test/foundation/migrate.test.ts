@@ -14,6 +14,8 @@ import { MIGRATIONS_DIR, ROOT, SQL_DIR } from '../../src/paths.js';
 async function emptyWithClient(t: Parameters<typeof emptyDatabase>[0]) {
   const db = await emptyDatabase(t);
   const c = new pg.Client({ connectionString: db.url });
+  // the database is dropped with force at teardown, which may reach this client before its end()
+  c.on('error', () => undefined);
   await c.connect();
   t.teardown(() => c.end());
   return { db, c };
