@@ -6,23 +6,6 @@ create or replace function _notify_position_changes(payload json) returns void
   language sql
   as $$ select pg_notify('position_manager_changes', payload::text) $$;
 
--- The stored columns that changed (version and last_updated always do). Each image is turned
--- into jsonb once: comparing key by key against to_jsonb(before) re-built it for every column.
--- PL/pgSQL, not SQL: a query in an SQL function that cannot be inlined is planned on every call.
-create or replace function _position_changed_fields(before jsonb, after jsonb) returns text[]
-  language plpgsql immutable
-  as $$
-begin
-  return (select coalesce(array_agg(a.key order by a.key), '{}')
-            from jsonb_each(after) a
-           where a.key not in ('version', 'last_updated', 'gross_size', 'exchange_state')
-             and (before is null or before -> a.key is distinct from a.value));
-end $$;
-
-create or replace function _position_changed_fields(before positions, after positions) returns text[]
-  language sql stable
-  as $$ select _position_changed_fields(to_jsonb(before), to_jsonb(after)) $$;
-
 -- The portfolio's total exposure as this transaction sees it after the change (R-19), for
 -- position_size_norm in events. The first change of a transaction sums over positions; later
 -- ones add their own delta to the total kept in a transaction-local setting, so a batch of

@@ -81,7 +81,15 @@ begin
       last_updated = case when m.moved then now() else p.last_updated end
       from moves m
      where p.id = (m.before).id
-    returning p.id, m.moved, case when m.moved then _position_changed_fields(m.before, p) end as changed
+    -- the columns this update writes, compared here: the generic changed-fields function runs a
+    -- query of its own for every row
+    returning p.id, m.moved, case when m.moved then array_remove(array[
+      case when (m.before).current_price is distinct from p.current_price then 'current_price' end,
+      case when (m.before).current_price_at is distinct from p.current_price_at then 'current_price_at' end,
+      case when (m.before).current_price_source is distinct from p.current_price_source then 'current_price_source' end,
+      case when (m.before).long_unrealized_pnl is distinct from p.long_unrealized_pnl then 'long_unrealized_pnl' end,
+      case when (m.before).short_unrealized_pnl is distinct from p.short_unrealized_pnl then 'short_unrealized_pnl' end,
+      case when (m.before).unrealized_pnl is distinct from p.unrealized_pnl then 'unrealized_pnl' end], null) end as changed
   )
   select (select count(*) from marks), count(*), jsonb_object_agg(id, changed) filter (where moved)
     into valid, touched, bumped from marked;
