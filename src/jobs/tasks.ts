@@ -7,7 +7,13 @@ import type pg from 'pg';
 import type { Config } from '../config.js';
 import { isNotFound } from '../db/errors.js';
 import { jobRunFailed, jobRunStart, jobRunSucceeded, lastSuccessStartedAt, scheduleNextRun } from '../db/jobs.js';
-import { pruneInboxOutbox, pruneJobHistory, pruneSnapshots, refreshMaterializedViews } from '../db/maintenance.js';
+import {
+  ensureHistoryPartitions,
+  pruneInboxOutbox,
+  pruneJobHistory,
+  pruneSnapshots,
+  refreshMaterializedViews,
+} from '../db/maintenance.js';
 import { publishPortfolioUpdate, samplePortfolioMetrics, type LimitCheck } from '../db/portfolio.js';
 import { snapshotAllPositions, validateAllPositions, validatePosition } from '../db/positions.js';
 import type { Queryable } from '../db/query.js';
@@ -61,6 +67,7 @@ export function periodicTasks(config: Config): Periodic[] {
     { task: 'validate_all_positions', intervalSeconds: config.validationIntervalSeconds },
     { task: 'sample_portfolio_metrics', intervalSeconds: config.metricsHistoryIntervalSeconds },
     { task: 'refresh_materialized_views', intervalSeconds: config.matviewRefreshIntervalSeconds },
+    { task: 'ensure_history_partitions', intervalSeconds: 86_400 },
     { task: 'prune_snapshots', intervalSeconds: 86_400 },
     { task: 'prune_inbox_outbox', intervalSeconds: 3_600 },
     { task: 'prune_job_history', intervalSeconds: 86_400 },
@@ -111,7 +118,8 @@ export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Che
     publish_portfolio_update: async (_p, trace, db) => limitLog(await publishPortfolioUpdate(db, trace), trace),
     sample_portfolio_metrics: async (_p, trace, db) => limitLog(await samplePortfolioMetrics(db, trace), trace),
     refresh_materialized_views: (_p, _t, db) => refreshMaterializedViews(db),
-    prune_snapshots: async (_p, _t, db) => ({ deleted: await pruneSnapshots(db, config.snapshotRetentionDays) }),
+    ensure_history_partitions: (_p, _t, db) => ensureHistoryPartitions(db),
+    prune_snapshots: (_p, _t, db) => pruneSnapshots(db, config.snapshotRetentionDays),
     prune_inbox_outbox: (_p, _t, db) => pruneInboxOutbox(db, config.inboxRetentionDays, config.outboxRetentionHours),
     prune_job_history: async (_p, _t, db) => ({ deleted: await pruneJobHistory(db, config.jobHistoryRetentionDays) }),
     refresh_mark_prices: markPriceRefresher(config, checks.prices, log),

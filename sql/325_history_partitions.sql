@@ -1,0 +1,95 @@
+-- The time partitions of the history tables (issue 21, migration 17): a partition per UTC day of
+-- position_snapshots (R-27 retention drops whole days, sql/320) and per UTC month of
+-- position_events (kept forever, R-28: months keep the partitions few).
+
+-- The partitioned history tables and the span of one partition; a table not (yet) partitioned is
+-- left out.
+create or replace function _history_tables() returns table (parent regclass, unit text)
+  language sql stable
+  as $$
+    select c.oid::regclass, t.unit
+      from (values ('position_snapshots', 'day'), ('position_events', 'month')) t(name, unit)
+      join pg_class c on c.oid = to_regclass(t.name) and c.relkind = 'p'
+  $$;
+
+-- The partitions of a table with their bounds, read back from the catalog (the text holds the
+-- offset, so it reads back in any time zone); the DEFAULT partition has null bounds.
+create or replace function _history_partitions(parent regclass)
+  returns table (part regclass, lower_at timestamptz, upper_at timestamptz)
+  language sql stable
+  as $$
+    select c.oid::regclass,
+           case b[1] when 'MINVALUE' then '-infinity' else btrim(b[1], '''')::timestamptz end,
+           case b[2] when 'MAXVALUE' then 'infinity' else btrim(b[2], '''')::timestamptz end
+      from pg_inherits i
+      join pg_class c on c.oid = i.inhrelid
+      cross join lateral regexp_match(pg_get_expr(c.relpartbound, c.oid), '^FOR VALUES FROM \((.+)\) TO \((.+)\)$') b
+     where i.inhparent = parent
+  $$;
+
+-- One partition [from_at, to_at) of parent, `<parent>_pYYYYMMDD`. Made apart and then attached:
+-- CREATE TABLE ... PARTITION OF would lock the whole table against every reader and writer,
+-- ATTACH only against other schema changes (and the DEFAULT partition, which it checks). Rows the
+-- DEFAULT partition holds in the range move into the new one first.
+create or replace function _attach_history_partition(parent regclass, from_at timestamptz, to_at timestamptz)
+  returns text
+  language plpgsql
+  set timezone to 'UTC'
+  as $$
+declare
+  new_name text := format('%s_p%s', (select c.relname from pg_class c where c.oid = parent), to_char(from_at, 'YYYYMMDD'));
+  key_column text := (select a.attname from pg_partitioned_table pt
+                        join pg_attribute a on a.attrelid = pt.partrelid and a.attnum = pt.partattrs[0]
+                       where pt.partrelid = parent);
+  catch_all regclass := (select p.part from _history_partitions(parent) p where p.lower_at is null);
+begin
+  execute format('create table %I (like %s including defaults including constraints including storage)', new_name, parent);
+  if catch_all is not null then
+    execute format('with moved as (delete from %s where %I >= $1 and %I < $2 returning *) insert into %I select * from moved',
+                   catch_all, key_column, key_column, new_name)
+      using from_at, to_at;
+  end if;
+  execute format('alter table %s attach partition %I for values from (%L) to (%L)', parent, new_name, from_at, to_at);
+  return new_name;
+end $$;
+
+-- The partitions from the newest one's end until `days_ahead` days from now, so that an insert
+-- finds its partition (the DEFAULT one is the safety net, not the plan). Idempotent; called by
+-- the sql/ step (below) and daily by the ensure_history_partitions job. Returns the partitions
+-- made, and the tables whose lock it could not have within 100 ms (`busy`), left to the next
+-- run, as there are two weeks of partitions ahead: a waiting ATTACH queues everyone after it, the
+-- readers of the DEFAULT partition and, for position_events, whose foreign key makes it lock
+-- `positions` against writes, every fill.
+create or replace function ensure_history_partitions(days_ahead integer default 14) returns jsonb
+  language plpgsql
+  set timezone to 'UTC'
+  set lock_timeout from current
+  as $$
+declare
+  t record;
+  next_at timestamptz;
+  step interval;
+  created text[] := '{}';
+  busy text[] := '{}';
+begin
+  perform pg_advisory_xact_lock(hashtextextended('history partitions', 0));
+  perform set_config('lock_timeout', '100ms', true);
+  for t in select * from _history_tables() loop
+    step := ('1 ' || t.unit)::interval;
+    select max(p.upper_at) into next_at from _history_partitions(t.parent) p where p.upper_at < 'infinity';
+    next_at := coalesce(next_at, date_trunc(t.unit, now()));
+    while next_at < now() + make_interval(days => days_ahead) loop
+      begin
+        created := created || _attach_history_partition(t.parent, next_at, next_at + step);
+      exception when lock_not_available then
+        busy := busy || t.parent::text;
+        exit;
+      end;
+      next_at := next_at + step;
+    end loop;
+  end loop;
+  return jsonb_build_object('created', to_jsonb(created), 'busy', to_jsonb(busy));
+end $$;
+
+-- Migration 17 leaves the tables with their legacy and DEFAULT partitions only.
+select ensure_history_partitions();
