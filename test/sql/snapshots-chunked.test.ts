@@ -57,12 +57,12 @@ t.test('chunks: one snapshot_timestamp and one total exposure, each chunk commit
   await writer.query('begin');
   await fill(writer, 'ZZZUSDT', 'Buy', '4', '100');
   const pid = (await one(runner, 'select pg_backend_pid() as pid')).pid;
+  const writerPid = (await one(writer, 'select pg_backend_pid() as pid')).pid;
   const running = run(runner, "trace_id => 'run-chunks', chunk_size => 2");
-  await waitFor(
-    async () =>
-      (await one(db, 'select wait_event_type from pg_stat_activity where pid = $1', [pid]))?.wait_event_type === 'Lock',
-    { what: 'the run waiting for the uncommitted fill' },
-  );
+  await waitFor(async () => (await one(db, 'select pg_blocking_pids($1) as b', [pid])).b.includes(writerPid), {
+    what: 'the run waiting for the uncommitted fill',
+    timeoutMs: 30_000,
+  });
   t.equal(
     Number((await one(db, "select count(*) as n from position_snapshots where trace_id = 'run-chunks'")).n),
     5,
