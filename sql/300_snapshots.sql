@@ -1,8 +1,11 @@
 -- Snapshots (SPEC.md R-26, §3.5): the row, its JSON, the event, and last_snapshot_at — in one
--- transaction. snapshot_all_positions() is one set-based statement chain, not a loop.
+-- transaction per chunk of positions; a run's chunks share one snapshot_timestamp and one total
+-- exposure.
 
+-- Stable, as ts_out and jsonb_build_object are: so PostgreSQL inlines it (over a stable body, an
+-- immutable function is called, not inlined, at twice the cost per row of a snapshot run).
 create or replace function snapshot_json(s position_snapshots) returns jsonb
-  language sql immutable
+  language sql stable
   as $$
     select jsonb_build_object(
       'id', s.id, 'position_id', s.position_id, 'asset', s.asset, 'mode', s.mode,
@@ -15,9 +18,10 @@ create or replace function snapshot_json(s position_snapshots) returns jsonb
       'created_at', ts_out(s.created_at), 'trigger', s.trigger, 'trace_id', s.trace_id)
   $$;
 
--- The event's flat fields are copies of the Snapshot object's, so it takes that JSON.
+-- The event's flat fields are copies of the Snapshot object's, so it takes that JSON. Stable, as
+-- jsonb_build_object is, so that it is inlined.
 create or replace function _snapshot_event_payload(j jsonb) returns jsonb
-  language sql immutable
+  language sql stable
   as $$
     select jsonb_build_object(
       'snapshot_id', j -> 'id', 'position_id', j -> 'position_id', 'asset', j -> 'asset', 'mode', j -> 'mode',
@@ -28,58 +32,84 @@ create or replace function _snapshot_event_payload(j jsonb) returns jsonb
       'snapshot_timestamp', j -> 'snapshot_timestamp', 'snapshot', j)
   $$;
 
--- Snapshots of the given positions with one consistent total exposure, last_snapshot_at and the
--- events; returns the rows.
-create or replace function _take_snapshots(ids uuid[], trigger text, trace_id text)
+-- The snapshots of the given rows, each locked by the caller and read after its lock was granted
+-- (so it is the version the lock holds), with the total exposure and snapshot_timestamp of the
+-- run; the events and last_snapshot_at too. Returns the rows in (asset, mode) order. Set-based:
+-- each Position object is built once, then one insert, one call of the outbox writer, one update.
+create or replace function _snapshot_write(shots positions[], total_exposure numeric, snapshot_at timestamptz,
+                                           trigger text, trace_id text)
   returns setof position_snapshots
   language plpgsql
   as $$
 declare
-  shot position_snapshots;
-  payloads jsonb[] := '{}';
+  written position_snapshots[];
 begin
   -- setting last_snapshot_at below is this service's write (R-32)
   perform own_positions_write(true);
-  for shot in
-    -- materialized: referenced once, the CTE would otherwise be inlined and the full scan of
-    -- positions run again for every snapshot row (quadratic at scale).
-    with total as materialized (select _portfolio_total_exposure() as exposure),
-    -- the rows are locked in (asset, mode) order, as every other multi-row writer locks them
-    -- (the consumer's sorted batches, validate_all_positions): no deadlock between them
-    locked as materialized (
-      select p.id from positions p join unnest(ids) u(id) on u.id = p.id order by p.asset, p.mode for update of p
-    ),
-    shots as (
-      insert into position_snapshots (position_id, asset, mode, size, long_size, short_size, average_entry_price,
-        current_price, unrealized_pnl, realized_pnl, total_fees, unrealized_pnl_pct, time_held_minutes,
-        position_size_norm, snapshot_data, snapshot_timestamp, created_at, trigger, trace_id)
-      select p.id, p.asset, p.mode, p.size, p.long_size, p.short_size, p.average_entry_price, p.current_price,
-             p.unrealized_pnl, p.realized_pnl, p.total_fees, _position_unrealized_pnl_pct(p),
-             _position_time_held_minutes(p, now()), _position_size_norm(p, total.exposure),
-             position_json(p, total.exposure, now()), now(), now(), _take_snapshots.trigger, _take_snapshots.trace_id
-        from positions p join locked u on u.id = p.id, total -- a join: `= any(ids)` is quadratic
-       order by p.asset, p.mode
-      returning *
-    ),
-    -- Only a row still at the snapshotted version: a change that committed after this
-    -- statement's snapshot is re-checked here against its new version and left unmarked, so
-    -- the next run captures it (a close, R-26).
-    marked as (
-      update positions p set last_snapshot_at = now() from shots s
-       where p.id = s.position_id and p.version = (s.snapshot_data ->> 'version')::bigint
-    )
-    select * from shots s order by s.asset, s.mode
-  loop
-    payloads := payloads || _snapshot_event_payload(snapshot_json(shot));
-    -- in parts, so that a run over every position never holds all its events in one array
-    if cardinality(payloads) >= 1000 then
-      perform _enqueue_events('position_snapshot_created', trace_id, payloads);
-      payloads := '{}';
-    end if;
-    return next shot;
-  end loop;
-  perform _enqueue_events('position_snapshot_created', trace_id, payloads);
+  with shot as (
+    insert into position_snapshots as s (position_id, asset, mode, size, long_size, short_size, average_entry_price,
+      current_price, unrealized_pnl, realized_pnl, total_fees, unrealized_pnl_pct, time_held_minutes,
+      position_size_norm, snapshot_data, snapshot_timestamp, created_at, trigger, trace_id)
+    select p.id, p.asset, p.mode, p.size, p.long_size, p.short_size, p.average_entry_price, p.current_price,
+           p.unrealized_pnl, p.realized_pnl, p.total_fees, _position_unrealized_pnl_pct(p),
+           _position_time_held_minutes(p, snapshot_at), _position_size_norm(p, _snapshot_write.total_exposure),
+           position_json(p, _snapshot_write.total_exposure, snapshot_at), snapshot_at, now(),
+           _snapshot_write.trigger, _snapshot_write.trace_id
+      from unnest(shots) p
+    returning s),
+  -- Only a row still at the snapshotted version: the caller's lock makes that every row; kept as
+  -- the guard that a version moved past its snapshot is left for the next run (a close, R-26).
+  marked as (
+    update positions p set last_snapshot_at = snapshot_at
+      from unnest(shots) s where p.id = s.id and p.version = s.version)
+  select coalesce(array_agg(shot.s order by (shot.s).asset, (shot.s).mode), '{}') into written from shot;
+  -- offset 0: the payload function names its argument often, so it is inlined only over a column
+  perform _enqueue_events('position_snapshot_created', _snapshot_write.trace_id,
+                          array(select _snapshot_event_payload(x.j)
+                                  from (select snapshot_json(w) as j from unnest(written) w offset 0) x));
   perform own_positions_write(false);
+  return query select * from unnest(written);
+end $$;
+
+-- One chunk of a run (R-26): the due positions after (after_asset, after_mode), at most
+-- chunk_size, locked in (asset, mode) order as every other multi-row writer locks them (the
+-- consumer's sorted batches, validate_all_positions: no deadlock between them). A position
+-- already marked with the run's snapshot_timestamp is done: a second session sharing the run
+-- skips it, and rows the other session holds are skipped too when skip_locked (its first pass);
+-- the second pass waits for every lock, so a position a writer held during the first is not left
+-- out. The lock is taken before the row is read, so the snapshot is of the version it holds.
+create or replace function _snapshot_chunk(snapshot_at timestamptz, total_exposure numeric, trigger text,
+                                           trace_id text, after_asset text, after_mode text, chunk_size integer,
+                                           skip_locked boolean, out taken integer, out last_asset text,
+                                           out last_mode text)
+  language plpgsql
+  as $$
+declare
+  picked positions[];
+begin
+  -- dynamic only for the lock clause; planned once per chunk
+  execute format($sql$
+    select coalesce(array_agg(c.p order by (c.p).asset, (c.p).mode), '{}') from (
+      select p from positions p
+       where (p.asset, p.mode) > ($1, $2) and p.last_snapshot_at is distinct from $3
+         and (p.gross_size > 0 or p.last_updated > coalesce(p.last_snapshot_at, '-infinity')
+              -- last_updated is its transaction's start, which can precede a snapshot run that
+              -- committed before the change did: the version tells a closed row changed since
+              -- its latest snapshot for sure (no snapshot left, or one without a version, written
+              -- by another service, says nothing: last_snapshot_at decides then)
+              or p.version > coalesce((select (s.snapshot_data ->> 'version')::bigint
+                                         from position_snapshots s where s.position_id = p.id
+                                        order by s.snapshot_timestamp desc, s.id desc limit 1), p.version))
+       order by p.asset, p.mode limit $4
+       for update of p %s) c$sql$, case when skip_locked then 'skip locked' end)
+    into picked using after_asset, after_mode, snapshot_at, chunk_size;
+  taken := cardinality(picked);
+  if taken = 0 then return; end if;
+  last_asset := picked[taken].asset;
+  last_mode := picked[taken].mode;
+  perform count(*) from _snapshot_write(picked, total_exposure, snapshot_at, trigger, trace_id);
+  -- last_snapshot_at changed: cached responses that embed positions are dropped (R-21)
+  perform _notify_position_changes(json_build_object('snapshot', true));
 end $$;
 
 -- Returns the row (DESIGN.md's SQL contract); snapshot_json(row) is the REST API's Snapshot.
@@ -89,38 +119,75 @@ create or replace function create_position_snapshot(asset text, mode text defaul
   language plpgsql
   as $$
 declare
+  target positions := _require_position(asset, mode);
   shot position_snapshots;
 begin
-  select * into shot
-    from _take_snapshots(array[(_require_position(asset, mode)).id], trigger, coalesce(trace_id, gen_random_uuid()::text));
-  -- last_snapshot_at changed: cached responses that embed positions are dropped (R-21)
+  select p.* into target from positions p where p.id = target.id for update;
+  select * into shot from _snapshot_write(array[target], _portfolio_total_exposure(), now(), trigger,
+                                          coalesce(trace_id, gen_random_uuid()::text));
   perform _notify_position_changes(json_build_object('asset', shot.asset, 'mode', shot.mode, 'snapshot', true));
   return shot;
 end $$;
 
--- Every open position and every position changed since its last snapshot (so closes are captured).
+-- A run of R-26: every open position and every position changed since its last snapshot (so
+-- closes are captured), chunk by chunk, all with the total exposure and snapshot_timestamp taken
+-- at the start. commit_chunks: each chunk its own transaction, so position locks are held for one
+-- chunk (`call` outside an explicit transaction, as the job does); without it the whole run is
+-- the caller's transaction. A second worker shares a run by passing its snapshot_at and
+-- total_exposure (result of the first) with the same trace_id: each position is snapshotted once
+-- by one of them. result: snapshots (this call's), chunks, snapshot_timestamp, total_exposure.
+create or replace procedure snapshot_all_positions_chunked(trace_id text default null, chunk_size integer default 500,
+                                                           snapshot_at timestamptz default null,
+                                                           total_exposure numeric default null,
+                                                           commit_chunks boolean default true,
+                                                           inout result jsonb default null)
+  language plpgsql
+  as $$
+declare
+  run_at timestamptz := coalesce(snapshot_at, now());
+  total numeric := coalesce(total_exposure, _portfolio_total_exposure());
+  trace text := coalesce(trace_id, gen_random_uuid()::text);
+  skip_locked boolean;
+  -- assets are never empty, so ('', '') sorts before every position
+  after_asset text;
+  after_mode text;
+  got record;
+  taken integer := 0;
+  chunks integer := 0;
+begin
+  if chunk_size is null or chunk_size < 1 then
+    raise exception 'chunk_size must be at least 1' using errcode = '22023';
+  end if;
+  foreach skip_locked in array array[true, false] loop
+    after_asset := '';
+    after_mode := '';
+    loop
+      select * into got
+        from _snapshot_chunk(run_at, total, 'scheduled', trace, after_asset, after_mode, chunk_size, skip_locked);
+      exit when got.taken = 0;
+      taken := taken + got.taken;
+      chunks := chunks + 1;
+      if commit_chunks then commit; end if;
+      exit when got.taken < chunk_size;
+      after_asset := got.last_asset;
+      after_mode := got.last_mode;
+    end loop;
+  end loop;
+  -- exact, so that a second worker can pass them back: microseconds, every digit
+  result := jsonb_build_object('snapshots', taken, 'chunks', chunks, 'snapshot_timestamp', run_at,
+                               'total_exposure', total::text);
+end $$;
+
+-- The run in the caller's transaction (psql, tests): one call, one number.
 create or replace function snapshot_all_positions(trace_id text default null) returns integer
   language plpgsql
   as $$
 declare
-  taken integer;
+  result jsonb;
 begin
-  select count(*) into taken
-    from _take_snapshots(array(select p.id from positions p
-                               where p.gross_size > 0 or p.last_updated > coalesce(p.last_snapshot_at, '-infinity')
-                                  -- last_updated is its transaction's start, which can precede a
-                                  -- snapshot run that committed before the change did: the version
-                                  -- tells a closed row changed since its latest snapshot for sure
-                                  -- (no snapshot left, or one without a version, written by another
-                                  -- service, says nothing: last_snapshot_at decides then)
-                                  or p.version > coalesce((select (s.snapshot_data ->> 'version')::bigint
-                                                             from position_snapshots s where s.position_id = p.id
-                                                            order by s.snapshot_timestamp desc, s.id desc limit 1), p.version)),
-                        'scheduled', coalesce(trace_id, gen_random_uuid()::text));
-  if taken > 0 then
-    perform _notify_position_changes(json_build_object('snapshot', true));
-  end if;
-  return taken;
+  call snapshot_all_positions_chunked(trace_id => snapshot_all_positions.trace_id, commit_chunks => false,
+                                      result => result);
+  return (result ->> 'snapshots')::integer;
 end $$;
 
 create or replace function list_position_snapshots(asset text, mode text default null,

@@ -96,9 +96,17 @@ export function listSnapshots(
   return queryValue(db, 'select list_position_snapshots($1, $2, $3, $4)', [asset, mode, limit, offset]);
 }
 
-/** The number of snapshots taken. */
-export function snapshotAllPositions(db: Queryable, traceId: string): Promise<number> {
-  return queryValue(db, 'select snapshot_all_positions($1)', [traceId]);
+/** What a snapshot run did (sql/300 snapshot_all_positions_chunked); the exact figures a second worker would pass. */
+export interface SnapshotRun {
+  snapshots: number;
+  chunks: number;
+  snapshot_timestamp: string;
+  total_exposure: string;
+}
+
+/** Snapshots every due position; a procedure committing chunk by chunk, so row locks stay brief. */
+export function snapshotAllPositions(db: Queryable, traceId: string): Promise<SnapshotRun> {
+  return queryValue(db, 'call snapshot_all_positions_chunked(trace_id => $1, result => null)', [traceId]);
 }
 
 export function anyOpenPosition(db: Queryable): Promise<boolean> {

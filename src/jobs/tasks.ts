@@ -82,7 +82,7 @@ export function periodicTasks(config: Config): Periodic[] {
 
 export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Checks): TaskList {
   const work: Record<string, Work> = {
-    snapshot_all_positions: async (_p, trace, db) => ({ snapshots: await snapshotAllPositions(db, trace) }),
+    snapshot_all_positions: (_p, trace, db) => snapshotAllPositions(db, trace),
     validate_all_positions: async (_p, trace, db) => {
       const since = await lastSuccessStartedAt(db, 'validate_all_positions');
       const r = await validateAllPositions(db, since, trace);
