@@ -161,8 +161,9 @@ t.test('migration 17 partitions a database filled under the previous schema, row
   );
   t.same(await migrate(db.url), { migrationsApplied: [], definitionsApplied: false }, 'a second migrate is a no-op');
   const layout = await partitions(c, 'position_events');
-  await c.query('delete from pgmigrations where name = $1', [MIGRATION]);
-  t.same((await migrate(db.url)).migrationsApplied, [MIGRATION], 'run again by hand');
+  // as migrate.test.ts does: this migration and every later one (each is safe to run again)
+  await c.query('delete from pgmigrations where name >= $1', [MIGRATION]);
+  t.same((await migrate(db.url)).migrationsApplied.slice(0, 1), [MIGRATION], 'run again by hand');
   t.same(await partitions(c, 'position_events'), layout, 'it leaves partitioned tables alone');
 });
 
