@@ -193,9 +193,12 @@ create or replace function _schedule_validation(asset text, mode text) returns v
       job_key => 'validate:' || asset || ':' || mode, job_key_mode => 'preserve_run_at', max_attempts => 5);
   $$;
 
--- The rows of a batch's (asset, mode) pairs, locked: existing rows in (asset, mode) order by one
--- statement, then the keys of rows not created yet (as _position_lock does). `slots` maps
--- 'asset mode' to the row's index in `held`; a key without a row holds a row of nulls there.
+-- The rows of a batch's (asset, mode) pairs, locked in (asset, mode) order as every writer of
+-- several rows locks them. When every row exists (the usual batch) one statement locks them all;
+-- otherwise each key is locked in turn as _position_lock does (a row, or the key of a row not
+-- created yet): locking the existing ones first and the others after would take them out of
+-- order and deadlock with a batch that sees them all. `slots` maps 'asset mode' to the row's
+-- index in `held`; a key without a row holds a row of nulls there.
 create or replace function _batch_lock(assets text[], modes text[], out slots jsonb, out held positions[])
   language plpgsql
   as $$
@@ -204,18 +207,26 @@ declare
   k record;
   i integer := 0;
   names text[] := '{}';
+  keys integer;
+  existing integer;
 begin
   held := '{}';
-  for p in
-    select r.* from (select distinct a, m from unnest(assets, modes) u(a, m)) wanted
-      join positions r on r.asset = wanted.a and r.mode = wanted.m
-     order by r.asset, r.mode for update of r
-  loop
-    i := i + 1; held[i] := p; names[i] := p.asset || ' ' || p.mode;
-  end loop;
-  for k in select distinct a, m from unnest(assets, modes) u(a, m) where not (a || ' ' || m) = any(names) order by a, m loop
-    i := i + 1; held[i] := _position_lock(k.a, k.m); names[i] := k.a || ' ' || k.m;
-  end loop;
+  select count(*), count(r.id) into keys, existing
+    from (select distinct a, m from unnest(assets, modes) u(a, m)) wanted
+    left join positions r on r.asset = wanted.a and r.mode = wanted.m;
+  if existing = keys then
+    for p in
+      select r.* from (select distinct a, m from unnest(assets, modes) u(a, m)) wanted
+        join positions r on r.asset = wanted.a and r.mode = wanted.m
+       order by r.asset, r.mode for update of r
+    loop
+      i := i + 1; held[i] := p; names[i] := p.asset || ' ' || p.mode;
+    end loop;
+  else
+    for k in select distinct a, m from unnest(assets, modes) u(a, m) order by a, m loop
+      i := i + 1; held[i] := _position_lock(k.a, k.m); names[i] := k.a || ' ' || k.m;
+    end loop;
+  end if;
   slots := (select coalesce(jsonb_object_agg(u.name, u.i), '{}') from unnest(names) with ordinality u(name, i));
 end $$;
 
