@@ -201,7 +201,15 @@ t.test('a failing task is recorded in job_runs with its error and retried', asyn
     [1, 2],
     'retried by graphile-worker',
   );
-  const q = (await db.query("select state, last_error from job_queue_view where task = 'validate_position'")).rows;
+  // job_runs is written by the task before graphile-worker unlocks the job, so the view may
+  // still say 'running' for a moment after the second attempt's row is finished
+  const q = await waitFor(
+    async () => {
+      const r = (await db.query("select state, last_error from job_queue_view where task = 'validate_position'")).rows;
+      return r.length === 1 && r[0].state !== 'running' && r;
+    },
+    { what: 'the job unlocked after its last attempt', timeoutMs: 20_000 },
+  );
   t.match(q, [{ state: 'failed', last_error: /asset/ }], 'job_queue_view shows the failed job');
 });
 
