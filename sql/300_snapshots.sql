@@ -60,7 +60,7 @@ begin
   -- Only a row still at the snapshotted version: the caller's lock makes that every row; kept as
   -- the guard that a version moved past its snapshot is left for the next run (a close, R-26).
   marked as (
-    update positions p set last_snapshot_at = snapshot_at
+    update positions p set last_snapshot_at = snapshot_at, last_snapshot_version = s.version
       from unnest(shots) s where p.id = s.id and p.version = s.version)
   select coalesce(array_agg(shot.s order by (shot.s).asset, (shot.s).mode), '{}') into written from shot;
   -- offset 0: the payload function names its argument often, so it is inlined only over a column
@@ -95,11 +95,9 @@ begin
          and (p.gross_size > 0 or p.last_updated > coalesce(p.last_snapshot_at, '-infinity')
               -- last_updated is its transaction's start, which can precede a snapshot run that
               -- committed before the change did: the version tells a closed row changed since
-              -- its latest snapshot for sure (no snapshot left, or one without a version, written
-              -- by another service, says nothing: last_snapshot_at decides then)
-              or p.version > coalesce((select (s.snapshot_data ->> 'version')::bigint
-                                         from position_snapshots s where s.position_id = p.id
-                                        order by s.snapshot_timestamp desc, s.id desc limit 1), p.version))
+              -- its last snapshot for sure (none kept, as before migration 20 found no snapshot
+              -- of the row with a version: last_snapshot_at decides then)
+              or p.version > coalesce(p.last_snapshot_version, p.version))
        order by p.asset, p.mode limit $4
        for update of p %s) c$sql$, case when skip_locked then 'skip locked' end)
     into picked using after_asset, after_mode, snapshot_at, chunk_size;
