@@ -183,6 +183,27 @@ begin
                                'total_exposure', total::text);
 end $$;
 
+-- The snapshot_timestamp and total exposure of the scheduled job's run (R-26): an earlier
+-- attempt's when graphile-worker retries a failed job (under the same job id), so that the retry
+-- resumes that run: the positions its committed chunks snapshotted carry the run's timestamp in
+-- last_snapshot_at and are skipped. Otherwise new ones. Kept as the result of the attempt's
+-- job_runs row (trace_id: the attempt's), which a failure leaves in place for the next attempt.
+create or replace function snapshot_run_of_job(job_id bigint, trace_id text) returns jsonb
+  language plpgsql
+  as $$
+declare
+  run jsonb;
+begin
+  select r.result into run from job_runs r
+   where r.task = 'snapshot_all_positions' and r.job_id = snapshot_run_of_job.job_id and r.result ? 'snapshot_timestamp'
+   order by r.id desc limit 1;
+  run := coalesce(run, jsonb_build_object('snapshot_timestamp', now(), 'total_exposure', _portfolio_total_exposure()::text));
+  update job_runs r set result = run
+   where r.task = 'snapshot_all_positions' and r.job_id = snapshot_run_of_job.job_id
+     and r.trace_id = snapshot_run_of_job.trace_id;
+  return run;
+end $$;
+
 -- The run in the caller's transaction (psql, tests): one call, one number.
 create or replace function snapshot_all_positions(trace_id text default null) returns integer
   language plpgsql

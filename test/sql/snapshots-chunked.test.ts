@@ -6,6 +6,7 @@ import t from 'tap';
 import pg from 'pg';
 import { Decimal } from 'decimal.js';
 import { migrate } from '../../src/db/migrate.js';
+import { snapshotAllPositions } from '../../src/db/positions.js';
 import { freshDatabase, type TestDb, writePositionsDirectly } from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -368,4 +369,60 @@ t.test('migration 20 takes each row’s last snapshotted version from its snapsh
     28,
     'the 27 open ones and the closed one changed since; the other closed ones not again',
   );
+});
+
+t.test('a retry of the failed snapshot job resumes its run: each position once, one event each', async (t) => {
+  const db = await freshDatabase(t);
+  await positions(db, 1200);
+  // the scheduled job's attempts, as the worker records them (graphile-worker retries under the job's id)
+  const attempt = (n: number) =>
+    db.query("select job_run_start('snapshot_all_positions', 4242, 'snapshot_all_positions', '{}', $1, $2)", [
+      n,
+      `attempt-${n}`,
+    ]);
+  // the first attempt fails in its second chunk of 500, after the first was committed
+  const doomed = (await one(db, 'select asset from positions order by asset, mode offset 700 limit 1')).asset;
+  await db.query(`create function snapshot_test_boom() returns trigger language plpgsql as $$
+    begin raise exception 'boom'; end $$`);
+  await db.query(`create trigger boom before update of last_snapshot_at on positions for each row
+    when (new.asset = '${doomed}') execute function snapshot_test_boom()`);
+  await attempt(1);
+  await t.rejects(snapshotAllPositions(db, 'attempt-1', '4242'), /boom/);
+  await db.query("select job_run_finish(id, 'failure', 'boom') from job_runs where trace_id = 'attempt-1'");
+  t.equal(
+    (await one(db, 'select count(*)::int as n from position_snapshots')).n,
+    500,
+    'the failed attempt committed its first chunk',
+  );
+  await db.query('drop trigger boom on positions');
+
+  await attempt(2);
+  const first = (await one(db, "select result from job_runs where trace_id = 'attempt-1'")).result;
+  const retry = await snapshotAllPositions(db, 'attempt-2', '4242');
+  t.match(
+    retry,
+    { snapshots: 700, snapshot_timestamp: first.snapshot_timestamp, total_exposure: first.total_exposure },
+    'the retry: the run of the failed attempt, the positions it did not reach',
+  );
+  const counts = await one(
+    db,
+    `select count(*)::int as shots, count(distinct position_id)::int as positions,
+            count(distinct snapshot_timestamp)::int as ts from position_snapshots`,
+  );
+  t.same(counts, { shots: 1200, positions: 1200, ts: 1 }, 'each position once, with one snapshot_timestamp');
+  t.same(
+    await one(
+      db,
+      `select count(*)::int as n, count(distinct payload ->> 'position_id')::int as positions from outbox
+        where event_type = 'position_snapshot_created'`,
+    ),
+    { n: 1200, positions: 1200 },
+    'one event per position',
+  );
+
+  // the next job of the chain is a run of its own
+  await db.query("select job_run_start('snapshot_all_positions', 4243, 'snapshot_all_positions', '{}', 1, 'next')");
+  const next = await snapshotAllPositions(db, 'next', '4243');
+  t.equal(next.snapshots, 1080, 'the open positions again');
+  t.not(next.snapshot_timestamp, first.snapshot_timestamp, 'at a timestamp of its own');
 });
