@@ -238,24 +238,6 @@ begin
       'limit', "limit", 'offset', "offset"));
 end $$;
 
-create or replace function prune_snapshots(retention_days integer, batch_size integer default 10000) returns integer
-  language plpgsql
-  as $$
-declare
-  deleted integer := 0;
-  in_batch integer;
-begin
-  if retention_days <= 0 then return 0; end if;
-  loop
-    delete from position_snapshots where id in (
-      select id from position_snapshots where created_at < now() - make_interval(days => retention_days) limit batch_size);
-    get diagnostics in_batch = row_count;
-    deleted := deleted + in_batch;
-    exit when in_batch < batch_size;
-  end loop;
-  return deleted;
-end $$;
-
 create view position_snapshots_view as
   select id, position_id, asset, mode, size, long_size, short_size, average_entry_price, current_price,
          unrealized_pnl, realized_pnl, total_fees, unrealized_pnl_pct, time_held_minutes, position_size_norm,
