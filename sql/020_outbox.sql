@@ -10,16 +10,18 @@
 -- event's queue name (§6). The order key is computed here, once, so that the relay never reads
 -- into a pending payload.
 create or replace function _outbox_insert(event_types text[], trace_ids text[], payloads jsonb[]) returns void
-  language sql
+  language plpgsql
   as $$
-    with event as (
-      insert into outbox_events (event_id, routing_key, event_type, payload, trace_id)
-      select (p.body ->> 'event_id')::uuid, 'position-manager.' || p.type, p.type, p.body, p.trace
-        from unnest(event_types, trace_ids, payloads) with ordinality p(type, trace, body, i)
-       order by p.i
-      returning id, coalesce(payload ->> 'position_id', routing_key) as order_key)
-    insert into outbox_pending (id, order_key) select event.id, event.order_key from event
-  $$;
+begin
+  -- PL/pgSQL, not SQL: its plan is kept for the session, where an SQL function's is made per call
+  with event as (
+    insert into outbox_events (event_id, routing_key, event_type, payload, trace_id)
+    select (p.body ->> 'event_id')::uuid, 'position-manager.' || p.type, p.type, p.body, p.trace
+      from unnest(event_types, trace_ids, payloads) with ordinality p(type, trace, body, i)
+     order by p.i
+    returning id, coalesce(payload ->> 'position_id', routing_key) as order_key)
+  insert into outbox_pending (id, order_key) select event.id, event.order_key from event;
+end $$;
 
 -- Element i of the arrays is one event: its type, its trace id, its payload, which gets the
 -- envelope every event carries.
