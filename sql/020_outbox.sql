@@ -1,15 +1,35 @@
--- The outbox (SPEC.md R-29, §6.2): the one function that writes events, the statement trigger
+-- The outbox (SPEC.md R-29, §6.2): the functions that write events, the statement trigger
 -- that wakes the relay, and `outbox` as SPEC.md §3 names it. It needs nothing but the formats, so
 -- every operation below can use it. Events are immutable rows of outbox_events; delivery is
 -- recorded beside them (migration 14): a row of outbox_pending until the broker confirmed the
 -- event, then a row of outbox_sent.
 
--- Element i of the arrays is one event: its type, its trace id, its payload. Outbox ids follow the
--- array order; each payload gets the envelope every event carries (event_id, event_type,
--- trace_id, timestamp), and the routing key is the event's queue name (§6).
+-- Events whose payloads carry their envelope already (event_id, event_type, trace_id,
+-- timestamp): a writer of many large payloads builds each in one go, since adding keys to a
+-- built jsonb rewrites all of it. Outbox ids follow the array order; the routing key is the
+-- event's queue name (§6). The order key is computed here, once, so that the relay never reads
+-- into a pending payload.
+create or replace function _outbox_insert(event_types text[], trace_ids text[], payloads jsonb[]) returns void
+  language plpgsql
+  as $$
+begin
+  -- PL/pgSQL, not SQL: its plan is kept for the session, where an SQL function's is made per call
+  with event as (
+    insert into outbox_events (event_id, routing_key, event_type, payload, trace_id)
+    select (p.body ->> 'event_id')::uuid, 'position-manager.' || p.type, p.type, p.body, p.trace
+      from unnest(event_types, trace_ids, payloads) with ordinality p(type, trace, body, i)
+     order by p.i
+    returning id, coalesce(payload ->> 'position_id', routing_key) as order_key)
+  insert into outbox_pending (id, order_key) select event.id, event.order_key from event;
+end $$;
+
+-- Element i of the arrays is one event: its type, its trace id, its payload, which gets the
+-- envelope every event carries.
 create or replace function _enqueue_events(event_types text[], trace_ids text[], payloads jsonb[]) returns void
   language plpgsql
   as $$
+declare
+  stamp text := ts_out(now());
 begin
   -- no statement without rows: its trigger would wake the relay for nothing
   if coalesce(cardinality(payloads), 0) = 0 then return; end if;
@@ -18,19 +38,11 @@ begin
     raise exception '_enqueue_events: % event types and % trace ids for % payloads',
       coalesce(cardinality(event_types), 0), coalesce(cardinality(trace_ids), 0), cardinality(payloads);
   end if;
-  -- The order key is computed here, once, so that the relay never reads into a pending payload.
-  with event as (
-    insert into outbox_events (event_id, routing_key, event_type, payload, trace_id)
-    select e.id, 'position-manager.' || e.type, e.type,
-           jsonb_build_object('event_id', e.id, 'event_type', e.type, 'trace_id', e.trace,
-                              'timestamp', ts_out(now())) || e.body,
-           e.trace
-      -- offset 0: one event_id per row, however often the outer query names it
-      from (select gen_random_uuid() as id, p.type, p.trace, p.body
-              from unnest(event_types, trace_ids, payloads) with ordinality p(type, trace, body, i)
-             order by p.i offset 0) e
-    returning id, coalesce(payload ->> 'position_id', routing_key) as order_key)
-  insert into outbox_pending (id, order_key) select event.id, event.order_key from event;
+  perform _outbox_insert(event_types, trace_ids,
+    array(select jsonb_build_object('event_id', gen_random_uuid(), 'event_type', p.type, 'trace_id', p.trace,
+                                    'timestamp', stamp) || p.body
+            from unnest(event_types, trace_ids, payloads) with ordinality p(type, trace, body, i)
+           order by p.i));
 end $$;
 
 -- Events of one type and one trace, in the given order.

@@ -18,12 +18,14 @@ create or replace function snapshot_json(s position_snapshots) returns jsonb
       'created_at', ts_out(s.created_at), 'trigger', s.trigger, 'trace_id', s.trace_id)
   $$;
 
--- The event's flat fields are copies of the Snapshot object's, so it takes that JSON. Stable, as
--- jsonb_build_object is, so that it is inlined.
-create or replace function _snapshot_event_payload(j jsonb) returns jsonb
+-- The event of a snapshot (SPEC.md §6.2) with its envelope, built in one go: its flat fields are
+-- copies of the Snapshot object's, so it takes that JSON. Stable, as jsonb_build_object is, so
+-- that it is inlined (over columns only: it names its arguments often).
+create or replace function _snapshot_event_payload(j jsonb, event_id uuid, trace_id text, stamp text) returns jsonb
   language sql stable
   as $$
     select jsonb_build_object(
+      'event_id', event_id, 'event_type', 'position_snapshot_created', 'trace_id', trace_id, 'timestamp', stamp,
       'snapshot_id', j -> 'id', 'position_id', j -> 'position_id', 'asset', j -> 'asset', 'mode', j -> 'mode',
       'size', j -> 'size', 'long_size', j -> 'long_size', 'short_size', j -> 'short_size',
       'average_entry_price', j -> 'average_entry_price', 'unrealized_pnl', j -> 'unrealized_pnl',
@@ -34,15 +36,17 @@ create or replace function _snapshot_event_payload(j jsonb) returns jsonb
 
 -- The snapshots of the given rows, each locked by the caller and read after its lock was granted
 -- (so it is the version the lock holds), with the total exposure and snapshot_timestamp of the
--- run; the events and last_snapshot_at too. Returns the rows in (asset, mode) order. Set-based:
--- each Position object is built once, then one insert, one call of the outbox writer, one update.
-create or replace function _snapshot_write(shots positions[], total_exposure numeric, snapshot_at timestamptz,
-                                           trigger text, trace_id text)
-  returns setof position_snapshots
+-- run; the events, last_snapshot_at and last_snapshot_version too. Returns the rows in (asset,
+-- mode) order. Set-based: each Position object is built once, then one insert, one update, one
+-- outbox write.
+create or replace function _snapshots_write(shots positions[], total_exposure numeric, snapshot_at timestamptz,
+                                            trigger text, trace_id text)
+  returns position_snapshots[]
   language plpgsql
   as $$
 declare
   written position_snapshots[];
+  stamp text := ts_out(now());
 begin
   -- setting last_snapshot_at below is this service's write (R-32)
   perform own_positions_write(true);
@@ -52,23 +56,26 @@ begin
       position_size_norm, snapshot_data, snapshot_timestamp, created_at, trigger, trace_id)
     select p.id, p.asset, p.mode, p.size, p.long_size, p.short_size, p.average_entry_price, p.current_price,
            p.unrealized_pnl, p.realized_pnl, p.total_fees, _position_unrealized_pnl_pct(p),
-           _position_time_held_minutes(p, snapshot_at), _position_size_norm(p, _snapshot_write.total_exposure),
-           position_json(p, _snapshot_write.total_exposure, snapshot_at), snapshot_at, now(),
-           _snapshot_write.trigger, _snapshot_write.trace_id
+           _position_time_held_minutes(p, snapshot_at), _position_size_norm(p, _snapshots_write.total_exposure),
+           position_json(p, _snapshots_write.total_exposure, snapshot_at), snapshot_at, now(),
+           _snapshots_write.trigger, _snapshots_write.trace_id
       from unnest(shots) p
     returning s),
   -- Only a row still at the snapshotted version: the caller's lock makes that every row; kept as
   -- the guard that a version moved past its snapshot is left for the next run (a close, R-26).
   marked as (
-    update positions p set last_snapshot_at = snapshot_at
+    update positions p set last_snapshot_at = snapshot_at, last_snapshot_version = s.version
       from unnest(shots) s where p.id = s.id and p.version = s.version)
   select coalesce(array_agg(shot.s order by (shot.s).asset, (shot.s).mode), '{}') into written from shot;
-  -- offset 0: the payload function names its argument often, so it is inlined only over a column
-  perform _enqueue_events('position_snapshot_created', _snapshot_write.trace_id,
-                          array(select _snapshot_event_payload(x.j)
-                                  from (select snapshot_json(w) as j from unnest(written) w offset 0) x));
   perform own_positions_write(false);
-  return query select * from unnest(written);
+  if cardinality(written) = 0 then return written; end if;
+  -- offset 0: the payload function names its arguments often, so it is inlined only over columns
+  perform _outbox_insert(array_fill('position_snapshot_created'::text, array[cardinality(written)]),
+                         array_fill(_snapshots_write.trace_id, array[cardinality(written)]),
+                         array(select _snapshot_event_payload(x.j, x.event_id, _snapshots_write.trace_id, stamp)
+                                 from (select snapshot_json(w) as j, gen_random_uuid() as event_id
+                                         from unnest(written) w offset 0) x));
+  return written;
 end $$;
 
 -- One chunk of a run (R-26): the due positions after (after_asset, after_mode), at most
@@ -95,11 +102,9 @@ begin
          and (p.gross_size > 0 or p.last_updated > coalesce(p.last_snapshot_at, '-infinity')
               -- last_updated is its transaction's start, which can precede a snapshot run that
               -- committed before the change did: the version tells a closed row changed since
-              -- its latest snapshot for sure (no snapshot left, or one without a version, written
-              -- by another service, says nothing: last_snapshot_at decides then)
-              or p.version > coalesce((select (s.snapshot_data ->> 'version')::bigint
-                                         from position_snapshots s where s.position_id = p.id
-                                        order by s.snapshot_timestamp desc, s.id desc limit 1), p.version))
+              -- its last snapshot for sure (none kept, as before migration 20 found no snapshot
+              -- of the row with a version: last_snapshot_at decides then)
+              or p.version > coalesce(p.last_snapshot_version, p.version))
        order by p.asset, p.mode limit $4
        for update of p %s) c$sql$, case when skip_locked then 'skip locked' end)
     into picked using after_asset, after_mode, snapshot_at, chunk_size;
@@ -107,7 +112,7 @@ begin
   if taken = 0 then return; end if;
   last_asset := picked[taken].asset;
   last_mode := picked[taken].mode;
-  perform count(*) from _snapshot_write(picked, total_exposure, snapshot_at, trigger, trace_id);
+  perform _snapshots_write(picked, total_exposure, snapshot_at, trigger, trace_id);
   -- last_snapshot_at changed: cached responses that embed positions are dropped (R-21)
   perform _notify_position_changes(json_build_object('snapshot', true));
 end $$;
@@ -123,8 +128,8 @@ declare
   shot position_snapshots;
 begin
   select p.* into target from positions p where p.id = target.id for update;
-  select * into shot from _snapshot_write(array[target], _portfolio_total_exposure(), now(), trigger,
-                                          coalesce(trace_id, gen_random_uuid()::text));
+  shot := (_snapshots_write(array[target], _portfolio_total_exposure(), now(), trigger,
+                            coalesce(trace_id, gen_random_uuid()::text)))[1];
   perform _notify_position_changes(json_build_object('asset', shot.asset, 'mode', shot.mode, 'snapshot', true));
   return shot;
 end $$;
@@ -178,6 +183,27 @@ begin
                                'total_exposure', total::text);
 end $$;
 
+-- The snapshot_timestamp and total exposure of the scheduled job's run (R-26): an earlier
+-- attempt's when graphile-worker retries a failed job (under the same job id), so that the retry
+-- resumes that run: the positions its committed chunks snapshotted carry the run's timestamp in
+-- last_snapshot_at and are skipped. Otherwise new ones. Kept as the result of the attempt's
+-- job_runs row (trace_id: the attempt's), which a failure leaves in place for the next attempt.
+create or replace function snapshot_run_of_job(job_id bigint, trace_id text) returns jsonb
+  language plpgsql
+  as $$
+declare
+  run jsonb;
+begin
+  select r.result into run from job_runs r
+   where r.task = 'snapshot_all_positions' and r.job_id = snapshot_run_of_job.job_id and r.result ? 'snapshot_timestamp'
+   order by r.id desc limit 1;
+  run := coalesce(run, jsonb_build_object('snapshot_timestamp', now(), 'total_exposure', _portfolio_total_exposure()::text));
+  update job_runs r set result = run
+   where r.task = 'snapshot_all_positions' and r.job_id = snapshot_run_of_job.job_id
+     and r.trace_id = snapshot_run_of_job.trace_id;
+  return run;
+end $$;
+
 -- The run in the caller's transaction (psql, tests): one call, one number.
 create or replace function snapshot_all_positions(trace_id text default null) returns integer
   language plpgsql
@@ -210,24 +236,6 @@ begin
       'count', (select count(*) from page)::integer,
       'total', (select count(*) from position_snapshots s where s.position_id = pid)::integer,
       'limit', "limit", 'offset', "offset"));
-end $$;
-
-create or replace function prune_snapshots(retention_days integer, batch_size integer default 10000) returns integer
-  language plpgsql
-  as $$
-declare
-  deleted integer := 0;
-  in_batch integer;
-begin
-  if retention_days <= 0 then return 0; end if;
-  loop
-    delete from position_snapshots where id in (
-      select id from position_snapshots where created_at < now() - make_interval(days => retention_days) limit batch_size);
-    get diagnostics in_batch = row_count;
-    deleted := deleted + in_batch;
-    exit when in_batch < batch_size;
-  end loop;
-  return deleted;
 end $$;
 
 create view position_snapshots_view as

@@ -15,7 +15,8 @@ create or replace function job_run_finish(run_id bigint, outcome text, error tex
   language sql
   as $$
     update job_runs set finished_at = clock_timestamp(), outcome = job_run_finish.outcome,
-           error = left(job_run_finish.error, 4000), result = job_run_finish.result,
+           -- a failure keeps what the run noted at its start (snapshot_run_of_job)
+           error = left(job_run_finish.error, 4000), result = coalesce(job_run_finish.result, job_runs.result),
            duration_ms = round(extract(epoch from clock_timestamp() - started_at) * 1000)::integer
      where id = run_id
   $$;

@@ -104,9 +104,22 @@ export interface SnapshotRun {
   total_exposure: string;
 }
 
-/** Snapshots every due position; a procedure committing chunk by chunk, so row locks stay brief. */
-export function snapshotAllPositions(db: Queryable, traceId: string): Promise<SnapshotRun> {
-  return queryValue(db, 'call snapshot_all_positions_chunked(trace_id => $1, result => null)', [traceId]);
+/**
+ * Snapshots every due position (R-26); a procedure committing chunk by chunk, so row locks stay
+ * brief. A retry of the job (same jobId) resumes the run its failed attempt began: the same
+ * snapshot_timestamp and total exposure, the positions already snapshotted skipped.
+ */
+export async function snapshotAllPositions(db: Queryable, traceId: string, jobId: string): Promise<SnapshotRun> {
+  const run = await queryValue<Pick<SnapshotRun, 'snapshot_timestamp' | 'total_exposure'>>(
+    db,
+    'select snapshot_run_of_job($1, $2)',
+    [jobId, traceId],
+  );
+  return queryValue(
+    db,
+    'call snapshot_all_positions_chunked(trace_id => $1, snapshot_at => $2, total_exposure => $3, result => null)',
+    [traceId, run.snapshot_timestamp, run.total_exposure],
+  );
 }
 
 export function anyOpenPosition(db: Queryable): Promise<boolean> {

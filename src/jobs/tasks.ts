@@ -24,7 +24,7 @@ import type { Checks } from '../runtime.js';
 import { markPriceRefresher } from './mark-prices.js';
 import { exchangeReconciler } from './reconcile.js';
 
-type Work = (payload: Record<string, unknown>, traceId: string, db: Queryable) => Promise<unknown>;
+type Work = (payload: Record<string, unknown>, traceId: string, db: Queryable, jobId: string) => Promise<unknown>;
 
 function recorded(name: string, pool: pg.Pool, log: Logger, work: Work, next?: () => Promise<void>): Task {
   return async (payload: unknown, helpers: JobHelpers) => {
@@ -41,7 +41,7 @@ function recorded(name: string, pool: pg.Pool, log: Logger, work: Work, next?: (
     });
     const jlog = log.child({ trace_id: traceId, task: name, job_id: job.id, attempt: job.attempts });
     try {
-      const result = await withRunConnection(pool, helpers.abortSignal, (db) => work(p, traceId, db));
+      const result = await withRunConnection(pool, helpers.abortSignal, (db) => work(p, traceId, db, job.id));
       await jobRunSucceeded(pool, runId, result);
       metrics.jobRuns.inc({ task: name, outcome: 'success' });
       jlog.info({ result }, 'job done');
@@ -82,7 +82,7 @@ export function periodicTasks(config: Config): Periodic[] {
 
 export function taskList(pool: pg.Pool, config: Config, log: Logger, checks: Checks): TaskList {
   const work: Record<string, Work> = {
-    snapshot_all_positions: (_p, trace, db) => snapshotAllPositions(db, trace),
+    snapshot_all_positions: (_p, trace, db, jobId) => snapshotAllPositions(db, trace, jobId),
     validate_all_positions: async (_p, trace, db) => {
       const since = await lastSuccessStartedAt(db, 'validate_all_positions');
       const r = await validateAllPositions(db, since, trace);

@@ -133,8 +133,10 @@ t.test('R-26: a close whose transaction began before a snapshot run but wrote af
   t.equal(p.older, true, 'the close carries a last_updated older than last_snapshot_at');
   t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 1, 'the next run still snapshots the close');
   t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 0, 'then nothing more');
-  await db.query("update position_snapshots set created_at = now() - interval '100 days'");
-  await db.query('select prune_snapshots(90)');
+  await db.query(
+    "update position_snapshots set created_at = now() - interval '100 days', snapshot_timestamp = now() - interval '100 days'",
+  );
+  t.match((await one(db, 'select prune_snapshot_partitions(90) as r')).r, { deleted: 2 }, 'its snapshots pruned');
   t.equal(
     (await one(db, 'select snapshot_all_positions() as n')).n,
     0,

@@ -412,7 +412,7 @@ t.test('R-22: the window is measured between the stamps the events carry (now(),
   t.match(r, { outcome: 'deferred' }, 'an event stamped now() would be inside the window');
 });
 
-t.test('snapshots (R-26, R-27)', async (t) => {
+t.test('snapshots (R-26; R-27 in partitioned-history.test.ts)', async (t) => {
   const db = await freshDatabase(t);
   await fill(db, 'BTCUSDT', 'Buy', '1.0', '50000');
   await mark(db, 'BTCUSDT', 'Buy', '1.0', { unrealisedPnl: '150.00' });
@@ -482,11 +482,6 @@ t.test('snapshots (R-26, R-27)', async (t) => {
     code: '22023',
     column: 'limit',
   });
-
-  await db.query("update position_snapshots set created_at = now() - interval '91 days' where trigger = 'manual'");
-  t.equal((await one(db, 'select prune_snapshots(90, 1) as n')).n, 1, 'only the old one, in batches');
-  t.equal((await one(db, 'select prune_snapshots(0) as n')).n, 0, '0 keeps them forever');
-  t.equal(Number((await one(db, 'select count(*) as n from position_snapshots')).n), 3);
 });
 
 t.test('create_position_snapshot returns the position_snapshots row (DESIGN.md)', async (t) => {

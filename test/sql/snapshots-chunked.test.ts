@@ -5,6 +5,8 @@
 import t from 'tap';
 import pg from 'pg';
 import { Decimal } from 'decimal.js';
+import { migrate } from '../../src/db/migrate.js';
+import { snapshotAllPositions } from '../../src/db/positions.js';
 import { freshDatabase, type TestDb, writePositionsDirectly } from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -284,4 +286,143 @@ t.test('position_snapshot_created carries what SPEC §6.2 says', async (t) => {
     new Decimal(btc.position_size_norm).plus(eth.position_size_norm).minus(1).abs().lte('0.00000001'),
     'position_size_norm over the one total exposure (1 to the last place emitted)',
   );
+});
+
+t.test('closed positions already snapshotted are not due again; a closed one that changed is', async (t) => {
+  const db = await freshDatabase(t);
+  await positions(db, 200);
+  // the runs a day apart, so that their snapshots lie in day partitions of their own; ahead of
+  // now, so that only the version tells the change below (its last_updated precedes them all)
+  const runAt = (days: number) =>
+    run(db, `trace_id => 'closed-${days}', snapshot_at => now() + make_interval(days => ${days})`);
+  t.match(await runAt(1), { snapshots: 200 }, 'the first run: every position, the 20 closed ones too');
+  t.match(await runAt(2), { snapshots: 180 }, 'the second: the open ones only');
+  t.match(await runAt(3), { snapshots: 180 }, 'the third: the open ones only');
+  t.equal(
+    (await one(db, "select count(*)::int as n from position_snapshots where asset = 'S10USDT'")).n,
+    1,
+    'a closed position: its one snapshot',
+  );
+  t.equal(
+    (
+      await one(
+        db,
+        `select count(*)::int as n from positions
+          where gross_size = 0 and last_snapshot_version is distinct from version`,
+      )
+    ).n,
+    0,
+    'each closed row keeps the version it was snapshotted at',
+  );
+
+  // reopened and closed again: a change since its last snapshot, though closed at both
+  await fill(db, 'S10USDT', 'Buy', '1', '100');
+  await fill(db, 'S10USDT', 'Sell', '1', '101');
+  const c = await connect(t, db);
+  await c.query('begin');
+  t.equal((await one(c, 'select snapshot_all_positions() as n')).n, 181, 'the open ones and the changed closed one');
+  // the decision is the row's: the run reads no snapshot (every day partition it probed per
+  // closed row cost seconds at 10,000 of them)
+  t.equal(
+    (
+      await one(
+        c,
+        `select coalesce(sum(pg_stat_get_xact_numscans(i.inhrelid)), 0)::int as n
+           from pg_inherits i where i.inhparent = 'position_snapshots'::regclass`,
+      )
+    ).n,
+    0,
+    'no scan of position_snapshots',
+  );
+  await c.query('commit');
+  const last = await one(
+    db,
+    `select s.size::text, (s.snapshot_data ->> 'version')::bigint as version, p.version as row_version
+       from position_snapshots s join positions p on p.id = s.position_id
+      where s.asset = 'S10USDT' order by s.created_at desc limit 1`,
+  );
+  t.same(last, { size: '0', version: '3', row_version: '3' }, 'snapshotted at the version of its second close');
+  t.equal((await one(db, 'select snapshot_all_positions() as n')).n, 180, 'and then not again');
+});
+
+t.test('migration 20 takes each row’s last snapshotted version from its snapshots, and runs again', async (t) => {
+  const db = await freshDatabase(t);
+  await positions(db, 30);
+  await run(db, "trace_id => 'before', snapshot_at => now() + interval '1 day'");
+  // closed at both ends, changed in between: due by its version alone
+  await fill(db, 'S10USDT', 'Buy', '1', '100');
+  await fill(db, 'S10USDT', 'Sell', '1', '101');
+  // as a database before migration 20 holds them
+  await writePositionsDirectly(db, 'update positions set last_snapshot_version = null');
+  await db.query("delete from pgmigrations where name >= '1000000000020'");
+  t.same((await migrate(db.url)).migrationsApplied.slice(0, 1), ['1000000000020_last-snapshot-version']);
+  const rows = await one(
+    db,
+    `select count(*) filter (where last_snapshot_version = 1)::int as at_1,
+            count(*) filter (where last_snapshot_version is null)::int as none,
+            (select version from positions where asset = 'S10USDT') as s10
+       from positions`,
+  );
+  t.same(rows, { at_1: 30, none: 0, s10: '3' }, 'the version of each row’s latest snapshot');
+  t.equal(
+    (await one(db, 'select snapshot_all_positions() as n')).n,
+    28,
+    'the 27 open ones and the closed one changed since; the other closed ones not again',
+  );
+});
+
+t.test('a retry of the failed snapshot job resumes its run: each position once, one event each', async (t) => {
+  const db = await freshDatabase(t);
+  await positions(db, 1200);
+  // the scheduled job's attempts, as the worker records them (graphile-worker retries under the job's id)
+  const attempt = (n: number) =>
+    db.query("select job_run_start('snapshot_all_positions', 4242, 'snapshot_all_positions', '{}', $1, $2)", [
+      n,
+      `attempt-${n}`,
+    ]);
+  // the first attempt fails in its second chunk of 500, after the first was committed
+  const doomed = (await one(db, 'select asset from positions order by asset, mode offset 700 limit 1')).asset;
+  await db.query(`create function snapshot_test_boom() returns trigger language plpgsql as $$
+    begin raise exception 'boom'; end $$`);
+  await db.query(`create trigger boom before update of last_snapshot_at on positions for each row
+    when (new.asset = '${doomed}') execute function snapshot_test_boom()`);
+  await attempt(1);
+  await t.rejects(snapshotAllPositions(db, 'attempt-1', '4242'), /boom/);
+  await db.query("select job_run_finish(id, 'failure', 'boom') from job_runs where trace_id = 'attempt-1'");
+  t.equal(
+    (await one(db, 'select count(*)::int as n from position_snapshots')).n,
+    500,
+    'the failed attempt committed its first chunk',
+  );
+  await db.query('drop trigger boom on positions');
+
+  await attempt(2);
+  const first = (await one(db, "select result from job_runs where trace_id = 'attempt-1'")).result;
+  const retry = await snapshotAllPositions(db, 'attempt-2', '4242');
+  t.match(
+    retry,
+    { snapshots: 700, snapshot_timestamp: first.snapshot_timestamp, total_exposure: first.total_exposure },
+    'the retry: the run of the failed attempt, the positions it did not reach',
+  );
+  const counts = await one(
+    db,
+    `select count(*)::int as shots, count(distinct position_id)::int as positions,
+            count(distinct snapshot_timestamp)::int as ts from position_snapshots`,
+  );
+  t.same(counts, { shots: 1200, positions: 1200, ts: 1 }, 'each position once, with one snapshot_timestamp');
+  t.same(
+    await one(
+      db,
+      `select count(*)::int as n, count(distinct payload ->> 'position_id')::int as positions from outbox
+        where event_type = 'position_snapshot_created'`,
+    ),
+    { n: 1200, positions: 1200 },
+    'one event per position',
+  );
+
+  // the next job of the chain is a run of its own
+  await db.query("select job_run_start('snapshot_all_positions', 4243, 'snapshot_all_positions', '{}', 1, 'next')");
+  const next = await snapshotAllPositions(db, 'next', '4243');
+  t.equal(next.snapshots, 1080, 'the open positions again');
+  t.not(next.snapshot_timestamp, first.snapshot_timestamp, 'at a timestamp of its own');
 });
