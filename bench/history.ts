@@ -115,7 +115,13 @@ async function populate(db: BenchDb): Promise<void> {
        from positions p cross join generate_series(1, 2) k`,
   );
   await db.pool.query('select apply_order_fill($1::jsonb)', [
-    JSON.stringify({ execution_id: 'deep-0', asset: DEEP, side: 'Buy', execution_quantity: '1', execution_price: '100' }),
+    JSON.stringify({
+      execution_id: 'deep-0',
+      asset: DEEP,
+      side: 'Buy',
+      execution_quantity: '1',
+      execution_price: '100',
+    }),
   ]);
   // real audit rows to copy: fills on a few positions (created, fill, closed, reopened kinds)
   for (let i = 0; i < 8; i++) {
@@ -142,7 +148,12 @@ async function populate(db: BenchDb): Promise<void> {
  * Narrows the empty legacy partition of `parent` to end at `from_at` and attaches a partition per
  * `unit` from there to the first partition ensure_history_partitions made.
  */
-async function partitionsFrom(c: pg.PoolClient, parent: string, unit: 'day' | 'month', fromAt: string): Promise<number> {
+async function partitionsFrom(
+  c: pg.PoolClient,
+  parent: string,
+  unit: 'day' | 'month',
+  fromAt: string,
+): Promise<number> {
   const parts = (
     await c.query<{ part: string; lower_at: string | null; upper_at: string | null }>(
       `select part::text, lower_at::text, upper_at::text from _history_partitions($1) order by lower_at nulls first`,
@@ -181,9 +192,12 @@ async function seedDeep(db: BenchDb): Promise<Record<string, number>> {
     await q("set timezone = 'UTC'");
     await q(`create temporary table pos as select row_number() over (order by asset) - 1 as k, id, asset, mode, size, average_entry_price
                from positions where asset <> '${DEEP}'`);
-    await q('create temporary table tpl_events as select row_number() over (order by id) - 1 as k, * from position_events');
+    await q(
+      'create temporary table tpl_events as select row_number() over (order by id) - 1 as k, * from position_events',
+    );
     await q('create temporary table tpl_snap as select * from position_snapshots');
-    const count = async (tbl: string) => Number((await q(`select count(*) as n from ${tbl}`)).rows[0].n);
+    const count = async (tbl: string) =>
+      Number((await c.query<{ n: string }>(`select count(*) as n from ${tbl}`)).rows[0]!.n);
     const nPos = await count('pos');
     const nEvents = await count('tpl_events');
     const nSnap = await count('tpl_snap');
@@ -208,10 +222,12 @@ async function seedDeep(db: BenchDb): Promise<Record<string, number>> {
     // ledger: per position (DEEPUSDT aside) the same number of pairs, executed over the past year
     const pairs = Math.max(1, Math.round(LEDGER_ROWS / 2 / nPos));
     const chunk = Math.max(1, Math.ceil(nPos / 10));
-    seconds.ledger = await timedStep(`position_fills: ${int(2 * pairs * nPos)} rows (${pairs} pairs per position)`, async () => {
-      for (let from = 0; from < nPos; from += chunk) {
-        await q(
-          `insert into position_fills (position_id, asset, mode, kind, leg, side, quantity, price, fee, execution_id, executed_at, applied_at)
+    seconds.ledger = await timedStep(
+      `position_fills: ${int(2 * pairs * nPos)} rows (${pairs} pairs per position)`,
+      async () => {
+        for (let from = 0; from < nPos; from += chunk) {
+          await q(
+            `insert into position_fills (position_id, asset, mode, kind, leg, side, quantity, price, fee, execution_id, executed_at, applied_at)
            select p.id, p.asset, p.mode, 'fill', 'net',
                   case when (p.size > 0) = (j % 2 = 1) then 'Buy' else 'Sell' end,
                   case when p.size <> 0 then abs(p.size) / 2 else 0.01 end, p.average_entry_price, 0,
@@ -221,10 +237,11 @@ async function seedDeep(db: BenchDb): Promise<Record<string, number>> {
             cross join lateral (select now() - interval '365 days' + (j + 1) * (interval '365 days' / (2 * $1::int + 2)) as at) t
             where p.k >= $2 and p.k < $3
             order by p.k, j`,
-          [pairs, from, from + chunk],
-        );
-      }
-    });
+            [pairs, from, from + chunk],
+          );
+        }
+      },
+    );
     seconds.deepLedger = await timedStep(`position_fills: ${int(DEEP_ROWS)} rows on ${DEEP}`, () =>
       q(
         `insert into position_fills (position_id, asset, mode, kind, leg, side, quantity, price, fee, executed_at, applied_at)
@@ -237,11 +254,13 @@ async function seedDeep(db: BenchDb): Promise<Record<string, number>> {
 
     // audit rows: copies of the real ones, round-robin over the positions, evenly over the months
     // until an hour ago; a month's worth of rows per statement
-    seconds.events = await timedStep(`position_events: ${int(EVENT_ROWS)} rows over ${EVENT_MONTHS} months`, async () => {
-      const perStatement = Math.ceil(EVENT_ROWS / EVENT_MONTHS);
-      for (let lo = 0; lo < EVENT_ROWS; lo += perStatement) {
-        await q(
-          `insert into position_events (position_id, asset, mode, at, source, kind, before, after, changed_fields, message_key, trace_id, details)
+    seconds.events = await timedStep(
+      `position_events: ${int(EVENT_ROWS)} rows over ${EVENT_MONTHS} months`,
+      async () => {
+        const perStatement = Math.ceil(EVENT_ROWS / EVENT_MONTHS);
+        for (let lo = 0; lo < EVENT_ROWS; lo += perStatement) {
+          await q(
+            `insert into position_events (position_id, asset, mode, at, source, kind, before, after, changed_fields, message_key, trace_id, details)
            select p.id, p.asset, p.mode, t.at, e.source, e.kind,
                   case when e.before is not null then e.before || jsonb_build_object('id', p.id, 'asset', p.asset, 'version', g) end,
                   case when e.after is not null then e.after || jsonb_build_object('id', p.id, 'asset', p.asset,
@@ -252,17 +271,28 @@ async function seedDeep(db: BenchDb): Promise<Record<string, number>> {
              join pos p on p.k = g % $6
              join tpl_events e on e.k = g % $7
             order by g`,
-          [lo, Math.min(EVENT_ROWS, lo + perStatement), span.event_start, span.event_seconds, EVENT_ROWS, nPos, nEvents],
-        );
-      }
-    });
+            [
+              lo,
+              Math.min(EVENT_ROWS, lo + perStatement),
+              span.event_start,
+              span.event_seconds,
+              EVENT_ROWS,
+              nPos,
+              nEvents,
+            ],
+          );
+        }
+      },
+    );
 
     // snapshots: each snapshotted position every 5 minutes until now, copies of its real snapshot
     // with the price moved; a day of slots per statement
-    seconds.snapshots = await timedStep(`position_snapshots: ${int(slots * nSnap)} rows, ${nSnap} positions every 5 minutes`, async () => {
-      for (let s0 = 1; s0 <= slots; s0 += 288) {
-        await q(
-          `insert into position_snapshots (position_id, asset, mode, size, long_size, short_size, average_entry_price, current_price,
+    seconds.snapshots = await timedStep(
+      `position_snapshots: ${int(slots * nSnap)} rows, ${nSnap} positions every 5 minutes`,
+      async () => {
+        for (let s0 = 1; s0 <= slots; s0 += 288) {
+          await q(
+            `insert into position_snapshots (position_id, asset, mode, size, long_size, short_size, average_entry_price, current_price,
                                            unrealized_pnl, realized_pnl, total_fees, unrealized_pnl_pct, time_held_minutes,
                                            position_size_norm, snapshot_data, snapshot_timestamp, created_at, trigger, trace_id)
            select s.position_id, s.asset, s.mode, s.size, s.long_size, s.short_size, s.average_entry_price, v.price,
@@ -277,10 +307,11 @@ async function seedDeep(db: BenchDb): Promise<Record<string, number>> {
                      round(s.current_price * (1 + ((slot * 7 + abs(hashtext(s.asset))) % 200 - 100) / 10000.0), 4) as price) p0
             cross join lateral (select p0.at, p0.price, round((p0.price - coalesce(s.average_entry_price, p0.price)) * s.size, 8) as upnl) v
             order by v.at, s.asset`,
-          [span.snap_base, s0, slots],
-        );
-      }
-    });
+            [span.snap_base, s0, slots],
+          );
+        }
+      },
+    );
   } finally {
     c.release();
   }
@@ -372,7 +403,9 @@ function historyPanels(): Panel[] {
       }
     }
   };
-  for (const f of readdirSync(dir).filter((x) => x.endsWith('.json')).sort())
+  for (const f of readdirSync(dir)
+    .filter((x) => x.endsWith('.json'))
+    .sort())
     walk(f, (JSON.parse(readFileSync(`${dir}/${f}`, 'utf8')) as { panels?: unknown[] }).panels);
   return [...out.values()];
 }
@@ -386,7 +419,7 @@ function expandMacros(sql: string, from: Date, to: Date): string {
     .replace(/\$__timeFilter\(([^)]+)\)/g, (_, c: string) => `${c.trim()} BETWEEN ${f} AND ${tt}`)
     .replace(/\$__timeGroupAlias\(([^,]+),\s*([^)]+)\)/g, (_, c: string, iv: string) => {
       const m = /^'?(\d+)([smhd])'?$/.exec(iv.trim().replace('$__interval', '1m')) ?? ['', '1', 'm'];
-      const s = Number(m[1]) * INTERVAL_SECONDS[m[2]!]!;
+      const s = Number(m[1]) * INTERVAL_SECONDS[m[2]]!;
       return `floor(extract(epoch from ${c.trim()})/${s})*${s} AS "time"`;
     })
     .replace(/\$__timeFrom\(\)/g, f)
@@ -415,7 +448,10 @@ async function partitionsRead(
     const rel = n['Relation Name'];
     if (rel && (n['Actual Loops'] ?? 0) > 0) {
       const parent = totals.find((x) => rel.startsWith(`${x.parent}_`));
-      if (parent) (read[parent.parent] ??= []).includes(rel) || read[parent.parent]!.push(rel);
+      if (parent) {
+        const seen = (read[parent.parent] ??= []);
+        if (!seen.includes(rel)) seen.push(rel);
+      }
     }
     for (const k of n.Plans ?? []) walk(k as typeof n);
   };
@@ -458,7 +494,10 @@ runBench(async (t) => {
   const dbSize = (
     await deep.pool.query<{ s: string }>('select pg_size_pretty(pg_database_size(current_database())) as s')
   ).rows[0]!.s;
-  table([['table (deep)', 'rows (estimate)', 'size with indexes'], ...sizes.map((r) => [r.rel, int(Number(r.rows)), r.size])]);
+  table([
+    ['table (deep)', 'rows (estimate)', 'size with indexes'],
+    ...sizes.map((r) => [r.rel, int(Number(r.rows)), r.size]),
+  ]);
   console.log(`deep database: ${dbSize}`);
 
   // what validation and the materialized views cost once, on each database
@@ -479,7 +518,8 @@ runBench(async (t) => {
     `select validate_position($1, 'one-way', false) as v`,
     [asset(1)],
   );
-  if (!check.rows[0]!.v.is_valid) console.log(`note: ${asset(1)} does not validate: ${JSON.stringify(check.rows[0]!.v)}`);
+  if (!check.rows[0]!.v.is_valid)
+    console.log(`note: ${asset(1)} does not validate: ${JSON.stringify(check.rows[0]!.v)}`);
 
   const panels = historyPanels();
   const series: Record<string, Record<'empty' | 'deep', { wall: number; cpu: number }[]>> = {};
@@ -512,7 +552,10 @@ runBench(async (t) => {
       const s = await measure(tm, async () => {
         for (const f of singles) await c.query('select apply_order_fill($1::jsonb)', [JSON.stringify(f)]);
       });
-      push(`apply_order_fill: ${SINGLES} single fills (ms per fill)`, k, { wall: s.wall / SINGLES, cpu: s.cpu / SINGLES });
+      push(`apply_order_fill: ${SINGLES} single fills (ms per fill)`, k, {
+        wall: s.wall / SINGLES,
+        cpu: s.cpu / SINGLES,
+      });
       // validation from the checkpoint, with one fill since
       await c.query('select apply_order_fill($1::jsonb)', [
         JSON.stringify({
@@ -578,7 +621,7 @@ runBench(async (t) => {
       ms(med('empty', name, 'cpu')),
       ms(med('deep', name, 'cpu')),
       ratio(med('deep', name, 'cpu') / med('empty', name, 'cpu')),
-      rows[name] === undefined ? '' : int(rows[name]!),
+      rows[name] === undefined ? '' : int(rows[name]),
     ]),
   ]);
   console.log();
@@ -643,7 +686,12 @@ runBench(async (t) => {
         medians: Object.fromEntries(
           Object.keys(series).map((n) => [
             n,
-            { empty: med('empty', n, 'wall'), deep: med('deep', n, 'wall'), cpuEmpty: med('empty', n, 'cpu'), cpuDeep: med('deep', n, 'cpu') },
+            {
+              empty: med('empty', n, 'wall'),
+              deep: med('deep', n, 'wall'),
+              cpuEmpty: med('empty', n, 'cpu'),
+              cpuDeep: med('deep', n, 'cpu'),
+            },
           ]),
         ),
         pruned,
