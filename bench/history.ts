@@ -31,13 +31,13 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { ingestMessages, messageMeta } from '../src/db/ingest.js';
+import { ingestMessages } from '../src/db/ingest.js';
 import { lockOrder } from '../src/messaging/consumer.js';
-import { checkBody } from '../src/messaging/schemas.js';
 import { writePositionsDirectly } from '../test/helpers/db.js';
 import { CpuProbe, processById } from './cpu.js';
 import {
   args,
+  asDeliveries,
   benchDatabase,
   int,
   loadAverage,
@@ -49,6 +49,7 @@ import {
   runBench,
   table,
   type BenchDb,
+  type Fill,
 } from './lib.js';
 
 const opt = args({
@@ -340,18 +341,8 @@ async function measure(t: Timer, fn: () => Promise<unknown>): Promise<{ wall: nu
   return { wall, cpu: probe.stop().groups[0]!.ms };
 }
 
-interface FillBody {
-  execution_id: string;
-  asset: string;
-  side: 'Buy' | 'Sell';
-  execution_quantity: string;
-  execution_price: string;
-  execution_fees: string;
-  trace_id: string;
-}
-
 /** The same fills for both databases: round r, batch b; distinct existing positions per batch. */
-function fillBatch(round: number, b: number, size: number, tag: string): FillBody[] {
+function fillBatch(round: number, b: number, size: number, tag: string): Fill[] {
   const rand = rng(1000 * round + b + 1);
   const picked = new Set<number>();
   while (picked.size < Math.min(size, POSITIONS)) picked.add(Math.floor(rand() * POSITIONS));
@@ -366,19 +357,6 @@ function fillBatch(round: number, b: number, size: number, tag: string): FillBod
       execution_price: price.toFixed(4),
       execution_fees: '0.001',
       trace_id: id,
-    };
-  });
-}
-
-function deliveries(fills: FillBody[]) {
-  return fills.map((f) => {
-    const raw = Buffer.from(JSON.stringify(f));
-    const checked = checkBody('fill', raw);
-    if (!checked.ok) throw new Error(`the consumer would reject a generated fill: ${checked.reason}`);
-    return {
-      body: raw.toString('utf8'),
-      meta: messageMeta({ source: FILLS_QUEUE, bodyKey: checked.bodyKey, traceId: checked.traceId }),
-      ...(checked.lockKey ? { lockKey: checked.lockKey } : {}),
     };
   });
 }
@@ -540,7 +518,7 @@ runBench(async (t) => {
       const c = tm.client;
       const tag = `r${r}`;
       // batched, as the consumer applies them
-      const batches = Array.from({ length: BATCHES }, (_, b) => deliveries(fillBatch(r, b, BATCH, 'b')));
+      const batches = Array.from({ length: BATCHES }, (_, b) => asDeliveries(fillBatch(r, b, BATCH, 'b'), FILLS_QUEUE));
       const b = await measure(tm, async () => {
         for (const d of batches) await ingestMessages(c, 'fill', lockOrder(d));
       });
