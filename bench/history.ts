@@ -612,6 +612,75 @@ runBench(async (t) => {
   console.log('retention rounds on deep:');
   for (const p of pruned) console.log(`  ${JSON.stringify(p)}`);
 
+  // the fills round by round (a trend would be caches warming), then where a batch's time goes:
+  // buffers found in shared_buffers or read (with the read time), and the WAL it wrote
+  console.log();
+  console.log('fills per round (ms per fill, wall / backend CPU):');
+  const fillNames = Object.keys(series).filter((n) => /^(ingest_messages|apply_order_fill)/.test(n));
+  table([
+    ['round', ...fillNames.flatMap((n) => [`empty: ${n.split(':')[0]}`, `deep: ${n.split(':')[0]}`])],
+    ...Array.from({ length: ROUNDS }, (_, r) => [
+      r + 1,
+      ...fillNames.flatMap((n) =>
+        (['empty', 'deep'] as const).map((k) => `${ms(series[n]![k][r]!.wall)} / ${ms(series[n]![k][r]!.cpu)}`),
+      ),
+    ]),
+  ]);
+  console.log();
+  console.log(`EXPLAIN (ANALYZE, BUFFERS, WAL) of 3 more batches of ${BATCH} through ingest_messages, summed:`);
+  const io: (string | number)[][] = [
+    ['database', 'ms', 'shared hit', 'shared read', 'read ms', 'dirtied', 'WAL records', 'WAL FPI', 'WAL bytes'],
+  ];
+  for (const k of ['empty', 'deep'] as const) {
+    const c = T[k].client;
+    await c.query('set track_io_timing = on');
+    const sum: Record<string, number> = {};
+    for (let b = 0; b < 3; b++) {
+      const d = lockOrder(asDeliveries(fillBatch(ROUNDS, b, BATCH, 'x'), FILLS_QUEUE));
+      const plan = (
+        await c.query<{ 'QUERY PLAN': { Plan: Record<string, number>; 'Execution Time': number }[] }>(
+          'explain (analyze, buffers, wal, format json) select ingest_messages($1, $2::jsonb[], $3::jsonb[])',
+          ['fill', d.map((x) => JSON.stringify(x.meta)), d.map((x) => x.body)],
+        )
+      ).rows[0]!['QUERY PLAN'][0]!;
+      const n = plan.Plan;
+      for (const [key, v] of Object.entries({
+        ms: plan['Execution Time'],
+        hit: n['Shared Hit Blocks'],
+        read: n['Shared Read Blocks'],
+        readMs: n['I/O Read Time'],
+        dirtied: n['Shared Dirtied Blocks'],
+        walRecords: n['WAL Records'],
+        fpi: n['WAL FPI'],
+        walBytes: n['WAL Bytes'],
+      }))
+        sum[key] = (sum[key] ?? 0) + (v ?? 0);
+    }
+    await c.query('reset track_io_timing');
+    io.push([
+      k,
+      ms(sum.ms!),
+      int(sum.hit!),
+      int(sum.read!),
+      ms(sum.readMs!),
+      int(sum.dirtied!),
+      int(sum.walRecords!),
+      int(sum.fpi!),
+      int(sum.walBytes!),
+    ]);
+  }
+  table(io);
+  // what the drop of an expired day costs alone (the rows of the partition straddling the cutoff
+  // are deleted row by row, above)
+  const oldest = (
+    await T.deep.client.query<{ part: string }>(
+      `select part::text from _history_partitions('position_snapshots') where lower_at > '-infinity' order by lower_at limit 1`,
+    )
+  ).rows[0]!.part;
+  const dropOnly = await measure(T.deep, () => T.deep.client.query(`drop table ${oldest}`));
+  console.log();
+  console.log(`(diagnostic) drop table ${oldest} alone, on deep: ${ms(dropOnly.wall)} ms`);
+
   // partition pruning of the history queries (deep)
   console.log();
   console.log('EXPLAIN ANALYZE on deep: partitions read / partitions of the table');
