@@ -26,8 +26,10 @@
 //   (from the checkpoint), prune_snapshot_partitions with a retention that expires exactly one
 //   more day each round, position_as_of, and the Grafana history panels' SQL (read from
 //   grafana/dashboards, the macros expanded for the last 24 hours, as count(*) over the query so
-//   that the transfer of the rows is not timed); then EXPLAIN ANALYZE of the partitioned ones,
-//   partitions read against the table's total, and the verdicts against the targets.
+//   that the transfer of the rows is not timed). Then the fills round by round, EXPLAIN (ANALYZE,
+//   BUFFERS, WAL) of three more batches on each database (where the time goes), the drop of one
+//   day's partition alone, EXPLAIN ANALYZE of the partitioned history queries (partitions read
+//   against the table's total) and the verdicts against the targets. Load is printed throughout.
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -706,12 +708,13 @@ runBench(async (t) => {
   const singleName = `apply_order_fill: ${SINGLES} single fills (ms per fill)`;
   const valName = `validate_position('${DEEP}') from the checkpoint, 1 fill since`;
   const retName = 'prune_snapshot_partitions(retention expiring one more day)';
-  const within = (x: number) => (x <= 1.2 ? 'met' : 'missed');
+  // wall and CPU each get their verdict: cold index pages show in the wall time only (I/O)
+  const within = (name: string, f: 'wall' | 'cpu') =>
+    `${ratio(v(name, f))} ${f} (${v(name, f) <= 1.2 ? 'met' : 'missed'})`;
   console.log();
   console.log(
-    `target fill cost deep/empty ≤ 1.20: batched ${ratio(v(batchName, 'wall'))} wall, ${ratio(v(batchName, 'cpu'))} CPU ` +
-      `(${within(Math.min(v(batchName, 'wall'), v(batchName, 'cpu')))}); single ${ratio(v(singleName, 'wall'))} wall, ` +
-      `${ratio(v(singleName, 'cpu'))} CPU (${within(Math.min(v(singleName, 'wall'), v(singleName, 'cpu')))})`,
+    `target fill cost deep/empty ≤ 1.20: batched ${within(batchName, 'wall')}, ${within(batchName, 'cpu')}; ` +
+      `single ${within(singleName, 'wall')}, ${within(singleName, 'cpu')}`,
   );
   const val = med('deep', valName, 'wall');
   console.log(
