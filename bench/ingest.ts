@@ -46,9 +46,8 @@ import type amqp from 'amqplib';
 import type pg from 'pg';
 import { Decimal } from 'decimal.js';
 import { createPool } from '../src/db/pool.js';
-import { ingestMessages, messageMeta, type MessageMeta } from '../src/db/ingest.js';
+import { ingestMessages } from '../src/db/ingest.js';
 import { lanes, lockOrder } from '../src/messaging/consumer.js';
-import { checkBody } from '../src/messaging/schemas.js';
 import { freshBroker } from '../test/helpers/amqp.js';
 import { startService } from '../test/helpers/service.js';
 import {
@@ -64,6 +63,7 @@ import {
 } from './cpu.js';
 import {
   args,
+  asDeliveries,
   benchChild,
   benchDatabase,
   checkSizes,
@@ -196,28 +196,6 @@ async function directPerFill(t: Teardown, stream: FillStream, concurrency: numbe
   };
 }
 
-interface Delivery {
-  meta: MessageMeta;
-  body: string;
-  asset?: string;
-  lockKey?: string;
-}
-
-/** The deliveries the consumer would build from these fills (src/messaging/consumer.ts receive()). */
-function asDeliveries(fills: Fill[]): Delivery[] {
-  return fills.map((f) => {
-    const raw = Buffer.from(JSON.stringify(f));
-    const checked = checkBody('fill', raw);
-    if (!checked.ok) throw new Error(`the consumer would reject a generated fill: ${checked.reason}`);
-    return {
-      body: raw.toString('utf8'),
-      meta: messageMeta({ source: FILLS_QUEUE, bodyKey: checked.bodyKey, traceId: checked.traceId }),
-      ...(checked.asset ? { asset: checked.asset } : {}),
-      ...(checked.lockKey ? { lockKey: checked.lockKey } : {}),
-    };
-  });
-}
-
 interface ProfileRow {
   funcname: string;
   calls: string;
@@ -239,7 +217,7 @@ async function directBatched(
   profile: boolean,
 ): Promise<Rate & { profile?: ProfileRow[] }> {
   const db = await benchDatabase(t, profile ? 'pm_bench_prof' : 'pm_bench_batch', 2);
-  const deliveries = asDeliveries(stream.fills);
+  const deliveries = asDeliveries(stream.fills, FILLS_QUEUE);
   const pool = createPool(db.url, 4, 'bench-ingest-batched');
   // open the connections before the clock starts
   const warm = await Promise.all(Array.from({ length: 4 }, () => pool.connect()));

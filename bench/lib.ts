@@ -8,6 +8,8 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Decimal } from 'decimal.js';
 import type pg from 'pg';
+import { messageMeta, type MessageMeta } from '../src/db/ingest.js';
+import { checkBody } from '../src/messaging/schemas.js';
 import { admin, freshDatabase } from '../test/helpers/db.js';
 import { rng } from '../test/helpers/random.js';
 
@@ -383,4 +385,26 @@ export async function checkSizes(pool: pg.Pool, expected: Map<string, Decimal>):
   }
   for (const asset of actual.keys()) if (!expected.has(asset)) bad.push(`${asset}: unexpected row`);
   return bad;
+}
+
+export interface Delivery {
+  meta: MessageMeta;
+  body: string;
+  asset?: string;
+  lockKey?: string;
+}
+
+/** The deliveries the consumer of `source` would build from these fills (src/messaging/consumer.ts receive()). */
+export function asDeliveries(fills: Fill[], source: string): Delivery[] {
+  return fills.map((f) => {
+    const raw = Buffer.from(JSON.stringify(f));
+    const checked = checkBody('fill', raw);
+    if (!checked.ok) throw new Error(`the consumer would reject a generated fill: ${checked.reason}`);
+    return {
+      body: raw.toString('utf8'),
+      meta: messageMeta({ source, bodyKey: checked.bodyKey, traceId: checked.traceId }),
+      ...(checked.asset ? { asset: checked.asset } : {}),
+      ...(checked.lockKey ? { lockKey: checked.lockKey } : {}),
+    };
+  });
 }
