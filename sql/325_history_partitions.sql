@@ -1,14 +1,22 @@
 -- The time partitions of the history tables (issue 21, migration 17): a partition per UTC day of
 -- position_snapshots (R-27 retention drops whole days, sql/320) and per UTC month of
--- position_events (kept forever, R-28: months keep the partitions few).
+-- position_events (kept forever, R-28: months keep the partitions few); per UTC day of the inbox,
+-- the outbox's events and deliveries and job_runs (migration 21), which retention empties.
 
--- The partitioned history tables and the span of one partition; a table not (yet) partitioned is
--- left out.
-create or replace function _history_tables() returns table (parent regclass, unit text)
+-- The partitioned history tables, the span of one partition and how many days ahead at most to
+-- make them; a table not (yet) partitioned is left out. The tables that retention empties
+-- (migration 21) go by UTC day. The inbox and outbox_events are read without their partition
+-- key (a duplicate probe by message key, the relay's join by id), so every partition costs each
+-- read an index probe: they keep 3 days ahead, the daily job's margin to be refused twice,
+-- rather than the 14 of the others. job_runs, updated by id when a run ends, likewise.
+-- (Dropped first: create or replace cannot add the column.)
+drop function if exists _history_tables();
+create function _history_tables() returns table (parent regclass, unit text, max_days_ahead integer)
   language sql stable
   as $$
-    select c.oid::regclass, t.unit
-      from (values ('position_snapshots', 'day'), ('position_events', 'month')) t(name, unit)
+    select c.oid::regclass, t.unit, t.ahead
+      from (values ('position_snapshots', 'day', null), ('position_events', 'month', null), ('inbox', 'day', 3),
+                   ('outbox_events', 'day', 3), ('outbox_sent', 'day', 3), ('job_runs', 'day', 3)) t(name, unit, ahead)
       join pg_class c on c.oid = to_regclass(t.name) and c.relkind = 'p'
   $$;
 
@@ -78,7 +86,7 @@ begin
     step := ('1 ' || t.unit)::interval;
     select max(p.upper_at) into next_at from _history_partitions(t.parent) p where p.upper_at < 'infinity';
     next_at := coalesce(next_at, date_trunc(t.unit, now()));
-    while next_at < now() + make_interval(days => days_ahead) loop
+    while next_at < now() + make_interval(days => least(days_ahead, t.max_days_ahead)) loop
       begin
         created := created || _attach_history_partition(t.parent, next_at, next_at + step);
       exception when lock_not_available then
@@ -87,6 +95,17 @@ begin
       end;
       next_at := next_at + step;
     end loop;
+  end loop;
+  -- PostgreSQL analyzes only the partitions by itself, never a partitioned parent, and a query that
+  -- no bound prunes (the inbox's duplicate probe, the relay's join by id) is planned with the
+  -- parent's statistics: a sample, taken daily here, keeps them from going stale.
+  -- (a table whose lock is refused, say to autovacuum, is left to the next day)
+  for t in select * from _history_tables() loop
+    begin
+      execute format('analyze %s', t.parent);
+    exception when lock_not_available then
+      null;
+    end;
   end loop;
   return jsonb_build_object('created', to_jsonb(created), 'busy', to_jsonb(busy));
 end $$;

@@ -511,7 +511,7 @@ t.test('retention of inbox and outbox, job history', async (t) => {
   await markSent(db.pool, [ids[0]!, ids[2]!]);
   await db.query("update outbox_sent set sent_at = now() - interval '25 hours' where id = $1", [ids[0]]);
   const r = (await one(db, 'select prune_inbox_outbox(7, 24, 1) as r')).r;
-  t.same(r, { inbox_deleted: 1, outbox_deleted: 1 });
+  t.match(r, { inbox_deleted: 1, outbox_deleted: 1 });
   t.same(
     (await db.query('select id, sent_at is null as pending from outbox order by id')).rows,
     [
