@@ -1,16 +1,20 @@
 -- Retention (SPEC.md §7, R-27): snapshots, inbox keys, sent outbox events and job history after
 -- their periods. Every one of these tables is partitioned by UTC day (migrations 17 and 21), so
--- retention drops whole days; rows are deleted, in bounded batches, only where a partition
--- straddles the cutoff or spans any time (the legacy and DEFAULT partitions).
+-- retention drops whole days, and deletes rows, in bounded batches, only in the partitions that
+-- span any time (the legacy and DEFAULT ones) and, for snapshots, where a day straddles the cutoff.
 
 -- Retention of one partitioned table. `keep` is the condition, on a row `t` with $1 the cutoff,
 -- under which a row stays. A partition before the cutoff is dropped whole when no row of it is to
--- stay; the other partitions begun before the cutoff lose their rows that are not to stay. The
--- drops come last and bounded in their lock wait: each holds the whole table exclusively until
--- commit, and one that cannot have its lock at once is dropped by the next run (`busy`).
+-- stay; the legacy and DEFAULT partitions lose their rows that are not to stay, and with
+-- `straddling` so do the days begun before the cutoff. Without it a row outlives its period by up
+-- to a day, until its day is dropped whole: for an hourly job, deleting in the straddling day
+-- would delete every row one by one before its day is dropped (empty). The drops come last and
+-- bounded in their lock wait: each holds the whole table exclusively until commit, and one that
+-- cannot have its lock at once is dropped by the next run (`busy`).
 -- A row written into a partition after its check here would go with it: only a transaction that
 -- began before the cutoff (now() is its start) could do that, and the cutoffs are hours or days.
-create or replace function _prune_partitions(parent regclass, cutoff timestamptz, keep text, batch_size integer)
+create or replace function _prune_partitions(parent regclass, cutoff timestamptz, keep text, batch_size integer,
+                                             straddling boolean)
   returns jsonb
   language plpgsql
   set lock_timeout from current
@@ -35,6 +39,7 @@ begin
         continue;
       end if;
     end if;
+    continue when not straddling and p.lower_at > '-infinity';
     loop
       execute format('delete from %1$s where ctid = any(array(select ctid from %1$s t where not (%2$s) limit $2))',
                      p.part, keep)
@@ -73,12 +78,13 @@ declare
   events jsonb;
   sent jsonb;
 begin
-  inbox := _prune_partitions('inbox', now() - make_interval(days => inbox_days), 't.applied_at >= $1', batch_size);
-  -- by created_at, every partition may hold an event sent long enough ago: the cutoff is now
+  inbox := _prune_partitions('inbox', now() - make_interval(days => inbox_days), 't.applied_at >= $1', batch_size, false);
+  -- a day of events (by created_at) goes once every event of it is sent and past the retention:
+  -- for the days, the cutoff is now
   events := _prune_partitions('outbox_events', now(), format(
     'exists (select 1 from outbox_pending p where p.id = t.id)
-     or exists (select 1 from outbox_sent s where s.id = t.id and s.sent_at >= %L)', sent_cutoff), batch_size);
-  sent := _prune_partitions('outbox_sent', sent_cutoff, 't.sent_at >= $1', batch_size);
+     or exists (select 1 from outbox_sent s where s.id = t.id and s.sent_at >= %L)', sent_cutoff), batch_size, false);
+  sent := _prune_partitions('outbox_sent', sent_cutoff, 't.sent_at >= $1', batch_size, false);
   -- the partitions named only when there are any: the job's result reads as it did
   return jsonb_build_object('inbox_deleted', (inbox ->> 'deleted')::bigint, 'outbox_deleted', (events ->> 'deleted')::bigint)
       || jsonb_strip_nulls(jsonb_build_object(
@@ -92,11 +98,12 @@ create or replace function prune_job_history(retention_days integer) returns int
   language plpgsql
   as $$
 begin
-  return (_prune_partitions('job_runs', now() - make_interval(days => retention_days), 't.started_at >= $1', 10000)
+  return (_prune_partitions('job_runs', now() - make_interval(days => retention_days), 't.started_at >= $1', 10000, false)
           ->> 'deleted')::integer;
 end $$;
 
--- R-27. Age is created_at, as before partitioning; the partitions go by snapshot_timestamp, which
+-- R-27, daily: the rows before the cutoff in its straddling day are few when the job runs early
+-- in the day, and are deleted. Age is created_at, as before partitioning; the partitions go by snapshot_timestamp, which
 -- the service sets to the same instant, so a partition ending before the cutoff is dropped once
 -- nothing in it is younger.
 create or replace function prune_snapshot_partitions(retention_days integer, batch_size integer default 10000)
@@ -108,5 +115,5 @@ begin
     return jsonb_build_object('deleted', 0, 'partitions_dropped', '[]'::jsonb);
   end if;
   return _prune_partitions('position_snapshots', now() - make_interval(days => retention_days),
-                           't.created_at >= $1', batch_size);
+                           't.created_at >= $1', batch_size, true);
 end $$;
