@@ -1,6 +1,7 @@
 -- Up Migration
--- Issue 21: the tables that retention empties become partitioned by time, a partition per UTC
--- day, so that retention (sql/320) drops whole days instead of deleting rows:
+-- Issue 21: the tables that retention empties become partitioned by time, so that retention
+-- (sql/320) drops whole partitions instead of deleting rows (the spans are sql/325's: a UTC week
+-- of the inbox, a UTC day of the others):
 --   * inbox by applied_at (POSITION_MANAGER_INBOX_RETENTION_DAYS),
 --   * outbox_events by created_at and outbox_sent by sent_at (…_OUTBOX_RETENTION_HOURS; a day of
 --     events is dropped only once every event in it is sent and past the retention),
@@ -8,7 +9,7 @@
 -- As migration 17 does, no row is copied: the old table is renamed `<table>_legacy` and attached
 -- as the partition from MINVALUE to the end of the day of its newest row (at least to the start
 -- of today), after a range CHECK that spares ATTACH its scan; a DEFAULT partition takes rows no
--- partition covers; ensure_history_partitions (sql/325) makes the days ahead.
+-- partition covers; ensure_history_partitions (sql/325) makes the partitions ahead.
 -- A partitioned table's unique indexes must hold the partition key, so each primary key gains
 -- it, and the legacy table's is rebuilt so (its other indexes are adopted as they are):
 --   * inbox (source, message_key) becomes (source, message_key, applied_at): the key is no longer

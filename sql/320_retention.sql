@@ -1,16 +1,17 @@
 -- Retention (SPEC.md §7, R-27): snapshots, inbox keys, sent outbox events and job history after
--- their periods. Every one of these tables is partitioned by UTC day (migrations 17 and 21), so
--- retention drops whole days, and deletes rows, in bounded batches, only in the partitions that
--- span any time (the legacy and DEFAULT ones) and, for snapshots, where a day straddles the cutoff.
+-- their periods. Every one of these tables is partitioned by time (migrations 17 and 21; a UTC
+-- day, the inbox a week), so retention drops whole partitions, and deletes rows, in bounded
+-- batches, only in the partitions that span any time (the legacy and DEFAULT ones) and, for
+-- snapshots, where a day straddles the cutoff.
 
 -- Retention of one partitioned table. `keep` is the condition, on a row `t` with $1 the cutoff,
 -- under which a row stays. A partition before the cutoff is dropped whole when no row of it is to
 -- stay; the legacy and DEFAULT partitions lose their rows that are not to stay, and with
--- `straddling` so do the days begun before the cutoff. Without it a row outlives its period by up
--- to a day, until its day is dropped whole: for an hourly job, deleting in the straddling day
--- would delete every row one by one before its day is dropped (empty). The drops come last and
--- bounded in their lock wait: each holds the whole table exclusively until commit, and one that
--- cannot have its lock at once is dropped by the next run (`busy`).
+-- `straddling` so do the partitions begun before the cutoff. Without it a row outlives its period
+-- by up to a partition's span, until its partition is dropped whole: for an hourly job, deleting
+-- in the straddling partition would delete every row one by one before dropping it empty. The
+-- drops come last and bounded in their lock wait: each holds the whole table exclusively until
+-- commit, and one that cannot have its lock at once is dropped by the next run (`busy`).
 -- A row written into a partition after its check here would go with it: only a transaction that
 -- began before the cutoff (now() is its start) could do that, and the cutoffs are hours or days.
 create or replace function _prune_partitions(parent regclass, cutoff timestamptz, keep text, batch_size integer,

@@ -1,5 +1,5 @@
-// Issue 21: the inbox, the outbox's events and deliveries and job_runs are partitioned by UTC day
-// (migration 21). The migration converts a database filled under the previous schema in place;
+// Issue 21: the inbox (by UTC week), the outbox's events and deliveries and job_runs (by UTC day)
+// are partitioned by time (migration 21). The migration converts a database filled under the previous schema in place;
 // retention drops whole days and never a pending event; and with no unique index on an inbox key
 // any more, a message delivered to two connections at once is still applied once.
 import { cpSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -49,7 +49,9 @@ t.test('migration 21 partitions a database filled under the previous schema, row
   for (const table of Object.keys(TABLES)) t.equal(await relkind(c, table), 'r', `the previous schema: ${table} plain`);
 
   for (let i = 0; i < 40; i++) await fill(c, i % 2 ? 'BTCUSDT' : 'ETHUSDT');
-  await c.query('select _apply_order_fill(null, $1::jsonb)', [JSON.stringify({ event_type: 'created', order_id: 'o-1' })]);
+  await c.query('select _apply_order_fill(null, $1::jsonb)', [
+    JSON.stringify({ event_type: 'created', order_id: 'o-1' }),
+  ]);
   await c.query("select job_run_start('t' || i, null, null, '{}', 1, 't') from generate_series(1, 30) i");
   // their ages spread over the retention periods
   await c.query("update inbox set applied_at = now() - interval '10 days' * random()");
@@ -125,7 +127,9 @@ t.test('migration 21 partitions a database filled under the previous schema, row
   const fresh = await freshDatabase(t);
   t.same((await c.query(FUNCTIONS)).rows, (await fresh.query(FUNCTIONS)).rows, "a fresh database's functions");
   t.same(await migrate(db.url), { migrationsApplied: [], definitionsApplied: false }, 'a second migrate is a no-op');
-  const layout = await c.query('select part::text, lower_at, upper_at from _history_partitions($1) order by 1', ['inbox']);
+  const layout = await c.query('select part::text, lower_at, upper_at from _history_partitions($1) order by 1', [
+    'inbox',
+  ]);
   // as migrate.test.ts does: this migration and every later one (each is safe to run again)
   await c.query('delete from pgmigrations where name >= $1', [MIGRATION]);
   t.same((await migrate(db.url)).migrationsApplied.slice(0, 1), [MIGRATION], 'run again by hand');
@@ -149,10 +153,11 @@ async function pastDays(db: Q, table: string, days: number) {
 }
 const dayOf = async (db: Q, table: string, at: string) =>
   (
-    await one(db, `select part::text as p from _history_partitions($1) where $2::timestamptz >= lower_at and $2 < upper_at`, [
-      table,
-      at,
-    ])
+    await one(
+      db,
+      `select part::text as p from _history_partitions($1) where $2::timestamptz >= lower_at and $2 < upper_at`,
+      [table, at],
+    )
   ).p as string;
 
 t.test('retention drops whole days of inbox, outbox and job history, and never a pending event', async (t) => {
@@ -169,8 +174,12 @@ t.test('retention drops whole days of inbox, outbox and job history, and never a
   const ids = (await db.query<{ id: string }>('select id from outbox_pending order by id')).rows.map((r) => r.id);
   // events 3 days old: one sent 2 days ago, one pending; events 2 days old, all sent 30 hours ago; the rest new
   const [pendingOld, sentOld, ...rest] = ids;
-  await db.query("update outbox_events set created_at = now() - interval '3 days' where id = any($1)", [[pendingOld, sentOld]]);
-  await db.query("update outbox_events set created_at = now() - interval '2 days' where id = any($1)", [rest.slice(0, 3)]);
+  await db.query("update outbox_events set created_at = now() - interval '3 days' where id = any($1)", [
+    [pendingOld, sentOld],
+  ]);
+  await db.query("update outbox_events set created_at = now() - interval '2 days' where id = any($1)", [
+    rest.slice(0, 3),
+  ]);
   await markSent(db.pool, [sentOld!, ...rest]);
   await db.query("update outbox_sent set sent_at = now() - interval '2 days' where id = $1", [sentOld]);
   await db.query("update outbox_sent set sent_at = now() - interval '30 hours' where id = any($1)", [rest.slice(0, 3)]);
@@ -205,7 +214,11 @@ t.test('retention drops whole days of inbox, outbox and job history, and never a
     6 - 3,
     'the keys of the last 7 days stay (10, 9 and 8 days old go)',
   );
-  t.equal(await count(db, 'select count(*) as n from outbox where sent_at is not null'), ids.length - 5, 'recent sends stay');
+  t.equal(
+    await count(db, 'select count(*) as n from outbox where sent_at is not null'),
+    ids.length - 5,
+    'recent sends stay',
+  );
   const pending = await pendingEvents(db, 10);
   t.same(
     pending.map((e) => e.id),
@@ -232,6 +245,13 @@ t.test('the days made ahead of the tables read without their partition key are f
     const n = await count(db, `select count(*) as n from _history_partitions($1) where lower_at > now()`, [table]);
     t.ok(n <= 3, `${table}: ${n} days ahead`);
   }
+  const weeks = await db.query(
+    `select upper_at - lower_at as span from _history_partitions('inbox') where part::text ~ '_p[0-9]{8}$'`,
+  );
+  t.ok(
+    weeks.rows.length > 0 && weeks.rows.every((r) => r.span.days === 7),
+    'the inbox by weeks: few partitions for its duplicate probe',
+  );
   t.ok(
     (await one(db, "select reltuples >= 0 as a from pg_class where oid = 'inbox'::regclass")).a,
     'the partitioned parents are analyzed (reltuples set)',
