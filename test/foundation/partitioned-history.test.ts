@@ -322,9 +322,6 @@ t.test('reads bounded in time scan only their partitions (EXPLAIN)', async (t) =
   const c = await db.pool.connect();
   t.teardown(() => c.release());
   await c.query("set plan_cache_mode = 'force_generic_plan'");
-  // ensure_history_partitions has analyzed these few rows: a scan would read them as fast as the
-  // index that a table of real size is read by
-  await c.query('set enable_seqscan = off');
   await c.query(`prepare as_of(text, text, timestamptz) as
                    select e.after from positions p
                     cross join lateral (
