@@ -143,14 +143,34 @@ begin
   return saved;
 end $$;
 
+-- The message keys of a batch, locked for the rest of the transaction, before the batch reads
+-- them from the inbox. The inbox is partitioned by day (migration 21), so (source, message_key)
+-- has no unique index to stop a second claim: this lock does. Two transactions applying one
+-- message already serialize on its position row (_batch_lock, taken first), and the second's
+-- duplicate probe, a later statement, sees the first's committed key; but a message that names
+-- no row (a no-op) takes no row lock, and a key reused for another message may name another row.
+-- The key lock orders those too, so a key is claimed once whatever the message. Taken after the
+-- row locks and in one order (of the hash), so two batches never wait on each other in a cycle.
+create or replace function _inbox_lock_keys(sources text[], message_keys text[]) returns void
+  language sql
+  as $$
+    select count(pg_advisory_xact_lock(k.h))
+      from (select distinct hashtextextended('inbox ' || u.s || ' ' || u.k, 0) as h
+              from unnest(sources, message_keys) u(s, k) order by 1) k
+  $$;
+
 -- Records the message key; false when it was applied before (a duplicate).
 create or replace function _inbox_claim(claim_source text, claim_key text, claim_outcome text default 'applied')
   returns boolean
   language plpgsql
   as $$
 begin
-  insert into inbox (source, message_key, outcome) values (claim_source, claim_key, claim_outcome) on conflict do nothing;
-  return found;
+  perform _inbox_lock_keys(array[claim_source], array[claim_key]);
+  if exists (select 1 from inbox b where b.source = claim_source and b.message_key = claim_key) then
+    return false;
+  end if;
+  insert into inbox (source, message_key, outcome) values (claim_source, claim_key, claim_outcome);
+  return true;
 end $$;
 
 -- What a claimed message came to, and the row it concerns.

@@ -15,7 +15,6 @@ create or replace function _batch_write(
   language plpgsql
   as $$
 declare
-  claimed integer;
   created positions[] := '{}';
   updated positions[] := '{}';
 begin
@@ -61,14 +60,8 @@ begin
   end if;
   if cardinality(keys) > 0 then
     insert into inbox (source, message_key, outcome, position_id)
-    select k.source, k.message_key, k.outcome, k.position_id from unnest(keys) k
-    on conflict do nothing;
-    get diagnostics claimed = row_count;
-    -- The batch's rows were locked before its keys were read, so only a message whose key
-    -- another transaction applied to another row (or without a row) gets here: retry the batch.
-    if claimed < cardinality(keys) then
-      raise exception 'an inbox key of this batch was claimed by a concurrent transaction' using errcode = '40001';
-    end if;
+    -- no conflict to handle: the batch locked its keys before it read them (_inbox_lock_keys)
+    select k.source, k.message_key, k.outcome, k.position_id from unnest(keys) k;
   end if;
   perform _write_position_changes(befores, afters, changes, totals, notes, event_seqs, event_types, trace_ids, payloads);
   perform _notify_position_changes(json_build_object('asset', n.asset, 'mode', n.mode, 'version', n.version))

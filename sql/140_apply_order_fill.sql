@@ -200,6 +200,7 @@ begin
   end loop;
   lock := _batch_lock(assets, modes);
   locked := lock.held; rows := lock.held;
+  perform _inbox_lock_keys(array(select m.source from unnest(msgs) m), array(select m.message_key from unnest(msgs) m));
   -- Each lookup is driven by the batch's keys (one index probe per key, never a scan of a table
   -- that only grows). Per message: its key was applied before, or earlier in the batch; a later
   -- message names the same execution or order (only then is the batch's ledger state kept).

@@ -325,6 +325,7 @@ begin
   select * into settings from position_manager_settings;
   lock := _batch_lock(array(select x.asset from unnest(reports) x), array(select x.mode from unnest(reports) x));
   locked := lock.held; rows := lock.held;
+  perform _inbox_lock_keys(array(select x.source from unnest(reports) x), array(select x.message_key from unnest(reports) x));
   -- per report: its key was applied before, or earlier in the batch
   select array_agg(x.duplicate order by x.i) into duplicate
     from (select m.ordinality as i,

