@@ -103,8 +103,8 @@ begin
           ->> 'deleted')::integer;
 end $$;
 
--- R-27, daily: the rows before the cutoff in its straddling day are few when the job runs early
--- in the day, and are deleted. Age is created_at, as before partitioning; the partitions go by snapshot_timestamp, which
+-- R-27, daily: the rows before the cutoff in its straddling day are few, as the job runs at 00:05
+-- UTC (_next_run_at, sql/330), and are deleted. Age is created_at, as before partitioning; the partitions go by snapshot_timestamp, which
 -- the service sets to the same instant, so a partition ending before the cutoff is dropped once
 -- nothing in it is younger.
 create or replace function prune_snapshot_partitions(retention_days integer, batch_size integer default 10000)

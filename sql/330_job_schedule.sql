@@ -3,11 +3,26 @@
 
 -- The next slot, after a successful run. Called from the running job, so graphile-worker
 -- creates a new job and clears the running one's key.
+-- When a periodic job runs next. A daily job (a whole number of days) runs at 00:05 UTC rather
+-- than a day after whenever the service started: snapshot retention's cutoff then falls five
+-- minutes into a day partition, so it deletes those minutes' rows one by one and drops whole days
+-- (R-27; deleting most of a day row by row took 5-10 s at 3,000 positions every 5 minutes,
+-- BENCHMARKS.md), and the partitions made ahead are made before the day's first write.
+-- Always within (now, now + the interval], so ensure_periodic_job never reschedules it.
+create or replace function _next_run_at(interval_seconds integer) returns timestamptz
+  language sql stable
+  as $$
+    select case when interval_seconds % 86400 = 0
+                then (date_trunc('day', (now() - interval '5 minutes') at time zone 'UTC')
+                      + make_interval(days => interval_seconds / 86400, mins => 5)) at time zone 'UTC'
+                else now() + make_interval(secs => interval_seconds) end
+  $$;
+
 create or replace function schedule_next_run(task text, interval_seconds integer) returns void
   language sql
   as $$
-    select graphile_worker.add_job(task, '{}'::json, job_key => task,
-                                   run_at => now() + make_interval(secs => interval_seconds), max_attempts => 5)
+    select graphile_worker.add_job(task, '{}'::json, job_key => task, run_at => _next_run_at(interval_seconds),
+                                   max_attempts => 5)
   $$;
 
 -- How long a periodic job may stay locked before its worker counts as dead. graphile-worker

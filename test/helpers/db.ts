@@ -63,11 +63,12 @@ function templateDatabase(): Promise<string> {
       await c.query(`alter database ${building} rename to ${name}`);
       await c.query(`alter database ${name} is_template true`);
       // Templates of older schemas are of no further use, but another checkout running its
-      // tests on the same server may still be using a recent one: keep the newest few.
+      // tests on the same server (worktrees, a CI clone) may still be using a recent one: keep
+      // the newest sixteen.
       const old = await c.query<{ datname: string }>(
         `select datname from pg_database
           where datname like 'pm\\_tpl\\_%' and datname <> $1 and datname not like '%\\_build'
-          order by oid desc offset 4`,
+          order by oid desc offset 16`,
         [name],
       );
       for (const { datname } of old.rows) {

@@ -236,6 +236,39 @@ t.test('ensure_periodic_job: dead workers, live workers, lowered intervals', asy
   t.ok(moved.run_at.getTime() <= Date.now() + 61_000, 'to one (new) interval from now');
 });
 
+t.test('R-27: a daily job runs next at 00:05 UTC, any other one an interval from now', async (t) => {
+  const db = await freshDatabase(t);
+  const c = await connect(t, db);
+  // read with the now() it used: the rules are checked against it
+  const next = async (seconds: number) => {
+    await c.query('begin');
+    try {
+      return (await c.query('select _next_run_at($1) as r, now() as now', [seconds])).rows[0];
+    } finally {
+      await c.query('rollback');
+    }
+  };
+  for (const zone of ['UTC', 'Asia/Tokyo', 'America/New_York']) {
+    await c.query(`set timezone = '${zone}'`);
+    const daily = await next(86_400);
+    const run = new Date(daily.r);
+    t.equal(run.getUTCHours() * 60 + run.getUTCMinutes(), 5, `at 00:05 UTC (session in ${zone})`);
+    t.equal(run.getUTCSeconds() + run.getUTCMilliseconds(), 0);
+    const ahead = run.getTime() - new Date(daily.now).getTime();
+    t.ok(ahead > 0 && ahead <= 86_400_000, 'within the next day');
+    const weekly = await next(7 * 86_400);
+    const w = new Date(weekly.r);
+    t.equal(w.getUTCHours() * 60 + w.getUTCMinutes(), 5);
+    t.ok(w.getTime() - run.getTime() === 6 * 86_400_000, 'a week: six days after the next 00:05');
+    const minute = await next(60);
+    t.equal(new Date(minute.r).getTime() - new Date(minute.now).getTime(), 60_000, 'a minute from now');
+  }
+  await db.query("select schedule_next_run('prune_snapshots', 86400)");
+  const job = (await db.query("select run_at from graphile_worker.jobs where key = 'prune_snapshots'")).rows[0];
+  t.equal(new Date(job.run_at).getUTCMinutes(), 5, 'schedule_next_run uses it');
+  t.equal((await one(db, "select ensure_periodic_job('prune_snapshots', 86400) as r")).r, null, 'and it stays');
+});
+
 t.test(
   'release_dead_one_off_jobs: a validate_position held for 10 minutes is released, a fresh one is not',
   async (t) => {

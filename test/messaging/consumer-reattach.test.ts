@@ -55,8 +55,12 @@ t.test('the report queue deleted: degraded while it cannot consume, then reports
 
   await holder.close();
   await waitFor(async () => (await health()).status === 'healthy', { what: 'consuming again', timeoutMs: 40_000 });
+  // /health reads the consumer's state, which is set before the line reaches the log pipe
   t.ok(
-    svc.logs.some((l) => l.msg === 'consumer attached again' && l.queue === REPORTS),
+    await waitFor(() => svc.logs.some((l) => l.msg === 'consumer attached again' && l.queue === REPORTS), {
+      what: 'consumer attached again logged',
+      timeoutMs: 10_000,
+    }),
     'logged',
   );
   t.equal(
