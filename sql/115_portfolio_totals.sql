@@ -14,13 +14,14 @@
 -- the per-asset sums and the totals row (skipping when another is at it).
 
 -- One position row's share of its asset's sums (an old row counts negative). Unrealized PnL
--- counts only while the row is open, as in portfolio_asset_totals_view.
+-- counts only while the row is open, as in portfolio_asset_totals_view; an exposure without a
+-- value (a hedge leg's size left null by another writer) counts 0, as sum() skips it there.
 create or replace function _portfolio_delta_rows(news positions[], olds positions[])
   returns setof portfolio_deltas
   language sql stable
   as $$
-    select r.asset, sum(r.sign)::integer, sum(r.sign * _position_long_exposure(r.p)),
-           sum(r.sign * _position_short_exposure(r.p)),
+    select r.asset, sum(r.sign)::integer, sum(r.sign * coalesce(_position_long_exposure(r.p), 0)),
+           sum(r.sign * coalesce(_position_short_exposure(r.p), 0)),
            sum(r.sign * case when (r.p).gross_size > 0 then coalesce((r.p).unrealized_pnl, 0) else 0 end),
            sum(r.sign * coalesce((r.p).realized_pnl, 0)), sum(r.sign * coalesce((r.p).total_fees, 0)),
            sum(r.sign * ((r.p).gross_size > 0)::integer)::integer, sum(r.sign * ((r.p).size > 0)::integer)::integer,
@@ -31,8 +32,8 @@ create or replace function _portfolio_delta_rows(news positions[], olds position
      group by r.asset
     -- a statement that moved nothing of an asset's figures (a snapshot's last_snapshot_at, a
     -- mark refresh at the same price) leaves no row
-    having sum(r.sign) <> 0 or sum(r.sign * _position_long_exposure(r.p)) <> 0
-        or sum(r.sign * _position_short_exposure(r.p)) <> 0
+    having sum(r.sign) <> 0 or sum(r.sign * coalesce(_position_long_exposure(r.p), 0)) <> 0
+        or sum(r.sign * coalesce(_position_short_exposure(r.p), 0)) <> 0
         or sum(r.sign * case when (r.p).gross_size > 0 then coalesce((r.p).unrealized_pnl, 0) else 0 end) <> 0
         or sum(r.sign * coalesce((r.p).realized_pnl, 0)) <> 0 or sum(r.sign * coalesce((r.p).total_fees, 0)) <> 0
         or sum(r.sign * ((r.p).gross_size > 0)::integer) <> 0 or sum(r.sign * ((r.p).size > 0)::integer) <> 0
