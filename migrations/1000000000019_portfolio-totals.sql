@@ -23,6 +23,7 @@ create table if not exists portfolio_asset_sums (
   unrealized_pnl numeric not null default 0,
   realized_pnl numeric not null default 0,
   total_fees numeric not null default 0,
+  size numeric not null default 0,
   open_positions_count integer not null default 0,
   long_positions_count integer not null default 0,
   short_positions_count integer not null default 0
@@ -43,7 +44,9 @@ create table if not exists portfolio_totals (
   compacted_at timestamptz not null default now()
 );
 
--- No index and no key: rows are only appended, read whole and deleted whole.
+-- No index and no key: rows are only appended, read whole and deleted whole. Every row is
+-- deleted soon after it is written, so autovacuum comes after a thousand dead rows instead of a
+-- fraction of the table: the readers scan it whole, dead pages included.
 create table if not exists portfolio_deltas (
   asset text not null,
   positions_count integer not null,
@@ -52,10 +55,12 @@ create table if not exists portfolio_deltas (
   unrealized_pnl numeric not null,
   realized_pnl numeric not null,
   total_fees numeric not null,
+  size numeric not null,
   open_positions_count integer not null,
   long_positions_count integer not null,
   short_positions_count integer not null
-);
+) with (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000);
 
 -- Down Migration
 drop trigger if exists _900_portfolio_totals_insert on positions;

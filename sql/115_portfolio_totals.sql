@@ -15,29 +15,29 @@
 
 -- One position row's share of its asset's sums (an old row counts negative). Unrealized PnL
 -- counts only while the row is open, as in portfolio_asset_totals_view; an exposure without a
--- value (a hedge leg's size left null by another writer) counts 0, as sum() skips it there.
+-- value counts 0, as sum() skips it there.
 create or replace function _portfolio_delta_rows(news positions[], olds positions[])
   returns setof portfolio_deltas
   language sql stable
   as $$
-    select r.asset, sum(r.sign)::integer, sum(r.sign * coalesce(_position_long_exposure(r.p), 0)),
-           sum(r.sign * coalesce(_position_short_exposure(r.p), 0)),
-           sum(r.sign * case when (r.p).gross_size > 0 then coalesce((r.p).unrealized_pnl, 0) else 0 end),
-           sum(r.sign * coalesce((r.p).realized_pnl, 0)), sum(r.sign * coalesce((r.p).total_fees, 0)),
-           sum(r.sign * ((r.p).gross_size > 0)::integer)::integer, sum(r.sign * ((r.p).size > 0)::integer)::integer,
-           sum(r.sign * ((r.p).size < 0)::integer)::integer
-      from (select (n).asset, n as p, 1 as sign from unnest(news) n
-            union all
-            select (o).asset, o as p, -1 as sign from unnest(olds) o) r
-     group by r.asset
+    select g.* from (
+      select r.asset, sum(r.sign)::integer as n, sum(r.long_exposure) as l, sum(r.short_exposure) as s,
+             sum(r.unrealized_pnl) as u, sum(r.realized_pnl) as rp, sum(r.total_fees) as f, sum(r.size) as z,
+             sum(r.open)::integer as o, sum(r.long)::integer as lc, sum(r.short)::integer as sc
+        from (select (x.p).asset, x.sign, x.sign * coalesce(_position_long_exposure(x.p), 0) as long_exposure,
+                     x.sign * coalesce(_position_short_exposure(x.p), 0) as short_exposure,
+                     x.sign * case when (x.p).gross_size > 0 then coalesce((x.p).unrealized_pnl, 0) else 0 end as unrealized_pnl,
+                     x.sign * coalesce((x.p).realized_pnl, 0) as realized_pnl, x.sign * coalesce((x.p).total_fees, 0) as total_fees,
+                     x.sign * (x.p).size as size,
+                     x.sign * ((x.p).gross_size > 0)::integer as open, x.sign * ((x.p).size > 0)::integer as long,
+                     x.sign * ((x.p).size < 0)::integer as short
+                from (select n as p, 1 as sign from unnest(news) n
+                      union all
+                      select o as p, -1 as sign from unnest(olds) o) x) r
+       group by r.asset) g
     -- a statement that moved nothing of an asset's figures (a snapshot's last_snapshot_at, a
     -- mark refresh at the same price) leaves no row
-    having sum(r.sign) <> 0 or sum(r.sign * coalesce(_position_long_exposure(r.p), 0)) <> 0
-        or sum(r.sign * coalesce(_position_short_exposure(r.p), 0)) <> 0
-        or sum(r.sign * case when (r.p).gross_size > 0 then coalesce((r.p).unrealized_pnl, 0) else 0 end) <> 0
-        or sum(r.sign * coalesce((r.p).realized_pnl, 0)) <> 0 or sum(r.sign * coalesce((r.p).total_fees, 0)) <> 0
-        or sum(r.sign * ((r.p).gross_size > 0)::integer) <> 0 or sum(r.sign * ((r.p).size > 0)::integer) <> 0
-        or sum(r.sign * ((r.p).size < 0)::integer) <> 0
+     where g.n <> 0 or g.l <> 0 or g.s <> 0 or g.u <> 0 or g.rp <> 0 or g.f <> 0 or g.z <> 0 or g.o <> 0 or g.lc <> 0 or g.sc <> 0
   $$;
 
 -- Folds the committed deltas (and the caller's own) into the per-asset sums and the totals row.
@@ -55,7 +55,7 @@ begin
   ), d as (
     select f.asset, sum(f.positions_count) as positions_count, sum(f.long_exposure) as long_exposure,
            sum(f.short_exposure) as short_exposure, sum(f.unrealized_pnl) as unrealized_pnl,
-           sum(f.realized_pnl) as realized_pnl, sum(f.total_fees) as total_fees,
+           sum(f.realized_pnl) as realized_pnl, sum(f.total_fees) as total_fees, sum(f.size) as size,
            sum(f.open_positions_count) as open_positions_count, sum(f.long_positions_count) as long_positions_count,
            sum(f.short_positions_count) as short_positions_count
       from folded f group by f.asset
@@ -66,6 +66,7 @@ begin
            coalesce(a.unrealized_pnl, 0) as old_unrealized, coalesce(a.unrealized_pnl, 0) + d.unrealized_pnl as unrealized_pnl,
            coalesce(a.realized_pnl, 0) as old_realized, coalesce(a.realized_pnl, 0) + d.realized_pnl as realized_pnl,
            coalesce(a.total_fees, 0) as old_fees, coalesce(a.total_fees, 0) + d.total_fees as total_fees,
+           coalesce(a.size, 0) + d.size as size,
            coalesce(a.open_positions_count, 0) + d.open_positions_count as open_positions_count,
            coalesce(a.long_positions_count, 0) + d.long_positions_count as long_positions_count,
            coalesce(a.short_positions_count, 0) + d.short_positions_count as short_positions_count,
@@ -76,15 +77,15 @@ begin
     delete from portfolio_asset_sums a using n where a.asset = n.asset and n.positions_count = 0
   ), kept as (
     insert into portfolio_asset_sums as a (asset, positions_count, long_exposure, short_exposure, unrealized_pnl,
-                                           realized_pnl, total_fees, open_positions_count, long_positions_count,
+                                           realized_pnl, total_fees, size, open_positions_count, long_positions_count,
                                            short_positions_count)
     select n.asset, n.positions_count, n.long_exposure, n.short_exposure, n.unrealized_pnl, n.realized_pnl,
-           n.total_fees, n.open_positions_count, n.long_positions_count, n.short_positions_count
+           n.total_fees, n.size, n.open_positions_count, n.long_positions_count, n.short_positions_count
       from n where n.positions_count <> 0
     on conflict (asset) do update set
       positions_count = excluded.positions_count, long_exposure = excluded.long_exposure,
       short_exposure = excluded.short_exposure, unrealized_pnl = excluded.unrealized_pnl,
-      realized_pnl = excluded.realized_pnl, total_fees = excluded.total_fees,
+      realized_pnl = excluded.realized_pnl, total_fees = excluded.total_fees, size = excluded.size,
       open_positions_count = excluded.open_positions_count, long_positions_count = excluded.long_positions_count,
       short_positions_count = excluded.short_positions_count
   )
@@ -120,9 +121,9 @@ begin
   delete from portfolio_deltas;
   delete from portfolio_asset_sums;
   insert into portfolio_asset_sums (asset, positions_count, long_exposure, short_exposure, unrealized_pnl, realized_pnl,
-                                    total_fees, open_positions_count, long_positions_count, short_positions_count)
+                                    total_fees, size, open_positions_count, long_positions_count, short_positions_count)
   select d.asset, d.positions_count, d.long_exposure, d.short_exposure, d.unrealized_pnl, d.realized_pnl, d.total_fees,
-         d.open_positions_count, d.long_positions_count, d.short_positions_count
+         d.size, d.open_positions_count, d.long_positions_count, d.short_positions_count
     from _portfolio_delta_rows(array(select p from positions p), '{}') d;
   insert into portfolio_totals (singleton, positions_count, long_exposure, short_exposure, unrealized_pnl, realized_pnl,
                                 total_fees, open_positions_count, long_positions_count, short_positions_count,
@@ -164,7 +165,7 @@ begin
     select * from _portfolio_delta_rows(array(select n::positions from new_rows n), array(select o::positions from old_rows o));
   end if;
   get diagnostics appended = row_count;
-  if appended >= 5000 then perform _portfolio_compact(); end if;
+  if appended >= 10000 then perform _portfolio_compact(); end if;
   return null;
 end $$;
 
@@ -222,3 +223,35 @@ create view portfolio_totals_view as
          t.short_positions_count + adj.short_positions_count as short_positions_count,
          t.raw_exposure + adj.raw_exposure as raw_exposure
     from portfolio_totals t, adj;
+
+-- Each asset's figures as portfolio_asset_totals_view shows them (the same rounding, R-20), from
+-- the folded sums and the deltas not yet folded instead of from its positions: what
+-- portfolio_metrics() lists in by_asset without reading every position.
+create view portfolio_asset_sums_view as
+  with d as (
+    select f.asset, sum(f.positions_count) as positions_count, sum(f.long_exposure) as long_exposure,
+           sum(f.short_exposure) as short_exposure, sum(f.unrealized_pnl) as unrealized_pnl,
+           sum(f.realized_pnl) as realized_pnl, sum(f.total_fees) as total_fees, sum(f.size) as size,
+           sum(f.open_positions_count) as open_positions_count, sum(f.long_positions_count) as long_positions_count,
+           sum(f.short_positions_count) as short_positions_count
+      from portfolio_deltas f group by f.asset
+  ), s as (
+    select coalesce(a.asset, d.asset) as asset,
+           coalesce(a.positions_count, 0) + coalesce(d.positions_count, 0) as positions_count,
+           round(coalesce(a.long_exposure, 0) + coalesce(d.long_exposure, 0), 8) as long_exposure_usdt,
+           round(coalesce(a.short_exposure, 0) + coalesce(d.short_exposure, 0), 8) as short_exposure_usdt,
+           round(coalesce(a.unrealized_pnl, 0) + coalesce(d.unrealized_pnl, 0), 8) as unrealized_pnl_usdt,
+           round(coalesce(a.realized_pnl, 0) + coalesce(d.realized_pnl, 0), 8) as realized_pnl_usdt,
+           round(coalesce(a.total_fees, 0) + coalesce(d.total_fees, 0), 8) as total_fees_usdt,
+           round(coalesce(a.size, 0) + coalesce(d.size, 0), 8) as size,
+           (coalesce(a.open_positions_count, 0) + coalesce(d.open_positions_count, 0))::integer as open_positions_count,
+           (coalesce(a.long_positions_count, 0) + coalesce(d.long_positions_count, 0))::integer as long_positions_count,
+           (coalesce(a.short_positions_count, 0) + coalesce(d.short_positions_count, 0))::integer as short_positions_count
+      from portfolio_asset_sums a full join d on d.asset = a.asset
+  )
+  select s.asset, s.long_exposure_usdt + s.short_exposure_usdt as exposure_usdt, s.long_exposure_usdt,
+         s.short_exposure_usdt, s.long_exposure_usdt - s.short_exposure_usdt as net_exposure_usdt,
+         s.unrealized_pnl_usdt, s.realized_pnl_usdt, s.total_fees_usdt, s.size, s.open_positions_count,
+         s.long_positions_count, s.short_positions_count
+    from s
+   where s.positions_count > 0;

@@ -18,7 +18,11 @@ create or replace function _position_net_exposure(p positions) returns numeric
 -- every batch, and a sum over every position grew with the portfolio.
 create or replace function _portfolio_total_exposure() returns numeric
   language sql stable parallel safe
-  as $$ select t.raw_exposure from portfolio_totals_view t $$;
+  as $$
+    -- unrounded, so a plain sum of the deltas (no per-asset rounding as in portfolio_totals_view)
+    select t.raw_exposure + coalesce((select sum(d.long_exposure + d.short_exposure) from portfolio_deltas d), 0)
+      from portfolio_totals t
+  $$;
 
 create or replace function _position_unrealized_pnl_pct(p positions) returns numeric
   language sql immutable parallel safe

@@ -105,7 +105,13 @@ begin
                                                  else _portfolio_total_exposure() end),
            'calculated_at', ts_out(now()))
     into metrics
-    from portfolio_asset_totals_view t
-   where wanted is null or t.asset = wanted;
+    -- the whole portfolio from the maintained per-asset sums (sql/115), one asset from its rows
+    -- (an index probe, where the sums would be read whole)
+    from (select * from portfolio_asset_sums_view where wanted is null
+          union all
+          select a.asset, a.exposure_usdt, a.long_exposure_usdt, a.short_exposure_usdt, a.net_exposure_usdt,
+                 a.unrealized_pnl_usdt, a.realized_pnl_usdt, a.total_fees_usdt, a.size, a.open_positions_count,
+                 a.long_positions_count, a.short_positions_count
+            from portfolio_asset_totals_view a where a.asset = wanted) t;
   return metrics;
 end $$;

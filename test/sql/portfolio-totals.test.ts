@@ -36,23 +36,41 @@ const MAINTAINED = `
 // The folded per-asset sums against positions (after a compaction that found no other deltas).
 const ASSET_SUMS_DIFF = `
   select count(*)::integer as n from (
-    (select asset, positions_count, long_exposure, short_exposure, unrealized_pnl, realized_pnl, total_fees,
+    (select asset, positions_count, long_exposure, short_exposure, unrealized_pnl, realized_pnl, total_fees, size,
             open_positions_count, long_positions_count, short_positions_count from portfolio_asset_sums
      except
      select * from _portfolio_delta_rows(array(select p from positions p), '{}'))
     union all
     (select * from _portfolio_delta_rows(array(select p from positions p), '{}')
      except
-     select asset, positions_count, long_exposure, short_exposure, unrealized_pnl, realized_pnl, total_fees,
+     select asset, positions_count, long_exposure, short_exposure, unrealized_pnl, realized_pnl, total_fees, size,
             open_positions_count, long_positions_count, short_positions_count from portfolio_asset_sums)) x`;
 
 const ASSETS = ['AAAUSDT', 'BBBUSDT', 'CCCUSDT', 'DDDUSDT', 'EEEUSDT'];
 const MODES = ['one-way', 'hedge'];
 const OPERATOR_ASSETS = ['OPAUSDT', 'OPBUSDT'];
 
+// by_asset of portfolio_metrics() as it was built from positions
+const BY_ASSET_FROM_SCRATCH = `
+  select coalesce(jsonb_object_agg(t.asset, jsonb_build_object(
+           'exposure_usdt', dec_out(t.exposure_usdt), 'net_exposure_usdt', dec_out(t.net_exposure_usdt),
+           'unrealized_pnl_usdt', dec_out(t.unrealized_pnl_usdt), 'realized_pnl_usdt', dec_out(t.realized_pnl_usdt),
+           'total_pnl_usdt', dec_out(t.unrealized_pnl_usdt + t.realized_pnl_usdt), 'size', dec_out(t.size),
+           'open_positions_count', t.open_positions_count)), '{}') as by_asset,
+         dec_out(coalesce(sum(t.exposure_usdt), 0)) as total_exposure_usdt,
+         dec_out(coalesce(sum(t.unrealized_pnl_usdt + t.realized_pnl_usdt), 0)) as total_pnl_usdt
+    from portfolio_asset_totals_view t`;
+const BY_ASSET = `
+  select m -> 'by_asset' as by_asset, m ->> 'total_exposure_usdt' as total_exposure_usdt,
+         m ->> 'total_pnl_usdt' as total_pnl_usdt
+    from portfolio_metrics() m`;
+
 async function agree(t: Test, db: TestDb, what: string): Promise<void> {
-  const [scratch, kept] = await Promise.all([db.query(FROM_SCRATCH), db.query(MAINTAINED)]);
-  t.same(kept.rows[0], scratch.rows[0], `totals agree with positions after ${what}`);
+  const [scratch, kept, assetsScratch, assetsKept] = await Promise.all(
+    [FROM_SCRATCH, MAINTAINED, BY_ASSET_FROM_SCRATCH, BY_ASSET].map((q) => db.query(q)),
+  );
+  t.same(kept!.rows[0], scratch!.rows[0], `totals agree with positions after ${what}`);
+  t.same(assetsKept!.rows[0], assetsScratch!.rows[0], `portfolio_metrics() agrees with positions after ${what}`);
 }
 
 t.test('the maintained totals equal a computation from scratch after random writes of every writer', async (t) => {
