@@ -155,6 +155,22 @@ begin
     perform portfolio_totals_rebuild();
     return null;
   end if;
+  -- An UPDATE of nothing the figures read (a snapshot's last_snapshot_at, a validation that
+  -- found nothing to fix) is told by comparing those columns, without building the rows' figures.
+  -- The columns are those _portfolio_delta_rows reads (through _position_long_exposure and
+  -- _position_short_exposure too). A full join, so that a row whose id changed counts as changed.
+  if tg_op = 'UPDATE' then
+    if not exists (
+         select from new_rows n full join old_rows o on o.id = n.id
+          where n.id is null or o.id is null
+             or (n.asset, n.mode, n.size, n.long_size, n.short_size, n.long_avg_price, n.short_avg_price,
+                 n.average_entry_price, n.current_price, n.unrealized_pnl, n.realized_pnl, n.total_fees)
+                is distinct from
+                (o.asset, o.mode, o.size, o.long_size, o.short_size, o.long_avg_price, o.short_avg_price,
+                 o.average_entry_price, o.current_price, o.unrealized_pnl, o.realized_pnl, o.total_fees)) then
+      return null;
+    end if;
+  end if;
   -- three statements: a query naming a transition table the trigger lacks does not parse
   if tg_op = 'INSERT' then
     insert into portfolio_deltas select * from _portfolio_delta_rows(array(select n::positions from new_rows n), '{}');
