@@ -40,6 +40,15 @@ create or replace function _portfolio_delta_rows(news positions[], olds position
      where g.n <> 0 or g.l <> 0 or g.s <> 0 or g.u <> 0 or g.rp <> 0 or g.f <> 0 or g.z <> 0 or g.o <> 0 or g.lc <> 0 or g.sc <> 0
   $$;
 
+-- The deltas not yet folded, per asset.
+create view portfolio_deltas_by_asset_view as
+  select f.asset, sum(f.positions_count) as positions_count, sum(f.long_exposure) as long_exposure,
+         sum(f.short_exposure) as short_exposure, sum(f.unrealized_pnl) as unrealized_pnl,
+         sum(f.realized_pnl) as realized_pnl, sum(f.total_fees) as total_fees, sum(f.size) as size,
+         sum(f.open_positions_count) as open_positions_count, sum(f.long_positions_count) as long_positions_count,
+         sum(f.short_positions_count) as short_positions_count
+    from portfolio_deltas f group by f.asset;
+
 -- Folds the committed deltas (and the caller's own) into the per-asset sums and the totals row.
 -- Returns false, doing nothing, when another transaction holds the totals row (it is compacting,
 -- or rebuilding): nothing ever waits here. Each asset's change of its rounded figures (R-20) is
@@ -50,15 +59,11 @@ create or replace function _portfolio_compact() returns boolean
 begin
   perform 1 from portfolio_totals for update skip locked;
   if not found then return false; end if;
+  -- One snapshot for the whole statement: the rows the view groups are the rows deleted.
   with folded as (
-    delete from portfolio_deltas returning *
+    delete from portfolio_deltas
   ), d as (
-    select f.asset, sum(f.positions_count) as positions_count, sum(f.long_exposure) as long_exposure,
-           sum(f.short_exposure) as short_exposure, sum(f.unrealized_pnl) as unrealized_pnl,
-           sum(f.realized_pnl) as realized_pnl, sum(f.total_fees) as total_fees, sum(f.size) as size,
-           sum(f.open_positions_count) as open_positions_count, sum(f.long_positions_count) as long_positions_count,
-           sum(f.short_positions_count) as short_positions_count
-      from folded f group by f.asset
+    select * from portfolio_deltas_by_asset_view
   ), n as (
     select d.asset, coalesce(a.positions_count, 0) + d.positions_count as positions_count,
            coalesce(a.long_exposure, 0) as old_long, coalesce(a.long_exposure, 0) + d.long_exposure as long_exposure,
@@ -210,14 +215,7 @@ end $$;
 -- change of its rounded figures. The money columns are sums of per-asset figures rounded to 8
 -- places (R-20); raw_exposure is the unrounded total exposure (R-19's position_size_norm).
 create view portfolio_totals_view as
-  with d as (
-    select f.asset, sum(f.positions_count) as positions_count, sum(f.long_exposure) as long_exposure,
-           sum(f.short_exposure) as short_exposure, sum(f.unrealized_pnl) as unrealized_pnl,
-           sum(f.realized_pnl) as realized_pnl, sum(f.total_fees) as total_fees,
-           sum(f.open_positions_count) as open_positions_count, sum(f.long_positions_count) as long_positions_count,
-           sum(f.short_positions_count) as short_positions_count
-      from portfolio_deltas f group by f.asset
-  ), adj as (
+  with adj as (
     select coalesce(sum(d.positions_count), 0) as positions_count,
            coalesce(sum(round(coalesce(a.long_exposure, 0) + d.long_exposure, 8) - round(coalesce(a.long_exposure, 0), 8)), 0) as long_exposure,
            coalesce(sum(round(coalesce(a.short_exposure, 0) + d.short_exposure, 8) - round(coalesce(a.short_exposure, 0), 8)), 0) as short_exposure,
@@ -228,7 +226,7 @@ create view portfolio_totals_view as
            coalesce(sum(d.long_positions_count), 0) as long_positions_count,
            coalesce(sum(d.short_positions_count), 0) as short_positions_count,
            coalesce(sum(d.long_exposure + d.short_exposure), 0) as raw_exposure
-      from d left join portfolio_asset_sums a on a.asset = d.asset
+      from portfolio_deltas_by_asset_view d left join portfolio_asset_sums a on a.asset = d.asset
   )
   select t.positions_count + adj.positions_count as positions_count,
          t.long_exposure + adj.long_exposure as long_exposure, t.short_exposure + adj.short_exposure as short_exposure,
@@ -244,14 +242,7 @@ create view portfolio_totals_view as
 -- the folded sums and the deltas not yet folded instead of from its positions: what
 -- portfolio_metrics() lists in by_asset without reading every position.
 create view portfolio_asset_sums_view as
-  with d as (
-    select f.asset, sum(f.positions_count) as positions_count, sum(f.long_exposure) as long_exposure,
-           sum(f.short_exposure) as short_exposure, sum(f.unrealized_pnl) as unrealized_pnl,
-           sum(f.realized_pnl) as realized_pnl, sum(f.total_fees) as total_fees, sum(f.size) as size,
-           sum(f.open_positions_count) as open_positions_count, sum(f.long_positions_count) as long_positions_count,
-           sum(f.short_positions_count) as short_positions_count
-      from portfolio_deltas f group by f.asset
-  ), s as (
+  with s as (
     select coalesce(a.asset, d.asset) as asset,
            coalesce(a.positions_count, 0) + coalesce(d.positions_count, 0) as positions_count,
            round(coalesce(a.long_exposure, 0) + coalesce(d.long_exposure, 0), 8) as long_exposure_usdt,
@@ -263,7 +254,7 @@ create view portfolio_asset_sums_view as
            (coalesce(a.open_positions_count, 0) + coalesce(d.open_positions_count, 0))::integer as open_positions_count,
            (coalesce(a.long_positions_count, 0) + coalesce(d.long_positions_count, 0))::integer as long_positions_count,
            (coalesce(a.short_positions_count, 0) + coalesce(d.short_positions_count, 0))::integer as short_positions_count
-      from portfolio_asset_sums a full join d on d.asset = a.asset
+      from portfolio_asset_sums a full join portfolio_deltas_by_asset_view d on d.asset = a.asset
   )
   select s.asset, s.long_exposure_usdt + s.short_exposure_usdt as exposure_usdt, s.long_exposure_usdt,
          s.short_exposure_usdt, s.long_exposure_usdt - s.short_exposure_usdt as net_exposure_usdt,
