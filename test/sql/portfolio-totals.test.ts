@@ -239,15 +239,10 @@ t.test('the maintained totals equal a computation from scratch after random writ
 
 t.test('a rebuild recomputes the totals from positions', async (t) => {
   const db = await freshDatabase(t);
-  await db.query('select apply_order_fill($1::jsonb)', [
-    JSON.stringify({
-      execution_id: 'rb-1',
-      asset: 'AAAUSDT',
-      side: 'Buy',
-      execution_quantity: '0.3',
-      execution_price: '0.12345679',
-    }),
-  ]);
+  await writePositionsDirectly(
+    db,
+    "insert into positions (asset, size, average_entry_price, current_price) values ('AAAUSDT', 0.3, 0.1, 0.12345679)",
+  );
   // totals that went wrong (a restore of one table without the other)
   await db.query('update portfolio_totals set long_exposure = 999, raw_exposure = 999');
   await db.query('select _portfolio_compact()');
