@@ -251,3 +251,25 @@ t.test('a rebuild recomputes the totals from positions', async (t) => {
   await agree(t, db, 'a rebuild');
   t.equal((await db.query(MAINTAINED)).rows[0].total_exposure_usdt, '0.03703704');
 });
+
+t.test('without the portfolio job the writers fold the deltas themselves', async (t) => {
+  const db = await freshDatabase(t);
+  const deltas = async () => (await db.query('select count(*)::integer as n from portfolio_deltas')).rows[0].n;
+  // 10,000 rows in one statement: folded at once
+  await writePositionsDirectly(
+    db,
+    `insert into positions (asset, size, average_entry_price, current_price)
+     select 'B' || i || 'USDT', i * 0.001, 1.5, 1.25 from generate_series(1, 10000) i`,
+  );
+  t.equal(await deltas(), 0, 'a statement of 10,000 rows folds them');
+  // 2,500 rows a statement: each folds with a chance of one half, so twenty that all leave their
+  // rows behind (one run in two million) would mean that none folds
+  for (let i = 0; i < 20; i++) {
+    await writePositionsDirectly(
+      db,
+      "update positions set current_price = current_price + 0.01 where asset like 'B%' and size <= 2.5",
+    );
+  }
+  t.ok((await deltas()) < 20 * 2500, 'smaller statements fold now and then');
+  await agree(t, db, 'bulk writes');
+});
