@@ -6,7 +6,8 @@
 --
 -- Each published total is a sum of per-asset figures rounded to 8 places (R-20), and rounding
 -- is not additive, so the exact state is kept per asset, unrounded:
---   portfolio_asset_sums: per asset, the sums over its rows as of the last compaction
+--   portfolio_asset_sums: per asset, the sums over its rows as of the last compaction (and its
+--     by_asset entry, written out)
 --   portfolio_totals: one row, the totals of those per-asset sums (the money ones rounded per
 --     asset as R-20 rounds them) and the unrounded total exposure
 --   portfolio_deltas: what each statement on positions changed, per asset, appended without
@@ -26,7 +27,9 @@ create table if not exists portfolio_asset_sums (
   size numeric not null default 0,
   open_positions_count integer not null default 0,
   long_positions_count integer not null default 0,
-  short_positions_count integer not null default 0
+  short_positions_count integer not null default 0,
+  -- the asset's by_asset member of portfolio_metrics() as JSON text, written with the sums
+  figures text
 ) with (fillfactor = 80);
 
 create table if not exists portfolio_totals (

@@ -40,6 +40,25 @@ create or replace function _portfolio_delta_rows(news positions[], olds position
      where g.n <> 0 or g.l <> 0 or g.s <> 0 or g.u <> 0 or g.rp <> 0 or g.f <> 0 or g.z <> 0 or g.o <> 0 or g.lc <> 0 or g.sc <> 0
   $$;
 
+-- An asset's by_asset member of portfolio_metrics() (SPEC.md R-20) as JSON text, from its
+-- unrounded sums: kept with the folded sums, so that listing 1,500 assets does not format
+-- 10,000 decimals on every call (issue 21). The key is a JSON string (to_json); dec_out gives
+-- only digits, '-' and '.'. Each figure is rounded to 8 places before it is combined, as in
+-- portfolio_asset_totals_view.
+create or replace function _portfolio_asset_figures(asset text, long_exposure numeric, short_exposure numeric,
+                                                    unrealized_pnl numeric, realized_pnl numeric, size numeric,
+                                                    open_positions_count integer)
+  returns text
+  language sql immutable parallel safe
+  as $$
+    select format('%s:{"exposure_usdt":"%s","net_exposure_usdt":"%s","unrealized_pnl_usdt":"%s",'
+                  '"realized_pnl_usdt":"%s","total_pnl_usdt":"%s","size":"%s","open_positions_count":%s}',
+                  to_json(asset), dec_out(round(long_exposure, 8) + round(short_exposure, 8)),
+                  dec_out(round(long_exposure, 8) - round(short_exposure, 8)), dec_out(unrealized_pnl),
+                  dec_out(realized_pnl), dec_out(round(unrealized_pnl, 8) + round(realized_pnl, 8)), dec_out(size),
+                  open_positions_count)
+  $$;
+
 -- The deltas not yet folded, per asset.
 create view portfolio_deltas_by_asset_view as
   select f.asset, sum(f.positions_count) as positions_count, sum(f.long_exposure) as long_exposure,
@@ -83,16 +102,18 @@ begin
   ), kept as (
     insert into portfolio_asset_sums as a (asset, positions_count, long_exposure, short_exposure, unrealized_pnl,
                                            realized_pnl, total_fees, size, open_positions_count, long_positions_count,
-                                           short_positions_count)
+                                           short_positions_count, figures)
     select n.asset, n.positions_count, n.long_exposure, n.short_exposure, n.unrealized_pnl, n.realized_pnl,
-           n.total_fees, n.size, n.open_positions_count, n.long_positions_count, n.short_positions_count
+           n.total_fees, n.size, n.open_positions_count, n.long_positions_count, n.short_positions_count,
+           _portfolio_asset_figures(n.asset, n.long_exposure, n.short_exposure, n.unrealized_pnl, n.realized_pnl,
+                                    n.size, n.open_positions_count::integer)
       from n where n.positions_count <> 0
     on conflict (asset) do update set
       positions_count = excluded.positions_count, long_exposure = excluded.long_exposure,
       short_exposure = excluded.short_exposure, unrealized_pnl = excluded.unrealized_pnl,
       realized_pnl = excluded.realized_pnl, total_fees = excluded.total_fees, size = excluded.size,
       open_positions_count = excluded.open_positions_count, long_positions_count = excluded.long_positions_count,
-      short_positions_count = excluded.short_positions_count
+      short_positions_count = excluded.short_positions_count, figures = excluded.figures
   )
   update portfolio_totals t set
     positions_count = t.positions_count + s.d_positions,
@@ -126,9 +147,12 @@ begin
   delete from portfolio_deltas;
   delete from portfolio_asset_sums;
   insert into portfolio_asset_sums (asset, positions_count, long_exposure, short_exposure, unrealized_pnl, realized_pnl,
-                                    total_fees, size, open_positions_count, long_positions_count, short_positions_count)
+                                    total_fees, size, open_positions_count, long_positions_count, short_positions_count,
+                                    figures)
   select d.asset, d.positions_count, d.long_exposure, d.short_exposure, d.unrealized_pnl, d.realized_pnl, d.total_fees,
-         d.size, d.open_positions_count, d.long_positions_count, d.short_positions_count
+         d.size, d.open_positions_count, d.long_positions_count, d.short_positions_count,
+         _portfolio_asset_figures(d.asset, d.long_exposure, d.short_exposure, d.unrealized_pnl, d.realized_pnl, d.size,
+                                  d.open_positions_count)
     from _portfolio_delta_rows(array(select p from positions p), '{}') d;
   insert into portfolio_totals (singleton, positions_count, long_exposure, short_exposure, unrealized_pnl, realized_pnl,
                                 total_fees, open_positions_count, long_positions_count, short_positions_count,
@@ -241,8 +265,8 @@ create view portfolio_totals_view as
     from portfolio_totals t, adj;
 
 -- Each asset's figures as portfolio_asset_totals_view shows them (the same rounding, R-20), from
--- the folded sums and the deltas not yet folded instead of from its positions: what
--- portfolio_metrics() lists in by_asset without reading every position.
+-- the folded sums and the deltas not yet folded instead of from its positions, and its by_asset
+-- member: what portfolio_metrics() lists without reading every position.
 create view portfolio_asset_sums_view as
   with s as (
     select coalesce(a.asset, d.asset) as asset,
@@ -255,12 +279,20 @@ create view portfolio_asset_sums_view as
            round(coalesce(a.size, 0) + coalesce(d.size, 0), 8) as size,
            (coalesce(a.open_positions_count, 0) + coalesce(d.open_positions_count, 0))::integer as open_positions_count,
            (coalesce(a.long_positions_count, 0) + coalesce(d.long_positions_count, 0))::integer as long_positions_count,
-           (coalesce(a.short_positions_count, 0) + coalesce(d.short_positions_count, 0))::integer as short_positions_count
+           (coalesce(a.short_positions_count, 0) + coalesce(d.short_positions_count, 0))::integer as short_positions_count,
+           case when d.asset is null then a.figures
+                else _portfolio_asset_figures(coalesce(a.asset, d.asset),
+                                              coalesce(a.long_exposure, 0) + d.long_exposure,
+                                              coalesce(a.short_exposure, 0) + d.short_exposure,
+                                              coalesce(a.unrealized_pnl, 0) + d.unrealized_pnl,
+                                              coalesce(a.realized_pnl, 0) + d.realized_pnl, coalesce(a.size, 0) + d.size,
+                                              (coalesce(a.open_positions_count, 0) + d.open_positions_count)::integer) end
+             as figures
       from portfolio_asset_sums a full join portfolio_deltas_by_asset_view d on d.asset = a.asset
   )
   select s.asset, s.long_exposure_usdt + s.short_exposure_usdt as exposure_usdt, s.long_exposure_usdt,
          s.short_exposure_usdt, s.long_exposure_usdt - s.short_exposure_usdt as net_exposure_usdt,
          s.unrealized_pnl_usdt, s.realized_pnl_usdt, s.total_fees_usdt, s.size, s.open_positions_count,
-         s.long_positions_count, s.short_positions_count
+         s.long_positions_count, s.short_positions_count, s.figures
     from s
    where s.positions_count > 0;
