@@ -136,7 +136,8 @@ begin
 end $$;
 
 -- Recomputes everything from positions (the first apply of this file, a TRUNCATE of positions,
--- or an operator who doubts the totals: `select portfolio_totals_rebuild()`). Waits for the
+-- a data-only restore made with triggers disabled, or an operator who doubts the totals:
+-- `select portfolio_totals_rebuild()`). Waits for the
 -- writers of positions to finish and holds them off until commit, so no delta is in flight.
 create or replace function portfolio_totals_rebuild() returns void
   language plpgsql
