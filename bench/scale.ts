@@ -8,7 +8,8 @@
 // migrated template: positions are inserted with one set-based INSERT (one-way, one asset
 // each 'P<i>USDT', 90 % open, half long and half short, 10 % closed), plus
 // --fills-per-position ledger rows each (fills that sum to the size, so the ledger agrees with
-// the row; 10 per position = 1M fills at 100k). Then, median of --runs runs after a warm-up:
+// the row; 10 per position = 1M fills at 100k), and the maintained totals' deltas folded as the
+// portfolio job folds them after every change window. Then, median of --runs runs after a warm-up:
 //   select portfolio_metrics()
 //   select * from portfolio_metrics_view          (reference: the totals without by_asset JSON)
 //   select count(*) from positions_view
@@ -117,6 +118,8 @@ async function populate(pool: import('pg').Pool, n: number): Promise<{ insertSec
   }
   const fillsSeconds = (now() - t1) / 1000;
   await pool.query('vacuum analyze positions');
+  // as the portfolio job does after every change window: fold the maintained totals' deltas
+  await pool.query('select _portfolio_compact()');
   return { insertSeconds, fillsSeconds };
 }
 
@@ -295,6 +298,7 @@ async function populateRealistic(pool: import('pg').Pool, assets: number): Promi
     [assets],
   );
   await pool.query('vacuum analyze positions');
+  await pool.query('select _portfolio_compact()');
 }
 
 async function realisticUniverse(t: Teardown): Promise<Record<string, number>> {

@@ -14,9 +14,15 @@ create or replace function _position_net_exposure(p positions) returns numeric
   language sql immutable parallel safe
   as $$ select _position_long_exposure(p) - _position_short_exposure(p) $$;
 
+-- From the maintained totals (sql/115_portfolio_totals.sql): the apply paths ask for it on
+-- every batch, and a sum over every position grew with the portfolio.
 create or replace function _portfolio_total_exposure() returns numeric
   language sql stable parallel safe
-  as $$ select coalesce(sum(_position_exposure(p)), 0) from positions p where p.gross_size > 0 $$;
+  as $$
+    -- unrounded, so a plain sum of the deltas (no per-asset rounding as in portfolio_totals_view)
+    select t.raw_exposure + coalesce((select sum(d.long_exposure + d.short_exposure) from portfolio_deltas d), 0)
+      from portfolio_totals t
+  $$;
 
 create or replace function _position_unrealized_pnl_pct(p positions) returns numeric
   language sql immutable parallel safe

@@ -78,6 +78,8 @@ declare
   versions numeric;
 begin
   select * into published_state from portfolio_publish_state for update;
+  -- runs after changes, once per window: folds the totals' deltas (sql/115) so they stay few
+  perform _portfolio_compact();
   metrics := portfolio_metrics();
   select coalesce(sum(p.version), 0) into versions from positions p;
   payload := jsonb_build_object(
