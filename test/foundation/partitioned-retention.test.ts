@@ -38,9 +38,9 @@ const fill = (db: Q, asset: string, id?: string) =>
 t.test('migration 21 partitions a database filled under the previous schema, row for row', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pm-migrations-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // up to migration 18: the others of issue 21 (19, 20) may come before or after this one
+  // every migration before 21 (today's sql/ is applied on top, and it reads their tables)
   for (const f of readdirSync(MIGRATIONS_DIR))
-    if (/^\d/.test(f) && f < '1000000000019') cpSync(join(MIGRATIONS_DIR, f), join(dir, f));
+    if (/^\d/.test(f) && f < '1000000000021') cpSync(join(MIGRATIONS_DIR, f), join(dir, f));
   const db = await emptyDatabase(t);
   const c = new pg.Client({ connectionString: db.url });
   await c.connect();
