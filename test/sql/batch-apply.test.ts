@@ -210,7 +210,9 @@ t.test('batches leave exactly what one message at a time leaves', async (t) => {
 
 t.test('a batch writes in one transaction without a subtransaction per message', async (t) => {
   const db = await freshDatabase(t);
-  const messages = stream(SEED).filter((m) => m.kind === 'fill');
+  // no cumulative statements: their random average prices can be inconsistent with the fills
+  // before them (a bad message), and a bad message sends the whole batch one by one by design
+  const messages = stream(SEED).filter((m) => m.kind === 'fill' && m.body.event_type !== 'partially_filled');
   const outcomes = await ingest(db, 'fill', messages);
   t.ok(
     outcomes.some((o) => o.outcome === 'applied'),
