@@ -14,7 +14,7 @@
 -- it, and the legacy table's is rebuilt so (its other indexes are adopted as they are):
 --   * inbox (source, message_key) becomes (source, message_key, applied_at): the key is no longer
 --     unique across days. Dedupe does not need it to be: every apply locks the key itself before
---     it reads the inbox (sql/135 _batch_lock_keys, and see there why), and the same index, by
+--     it reads the inbox (_inbox_lock_keys in sql/100, and see there why), and the same index, by
 --     its prefix, answers the duplicate probe in each partition.
 --   * outbox_events.event_id loses its uniqueness (the ids are gen_random_uuid(); nothing reads by
 --     it but an operator, migration 18): a plain index.

@@ -144,7 +144,7 @@ begin
 end $$;
 
 -- The message keys of a batch, locked for the rest of the transaction, before the batch reads
--- them from the inbox. The inbox is partitioned by day (migration 21), so (source, message_key)
+-- them from the inbox. The inbox is partitioned by week (migration 21), so (source, message_key)
 -- has no unique index to stop a second claim: this lock does. Two transactions applying one
 -- message already serialize on its position row (_batch_lock, taken first), and the second's
 -- duplicate probe, a later statement, sees the first's committed key; but a message that names
