@@ -9,7 +9,7 @@ import pg from 'pg';
 import t, { type Test } from 'tap';
 import { migrate } from '../../src/db/migrate.js';
 import { MIGRATIONS_DIR } from '../../src/paths.js';
-import { emptyDatabase, freshDatabase } from '../helpers/db.js';
+import { emptyDatabase, firstRow as one, freshDatabase, type Queryable as Q, tableDigest } from '../helpers/db.js';
 
 const MIGRATION = '1000000000017_partitioned-history';
 const TOTALS_MIGRATION = '1000000000019_portfolio-totals.sql';
@@ -25,13 +25,8 @@ const HISTORY = `
   select p.id, p.asset, p.mode, g, 'manual', 'validation_fix', to_jsonb(p) || jsonb_build_object('realized_pnl', extract(epoch from g)::text), '{size}'
     from positions p, generate_series(now() - interval '200 days', now() - interval '1 hour', interval '6 hours') g`;
 
-interface Q {
-  query<R extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;
-}
-const one = async (db: Q, sql: string, params: unknown[] = []) => (await db.query(sql, params)).rows[0];
 /** Row count and a checksum over every row's text, in id order. */
-const digest = (db: Q, table: string) =>
-  one(db, `select count(*)::int as n, md5(string_agg(t::text, ',' order by t.id)) as md5 from ${table} t`);
+const digest = (db: Q, table: string) => tableDigest(db, table, 't.id');
 /** The partition a row is in. */
 const partitionOf = async (db: Q, table: string, where: string) =>
   (await one(db, `select tableoid::regclass::text as p from ${table} where ${where}`)).p as string;

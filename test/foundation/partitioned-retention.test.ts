@@ -10,7 +10,7 @@ import t from 'tap';
 import { migrate } from '../../src/db/migrate.js';
 import { markSent, pendingEvents } from '../../src/db/outbox.js';
 import { MIGRATIONS_DIR } from '../../src/paths.js';
-import { emptyDatabase, freshDatabase } from '../helpers/db.js';
+import { emptyDatabase, firstRow as one, freshDatabase, type Queryable as Q, tableDigest } from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
 
 const MIGRATION = '1000000000021_partitioned-retention';
@@ -18,14 +18,9 @@ const TABLES = { inbox: 'source, message_key', outbox_events: 'id', outbox_sent:
 const FUNCTIONS = `select p.oid::regprocedure::text as f from pg_proc p
                     where p.pronamespace = 'public'::regnamespace order by 1`;
 
-interface Q {
-  query<R extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;
-}
-const one = async (db: Q, sql: string, params: unknown[] = []) => (await db.query(sql, params)).rows[0];
 const count = async (db: Q, sql: string, params: unknown[] = []) => Number((await one(db, sql, params)).n);
 /** Row count and a checksum over every row's text, in key order. */
-const digest = (db: Q, table: string, order: string) =>
-  one(db, `select count(*)::int as n, md5(string_agg(t::text, ',' order by ${order})) as md5 from ${table} t`);
+const digest = tableDigest;
 const relkind = async (db: Q, table: string) =>
   (await one(db, 'select relkind::text as k from pg_class where oid = to_regclass($1)', [table]))?.k as string;
 const exists = async (db: Q, table: string) => (await one(db, 'select to_regclass($1) is not null as e', [table])).e;

@@ -159,3 +159,24 @@ export const canonical = (s: string | null): string | null =>
 export async function jobsWithKey(db: TestDb, key: string): Promise<number> {
   return Number((await db.query('select count(*) from graphile_worker.jobs where key = $1', [key])).rows[0].count);
 }
+
+/** Anything that runs SQL: a pool, a client of its own, a TestDb. */
+export interface Queryable {
+  query<R extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;
+}
+
+/** The first row of a query (undefined when there is none). */
+export const firstRow = async (db: Queryable, sql: string, params: unknown[] = []) =>
+  (await db.query(sql, params)).rows[0];
+
+/** A table's row count and a checksum over every row's text, in `order`: equal digests, equal rows. */
+export const tableDigest = (db: Queryable, table: string, order: string) =>
+  firstRow(db, `select count(*)::int as n, md5(string_agg(t::text, ',' order by ${order})) as md5 from ${table} t`);
+
+/** A connection of its own to `db` (a session to hold a lock or a transaction open), closed when the test ends. */
+export async function ownClient(t: Teardown, db: { url: string }, applicationName?: string): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: db.url, application_name: applicationName });
+  await c.connect();
+  t.teardown(() => c.end());
+  return c;
+}

@@ -2,8 +2,13 @@
 // a close racing a snapshot run, the materialized-view refresh in a shared schema, and the
 // periodic-chain keeper (dead workers, lowered intervals).
 import t from 'tap';
-import pg from 'pg';
-import { freshDatabase, type TestDb, writePositionsDirectly } from '../helpers/db.js';
+import {
+  firstRow as one,
+  freshDatabase,
+  ownClient as connect,
+  type TestDb,
+  writePositionsDirectly,
+} from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
 
 let seq = 0;
@@ -11,14 +16,6 @@ const fillJson = (asset: string, side: string, qty: string, price: string) =>
   JSON.stringify({ execution_id: `jf-${++seq}`, asset, side, execution_quantity: qty, execution_price: price });
 const fill = (db: TestDb, asset: string, side: string, qty: string, price: string) =>
   db.query('select apply_order_fill($1::jsonb)', [fillJson(asset, side, qty, price)]);
-const one = async (db: TestDb, sql: string, params: unknown[] = []) => (await db.query(sql, params)).rows[0];
-
-async function connect(t: { teardown(fn: () => unknown): void }, db: TestDb): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: db.url });
-  await c.connect();
-  t.teardown(() => c.end());
-  return c;
-}
 
 t.test('validate_all_positions commits in chunks and validates every due position exactly once', async (t) => {
   const db = await freshDatabase(t);

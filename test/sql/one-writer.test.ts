@@ -3,11 +3,10 @@
 // one `foreign_write` audit row naming the writer and a NOTIFY; the service's own functions still
 // write and close their window behind them; the worker logs the writer once a minute and
 // /metrics counts every ignored write.
-import pg from 'pg';
 import pino from 'pino';
 import t, { type Test } from 'tap';
 import { foreignWriteLog } from '../../src/jobs/foreign-writes.js';
-import { freshDatabase, writePositionsDirectly, type TestDb } from '../helpers/db.js';
+import { freshDatabase, ownClient as connect, writePositionsDirectly, type TestDb } from '../helpers/db.js';
 import { rolesStarted, startService } from '../helpers/service.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -102,12 +101,6 @@ const ownState = async (db: TestDb) =>
   ).rows[0];
 
 /** A second connection, as another service opens it. */
-async function connect(t: Test, db: TestDb, applicationName: string): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: db.url, application_name: applicationName });
-  await c.connect();
-  t.teardown(() => c.end());
-  return c;
-}
 
 /** The notifications on the foreign-write channel, as a LISTEN connection receives them. */
 async function notifications(t: Test, db: TestDb): Promise<any[]> {

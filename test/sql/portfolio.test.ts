@@ -2,7 +2,7 @@
 // through the SQL functions and views against the real PostgreSQL (SPEC.md R-20..R-27, §9).
 import t from 'tap';
 import { markSent } from '../../src/db/outbox.js';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { firstRow as one, freshDatabase, type TestDb } from '../helpers/db.js';
 import { GRAFANA_VIEWS, PORTFOLIO_TOTALS } from '../helpers/ledger-names.js';
 
 let seq = 0;
@@ -36,7 +36,6 @@ async function mark(db: TestDb, asset: string, side: string, size: string, extra
 }
 const metrics = async (db: TestDb, asset: string | null = null) =>
   (await db.query('select portfolio_metrics($1) as m', [asset])).rows[0].m;
-const one = async (db: TestDb, sql: string, params: unknown[] = []) => (await db.query(sql, params)).rows[0];
 
 t.test('SPEC.md §5.1 example: two positions, every metric', async (t) => {
   const db = await freshDatabase(t);

@@ -3,29 +3,24 @@
 // every due position exactly once; a position changed while the run waits for it is snapshotted
 // at the version it then holds; the events carry the fields of §6.2.
 import t from 'tap';
-import pg from 'pg';
 import { Decimal } from 'decimal.js';
 import { migrate } from '../../src/db/migrate.js';
 import { snapshotAllPositions } from '../../src/db/positions.js';
-import { freshDatabase, type TestDb, writePositionsDirectly } from '../helpers/db.js';
+import {
+  firstRow as one,
+  freshDatabase,
+  ownClient as connect,
+  type Queryable as Db,
+  type TestDb,
+  writePositionsDirectly,
+} from '../helpers/db.js';
 import { waitFor } from '../helpers/wait.js';
-
-// a pool or a client of its own
-type Db = { query(sql: string, params?: unknown[]): Promise<{ rows: any[] }> };
 
 let seq = 0;
 const fillJson = (asset: string, side: string, qty: string, price: string) =>
   JSON.stringify({ execution_id: `sc-${++seq}`, asset, side, execution_quantity: qty, execution_price: price });
 const fill = (db: Db, asset: string, side: string, qty: string, price: string) =>
   db.query('select apply_order_fill($1::jsonb)', [fillJson(asset, side, qty, price)]);
-const one = async (db: Db, sql: string, params: unknown[] = []) => (await db.query(sql, params)).rows[0];
-
-async function connect(t: { teardown(fn: () => unknown): void }, db: TestDb): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: db.url });
-  await c.connect();
-  t.teardown(() => c.end());
-  return c;
-}
 
 const run = (c: Db, args: string, params: unknown[] = []) =>
   one(c, `call snapshot_all_positions_chunked(${args}, result => null)`, params).then((r) => r.result);
